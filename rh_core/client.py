@@ -1,0 +1,122 @@
+"""The client side of the wire protocol (see :mod:`rh_core.server`).
+
+Each thread gets its own DEALER socket, so threads never wait on each other. While a reply is
+outstanding the client polls in short slices and asks the cluster whether its server is still
+alive, so a dead server is reported within seconds instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import uuid
+from typing import Any, Callable, Sequence
+
+import zmq
+
+from rh_core import errors
+from rh_core.errors import ConnectionLostError, RhError
+
+POLL_SLICE_MS = 500
+
+
+class Reply:
+    __slots__ = ("kind", "header", "frames")
+
+    def __init__(self, kind: str, header: dict[str, Any], frames: list):
+        self.kind, self.header, self.frames = kind, header, frames
+
+
+def write_log(stream: str, text: bytes) -> None:
+    """Default log sink: the function's stdout and stderr go to ours."""
+    target = sys.stderr if stream == "stderr" else sys.stdout
+    target.write(text.decode("utf-8", "replace"))
+    target.flush()
+
+
+class Connection:
+    """Talks to one server address; ``liveness()`` returns why the server is gone, or None."""
+
+    def __init__(self, address: str, liveness: Callable[[], str | None]):
+        self.address = address
+        self._liveness = liveness
+        self._local = threading.local()
+        self._closed = False
+
+    def _socket(self) -> zmq.Socket:
+        socket = getattr(self._local, "socket", None)
+        if socket is None:
+            socket = zmq.Context.instance().socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.address)
+            self._local.socket = socket
+        return socket
+
+    def _drop_socket(self) -> None:
+        socket = getattr(self._local, "socket", None)
+        if socket is not None:
+            socket.close(linger=0)
+            self._local.socket = None
+
+    def request(
+        self,
+        op: str,
+        header: dict[str, Any],
+        frames: Sequence[Any] = (),
+        *,
+        on_log: Callable[[str, bytes], None] = write_log,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one request and wait for its final reply, passing log replies to ``on_log``.
+
+        ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
+        (None waits as long as the server lives).
+        """
+        socket = self._socket()
+        request_id = uuid.uuid4().bytes
+        socket.send_multipart([request_id, op.encode(), json.dumps(header).encode(), *frames], copy=False)
+        waited = 0.0
+        while True:
+            if socket.poll(POLL_SLICE_MS):
+                reply = socket.recv_multipart(copy=False)
+                if reply[0].bytes != request_id:
+                    continue  # a late reply to a request we gave up on
+                kind = reply[1].bytes.decode()
+                reply_header = json.loads(reply[2].bytes)
+                if kind == "log":
+                    on_log(reply_header["stream"], reply[3].bytes)
+                    continue
+                if kind == "fail":
+                    raise _rebuild_failure(reply_header)
+                return Reply(kind, reply_header, [frame.buffer for frame in reply[3:]])
+            waited += POLL_SLICE_MS / 1000
+            reason = self._liveness()
+            if reason is not None:
+                self._drop_socket()
+                raise ConnectionLostError(
+                    f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
+                    "The next call starts or reconnects to a server; results of earlier .remote() calls "
+                    "held by the old server are gone."
+                )
+            if timeout is not None and waited >= timeout:
+                self._drop_socket()  # its reply, if it ever comes, must not be read as another's
+                raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
+
+    def close(self) -> None:
+        self._drop_socket()
+
+
+def _rebuild_failure(header: dict[str, Any]) -> Exception:
+    error_type = header.get("type", "RhError")
+    if error_type == "TimeoutError":
+        return TimeoutError(header["message"])
+    if error_type == "KeyError":
+        return KeyError(header["message"])
+    cls = getattr(errors, error_type, None)
+    if not (isinstance(cls, type) and issubclass(cls, RhError)):
+        cls = RhError
+    try:
+        return cls(header["message"])
+    except TypeError:
+        return RhError(header["message"])

@@ -1,0 +1,324 @@
+"""Clusters: where functions run. ``rh.here`` is the embedded local cluster.
+
+A cluster owns the connection to its server and the operations every kind of cluster shares
+(calling, fetching results, running commands). How the server is reached and started is the
+subclass's business: :class:`LocalCluster` starts ``python -m rh_core.server`` on this machine;
+remote kinds come from plugins (provisioner + transport).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+import attrs
+
+from rh_core import __version__, serialize
+from rh_core.client import Connection, Reply, write_log
+from rh_core.errors import ConnectionLostError, ServerStartError, VersionMismatchError
+from rh_core.plugins import PluginHost, default_host
+
+SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
+
+
+def rh_home() -> str:
+    """Where rh_core keeps local state: ``$RH_HOME``, else ``~/.rh``."""
+    return os.environ.get("RH_HOME") or os.path.join(os.path.expanduser("~"), ".rh")
+
+
+@attrs.define(eq=False)
+class Cluster:
+    """Base of every cluster: the operations that only need a connection to its server."""
+
+    name: str
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
+    _info: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
+
+    # --- to be provided by each kind of cluster ------------------------------------------------
+
+    def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
+        """Return the server's ZeroMQ address (reachable from here), starting it if needed."""
+        raise NotImplementedError
+
+    def _liveness(self) -> str | None:
+        """Why the server is gone, or None while it may be alive. Called every half second of waiting."""
+        raise NotImplementedError
+
+    @property
+    def transport(self):
+        raise NotImplementedError
+
+    @property
+    def host(self) -> PluginHost:
+        return default_host()
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        """The connection to this cluster's server, bringing the server up on first use."""
+        with self._lock:
+            if self._connection is None:
+                address, _ = self._start_or_find_server()
+                connection = Connection(address, self._liveness)
+                info = connection.request("ping", {"python": serialize.python_version()}, timeout=30).header
+                check_versions(self, info)
+                self._connection, self._info = connection, info
+                self.host.cluster_ready(self, info)
+            return self._connection
+
+    def request(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (), **kwargs) -> Reply:
+        """One request to the server; a lost server forgets the connection so the next call reconnects."""
+        connection = self.connection()
+        try:
+            return connection.request(op, header, frames, **kwargs)
+        except ConnectionLostError:
+            self._forget_connection(connection)
+            raise
+
+    def _forget_connection(self, connection: Connection | None = None) -> None:
+        with self._lock:
+            if connection is None or self._connection is connection:
+                if self._connection is not None:
+                    self._connection.close()
+                self._connection, self._info = None, {}
+
+    @property
+    def parallelism(self) -> int:
+        self.connection()
+        return int(self._info.get("parallelism", 1))
+
+    # --- results -------------------------------------------------------------------------------
+
+    def get(self, key: str, timeout: float | None = None) -> Any:
+        """The value of the result stored under ``key`` (from ``ref.key``), from any process."""
+        return self.get_many([key], timeout=timeout)[0]
+
+    def get_many(self, keys: list[str], timeout: float | None = None) -> list[Any]:
+        wait = None if timeout is None else timeout + 5.0
+        reply = self.request("get", {"keys": keys, "timeout": timeout}, timeout=wait)
+        return [decode_outcome(status, frames) for status, frames in split_parts(reply)]
+
+    def run_states(self, keys: list[str]) -> dict[str, str]:
+        return self.request("status", {"keys": keys}).header["states"]
+
+    def release(self, keys: list[str]) -> None:
+        self.request("release", {"keys": keys})
+
+    # --- server life cycle ---------------------------------------------------------------------
+
+    def is_up(self) -> bool:
+        try:
+            self.connection()
+            return True
+        except Exception:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        """What the server says about itself: pid, port, versions, executor, calls served."""
+        return self.request("ping", {"python": serialize.python_version()}).header
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def run(self, commands: list[str] | str, *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands on the cluster's head machine: ``[(returncode, stdout, stderr), ...]``."""
+        if isinstance(commands, str):
+            commands = [commands]
+        return self.transport.run(list(commands), stream_logs=stream_logs)
+
+    def run_python(self, lines: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run Python source lines with the cluster's interpreter."""
+        import shlex
+
+        python = self._info.get("python_executable") or "python3"
+        return self.run([f"{shlex.quote(python)} -c {shlex.quote(chr(10).join(lines))}"], stream_logs=stream_logs)
+
+
+def check_versions(cluster: Cluster, info: dict[str, Any]) -> None:
+    ours = serialize.python_version()
+    if info.get("python") != ours:
+        raise VersionMismatchError(
+            f"this client runs Python {ours} but the server of cluster {cluster.name!r} runs Python "
+            f"{info.get('python')}; functions and arguments pickled by one cannot be trusted in the other. "
+            f"Use Python {info.get('python')} here, or restart the cluster's server with Python {ours}."
+        )
+
+
+def split_parts(reply: Reply):
+    return zip((status for status, _ in reply.header["parts"]),
+               serialize.iter_parts(reply.frames, (n for _, n in reply.header["parts"])))
+
+
+def decode_outcome(status: str, frames) -> Any:
+    if status == "ok":
+        return serialize.loads(frames)
+    raise serialize.loads_exception(frames)
+
+
+# -------------------------------------------------------------------------------------------------
+# The embedded local cluster
+
+
+@attrs.define(eq=False)
+class LocalCluster(Cluster):
+    """A server on this machine, shared by every client process that uses the same state dir.
+
+    ``executor=None`` uses whichever executor the running server has, starting ``process`` if
+    none runs; naming one that differs from the running server's is an error.
+    """
+
+    name: str = "here"
+    _state_dir: str | None = attrs.field(default=None, alias="state_dir")
+    executor: str | None = None
+    executor_options: dict[str, Any] = attrs.field(factory=dict)
+    _server_pid: int | None = attrs.field(default=None, init=False, repr=False)
+    _child: subprocess.Popen | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def transport(self):
+        return self.host.transport("local")()
+
+    @property
+    def state_dir(self) -> str:
+        """``state_dir`` if given, else ``$RH_HOME/local`` (read when first needed, not at import)."""
+        return self._state_dir or os.path.join(rh_home(), "local")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.state_dir, "server.json")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.state_dir, "server.log")
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The running server's record, or None when no live server has one."""
+        try:
+            with open(self.state_file) as file:
+                state = json.load(file)
+        except (OSError, ValueError):
+            return None
+        return state if pid_alive(state.get("pid")) else None
+
+    def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(self.state_dir, "start.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time across processes
+            state = self.read_state()
+            if state is not None and state.get("version") != __version__:
+                self._stop_pid(state["pid"])  # started by another rh_core version: replace it
+                state = None
+            if state is not None and self.executor and state.get("executor") != self.executor:
+                raise ServerStartError(
+                    f"the local server (pid {state['pid']}) runs the {state.get('executor')!r} executor, "
+                    f"not {self.executor!r}; stop it first with `rh server stop` or cluster.restart_server()"
+                )
+            if state is None:
+                state = self._launch()
+        self._server_pid = state["pid"]
+        return f"tcp://127.0.0.1:{state['port']}", state
+
+    def _launch(self) -> dict[str, Any]:
+        command = [sys.executable, "-m", "rh_core.server", "--state-dir", self.state_dir,
+                   "--executor", self.executor or "process"]
+        for key, value in self.executor_options.items():
+            command += ["-o", f"{key}={json.dumps(value)}"]
+        log = open(self.log_file, "ab")
+        started = time.monotonic()
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        while time.monotonic() - started < SERVER_START_TIMEOUT:
+            state = self.read_state()
+            if state is not None and state.get("pid") == child.pid:
+                self._child = child
+                return state
+            if child.poll() is not None:
+                raise ServerStartError(
+                    f"the local server exited with code {child.returncode} while starting; "
+                    f"its log ({self.log_file}) ends with:\n{tail(self.log_file)}"
+                )
+            time.sleep(0.02)
+        child.kill()
+        raise ServerStartError(
+            f"the local server did not come up within {SERVER_START_TIMEOUT:.0f} s; "
+            f"its log ({self.log_file}) ends with:\n{tail(self.log_file)}"
+        )
+
+    def _liveness(self) -> str | None:
+        pid = self._server_pid
+        if self._child is not None and self._child.pid == pid:
+            code = self._child.poll()  # we started it: reap it, so it cannot linger as a zombie
+            if code is not None:
+                return f"the server process (pid {pid}) exited with code {code}"
+            return None
+        if not pid_alive(pid):
+            return f"the server process (pid {pid}) is gone"
+        return None
+
+    def stop_server(self) -> bool:
+        """Stop the local server if one runs; True when one was stopped."""
+        self.host.cluster_teardown(self)
+        self._forget_connection()
+        state = self.read_state()
+        if state is None:
+            return False
+        self._stop_pid(state["pid"])
+        return True
+
+    def _stop_pid(self, pid: int, grace: float = 10.0) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while pid_alive(pid) and time.monotonic() < deadline:
+            if self._child is not None and self._child.pid == pid:
+                self._child.poll()
+            time.sleep(0.02)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if self._child is not None and self._child.pid == pid:
+            self._child.wait()
+
+    def restart_server(self) -> None:
+        self.stop_server()
+        self.connection()
+
+    def down(self) -> None:
+        """For the local cluster, down means its server stops."""
+        self.stop_server()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if ``pid`` runs and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all we have
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as file:
+            return "".join(file.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+here = LocalCluster()

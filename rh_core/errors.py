@@ -1,0 +1,70 @@
+"""The one error tree of rh_core: every error we raise says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class RhError(Exception):
+    """Base class of every error rh_core raises on its own behalf."""
+
+
+class PluginError(RhError):
+    """A plugin could not be loaded, or a name did not match any registered plugin."""
+
+
+class UnknownNameError(PluginError, KeyError):
+    """A plugin-provided thing (executor, transport, ...) was asked for by a name nobody registered."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        choices = ", ".join(self.valid) or "none are installed"
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {choices}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+class SerializationError(RhError, TypeError):
+    """An argument or result could not be pickled or unpickled."""
+
+
+class VersionMismatchError(RhError):
+    """Client and cluster run different Python (or rh_core) versions."""
+
+
+class ConnectionLostError(RhError, ConnectionError):
+    """The cluster's server stopped answering or died while a call was in flight."""
+
+
+class WorkerDiedError(RhError):
+    """The worker process running a call exited before returning a result."""
+
+
+class CallTimeoutError(RhError, TimeoutError):
+    """A call ran longer than its ``timeout`` option; its worker was stopped."""
+
+
+class ServerStartError(RhError):
+    """The cluster server could not be started; the message carries its stderr."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the cluster-side traceback text; chained as ``__cause__`` of a re-raised error."""
+
+    def __init__(self, tb: str):
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return "\n\nTraceback on the cluster:\n" + self.tb.rstrip()
+
+
+class RemoteError(RhError):
+    """Stands in for a remote exception whose type could not be sent back (unpicklable)."""
+
+    def __init__(self, type_name: str, message: str):
+        self.type_name = type_name
+        super().__init__(f"{type_name}: {message}")
+
+
+class ProtocolError(RhError):
+    """The server could not serve a request: malformed, unknown operation, or unknown result key."""

@@ -1,0 +1,260 @@
+"""Functions: ordinary Python functions sent to a cluster and called as if they were local."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import os
+import site
+import subprocess
+import sysconfig
+import uuid
+from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar
+
+import attrs
+
+from rh_core import serialize
+from rh_core.cluster import Cluster, decode_outcome, split_parts
+from rh_core.errors import RhError
+from rh_core.ref import Ref
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory")
+CHUNKS_PER_WORKER = 4
+
+
+class broadcast:
+    """Wrap a ``map`` keyword value so it is passed whole to every item, even a list of the map's length."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+@attrs.frozen
+class _Shipped:
+    """How the function travels: by reference (``function_ref``) or by value (``pickled``)."""
+
+    fn_id: str
+    function_ref: serialize.FunctionRef | None
+    pickled: bytes | None
+
+
+@attrs.frozen(kw_only=True)
+class Function(Generic[P, R]):
+    """A function bound (or not yet) to a cluster. Create with :func:`function`, place with ``.to()``."""
+
+    fn: Callable[P, R]
+    name: str
+    system: Cluster | None = None
+    call_options: dict[str, Any] = attrs.field(factory=dict)
+    _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
+    _takes_stream_logs: bool = attrs.field(
+        default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
+        init=False, repr=False,
+    )
+
+    # --- placing -------------------------------------------------------------------------------
+
+    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None) -> "Function[P, R]":
+        """Send the function to ``system``: its server comes up if needed and the code is shipped.
+
+        Importable functions go by reference, with the working directory (git root) synced to the
+        cluster; functions from ``__main__``, notebooks, lambdas and closures go by value.
+        """
+        if reqs or env is not None:
+            raise RhError(
+                "reqs= and env= need the package installers, which this version of rh_core does not have yet; "
+                "install what the function needs on the cluster with cluster.run(['pip install ...'])"
+            )
+        system.connection()
+        return attrs.evolve(self, system=system, shipped=_ship(self.fn, system))
+
+    def options(self, **options: Any) -> "Function[P, R]":
+        """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
+        ``num_gpus``, ``resources``, ``memory`` (the last four reach executors that schedule, like Ray)."""
+        unknown = sorted(set(options) - set(CALL_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown call option(s) {', '.join(unknown)}; valid options: {', '.join(CALL_OPTIONS)}")
+        return attrs.evolve(self, call_options={**self.call_options, **options})
+
+    # --- calling -------------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run on the cluster and return the result (locally when not sent anywhere)."""
+        options = self._take_call_options(kwargs)
+        if self.system is None:
+            return self.fn(*args, **kwargs)
+        return self._call("call", args, kwargs, options)
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref:
+        """Start the call and return a :class:`Ref` at once; the result stays on the cluster."""
+        options = self._take_call_options(kwargs)
+        return self._call("remote", args, kwargs, options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Like calling, but calls of this function run one at a time, in arrival order."""
+        options = self._take_call_options(kwargs)
+        return self._call("enqueue", args, kwargs, options)
+
+    async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call without blocking the event loop."""
+        return await asyncio.to_thread(self.__call__, *args, **kwargs)
+
+    def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
+        """Call once per item of the zipped ``iterables``, in parallel; results in input order.
+
+        A keyword whose value is a list or tuple of the map's length gives one value per item;
+        any other value, or one wrapped in :class:`broadcast`, goes whole to every item.
+        """
+        columns = [list(iterable) for iterable in iterables]
+        if not columns:
+            raise TypeError("map needs at least one iterable of positional arguments; use starmap for tuples")
+        count = min(len(column) for column in columns)
+        per_item = {k: v for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) == count}
+        shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items() if k not in per_item}
+        items = [
+            (tuple(column[i] for column in columns), {**shared, **{k: v[i] for k, v in per_item.items()}})
+            for i in range(count)
+        ]
+        return self._map(items, return_exceptions)
+
+    def starmap(self, arg_tuples: Iterable[Iterable[Any]], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
+        """Like :meth:`map` with each item's positional arguments given as a tuple; ``kwargs`` go to every item."""
+        shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items()}
+        return self._map([(tuple(args), shared) for args in arg_tuples], return_exceptions)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _take_call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Call options given as keywords (``stream_logs=True``), unless the function takes that name."""
+        options = dict(self.call_options)
+        if "stream_logs" in kwargs and not self._takes_stream_logs:
+            options["stream_logs"] = kwargs.pop("stream_logs")
+        return options
+
+    def _placed(self) -> tuple[Cluster, _Shipped]:
+        if self.system is None or self._shipped is None:
+            raise RhError(f"function {self.name!r} is not on a cluster yet: use rh.function(fn).to(rh.here) first")
+        return self.system, self._shipped
+
+    def _header(self, mode: str, ref_keys: list[str], options: dict[str, Any]) -> tuple[dict, list]:
+        _, shipped = self._placed()
+        header = {
+            "key": f"{self.name}-{uuid.uuid4().hex[:16]}",
+            "mode": mode,
+            "fn_id": shipped.fn_id,
+            "function_ref": shipped.function_ref.to_json() if shipped.function_ref else None,
+            "n_fn": 0 if shipped.pickled is None else 1,
+            "refs": sorted(set(ref_keys)),
+            "options": options,
+        }
+        return header, ([] if shipped.pickled is None else [shipped.pickled])
+
+    def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
+        system, _ = self._placed()
+        ref_keys: list[str] = []
+        arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
+        header, function_frames = self._header(mode, ref_keys, options)
+        reply = system.request("call", header, [*function_frames, *arguments])
+        if reply.kind == "ack":
+            return Ref(reply.header["key"], system)
+        ((status, frames),) = split_parts(reply)
+        return decode_outcome(status, frames)
+
+    def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool) -> list[Any]:
+        system, _ = self._placed()
+        if not items:
+            return []
+        chunk_count = min(len(items), max(1, system.parallelism * CHUNKS_PER_WORKER))
+        bounds = [round(i * len(items) / chunk_count) for i in range(chunk_count + 1)]
+        chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
+        ref_keys: list[str] = []
+        chunk_frames = [serialize.dumps_arguments_chunk(chunk, ref_keys, bounds[i]) for i, chunk in enumerate(chunks)]
+        header, function_frames = self._header("map", ref_keys, dict(self.call_options))
+        header["chunks"] = [len(frames) for frames in chunk_frames]
+        reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)])
+        results: list[Any] = []
+        for (status, frames), chunk in zip(split_parts(reply), chunks):
+            if status == "ok":
+                item_outcomes = serialize.loads(frames)
+            else:  # the whole chunk failed, e.g. its worker died
+                error = serialize.loads_exception(frames)
+                item_outcomes = [("err", (error, "")) for _ in chunk]
+            for item_status, value in item_outcomes:
+                if item_status == "ok":
+                    results.append(value)
+                    continue
+                exc, tb = value
+                if tb and exc.__cause__ is None:
+                    exc.__cause__ = serialize.RemoteTraceback(tb)
+                index = len(results)
+                if not return_exceptions:
+                    exc.add_note(f"(raised by map item {index} of {len(items)})")
+                    raise exc
+                results.append(exc)
+        return results
+
+    # --- conveniences --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        where = self.system.name if self.system is not None else "not sent"
+        return f"<Function {self.name} on {where}>"
+
+
+def function(fn: Callable[P, R], *, name: str | None = None, system: Cluster | None = None) -> Function[P, R]:
+    """Wrap ``fn``; with ``system`` it is sent there at once (same as ``.to(system)``)."""
+    if not callable(fn):
+        raise TypeError(f"rh.function takes a function, got {type(fn).__name__}")
+    wrapped = Function(fn=fn, name=name or getattr(fn, "__name__", "function").replace("<lambda>", "lambda"))
+    return wrapped.to(system) if system is not None else wrapped
+
+
+# -------------------------------------------------------------------------------------------------
+# Shipping code
+
+
+def working_directory() -> str:
+    """The git root of the current directory, or the current directory outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.getcwd()
+
+
+def _installed_roots() -> set[str]:
+    roots = set(site.getsitepackages()) | {site.getusersitepackages()}
+    roots |= {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return {os.path.realpath(root) for root in roots}
+
+
+def _ship(fn: Callable, system: Cluster) -> _Shipped:
+    if serialize.is_importable_by_reference(fn):
+        root = serialize.module_root(fn.__module__)
+        if root is not None:
+            real_root = os.path.realpath(root)
+            module, qualname = fn.__module__, fn.__qualname__
+            fn_id = f"{module}:{qualname}"
+            if real_root in _installed_roots():
+                return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname), None)
+            workdir = os.path.realpath(working_directory())
+            if real_root == workdir or real_root.startswith(workdir + os.sep):
+                remote_workdir = system.transport.sync_directory(workdir)
+                path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
+                return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
+    pickled = serialize.dumps_function(fn)
+    return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled)
+
+
+def _has_parameter(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,141 @@
+"""Hook specifications: the whole contract between rh_core and its plugins.
+
+A plugin is a module (or object) with functions named like the specs below, decorated with
+``rh_core.hookimpl``, and exposed through the ``rh_core.plugins`` entry-point group. Every hook is
+called with keyword arguments only. Implementations may accept any subset of the arguments.
+
+There are four plugin kinds, each registered by name through a ``register`` callback:
+
+* provisioners bring machines up and down;
+* transports reach a machine: run commands, copy files, open tunnels to its server;
+* installers put packages into an environment on a cluster;
+* executors decide how calls run on the cluster (worker processes, Ray tasks, ...).
+
+``register(name, target, *, aliases=())`` takes a class or a ``"module:attribute"`` string; a
+string is imported only when the implementation is first used, so registering costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from rh_core.cluster import Cluster
+    from rh_core.plugin_types import InstallerClaim
+
+hookspec = pluggy.HookspecMarker("rh_core")
+
+Register = Callable[..., None]
+
+
+# -------------------------------------------------------------------------------------------------
+# Plugin kinds
+
+
+@hookspec
+def rh_register_provisioners(register: Register) -> None:
+    """Register provisioners: implementations of :class:`rh_core.plugin_types.Provisioner`.
+
+    Called once when the plugin host first needs a provisioner.
+
+    :param register: call ``register(name, target, aliases=())`` once per provisioner.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+@hookspec
+def rh_register_transports(register: Register) -> None:
+    """Register transports: implementations of :class:`rh_core.plugin_types.Transport`.
+
+    Called once when the plugin host first needs a transport.
+
+    :param register: call ``register(name, target, aliases=())`` once per transport.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+@hookspec
+def rh_register_installers(register: Register) -> None:
+    """Register installers: implementations of :class:`rh_core.plugin_types.Installer`.
+
+    Called once when the plugin host first needs an installer.
+
+    :param register: call ``register(name, target, aliases=())`` once per install method
+        (``"pip"``, ``"conda"``, ...).
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+@hookspec
+def rh_register_executors(register: Register) -> None:
+    """Register executors: implementations of :class:`rh_core.plugin_types.Executor`.
+
+    Called once in the cluster server when it starts, and by clients that list executors.
+
+    :param register: call ``register(name, target, aliases=())`` once per executor.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+@hookspec(firstresult=True)
+def rh_claim_requirement(requirement: str) -> InstallerClaim | None:
+    """Claim a requirement string such as ``"numpy>=2"`` or ``"conda:hello"`` for an installer.
+
+    Called once per requirement string passed to ``reqs=``. Plugins that do not recognise the
+    string return ``None``; a catch-all claimer should be marked ``trylast=True``.
+
+    :param requirement: the string exactly as the user wrote it.
+
+    Stops at the first non-``None`` result, an :class:`InstallerClaim`. May raise
+    :class:`ValueError` with a message for the user when the string is theirs but malformed.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Command line
+
+
+@hookspec
+def rh_register_commands(cli: click.Group) -> None:
+    """Add commands or command groups to the ``rh`` command line.
+
+    Called once when ``rh`` starts, before arguments are parsed. Import heavy dependencies inside
+    the commands, not here: ``rh --help`` must stay fast.
+
+    :param cli: the top-level ``click.Group``; call ``cli.add_command(...)`` or use ``@cli.command()``.
+
+    The return value is ignored.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Notifications
+
+
+@hookspec
+def rh_cluster_ready(cluster: Cluster, info: dict[str, Any]) -> None:
+    """Called on the client each time a cluster's server has been reached and found healthy.
+
+    :param cluster: the cluster that is ready.
+    :param info: what the server reported about itself (version, executor, parallelism, pid).
+
+    The return value is ignored. Exceptions propagate to the caller that brought the cluster up.
+    """
+
+
+@hookspec
+def rh_cluster_teardown(cluster: Cluster) -> None:
+    """Called on the client just before a cluster's server is stopped or its machines go down.
+
+    :param cluster: the cluster going down.
+
+    The return value is ignored. Exceptions are reported and do not stop the teardown.
+    """

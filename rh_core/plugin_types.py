@@ -1,0 +1,147 @@
+"""The interfaces each plugin kind implements, and the messages that pass between them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+
+import attrs
+
+if TYPE_CHECKING:
+    from rh_core.cluster import Cluster
+
+Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
+
+
+# -------------------------------------------------------------------------------------------------
+# Executors run on the cluster, inside the server process.
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One unit of work for an executor: call a function once, or over a chunk of map items.
+
+    ``header`` is the JSON-safe description a runner needs (see :mod:`rh_core.runner`);
+    ``function`` is the cloudpickled function (empty when it goes by reference); ``arguments`` the
+    pickled ``(args, kwargs)`` or list of them for a map chunk; ``refs`` the already computed
+    values of every ``Ref`` the arguments mention, as ``{key: Outcome}``.
+    """
+
+    key: str
+    header: dict[str, Any]
+    function: Any
+    arguments: Frames
+    refs: dict[str, "Outcome"] = attrs.field(factory=dict)
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What running a task produced: ``ok`` with the pickled result, or ``err`` with the pickled
+    exception and its traceback. The server never unpickles either."""
+
+    status: str  # "ok" | "err"
+    frames: Frames
+    logged: bool = False  # the runner sent log lines; the server waits for their end marker
+
+
+class ServerContext(Protocol):
+    """What the cluster server offers to its executor."""
+
+    @property
+    def log_endpoint(self) -> str:
+        """A ZeroMQ address runners push ``[key, stream, text]`` log messages to."""
+
+    @property
+    def state_dir(self) -> str:
+        """A directory private to this server for sockets and scratch files."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """How calls run on the cluster. One instance lives in the server process."""
+
+    name: str
+
+    async def start(self, context: ServerContext) -> None:
+        """Start workers; called once before the first task."""
+
+    @property
+    def parallelism(self) -> int:
+        """How many tasks can run at once; clients split ``map`` into chunks by it."""
+
+    async def run(self, task: Task) -> Outcome:
+        """Run one task and return its outcome.
+
+        The server cancels the coroutine when the call's timeout expires: the executor must then
+        stop whatever runs the task. A task whose runner dies raises
+        :class:`rh_core.errors.WorkerDiedError`.
+        """
+
+    async def stop(self) -> None:
+        """Stop every worker this executor started."""
+
+    def describe(self) -> dict[str, Any]:
+        """A small JSON-safe summary shown by ``rh server status``."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Transports, provisioners and installers run on the client.
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """How the client reaches a cluster's head machine."""
+
+    def run(self, commands: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands in order; return ``(returncode, stdout, stderr)`` for each."""
+
+    def sync_directory(self, local_path: str) -> str:
+        """Make ``local_path`` present on the machine; return its path there."""
+
+    def forward(self, remote_port: int) -> tuple[str, int]:
+        """Return a local ``(host, port)`` that reaches ``remote_port`` on the machine."""
+
+    def close(self) -> None:
+        """Release connections and tunnels."""
+
+
+@attrs.frozen(kw_only=True)
+class ClusterInfo:
+    """What a provisioner reports about machines that are up: how to reach them."""
+
+    head: str
+    workers: tuple[str, ...] = ()
+    ssh_user: str | None = None
+    ssh_private_key: str | None = None
+    ssh_port: int = 22
+    provider_data: dict[str, Any] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """Brings machines up and down."""
+
+    def up(self, cluster: Cluster) -> ClusterInfo:
+        """Bring the cluster's machines up (or find them up) and say how to reach them."""
+
+    def down(self, cluster: Cluster) -> None:
+        """Stop or delete the cluster's machines."""
+
+    def status(self, cluster: Cluster) -> str:
+        """``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``."""
+
+
+@attrs.frozen(kw_only=True)
+class InstallerClaim:
+    """A requirement string claimed by an installer: which install method, and what to install."""
+
+    method: str
+    spec: str
+
+
+@runtime_checkable
+class Installer(Protocol):
+    """Installs packages into an environment on a cluster."""
+
+    def install(self, cluster: Cluster, spec: str, *, env: str | None = None) -> None:
+        """Install ``spec`` on ``cluster``; raise an install error naming the spec on failure."""

@@ -1,0 +1,220 @@
+"""The plugin host: loads plugins through pluggy and offers one typed method per hook.
+
+The rest of rh_core never touches ``pm.hook``; it asks the host. Environment variables are read
+when a host is created, never at import:
+
+* ``RH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-in plugins;
+* ``RH_PLUGINS=ray,pip`` loads only the named entry points (an allow-list).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import os
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import attrs
+import pluggy
+
+from rh_core import hookspecs
+from rh_core.errors import PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    import click
+
+    from rh_core.cluster import Cluster
+    from rh_core.plugin_types import InstallerClaim
+
+ENTRY_POINT_GROUP = "rh_core.plugins"
+BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_executor")
+KINDS = ("provisioner", "transport", "installer", "executor")
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """One row of ``rh plugins``."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    error: str | None = None
+
+
+@attrs.define
+class Registry:
+    """Implementations of one plugin kind by name; ``"module:attr"`` targets import on first use."""
+
+    kind: str
+    _targets: dict[str, Any] = attrs.field(factory=dict)
+    _owners: dict[str, str] = attrs.field(factory=dict)
+
+    def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), owner: str = "?") -> None:
+        for key in (name, *aliases):
+            if key in self._targets:
+                raise PluginError(
+                    f"{self.kind} {key!r} is registered by both {self._owners[key]!r} and {owner!r}; "
+                    f"uninstall one of them or disable it with RH_PLUGINS"
+                )
+            self._targets[key] = target
+            self._owners[key] = owner
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def get(self, name: str) -> Any:
+        """The implementation registered as ``name``, imported if it was registered as a string."""
+        try:
+            target = self._targets[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            try:
+                target = getattr(importlib.import_module(module_name), attr)
+            except ImportError as exc:
+                raise PluginError(
+                    f"{self.kind} {name!r} needs a module that is not installed ({exc.name}); "
+                    f"install the plugin {self._owners[name]!r} with its dependencies"
+                ) from exc
+            self._targets[name] = target
+        return target
+
+
+class PluginHost:
+    """Loads built-in and installed plugins and answers for them; see module docstring."""
+
+    def __init__(self, *, autoload: bool | None = None, allow: list[str] | None = None):
+        if autoload is None:
+            autoload = os.environ.get("RH_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        if allow is None and os.environ.get("RH_PLUGINS"):
+            allow = [name.strip() for name in os.environ["RH_PLUGINS"].split(",") if name.strip()]
+        self._pm = pluggy.PluginManager("rh_core")
+        self._pm.add_hookspecs(hookspecs)
+        if os.environ.get("RH_TRACE_HOOKS"):
+            self._pm.trace.root.setwriter(print)
+            self._pm.enable_tracing()
+        self._failed: dict[str, PluginInfo] = {}
+        self._distributions: dict[str, importlib.metadata.Distribution] = {}
+        self._registries: dict[str, Registry] = {}
+        for module_name in BUILTIN_PLUGINS:
+            self._pm.register(importlib.import_module(module_name), name=module_name.rsplit(".", 1)[1])
+        if autoload:
+            self._load_entry_points(allow)
+        self._pm.check_pending()
+
+    def _load_entry_points(self, allow: list[str] | None) -> None:
+        # Each plugin in its own try: one broken plugin is reported, never fatal to the others.
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and entry_point.name not in allow:
+                continue
+            dist = entry_point.dist
+            if self._pm.get_plugin(entry_point.name) is not None or entry_point.name in self._failed:
+                continue
+            try:
+                plugin = entry_point.load()
+                self._pm.register(plugin, name=entry_point.name)
+                if dist is not None:
+                    self._distributions[entry_point.name] = dist
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self._failed[entry_point.name] = PluginInfo(
+                    name=entry_point.name,
+                    distribution=dist.metadata["Name"] if dist else None,
+                    version=dist.version if dist else None,
+                    hooks=(),
+                    error=error,
+                )
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object by hand (tests, notebooks); registries are rebuilt."""
+        self._pm.register(plugin, name=name)
+        self._pm.check_pending()
+        self._registries.clear()
+
+    # --- introspection -------------------------------------------------------------------------
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every loaded plugin with its version and hooks, then every plugin that failed to load."""
+        rows = []
+        for name, plugin in self._pm.list_name_plugin():
+            if plugin is None:
+                continue
+            dist = self._distributions.get(name)
+            hooks = tuple(sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or ()))
+            rows.append(
+                PluginInfo(
+                    name=name,
+                    distribution=dist.metadata["Name"] if dist else "rh-core (built in)",
+                    version=dist.version if dist else _own_version(),
+                    hooks=hooks,
+                )
+            )
+        return rows + list(self._failed.values())
+
+    # --- the plugin kinds ----------------------------------------------------------------------
+
+    def registry(self, kind: str) -> Registry:
+        """All implementations of one plugin kind (``"executor"``, ``"transport"``, ...)."""
+        if kind not in KINDS:
+            raise UnknownNameError("plugin kind", kind, list(KINDS))
+        if kind not in self._registries:
+            registry = Registry(kind)
+            hook = getattr(self._pm.hook, f"rh_register_{kind}s")
+            for impl in hook.get_hookimpls():
+                owner = impl.plugin_name
+
+                def register(name: str, target: Any, *, aliases=(), _owner=owner) -> None:
+                    registry.register(name, target, aliases=tuple(aliases), owner=_owner)
+
+                impl.function(register=register)
+            self._registries[kind] = registry
+        return self._registries[kind]
+
+    def executor(self, name: str) -> Callable[..., Any]:
+        return self.registry("executor").get(name)
+
+    def transport(self, name: str) -> Callable[..., Any]:
+        return self.registry("transport").get(name)
+
+    def provisioner(self, name: str) -> Callable[..., Any]:
+        return self.registry("provisioner").get(name)
+
+    def installer(self, name: str) -> Callable[..., Any]:
+        return self.registry("installer").get(name)
+
+    def claim_requirement(self, requirement: str) -> InstallerClaim:
+        claim = self._pm.hook.rh_claim_requirement(requirement=requirement)
+        if claim is None:
+            raise UnknownNameError("install method", requirement, self.registry("installer").names())
+        return claim
+
+    # --- command line and notifications --------------------------------------------------------
+
+    def add_commands(self, cli: click.Group) -> None:
+        self._pm.hook.rh_register_commands(cli=cli)
+
+    def cluster_ready(self, cluster: Cluster, info: Mapping[str, Any]) -> None:
+        self._pm.hook.rh_cluster_ready(cluster=cluster, info=dict(info))
+
+    def cluster_teardown(self, cluster: Cluster) -> None:
+        for impl in self._pm.hook.rh_cluster_teardown.get_hookimpls():
+            try:
+                impl.function(cluster=cluster)
+            except Exception:  # reported, never stops the teardown
+                traceback.print_exc()
+
+
+def _own_version() -> str:
+    from rh_core import __version__
+
+    return __version__
+
+
+@functools.cache
+def default_host() -> PluginHost:
+    """The host the user API uses, created on first use (tests may call ``default_host.cache_clear()``)."""
+    return PluginHost()

@@ -1,0 +1,174 @@
+"""Runs tasks inside a worker: loads the function, unpickles arguments, calls, pickles the outcome.
+
+Every executor's workers use this: the process executor's worker processes and Ray tasks alike.
+The function's stdout and stderr (and so ``logging`` to them) are sent live to the server's log
+endpoint as ``[key, stream, text]``; after a task that printed anything an end-of-logs marker
+``[key, b"eof", b""]`` follows, so the server can deliver every line before the result.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Sequence
+
+import attrs
+import zmq
+
+from rh_core import serialize
+from rh_core.errors import RemoteError
+from rh_core.plugin_types import Outcome, Task
+
+
+class LogSender:
+    """A PUSH socket to the server's log endpoint, shared by the worker's threads."""
+
+    def __init__(self, endpoint: str | None):
+        self._lock = threading.Lock()
+        self._socket = None
+        if endpoint:
+            self._socket = zmq.Context.instance().socket(zmq.PUSH)
+            self._socket.setsockopt(zmq.LINGER, 2000)
+            self._socket.connect(endpoint)
+        self.key: str | None = None
+        self.sent = False
+
+    def send(self, stream: str, text: str) -> bool:
+        key = self.key
+        if key is None or self._socket is None:
+            return False
+        with self._lock:
+            self._socket.send_multipart([key.encode(), stream.encode(), text.encode("utf-8", "replace")])
+            self.sent = True
+        return True
+
+    def end(self) -> None:
+        if self.sent and self._socket is not None and self.key is not None:
+            with self._lock:
+                self._socket.send_multipart([self.key.encode(), b"eof", b""])
+        self.key, self.sent = None, False
+
+
+class CallOutput(io.TextIOBase):
+    """Replaces ``sys.stdout``/``sys.stderr`` in a worker: lines go to the caller while a call runs."""
+
+    def __init__(self, name: str, sender: LogSender, fallback: Any):
+        self.name, self._sender, self._fallback = name, sender, fallback
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._sender.key is None:
+            return self._fallback.write(text)
+        self._pending += text
+        if "\n" in self._pending:
+            head, _, self._pending = self._pending.rpartition("\n")
+            self._sender.send(self.name, head + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            if not self._sender.send(self.name, pending):
+                self._fallback.write(pending)
+        self._fallback.flush()
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Runner:
+    """Holds a worker's function cache and output redirection; ``run`` executes one task."""
+
+    def __init__(self, log_endpoint: str | None):
+        self.logs = LogSender(log_endpoint)
+        self._functions: dict[str, Callable] = {}
+        if not isinstance(sys.stdout, CallOutput):
+            sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
+            sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
+
+    def function(self, header: dict[str, Any], function_frame: Any) -> Callable:
+        fn_id = header["fn_id"]
+        fn = self._functions.get(fn_id)
+        if fn is None:
+            ref = header.get("function_ref")
+            if ref is not None:
+                fn = serialize.load_function(serialize.FunctionRef.from_json(ref))
+            else:
+                fn = serialize.loads_function(function_frame)
+            self._functions[fn_id] = fn
+        return fn
+
+    def run(self, task: Task) -> Outcome:
+        """Run one task and pickle what came of it; never raises."""
+        self.logs.key = task.key
+        try:
+            outcome = self._run(task)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logged = self.logs.sent
+            self.logs.end()
+        return attrs.evolve(outcome, logged=logged)
+
+    def _run(self, task: Task) -> Outcome:
+        try:
+            fn = self.function(task.header, task.function)
+            resolved: dict[str, Any] = {}
+
+            def resolve_ref(key: str) -> Any:
+                if key not in resolved:
+                    outcome = task.refs[key]
+                    if outcome.status != "ok":
+                        raise serialize.loads_exception(outcome.frames)
+                    resolved[key] = serialize.loads(outcome.frames)
+                return resolved[key]
+
+            arguments = serialize.loads(task.arguments, resolve_ref)
+        except BaseException as exc:
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        if task.header.get("mode") == "map":
+            return self._run_map(fn, arguments)
+        try:
+            args, kwargs = arguments
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        return _pack_result(result)
+
+    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]]) -> Outcome:
+        results: list[tuple[str, Any]] = []
+        for args, kwargs in items:
+            try:
+                results.append(("ok", fn(*args, **kwargs)))
+            except Exception as exc:
+                results.append(("err", _picklable_error(exc)))
+        return _pack_result(results)
+
+
+def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        exc = RemoteError(type(exc).__qualname__, str(exc))
+    return exc, tb
+
+
+def _pack_result(result: Any) -> Outcome:
+    try:
+        return Outcome(status="ok", frames=serialize.dumps(result))
+    except Exception as exc:
+        error = serialize.SerializationError(
+            f"the function returned a {type(result).__name__} that cannot be sent back: {exc}. "
+            "Return something picklable, or keep it on the cluster with .remote()."
+        )
+        return Outcome(status="err", frames=serialize.dumps_exception(error))
