@@ -74,22 +74,23 @@ class Connection:
         (None waits as long as the server lives).
         """
         socket = self._socket()
-        request_id = uuid.uuid4().bytes
-        socket.send_multipart([request_id, op.encode(), json.dumps(header).encode(), *frames], copy=False)
+        request_id = uuid.uuid4().hex
+        envelope = json.dumps({"id": request_id, "op": op, **header}, separators=(",", ":")).encode()
+        socket.send_multipart([envelope, *frames], copy=False)
         waited = 0.0
         while True:
             if socket.poll(POLL_SLICE_MS):
                 reply = socket.recv_multipart(copy=False)
-                if reply[0].bytes != request_id:
+                fields = json.loads(reply[0].bytes)
+                if fields.get("id") != request_id:
                     continue  # a late reply to a request we gave up on
-                kind = reply[1].bytes.decode()
-                reply_header = json.loads(reply[2].bytes)
+                kind = fields.pop("kind")
                 if kind == "log":
-                    on_log(reply_header["stream"], reply[3].bytes)
+                    on_log(fields["stream"], reply[1].bytes)
                     continue
                 if kind == "fail":
-                    raise _rebuild_failure(reply_header)
-                return Reply(kind, reply_header, [frame.buffer for frame in reply[3:]])
+                    raise _rebuild_failure(fields)
+                return Reply(kind, fields, [frame.buffer for frame in reply[1:]])
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
             if reason is not None:

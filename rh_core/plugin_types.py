@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import attrs
@@ -58,7 +59,7 @@ class ServerContext(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
-    """How calls run on the cluster. One instance lives in the server process."""
+    """How calls run on the cluster. One instance lives in the server process, in its event loop."""
 
     name: str
 
@@ -69,12 +70,14 @@ class Executor(Protocol):
     def parallelism(self) -> int:
         """How many tasks can run at once; clients split ``map`` into chunks by it."""
 
-    async def run(self, task: Task) -> Outcome:
-        """Run one task and return its outcome.
+    def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        """Start running ``task`` and return a future of its outcome, without blocking.
 
-        The server cancels the coroutine when the call's timeout expires: the executor must then
-        stop whatever runs the task. A task whose runner dies raises
-        :class:`rh_core.errors.WorkerDiedError`.
+        Called in the server's event loop for every call and every map chunk. The server cancels
+        the future when the call's timeout expires: the executor must then stop whatever runs the
+        task. A task whose runner dies fails the future with
+        :class:`rh_core.errors.WorkerDiedError`. Subclass :class:`CoroutineExecutor` to write an
+        ``async def run(task)`` instead.
         """
 
     async def stop(self) -> None:
@@ -82,6 +85,20 @@ class Executor(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """A small JSON-safe summary shown by ``rh server status``."""
+
+
+class CoroutineExecutor:
+    """Base for executors written as a coroutine: implement ``async def run(task) -> Outcome``.
+
+    Cancelling the submitted future cancels ``run`` (``asyncio.CancelledError`` is raised at its
+    ``await``), which is where such an executor stops the task.
+    """
+
+    async def run(self, task: Task) -> Outcome:
+        raise NotImplementedError
+
+    def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        return asyncio.ensure_future(self.run(task))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""The cluster server: ``python -m rh_core.server --state-dir DIR [--executor NAME]``.
+"""The cluster server: ``python -m rh_core.server --state-dir DIR [--executor NAME] [-o KEY=VALUE]``.
 
 It binds a ZeroMQ ROUTER socket on 127.0.0.1 (a free port), records pid, port, versions and
 executor in ``DIR/server.json``, and routes calls to its executor. The server never unpickles what
 clients send: arguments, functions and results pass through it as opaque frames, and only the
 workers load them.
 
-Requests are ``[request_id, op, json_header, *frames]``; replies are
-``[request_id, kind, json_header, *frames]`` with kind ``log``, ``ack``, ``result``, ``info`` or
-``fail``. See :mod:`rh_core.client` for the other side.
+Every message is ``[envelope, *frames]`` where the envelope is a JSON object. Requests carry
+``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
+op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` (zero or more, while a
+call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,22 @@ import os
 import signal
 import sys
 import time
-import uuid
-from typing import Any
+from typing import Any, Callable
 
 import zmq
-import zmq.asyncio
 
 from rh_core import __version__, serialize
+from rh_core.channel import Channel
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError
 from rh_core.plugin_types import Executor, Outcome, Task
 from rh_core.plugins import PluginHost
 
 STATE_FILE = "server.json"
+LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
+
+
+def encode(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":")).encode()
 
 
 class Server:
@@ -41,8 +46,8 @@ class Server:
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
         self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._fifo_locks: dict[str, asyncio.Lock] = {}
-        self._log_routes: dict[str, tuple[bytes, bytes]] = {}  # run key -> (client identity, request id)
-        self._log_ends: dict[str, asyncio.Event] = {}
+        self._log_routes: dict[str, tuple[bytes, str]] = {}  # run key -> (client identity, request id)
+        self._log_ends: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -51,30 +56,28 @@ class Server:
     # --- life cycle ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        context = zmq.asyncio.Context.instance()
-        self._router = context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        context = zmq.Context.instance()
+        router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self._bind_port:
-            self._router.bind(f"tcp://{self._bind_host}:{self._bind_port}")
+            router.bind(f"tcp://{self._bind_host}:{self._bind_port}")
             self.port = self._bind_port
         else:
-            self.port = self._router.bind_to_random_port(f"tcp://{self._bind_host}")
-        self._logs = context.socket(zmq.PULL)
-        self._logs.setsockopt(zmq.LINGER, 0)
-        self._logs.bind(self.log_endpoint)
+            self.port = router.bind_to_random_port(f"tcp://{self._bind_host}")
+        logs = context.socket(zmq.PULL)
+        logs.bind(self.log_endpoint)
+        self._logs = Channel(logs, self._on_log)
         await self.executor.start(self)
+        self._router = Channel(router, self._on_request)
         self._write_state()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        receivers = [asyncio.ensure_future(self._receive_requests()), asyncio.ensure_future(self._receive_logs())]
         await self._stopped.wait()
-        for receiver in receivers:
-            receiver.cancel()
+        self._router.close()
         await self.executor.stop()
         self._remove_state()
-        self._router.close()
         self._logs.close()
 
     def info(self) -> dict[str, Any]:
@@ -111,106 +114,158 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------------
 
-    async def _receive_requests(self) -> None:
-        while True:
-            frames = await self._router.recv_multipart(copy=False)
-            task = asyncio.ensure_future(self._handle(frames))
+    def _reply(self, identity: bytes, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> None:
+        self._router.send([identity, encode({"id": request_id, "kind": kind, **fields}), *frames])
+
+    def _reply_outcomes(self, identity: bytes, request_id: str, outcomes: list[Outcome]) -> None:
+        parts = [[o.status, len(o.frames)] for o in outcomes]
+        frames = [frame for o in outcomes for frame in o.frames]
+        self._reply(identity, request_id, "result", {"parts": parts}, frames)
+
+    def _on_request(self, frames: list) -> None:
+        identity = frames[0].bytes
+        try:
+            request = json.loads(frames[1].bytes)
+            request_id, op = request["id"], request["op"]
+        except (IndexError, ValueError, KeyError, TypeError):
+            self._reply(identity, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            return
+        # The two hot paths are answered without a coroutine: liveness pings and plain calls.
+        if op == "ping":
+            self._reply(identity, request_id, "info", self.info())
+        elif op == "call" and request.get("mode") == "call" and not request.get("refs"):
+            try:
+                task = self._task(request, frames[2:])
+            except Exception as exc:
+                self._fail(identity, request_id, exc)
+                return
+            self.calls += 1
+            self._route_logs(task, identity, request_id)
+            future = self._start(task)
+            future.add_done_callback(lambda f: self._finish_call(identity, request_id, task, f))
+        else:
+            task = asyncio.ensure_future(self._handle(identity, request_id, op, request, frames[2:]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _reply(self, identity: bytes, request_id: bytes, kind: bytes, header: dict, frames=()) -> None:
-        await self._router.send_multipart([identity, request_id, kind, json.dumps(header).encode(), *frames], copy=False)
+    def _finish_call(self, identity: bytes, request_id: str, task: Task, future: asyncio.Future) -> None:
+        self._log_routes.pop(task.key, None)
+        self._reply_outcomes(identity, request_id, [future.result()])
 
-    async def _handle(self, frames: list) -> None:
-        identity, request_id = frames[0].bytes, frames[1].bytes
+    def _fail(self, identity: bytes, request_id: str, exc: Exception) -> None:
+        error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError)) else "ProtocolError"
+        self._reply(identity, request_id, "fail", {"type": error_type, "message": str(exc)})
+
+    async def _handle(self, identity: bytes, request_id: str, op: str, request: dict, frames: list) -> None:
         try:
-            if len(frames) < 4:
-                raise ProtocolError("malformed request: expected [request_id, op, header, *frames]")
-            op = frames[2].bytes.decode()
-            header = json.loads(frames[3].bytes)
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise ProtocolError(f"unknown operation {op!r}")
-            await handler(identity, request_id, header, frames[4:])
+            await handler(identity, request_id, request, frames)
         except Exception as exc:
-            error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError, KeyError)) else "RhError"
-            await self._reply(identity, request_id, b"fail", {"type": error_type, "message": str(exc)})
+            self._fail(identity, request_id, exc)
 
-    async def _op_ping(self, identity, request_id, header, frames) -> None:
-        await self._reply(identity, request_id, b"info", self.info())
+    def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
+        n_fn = request["n_fn"]
+        return Task(
+            key=request["key"],
+            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "mode": "call"},
+            function=frames[0] if n_fn else b"",
+            arguments=frames[n_fn:],
+            refs=refs or {},
+            options=request.get("options", {}),
+        )
 
-    async def _op_shutdown(self, identity, request_id, header, frames) -> None:
-        await self._reply(identity, request_id, b"info", self.info())
+    def _route_logs(self, task: Task, identity: bytes, request_id: str) -> None:
+        if task.options.get("stream_logs"):
+            self._log_routes[task.key] = (identity, request_id)
+
+    async def _op_shutdown(self, identity, request_id, request, frames) -> None:
+        self._reply(identity, request_id, "info", self.info())
         self._stopped.set()
 
-    async def _op_call(self, identity, request_id, header, frames) -> None:
+    async def _op_call(self, identity, request_id, request, frames) -> None:
         self.calls += 1
-        key = header["key"]
-        mode = header["mode"]
-        n_fn = header["n_fn"]
-        function = frames[0] if n_fn else b""
-        arguments = frames[n_fn:]
-        refs = {ref: await self._outcome(ref) for ref in header.get("refs", ())}
-        options = header.get("options", {})
-        task_header = {"fn_id": header["fn_id"], "function_ref": header.get("function_ref"), "mode": "call"}
-
-        if options.get("stream_logs"):
-            self._log_routes[key] = (identity, request_id)
+        refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
+        task = self._task(request, frames, refs)
+        mode = request["mode"]
         if mode == "map":
-            chunk_tasks = []
-            for index, chunk in enumerate(serialize.iter_parts(arguments, header["chunks"])):
-                task = Task(key=f"{key}/{index}", header={**task_header, "mode": "map"}, function=function,
-                            arguments=chunk, refs=refs, options=options)
-                if options.get("stream_logs"):
-                    self._log_routes[task.key] = (identity, request_id)
-                chunk_tasks.append(self._run(task))
-            outcomes = await asyncio.gather(*chunk_tasks)
-            for index in range(len(outcomes)):
-                self._log_routes.pop(f"{key}/{index}", None)
-            self._log_routes.pop(key, None)
-            await self._reply_outcomes(identity, request_id, outcomes)
+            await self._map(identity, request_id, task, request["chunks"])
             return
-
-        task = Task(key=key, header=task_header, function=function, arguments=arguments, refs=refs, options=options)
+        if mode == "remote":  # its logs go to the server log: nobody waits on this request
+            self._results[task.key] = self._start(task)
+            self._reply(identity, request_id, "ack", {"key": task.key})
+            return
+        self._route_logs(task, identity, request_id)
         if mode == "enqueue":
-            run = self._run_in_order(header["fn_id"], task)
+            lock = self._fifo_locks.setdefault(request["fn_id"], asyncio.Lock())  # wakes waiters FIFO
+            async with lock:
+                outcome = await self._start(task)
         else:
-            run = self._run(task)
-        if mode == "remote":
-            self._results[key] = asyncio.ensure_future(run)
-            await self._reply(identity, request_id, b"ack", {"key": key})
-            return
-        outcome = await run
-        self._log_routes.pop(key, None)
-        await self._reply_outcomes(identity, request_id, [outcome])
+            outcome = await self._start(task)
+        self._log_routes.pop(task.key, None)
+        self._reply_outcomes(identity, request_id, [outcome])
 
-    async def _run_in_order(self, fn_id: str, task: Task) -> Outcome:
-        lock = self._fifo_locks.setdefault(fn_id, asyncio.Lock())  # asyncio.Lock wakes waiters FIFO
-        async with lock:
-            return await self._run(task)
+    async def _map(self, identity: bytes, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
+        chunks = [
+            Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
+                 arguments=chunk, refs=task.refs, options=task.options)
+            for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
+        ]
+        for chunk in chunks:
+            self._route_logs(chunk, identity, request_id)
+        outcomes = await asyncio.gather(*(self._start(chunk) for chunk in chunks))
+        for chunk in chunks:
+            self._log_routes.pop(chunk.key, None)
+        self._reply_outcomes(identity, request_id, list(outcomes))
 
-    async def _run(self, task: Task) -> Outcome:
+    def _start(self, task: Task) -> asyncio.Future[Outcome]:
+        """Submit a task; the returned future always resolves to an Outcome, after the call's
+        timeout is applied, executor failures are turned into ``err`` outcomes, and the call's
+        last log lines have gone out."""
+        loop = asyncio.get_running_loop()
+        final: asyncio.Future[Outcome] = loop.create_future()
+        running = self.executor.submit(task)
         timeout = task.options.get("timeout")
-        try:
-            outcome = await asyncio.wait_for(self.executor.run(task), timeout)
-        except TimeoutError:
-            error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
-            return Outcome(status="err", frames=serialize.dumps_exception(error))
-        except Exception as exc:  # the executor's own failure, e.g. a worker that died
-            return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        if outcome.logged:
-            event = self._log_ends.setdefault(task.key, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), 2.0)
-            except TimeoutError:
-                pass
-            self._log_ends.pop(task.key, None)
-        return outcome
+        timer = loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
 
-    async def _reply_outcomes(self, identity, request_id, outcomes: list[Outcome]) -> None:
-        parts = [[o.status, len(o.frames)] for o in outcomes]
-        frames = [frame for o in outcomes for frame in o.frames]
-        await self._reply(identity, request_id, b"result", {"parts": parts}, frames)
+        def settle(running: asyncio.Future) -> None:
+            if timer is not None:
+                timer.cancel()
+            if final.done():
+                return
+            if running.cancelled():
+                return  # only _expire cancels, and it settled `final` itself
+            exc = running.exception()
+            if exc is not None:
+                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(exc)))
+                return
+            outcome = running.result()
+            if outcome.logged:
+                self._after_logs(task.key, lambda: final.done() or final.set_result(outcome))
+            else:
+                final.set_result(outcome)
+
+        running.add_done_callback(settle)
+        return final
+
+    def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
+        error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
+        if not final.done():
+            final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+        running.cancel()  # the executor stops whatever runs it
+
+    def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
+        """Run ``then`` once the end-of-logs marker of ``key`` arrived (or after a short wait)."""
+        ended = self._log_ends.setdefault(key, asyncio.get_running_loop().create_future())
+        timer = asyncio.get_running_loop().call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
+
+        def done(_):
+            timer.cancel()
+            self._log_ends.pop(key, None)
+            then()
+
+        ended.add_done_callback(done)
 
     async def _outcome(self, key: str) -> Outcome:
         future = self._results.get(key)
@@ -221,45 +276,43 @@ class Server:
             )
         return await asyncio.shield(future)
 
-    async def _op_get(self, identity, request_id, header, frames) -> None:
-        keys, timeout = header["keys"], header.get("timeout")
+    async def _op_get(self, identity, request_id, request, frames) -> None:
+        keys, timeout = request["keys"], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
         except TimeoutError:
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
-        await self._reply_outcomes(identity, request_id, outcomes)
+        self._reply_outcomes(identity, request_id, list(outcomes))
 
-    async def _op_status(self, identity, request_id, header, frames) -> None:
+    async def _op_status(self, identity, request_id, request, frames) -> None:
         states = {}
-        for key in header["keys"]:
+        for key in request["keys"]:
             future = self._results.get(key)
             states[key] = "unknown" if future is None else ("done" if future.done() else "running")
-        await self._reply(identity, request_id, b"info", {"states": states})
+        self._reply(identity, request_id, "info", {"states": states})
 
-    async def _op_release(self, identity, request_id, header, frames) -> None:
-        for key in header["keys"]:
+    async def _op_release(self, identity, request_id, request, frames) -> None:
+        for key in request["keys"]:
             self._results.pop(key, None)
-        await self._reply(identity, request_id, b"info", {})
+        self._reply(identity, request_id, "info", {})
 
     # --- logs ----------------------------------------------------------------------------------
 
-    async def _receive_logs(self) -> None:
-        while True:
-            key_bytes, stream, text = await self._logs.recv_multipart()
-            key = key_bytes.decode()
-            if stream == b"eof":
-                self._log_ends.setdefault(key, asyncio.Event()).set()
-                continue
-            route = self._log_routes.get(key)
-            if route is not None:
-                await self._reply(*route, b"log", {"stream": stream.decode()}, [text])
-            else:
-                sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
-                sys.stderr.flush()
-
-
-def new_key(prefix: str = "run") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    def _on_log(self, frames: list) -> None:
+        key, stream, text = (frame.bytes for frame in frames)
+        key = key.decode()
+        if stream == b"eof":
+            ended = self._log_ends.setdefault(key, asyncio.get_running_loop().create_future())
+            if not ended.done():
+                ended.set_result(None)
+            return
+        route = self._log_routes.get(key)
+        if route is not None:
+            identity, request_id = route
+            self._reply(identity, request_id, "log", {"stream": stream.decode()}, [text])
+        else:
+            sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
+            sys.stderr.flush()
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

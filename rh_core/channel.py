@@ -1,0 +1,39 @@
+"""ZeroMQ sockets driven by the asyncio loop without a future per message.
+
+pyzmq's own asyncio wrapper costs a few hundred microseconds per request here; reading in a loop
+whenever the socket's file descriptor signals, and sending without blocking, costs a few tens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Sequence
+
+import zmq
+
+
+class Channel:
+    """Calls ``on_message(frames)`` for every message the socket receives; ``send`` never blocks."""
+
+    def __init__(self, socket: zmq.Socket, on_message: Callable[[list[zmq.Frame]], None]):
+        self.socket = socket
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._fd = socket.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._drain)
+        self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        # The descriptor is edge-triggered: read everything queued, or the next signal never comes.
+        socket = self.socket
+        while not socket.closed and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._on_message(socket.recv_multipart(zmq.NOBLOCK, copy=False))
+
+    def send(self, frames: Sequence) -> None:
+        self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        # A send can consume the descriptor's edge for messages that arrived meanwhile.
+        self._loop.call_soon(self._drain)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self.socket.close(linger=0)

@@ -1,0 +1,231 @@
+"""The executor contract: the whole Function API, run against a real server using the executor.
+
+Subclass :class:`ExecutorContract` and provide a ``cluster`` fixture returning a cluster whose
+server runs the executor under test (class scope or wider: starting a server costs seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import rh_core as rh
+from rh_core.testing import functions as fns
+
+
+class ExecutorContract:
+    """Behaviour every executor must show through the Function API."""
+
+    @pytest.fixture(scope="class")
+    def cluster(self):  # pragma: no cover - provided by subclasses
+        raise NotImplementedError("subclasses provide a `cluster` fixture")
+
+    @pytest.fixture(scope="class")
+    def add(self, cluster):
+        return rh.function(fns.add).to(cluster)
+
+    # --- calling -------------------------------------------------------------------------------
+
+    def test_call_runs_in_a_worker_process(self, cluster):
+        import os
+
+        where = rh.function(fns.whoami).to(cluster)()
+        assert where["pid"] != os.getpid()
+        assert rh.function(fns.quiet_add).to(cluster)(1, 2) == 3
+
+    def test_function_from_a_module_goes_by_reference_and_a_lambda_by_value(self, cluster):
+        by_reference = rh.function(fns.double).to(cluster)
+        by_value = rh.function(lambda x: x * 3).to(cluster)
+        assert by_reference._shipped.function_ref is not None
+        assert by_value._shipped.function_ref is None
+        assert (by_reference(4), by_value(4)) == (8, 12)
+
+    def test_stream_logs_shows_stdout_and_logging_live(self, cluster, capfd):
+        shout = rh.function(fns.shout).to(cluster)
+        assert shout("hello", stream_logs=True) == "HELLO"
+        out, err = capfd.readouterr()
+        assert "out: hello" in out
+        assert "log: hello" in err
+
+    def test_without_stream_logs_nothing_is_printed_here(self, add, capfd):
+        assert add(1, 2) == 3
+        out, _ = capfd.readouterr()
+        assert "adding" not in out
+
+    # --- refs ----------------------------------------------------------------------------------
+
+    def test_remote_returns_a_ref_at_once(self, cluster):
+        slow = rh.function(fns.sleep_then).to(cluster)
+        started = time.monotonic()
+        ref = slow.remote(1.0, "late")
+        assert isinstance(ref, rh.Ref)
+        assert time.monotonic() - started < 0.8
+        with pytest.raises(TimeoutError):
+            ref.result(timeout=0.05)
+        assert ref.result(timeout=30) == "late"
+
+    def test_get_one_and_many(self, add):
+        first = add.remote(1, 2)
+        assert rh.get(first) == 3
+        assert rh.get([first, add.remote(3, 4)]) == [3, 7]
+
+    def test_ref_argument_is_resolved_on_the_cluster(self, cluster, add):
+        double = rh.function(fns.double).to(cluster)
+        ref = add.remote(1, 2)
+        assert double(ref) == 6
+        assert double([ref]) == [ref.result()] * 2  # inside containers too
+
+    def test_failed_ref_raises_its_error_where_it_is_used(self, cluster):
+        failing = rh.function(fns.fail).to(cluster).remote("upstream broke")
+        with pytest.raises(ValueError, match="upstream broke"):
+            rh.function(fns.double).to(cluster)(failing)
+
+    def test_key_works_from_another_process(self, cluster, add):
+        ref = add.remote(20, 22)
+        ref.result()
+        script = textwrap.dedent(f"""
+            import rh_core as rh
+            cluster = rh.LocalCluster(state_dir={cluster.state_dir!r})
+            print(cluster.get({ref.key!r}))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "42", out.stderr
+        assert cluster.get(ref.key) == 42
+
+    def test_unknown_key_names_the_problem(self, cluster):
+        with pytest.raises(rh.ProtocolError, match="no result with key 'nope'"):
+            cluster.get("nope")
+
+    # --- enqueue, map, starmap -----------------------------------------------------------------
+
+    def test_enqueue_runs_calls_one_at_a_time_in_arrival_order(self, cluster):
+        record = rh.function(fns.record_interval).to(cluster)
+        results = {}
+
+        def call(tag):
+            results[tag] = record.enqueue(0.3, tag)
+
+        threads = []
+        for tag in range(4):
+            thread = threading.Thread(target=call, args=(tag,))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.05)  # arrival order 0, 1, 2, 3
+        for thread in threads:
+            thread.join(60)
+        intervals = [results[tag] for tag in range(4)]
+        starts = [start for _, start, _ in intervals]
+        assert starts == sorted(starts)
+        for (_, _, end), (_, start, _) in zip(intervals, intervals[1:]):
+            assert start >= end - 0.01  # no overlap
+
+    def test_map_zips_and_keeps_input_order(self, cluster):
+        add = rh.function(fns.quiet_add).to(cluster)
+        assert add.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
+        assert add.map([1, 2, 3], [10, 20]) == [11, 22]  # zip stops at the shortest
+        assert add.map(range(200), range(200)) == [2 * i for i in range(200)]
+        assert add.map([]) == []
+
+    def test_map_keywords_per_item_broadcast_and_wrapped(self, cluster):
+        gen = rh.function(fns.generate).to(cluster)
+        assert gen.map(["A dog.", "A cat."], num_images=[1, 2], steps=50) == [("A dog.", 1, 50), ("A cat.", 2, 50)]
+        assert gen.map(["A dog.", "A cat."], num_images=rh.broadcast([1, 2])) == [
+            ("A dog.", [1, 2], 10), ("A cat.", [1, 2], 10)]
+
+    def test_starmap(self, cluster):
+        gen = rh.function(fns.generate).to(cluster)
+        assert gen.starmap([("A dog.", 1), ("A cat.", 2)], steps=50) == [("A dog.", 1, 50), ("A cat.", 2, 50)]
+
+    def test_map_with_a_failing_item_names_its_index(self, cluster):
+        picky = rh.function(fns.fail_on).to(cluster)
+        with pytest.raises(KeyError, match="item 3 is bad") as info:
+            picky.map(range(6), bad=3)
+        assert any("map item 3 of 6" in note for note in info.value.__notes__)
+        results = picky.map(range(6), bad=3, return_exceptions=True)
+        assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
+        assert isinstance(results[3], KeyError)
+
+    # --- asyncio -------------------------------------------------------------------------------
+
+    def test_acall_and_await_ref_do_not_block_the_loop(self, cluster):
+        slow = rh.function(fns.sleep_then).to(cluster)
+
+        async def main():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.02)
+                    ticks += 1
+
+            ticking = asyncio.create_task(ticker())
+            value = await slow.acall(0.5, "called")
+            awaited = await slow.remote(0.3, "awaited")
+            ticking.cancel()
+            return value, awaited, ticks
+
+        value, awaited, ticks = asyncio.run(main())
+        assert (value, awaited) == ("called", "awaited")
+        assert ticks >= 10
+
+    # --- options -------------------------------------------------------------------------------
+
+    def test_options_do_not_steal_the_functions_keywords(self, cluster):
+        f = rh.function(fns.takes_timeout).to(cluster)
+        assert f(1, timeout=7, stream_logs="mine") == (1, 7, "mine")
+        assert f.options(timeout=30)(1, timeout=7) == (1, 7, None)
+
+    def test_unknown_option_lists_valid_ones(self, add):
+        with pytest.raises(TypeError, match="valid options: timeout"):
+            add.options(tiemout=3)
+
+    def test_timeout_stops_the_call_and_the_next_call_works(self, cluster):
+        slow = rh.function(fns.sleep_then).to(cluster)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="timeout of 0.5 s"):
+            slow.options(timeout=0.5)(30)
+        assert time.monotonic() - started < 10
+        assert slow(0, "after") == "after"
+
+    # --- errors --------------------------------------------------------------------------------
+
+    def test_exception_keeps_its_type_and_remote_traceback(self, cluster):
+        with pytest.raises(fns.CustomError, match="custom failure 7") as info:
+            rh.function(fns.fail_custom).to(cluster)(7)
+        cause = info.value.__cause__
+        assert isinstance(cause, rh.RemoteTraceback)
+        assert "fail_custom" in cause.tb and "functions.py" in cause.tb
+
+    def test_unpicklable_argument_is_named_before_sending(self, cluster, add):
+        calls_before = cluster.status()["calls"]
+        with pytest.raises(rh.SerializationError, match="keyword argument 'b' of type lock"):
+            add(1, b=threading.Lock())
+        assert cluster.status()["calls"] == calls_before
+
+    def test_unpicklable_result_is_explained(self, cluster):
+        with pytest.raises(rh.SerializationError, match="cannot be sent back"):
+            rh.function(fns.unpicklable_result).to(cluster)()
+
+    def test_worker_exit_fails_the_call_and_the_worker_is_replaced(self, cluster):
+        with pytest.raises(rh.WorkerDiedError):
+            rh.function(fns.exit_hard).to(cluster)(3)
+        assert rh.function(fns.quiet_add).to(cluster)(2, 2) == 4
+
+    def test_worker_segfault_fails_the_call_and_the_worker_is_replaced(self, cluster):
+        with pytest.raises(rh.WorkerDiedError):
+            rh.function(fns.segfault).to(cluster)()
+        assert rh.function(fns.quiet_add).to(cluster)(2, 3) == 5
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def test_large_bytes_round_trip(self, cluster):
+        data = bytes(range(256)) * (32 * 1024 * 4)  # 32 MiB
+        assert rh.function(fns.echo).to(cluster)(data) == data
+        assert rh.function(fns.length).to(cluster)(bytearray(data)) == len(data)

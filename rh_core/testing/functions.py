@@ -1,0 +1,92 @@
+"""Functions the contract tests send to clusters; importable, so they travel by reference."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+
+def add(a, b):
+    print("adding", a, b)
+    return a + b
+
+
+def quiet_add(a, b):
+    return a + b
+
+
+def double(x):
+    return x * 2
+
+
+def whoami():
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def shout(text):
+    print(f"out: {text}", flush=True)
+    logging.getLogger("rh-test").warning("log: %s", text)
+    return text.upper()
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+class CustomError(Exception):
+    """An exception type of the user's own."""
+
+
+def fail_custom(code):
+    raise CustomError(f"custom failure {code}")
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise KeyError(f"item {x} is bad")
+    return x
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def record_interval(seconds, tag):
+    start = time.time()
+    time.sleep(seconds)
+    return (tag, start, time.time())
+
+
+def exit_hard(code):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def takes_timeout(x, timeout=None, stream_logs=None):
+    return (x, timeout, stream_logs)
+
+
+def generate(prompt, num_images=1, steps=10):
+    return (prompt, num_images, steps)
+
+
+def echo(data):
+    return data
+
+
+def length(data):
+    return len(data)
+
+
+def unpicklable_result():
+    import threading
+
+    return threading.Lock()

@@ -1,0 +1,11 @@
+"""The Function API against a real server running the built-in process executor."""
+
+import pytest
+
+from rh_core.testing import ExecutorContract
+
+
+class TestProcessExecutor(ExecutorContract):
+    @pytest.fixture(scope="class")
+    def cluster(self, process_cluster):
+        return process_cluster
