@@ -111,6 +111,7 @@ class Function(Generic[P, R]):
         A keyword whose value is a list or tuple of the map's length gives one value per item;
         any other value, or one wrapped in :class:`broadcast`, goes whole to every item.
         """
+        options = self._take_call_options(kwargs)
         columns = [list(iterable) for iterable in iterables]
         if not columns:
             raise TypeError("map needs at least one iterable of positional arguments; use starmap for tuples")
@@ -121,12 +122,13 @@ class Function(Generic[P, R]):
             (tuple(column[i] for column in columns), {**shared, **{k: v[i] for k, v in per_item.items()}})
             for i in range(count)
         ]
-        return self._map(items, return_exceptions)
+        return self._map(items, return_exceptions, options)
 
     def starmap(self, arg_tuples: Iterable[Iterable[Any]], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """Like :meth:`map` with each item's positional arguments given as a tuple; ``kwargs`` go to every item."""
+        options = self._take_call_options(kwargs)
         shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items()}
-        return self._map([(tuple(args), shared) for args in arg_tuples], return_exceptions)
+        return self._map([(tuple(args), shared) for args in arg_tuples], return_exceptions, options)
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -166,7 +168,7 @@ class Function(Generic[P, R]):
         ((status, frames),) = split_parts(reply)
         return decode_outcome(status, frames)
 
-    def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool) -> list[Any]:
+    def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
         system, _ = self._placed()
         if not items:
             return []
@@ -175,7 +177,7 @@ class Function(Generic[P, R]):
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
         ref_keys: list[str] = []
         chunk_frames = [serialize.dumps_arguments_chunk(chunk, ref_keys, bounds[i]) for i, chunk in enumerate(chunks)]
-        header, function_frames = self._header("map", ref_keys, dict(self.call_options))
+        header, function_frames = self._header("map", ref_keys, options)
         header["chunks"] = [len(frames) for frames in chunk_frames]
         reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)])
         results: list[Any] = []

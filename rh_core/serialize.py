@@ -198,13 +198,29 @@ def load_function(ref: FunctionRef) -> Callable:
 
 
 def dumps_function(fn: Callable) -> bytes:
+    """Pickle a function by value, including its module's code when the module is not ``__main__``
+    (cloudpickle would otherwise refer to a module the cluster cannot import)."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    register = module is not None and module.__name__ != "__main__" and module.__name__ not in _by_value_modules()
     try:
-        return cloudpickle.dumps(fn, protocol=5)
+        if register:
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            return cloudpickle.dumps(fn, protocol=5)
+        finally:
+            if register:
+                cloudpickle.unregister_pickle_by_value(module)
     except Exception as exc:
         raise SerializationError(
             f"function {getattr(fn, '__qualname__', fn)!r} cannot be pickled: {exc}. "
             "Move it to a module in your working directory so it is sent by reference."
         ) from exc
+
+
+def _by_value_modules() -> set[str]:
+    from cloudpickle import cloudpickle as implementation
+
+    return set(getattr(implementation, "_PICKLE_BY_VALUE_MODULES", ()))
 
 
 def loads_function(data: bytes | memoryview) -> Callable:

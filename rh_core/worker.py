@@ -7,6 +7,7 @@ at a time, answering each with ``[b"done", status, logged, *frames]``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import zmq
@@ -37,7 +38,20 @@ def decode_task(frames: list) -> Task:
     return Task(key=head["key"], header=head["header"], function=function, arguments=arguments, refs=refs)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the server that spawned it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check in main() still ends orphaned workers
+
+
 def main(task_endpoint: str, log_endpoint: str, worker_id: str) -> None:
+    server_pid = os.getppid()
+    _die_with_parent()
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.IDENTITY, worker_id.encode())
     socket.setsockopt(zmq.LINGER, 5000)
@@ -45,6 +59,10 @@ def main(task_endpoint: str, log_endpoint: str, worker_id: str) -> None:
     runner = Runner(log_endpoint)
     socket.send_multipart([b"ready"])
     while True:
+        if not socket.poll(1000):
+            if os.getppid() != server_pid:
+                return  # orphaned: the server is gone
+            continue
         frames = socket.recv_multipart(copy=False)
         if bytes(frames[0]) != b"task":
             break

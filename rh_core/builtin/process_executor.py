@@ -24,6 +24,9 @@ from rh_core.plugin_types import Outcome, ServerContext, Task
 from rh_core.worker import encode_task
 
 
+WORKER_START_TIMEOUT = 60.0
+
+
 @hookimpl
 def rh_register_executors(register):
     register("process", ProcessExecutor)
@@ -69,10 +72,16 @@ class ProcessExecutor:
         self._all_ready = asyncio.get_running_loop().create_future()
         for _ in range(self.num_workers):
             await self._spawn()
-        await self._all_ready
+        try:
+            await asyncio.wait_for(asyncio.shield(self._all_ready), WORKER_START_TIMEOUT)
+        except TimeoutError:
+            raise WorkerDiedError(
+                f"{self.num_workers - len(self._idle)} of {self.num_workers} worker processes did not report "
+                f"ready within {WORKER_START_TIMEOUT} s; see the server log"
+            ) from None
 
     async def _spawn(self) -> None:
-        worker_id = f"w{next(self._ids)}"
+        worker_id = f"{os.getpid()}-w{next(self._ids)}"  # unique across server restarts
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rh_core.worker", self._endpoint, self._context.log_endpoint, worker_id,
             stdin=asyncio.subprocess.DEVNULL,

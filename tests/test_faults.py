@@ -1,0 +1,80 @@
+"""Faults of the server itself and of the client-server pairing."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import rh_core as rh
+from rh_core import serialize
+from rh_core.testing import functions as fns
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A server of its own: these tests kill it."""
+    cluster = rh.LocalCluster(name="doomed", state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
+    yield cluster
+    cluster.stop_server()
+
+
+def test_server_killed_during_a_call_errors_within_seconds_and_next_call_restarts(own_cluster):
+    slow = rh.function(fns.sleep_then).to(own_cluster)
+    pid = own_cluster.status()["pid"]
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with pytest.raises(rh.ConnectionLostError, match=f"pid {pid}"):
+        slow(60)
+    assert time.monotonic() - started < 5
+    assert slow(0, "again") == "again"
+    assert own_cluster.status()["pid"] != pid
+
+
+def test_server_killed_between_calls_is_replaced_on_next_use(own_cluster):
+    add = rh.function(fns.quiet_add).to(own_cluster)
+    assert add(1, 1) == 2
+    pid = own_cluster.status()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(rh.ConnectionLostError):
+        add(1, 2)  # the in-flight request had nowhere to go
+    assert add(1, 2) == 3
+    assert own_cluster.status()["pid"] != pid
+
+
+def test_refs_of_a_dead_server_say_so(own_cluster):
+    add = rh.function(fns.quiet_add).to(own_cluster)
+    ref = add.remote(1, 2)
+    assert ref.result() == 3
+    own_cluster.restart_server()
+    with pytest.raises(rh.ProtocolError, match="server restarted"):
+        ref.result()
+
+
+def test_python_version_mismatch_names_both_versions(own_cluster, monkeypatch):
+    own_cluster.status()  # the server runs our Python
+    monkeypatch.setattr(serialize, "python_version", lambda: "3.99")
+    other_client = rh.LocalCluster(name="mismatched", state_dir=own_cluster.state_dir)
+    ours = f"{os.sys.version_info.major}.{os.sys.version_info.minor}"
+    with pytest.raises(rh.VersionMismatchError, match=rf"Python 3\.99 .* runs Python {ours}"):
+        other_client.connection()
+
+
+def test_server_that_cannot_start_reports_its_log(tmp_path):
+    cluster = rh.LocalCluster(name="broken", state_dir=str(tmp_path / "s"), executor="no-such-executor")
+    with pytest.raises(rh.ServerStartError, match="unknown executor 'no-such-executor'; valid executors: .*process"):
+        cluster.connection()
+
+
+def test_second_client_process_reuses_the_running_server(own_cluster):
+    pid = own_cluster.status()["pid"]
+    again = rh.LocalCluster(name="again", state_dir=own_cluster.state_dir)
+    assert again.status()["pid"] == pid
+
+
+def test_here_starts_on_first_use_and_is_shared(isolated_rh_home):
+    assert rh.function(fns.quiet_add).to(rh.here)(2, 5) == 7
+    assert rh.here.state_dir == os.path.join(str(isolated_rh_home), "local")
+    assert rh.LocalCluster().status()["pid"] == rh.here.status()["pid"]

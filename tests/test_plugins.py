@@ -1,0 +1,131 @@
+"""The plugin host: entry points, broken plugins, allow-lists, registries and `rh plugins`."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import rh_core as rh
+from rh_core.errors import PluginError, UnknownNameError
+from rh_core.plugins import PluginHost
+
+
+@pytest.fixture
+def fake_plugins(tmp_path, monkeypatch):
+    """Two installed plugin distributions on sys.path: one that works, one that fails to import."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "goodplug.py").write_text(textwrap.dedent("""
+        import rh_core
+
+        @rh_core.hookimpl
+        def rh_register_executors(register):
+            register("good", "goodplug:GoodExecutor", aliases=("fine",))
+
+        @rh_core.hookimpl
+        def rh_register_commands(cli):
+            @cli.command(name="good-hello")
+            def hello():
+                print("hello from goodplug")
+
+        class GoodExecutor:
+            name = "good"
+    """))
+    (site / "brokenplug.py").write_text("raise ImportError('brokenplug needs libfoo')\n")
+    for name, module in (("goodplug", "goodplug"), ("brokenplug", "brokenplug")):
+        info = site / f"rh_{name}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: rh-{name}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(f"[rh_core.plugins]\n{name} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_broken_plugin_is_reported_and_the_others_load(fake_plugins):
+    host = PluginHost()
+    rows = {row.name: row for row in host.plugins()}
+    assert rows["goodplug"].distribution == "rh-goodplug" and rows["goodplug"].version == "1.2.3"
+    assert "rh_register_executors" in rows["goodplug"].hooks
+    assert "brokenplug needs libfoo" in rows["brokenplug"].error
+    assert host.executor("good").name == "good"
+    assert host.executor("fine") is host.executor("good")
+
+
+def test_builtin_plugins_are_listed(fake_plugins):
+    rows = {row.name: row for row in PluginHost().plugins()}
+    assert rows["process_executor"].hooks == ("rh_register_executors",)
+    assert rows["local_transport"].distribution == "rh-core (built in)"
+
+
+def test_autoload_can_be_disabled_and_allow_listed(fake_plugins, monkeypatch):
+    monkeypatch.setenv("RH_DISABLE_PLUGIN_AUTOLOAD", "1")
+    names = {row.name for row in PluginHost().plugins()}
+    assert "goodplug" not in names and "process_executor" in names
+    monkeypatch.delenv("RH_DISABLE_PLUGIN_AUTOLOAD")
+    monkeypatch.setenv("RH_PLUGINS", "goodplug")
+    names = {row.name for row in PluginHost().plugins()}
+    assert "goodplug" in names and "brokenplug" not in names
+
+
+def test_unknown_names_list_the_valid_ones(fake_plugins):
+    host = PluginHost()
+    with pytest.raises(UnknownNameError, match="unknown executor 'nope'; valid executors: fine, good, process"):
+        host.executor("nope")
+    with pytest.raises(UnknownNameError, match="valid plugin kinds: executor, installer, provisioner, transport"):
+        host.registry("widget")
+
+
+def test_a_name_registered_twice_is_refused(fake_plugins):
+    class Duplicate:
+        @rh.hookimpl
+        def rh_register_executors(self, register):
+            register("process", object)
+
+    host = PluginHost()
+    host.register(Duplicate(), name="duplicate")
+    with pytest.raises(PluginError, match="'process' is registered by both 'process_executor' and 'duplicate'"):
+        host.registry("executor")
+
+
+def test_misspelled_hook_is_an_error():
+    class Typo:
+        @rh.hookimpl
+        def rh_register_executor(self, register):  # missing the final s
+            pass
+
+    import pluggy
+
+    with pytest.raises(pluggy.PluginValidationError):
+        PluginHost(autoload=False).register(Typo())
+
+
+def test_lazy_target_whose_module_is_missing_says_what_to_install():
+    class Lazy:
+        @rh.hookimpl
+        def rh_register_executors(self, register):
+            register("ghost", "rh_ghost_module_not_installed:Executor")
+
+    host = PluginHost(autoload=False)
+    host.register(Lazy(), name="lazy")
+    with pytest.raises(PluginError, match="needs a module that is not installed"):
+        host.executor("ghost")
+
+
+def test_cli_lists_plugins_and_adds_plugin_commands(fake_plugins):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run(["rh", "plugins", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["goodplug"]["version"] == "1.2.3"
+    assert "libfoo" in rows["brokenplug"]["error"]
+    hello = subprocess.run(["rh", "good-hello"], capture_output=True, text=True, env=env, timeout=60)
+    assert hello.stdout.strip() == "hello from goodplug"
+
+
+def test_import_rh_core_imports_no_plugin_dependencies():
+    script = "import sys, rh_core; print(sorted(m for m in ('ray', 'sky', 'paramiko', 'click') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
