@@ -5,18 +5,25 @@
     f(1, 2); rh.get(f.remote(1, 2)); f.map([1, 2], [3, 4])
 """
 
-import pluggy
-
 __version__ = "0.1.0"
-
-#: Marks a plugin's hook implementations; the only thing a plugin needs to import at import time.
-hookimpl = pluggy.HookimplMarker("rh_core")
 
 from rh_core.cluster import Cluster, LocalCluster, here  # noqa: E402
 from rh_core.errors import *  # noqa: E402,F401,F403
 from rh_core.function import Function, broadcast, function  # noqa: E402
-from rh_core.plugins import PluginHost, default_host  # noqa: E402
 from rh_core.ref import Ref, get  # noqa: E402
+
+
+def __getattr__(name: str):
+    # pluggy and the plugin host load on first use, keeping `import rh_core` fast.
+    if name == "hookimpl":
+        from rh_core.hookspecs import hookimpl
+
+        return hookimpl
+    if name in ("PluginHost", "default_host"):
+        from rh_core import plugins
+
+        return getattr(plugins, name)
+    raise AttributeError(f"module 'rh_core' has no attribute {name!r}")
 
 __all__ = [
     "Cluster",

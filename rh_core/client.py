@@ -13,8 +13,6 @@ import threading
 import uuid
 from typing import Any, Callable, Sequence
 
-import zmq
-
 from rh_core import errors
 from rh_core.errors import ConnectionLostError, RhError
 
@@ -44,9 +42,11 @@ class Connection:
         self._local = threading.local()
         self._closed = False
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> Any:
         socket = getattr(self._local, "socket", None)
         if socket is None:
+            import zmq  # here, not at module level: `import rh_core` stays fast
+
             socket = zmq.Context.instance().socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.connect(self.address)

@@ -12,18 +12,21 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 
 from rh_core import __version__, serialize
 from rh_core.client import Connection, Reply, write_log
 from rh_core.errors import ConnectionLostError, ServerStartError, VersionMismatchError
-from rh_core.plugins import PluginHost, default_host
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from rh_core.plugins import PluginHost
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 
@@ -58,6 +61,8 @@ class Cluster:
 
     @property
     def host(self) -> PluginHost:
+        from rh_core.plugins import default_host
+
         return default_host()
 
     # --- connection ----------------------------------------------------------------------------
@@ -226,6 +231,8 @@ class LocalCluster(Cluster):
         return f"tcp://127.0.0.1:{state['port']}", state
 
     def _launch(self) -> dict[str, Any]:
+        import subprocess
+
         command = [sys.executable, "-m", "rh_core.server", "--state-dir", self.state_dir,
                    "--executor", self.executor or "process"]
         for key, value in self.executor_options.items():

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import inspect
 import os
-import site
-import subprocess
-import sysconfig
 import uuid
 from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
@@ -103,6 +97,8 @@ class Function(Generic[P, R]):
 
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call without blocking the event loop."""
+        import asyncio
+
         return await asyncio.to_thread(self.__call__, *args, **kwargs)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
@@ -222,6 +218,8 @@ def function(fn: Callable[P, R], *, name: str | None = None, system: Cluster | N
 
 def working_directory() -> str:
     """The git root of the current directory, or the current directory outside git."""
+    import subprocess
+
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10, check=True
@@ -232,6 +230,9 @@ def working_directory() -> str:
 
 
 def _installed_roots() -> set[str]:
+    import site
+    import sysconfig
+
     roots = set(site.getsitepackages()) | {site.getusersitepackages()}
     roots |= {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     return {os.path.realpath(root) for root in roots}
@@ -251,11 +252,15 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
                 remote_workdir = system.transport.sync_directory(workdir)
                 path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
                 return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
+    import hashlib
+
     pickled = serialize.dumps_function(fn)
     return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled)
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:
+    import inspect
+
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("rh_core")
 
+#: Marks a plugin's hook implementations; import it as ``from rh_core import hookimpl``.
+hookimpl = pluggy.HookimplMarker("rh_core")
+
 Register = Callable[..., None]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, overload
 
@@ -59,6 +58,8 @@ class Ref:
         self._cluster().release([self.key])
 
     def __await__(self):
+        import asyncio
+
         return asyncio.to_thread(self.result).__await__()
 
 

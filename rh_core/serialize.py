@@ -16,7 +16,6 @@ import traceback
 from typing import Any, Callable, Iterable, Sequence
 
 import attrs
-import cloudpickle
 
 from rh_core.errors import RemoteError, RemoteTraceback, SerializationError
 
@@ -95,6 +94,8 @@ def dumps(obj: Any, ref_keys: list[str] | None = None) -> list[Buffer]:
             buffers.append(buf)
             return False  # out of band
         return True  # small: inline in the stream
+
+    import cloudpickle
 
     token = _ref_keys_seen.set(ref_keys)
     try:
@@ -200,6 +201,8 @@ def load_function(ref: FunctionRef) -> Callable:
 def dumps_function(fn: Callable) -> bytes:
     """Pickle a function by value, including its module's code when the module is not ``__main__``
     (cloudpickle would otherwise refer to a module the cluster cannot import)."""
+    import cloudpickle
+
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     register = module is not None and module.__name__ != "__main__" and module.__name__ not in _by_value_modules()
     try:
@@ -224,7 +227,7 @@ def _by_value_modules() -> set[str]:
 
 
 def loads_function(data: bytes | memoryview) -> Callable:
-    return cloudpickle.loads(data)
+    return pickle.loads(data)  # cloudpickle output is plain pickle; loading needs only cloudpickle installed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,5 +7,6 @@ from rh_core.testing import ExecutorContract
 
 class TestProcessExecutor(ExecutorContract):
     @pytest.fixture(scope="class")
-    def cluster(self, process_cluster):
+    @classmethod
+    def cluster(cls, process_cluster):
         return process_cluster

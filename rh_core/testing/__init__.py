@@ -4,7 +4,8 @@
 
     class TestMyExecutor(ExecutorContract):
         @pytest.fixture(scope="class")
-        def cluster(self, tmp_path_factory):
+        @classmethod
+        def cluster(cls, tmp_path_factory):
             ...  # a LocalCluster whose server runs your executor
 """
 

@@ -23,11 +23,13 @@ class ExecutorContract:
     """Behaviour every executor must show through the Function API."""
 
     @pytest.fixture(scope="class")
-    def cluster(self):  # pragma: no cover - provided by subclasses
+    @classmethod
+    def cluster(cls):  # pragma: no cover - provided by subclasses
         raise NotImplementedError("subclasses provide a `cluster` fixture")
 
     @pytest.fixture(scope="class")
-    def add(self, cluster):
+    @classmethod
+    def add(cls, cluster):
         return rh.function(fns.add).to(cluster)
 
     # --- calling -------------------------------------------------------------------------------

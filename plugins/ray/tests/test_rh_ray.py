@@ -170,5 +170,6 @@ class TestRayExecutorContract(ExecutorContract):
     """The whole Function API, as every executor must support it, on the ray executor."""
 
     @pytest.fixture(scope="class")
-    def cluster(self, cluster):
+    @classmethod
+    def cluster(cls, cluster):
         return cluster
