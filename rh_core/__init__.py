@@ -11,6 +11,7 @@ from rh_core.cluster import Cluster, LocalCluster, here  # noqa: E402
 from rh_core.errors import *  # noqa: E402,F401,F403
 from rh_core.function import Function, broadcast, function  # noqa: E402
 from rh_core.ref import Ref, get  # noqa: E402
+from rh_core.remote import RemoteCluster, cluster  # noqa: E402
 
 
 def __getattr__(name: str):
@@ -32,7 +33,9 @@ __all__ = [
     "PluginHost",
     "Ref",
     "__version__",
+    "RemoteCluster",
     "broadcast",
+    "cluster",
     "default_host",
     "function",
     "get",

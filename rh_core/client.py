@@ -108,6 +108,22 @@ class Connection:
         self._drop_socket()
 
 
+def ping(address: str, timeout: float) -> dict[str, Any] | None:
+    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds."""
+    import zmq
+
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send(json.dumps({"id": "liveness", "op": "ping"}).encode())
+        if socket.poll(int(timeout * 1000)):
+            return json.loads(socket.recv())
+        return None
+    finally:
+        socket.close(linger=0)
+
+
 def _rebuild_failure(header: dict[str, Any]) -> Exception:
     error_type = header.get("type", "RhError")
     if error_type == "TimeoutError":

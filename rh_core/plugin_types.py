@@ -124,13 +124,18 @@ class Transport(Protocol):
 
 @attrs.frozen(kw_only=True)
 class ClusterInfo:
-    """What a provisioner reports about machines that are up: how to reach them."""
+    """What a provisioner reports about machines that are up: their addresses and how to reach them.
+
+    ``transport`` names the transport plugin; the head's transport is created as
+    ``Transport(head, **transport_options)``, a worker's with its entry in ``host_options`` merged
+    over them. ``provider_data`` is the provisioner's own opaque state.
+    """
 
     head: str
     workers: tuple[str, ...] = ()
-    ssh_user: str | None = None
-    ssh_private_key: str | None = None
-    ssh_port: int = 22
+    transport: str = "ssh"
+    transport_options: dict[str, Any] = attrs.field(factory=dict)
+    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     provider_data: dict[str, Any] = attrs.field(factory=dict)
 
 

@@ -65,6 +65,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._targets)
 
+    def owner(self, name: str) -> str:
+        """The name of the plugin that registered ``name``."""
+        if name not in self._owners:
+            raise UnknownNameError(self.kind, name, self.names())
+        return self._owners[name]
+
     def get(self, name: str) -> Any:
         """The implementation registered as ``name``, imported if it was registered as a string."""
         try:
@@ -154,6 +160,11 @@ class PluginHost:
                 )
             )
         return rows + list(self._failed.values())
+
+    def distribution_of(self, plugin_name: str) -> str | None:
+        """The distribution (``rh-ray``) that installed a plugin; None for built-in plugins."""
+        dist = self._distributions.get(plugin_name)
+        return dist.metadata["Name"] if dist is not None else None
 
     # --- the plugin kinds ----------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class Server:
             "pid": os.getpid(),
             "port": self.port,
             "version": __version__,
+            "build": os.environ.get("RH_BUILD_ID"),  # set by remote bootstrap: which wheels it runs
             "python": serialize.python_version(),
             "python_executable": sys.executable,
             "executor": self.executor.name,
