@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import attrs
 
 if TYPE_CHECKING:
+    import asyncio
+
     from rh_core.cluster import Cluster
 
 Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
@@ -98,6 +99,8 @@ class CoroutineExecutor:
         raise NotImplementedError
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        import asyncio
+
         return asyncio.ensure_future(self.run(task))
 
 

@@ -81,11 +81,12 @@ def _load_ref(key: str, ref_type: type) -> Any:
     return resolve(key) if resolve is not None else ref_type._from_key(key)
 
 
-def dumps(obj: Any, ref_keys: list[str] | None = None) -> list[Buffer]:
+def dumps(obj: Any, ref_keys: list[str] | None = None, *, container_depth: int = 2) -> list[Buffer]:
     """Pickle ``obj`` into frames: the pickle stream first, then its out-of-band buffers.
 
     Keys of ``Ref`` objects found inside ``obj`` are appended to ``ref_keys``; the cluster resolves
-    them to their values before the function runs.
+    them to their values before the function runs. Large ``bytes`` up to ``container_depth``
+    levels of lists, tuples and dicts down also travel out of band.
     """
     buffers: list[Buffer] = []
 
@@ -99,7 +100,7 @@ def dumps(obj: Any, ref_keys: list[str] | None = None) -> list[Buffer]:
 
     token = _ref_keys_seen.set(ref_keys)
     try:
-        stream = cloudpickle.dumps(_lift_large_bytes(obj), protocol=5, buffer_callback=keep_large)
+        stream = cloudpickle.dumps(_lift_large_bytes(obj, container_depth), protocol=5, buffer_callback=keep_large)
     finally:
         _ref_keys_seen.reset(token)
     return [stream, *buffers]
@@ -135,7 +136,7 @@ def dumps_arguments(args: tuple, kwargs: dict, ref_keys: list[str]) -> list[Buff
 def dumps_arguments_chunk(items: list[tuple[tuple, dict]], ref_keys: list[str], offset: int) -> list[Buffer]:
     """Pickle a chunk of map items; when one cannot be pickled, name its index and argument."""
     try:
-        return dumps(items, ref_keys)
+        return dumps(items, ref_keys, container_depth=4)  # items -> (args, kwargs) -> args -> value
     except Exception:
         for index, (args, kwargs) in enumerate(items):
             try:

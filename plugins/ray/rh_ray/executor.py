@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from typing import TYPE_CHECKING, Any
 
 from rh_core.errors import RhError, WorkerDiedError
@@ -26,6 +27,7 @@ RAY_CALL_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory")
 # Ray puts unix sockets at <temp dir>/session_<date>_<time>_<micros>_<pid>/sockets/plasma_store, and
 # AF_UNIX paths stop at 107 bytes: a temp dir longer than this budget makes Ray fail to start.
 _UNIX_PATH_MAX = 107
+CPU_COUNT_TTL = 5.0
 _RAY_SOCKET_SUFFIX = 72
 
 
@@ -133,6 +135,9 @@ class RayExecutor(CoroutineExecutor):
         self._remove_temp_dir = False
         self._ray_address: str | None = None
         self._parallelism = 1
+        self._nodes = 0
+        self._counted_at = 0.0
+        self._remotes: dict[str, Any] = {}  # Ray task options -> the remote function with them
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -153,7 +158,8 @@ class RayExecutor(CoroutineExecutor):
         # No retries: Ray would otherwise run a call again when its worker dies, and calls need not
         # be idempotent. A dead worker is reported as WorkerDiedError instead.
         self._remote = ray.remote(max_retries=0)(run_in_worker)
-        self._parallelism = self._count_cpus()
+        self._counted_at = 0.0
+        self._refresh()
 
     def _init_kwargs(self, context: ServerContext) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"log_to_driver": False}
@@ -193,25 +199,27 @@ class RayExecutor(CoroutineExecutor):
 
     # --- what the server asks ------------------------------------------------------------------
 
-    def _count_cpus(self) -> int:
+    def _refresh(self) -> None:
+        """Re-read CPUs and live nodes from Ray, at most every CPU_COUNT_TTL seconds: the server
+        reports both on every ping, and each read is a blocking call to Ray's GCS."""
         ray = self._ray
+        if time.monotonic() - self._counted_at < CPU_COUNT_TTL:
+            return
+        self._counted_at = time.monotonic()
         if ray is not None and ray.is_initialized():
-            with contextlib.suppress(Exception):  # GCS briefly unreachable: keep the last count
+            with contextlib.suppress(Exception):  # GCS briefly unreachable: keep the last figures
                 self._parallelism = max(1, int(ray.cluster_resources().get("CPU", 0)))
-        return self._parallelism
+                self._nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
 
     @property
     def parallelism(self) -> int:
-        # Asked afresh each time: nodes may join or leave a Ray cluster while the server runs.
-        return self._count_cpus()
+        # Re-read now and then: nodes may join or leave a Ray cluster while the server runs.
+        self._refresh()
+        return self._parallelism
 
     def describe(self) -> dict[str, Any]:
-        nodes = 0
-        ray = self._ray
-        if ray is not None and ray.is_initialized():
-            with contextlib.suppress(Exception):
-                nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        return {"executor": self.name, "ray_address": self._ray_address, "nodes": nodes}
+        self._refresh()
+        return {"executor": self.name, "ray_address": self._ray_address, "nodes": self._nodes}
 
     # --- running -------------------------------------------------------------------------------
 
@@ -220,12 +228,7 @@ class RayExecutor(CoroutineExecutor):
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
         options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
-        try:
-            remote = self._remote.options(name=f"rh:{task.key}", **options)
-        except (TypeError, ValueError) as exc:
-            raise RhError(
-                f"Ray rejected the call options {options}: {exc}. Fix them in Function.options(...)"
-            ) from exc
+        remote = self._remote_with(options)
         try:
             ref = remote.remote(self._log_endpoint, _detached(task))
         except Exception as exc:  # Ray itself is gone; its exception types may not unpickle on the client
@@ -264,6 +267,20 @@ class RayExecutor(CoroutineExecutor):
         except errors.RayError as exc:
             raise RhError(f"Ray could not run the call: {type(exc).__name__}: {exc}") from exc
         return Outcome(status=status, frames=frames, logged=logged)
+
+    def _remote_with(self, options: dict[str, Any]) -> Any:
+        """The remote function with these Ray options; building one costs ~0.15 ms, so they are kept."""
+        cache_key = repr(sorted(options.items()))
+        remote = self._remotes.get(cache_key)
+        if remote is None:
+            try:
+                remote = self._remote.options(**options) if options else self._remote
+            except (TypeError, ValueError) as exc:
+                raise RhError(
+                    f"Ray rejected the call options {options}: {exc}. Fix them in Function.options(...)"
+                ) from exc
+            self._remotes[cache_key] = remote
+        return remote
 
     def _where_logs_are(self) -> str:
         if self._temp_dir is not None:
