@@ -59,6 +59,10 @@ class Cluster:
     def transport(self):
         raise NotImplementedError
 
+    def config(self) -> dict[str, Any]:
+        """A JSON-safe description from which :func:`from_config` rebuilds this cluster elsewhere."""
+        raise NotImplementedError
+
     @property
     def host(self) -> PluginHost:
         from rh_core.plugins import default_host
@@ -190,6 +194,10 @@ class LocalCluster(Cluster):
     def transport(self):
         return self.host.transport("local")()
 
+    def config(self) -> dict[str, Any]:
+        return {"kind": "local", "name": self.name, "state_dir": self.state_dir, "executor": self.executor,
+                "executor_options": self.executor_options}
+
     @property
     def state_dir(self) -> str:
         """``state_dir`` if given, else ``$RH_HOME/local`` (read when first needed, not at import)."""
@@ -228,7 +236,7 @@ class LocalCluster(Cluster):
             if state is None:
                 state = self._launch()
         self._server_pid = state["pid"]
-        return f"tcp://127.0.0.1:{state['port']}", state
+        return state.get("local_endpoint") or f"tcp://127.0.0.1:{state['port']}", state
 
     def _launch(self) -> dict[str, Any]:
         import subprocess
@@ -301,6 +309,19 @@ class LocalCluster(Cluster):
     def down(self) -> None:
         """For the local cluster, down means its server stops."""
         self.stop_server()
+
+
+def from_config(config: dict[str, Any]) -> Cluster:
+    """Rebuild a cluster from :meth:`Cluster.config` (in another process, say)."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind == "local":
+        return LocalCluster(**config)
+    if kind == "remote":
+        from rh_core.remote import RemoteCluster
+
+        return RemoteCluster(**config)
+    raise ValueError(f"unknown cluster kind {kind!r} in {config}; valid kinds: local, remote")
 
 
 def pid_alive(pid: int | None) -> bool:

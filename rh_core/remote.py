@@ -24,7 +24,7 @@ REMOTE_HOME = "~/.rh"
 # Run with the host's python3; prints what bootstrap needs to know in one round trip.
 _PROBE = r"""
 import json, os, shutil, sys
-rh = os.path.expanduser("~/.rh")
+rh = os.path.expanduser(sys.argv[1])
 def read(path):
     try:
         with open(path) as f: return f.read().strip()
@@ -35,7 +35,7 @@ try:
 except Exception:
     state = None
 print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
-                  "home": os.path.expanduser("~"), "server": state,
+                  "root": rh, "server": state,
                   "venv_build": read(rh + "/venv/rh-build-id"), "rsync": bool(shutil.which("rsync"))}))
 """
 
@@ -88,6 +88,7 @@ class RemoteCluster(Cluster):
     spec: dict[str, Any] = attrs.field(factory=dict)
     executor: str = "process"
     executor_options: dict[str, Any] = attrs.field(factory=dict)
+    remote_dir: str = REMOTE_HOME
     _cluster_info: ClusterInfo | None = attrs.field(default=None, init=False, repr=False)
     _transport: Any = attrs.field(default=None, init=False, repr=False)
     _address: str | None = attrs.field(default=None, init=False, repr=False)
@@ -108,11 +109,16 @@ class RemoteCluster(Cluster):
         self.connection()
         return self
 
+    def config(self) -> dict[str, Any]:
+        return {"kind": "remote", "name": self.name, "provisioner": self.provisioner, "spec": self.spec,
+                "executor": self.executor, "executor_options": self.executor_options, "remote_dir": self.remote_dir}
+
     @property
     def transport(self):
         if self._transport is None:
             info = self.cluster_info
-            self._transport = self.host.transport(info.transport)(info.head, **info.transport_options)
+            options = {"remote_root": self.remote_dir, **info.transport_options}
+            self._transport = self.host.transport(info.transport)(info.head, **options)
         return self._transport
 
     def down(self) -> None:
@@ -141,18 +147,23 @@ class RemoteCluster(Cluster):
             raise ServerStartError(f"{what} failed on {self.cluster_info.head} (exit {code}): {(err or out)[-2000:]}")
         return out
 
+    def _probe(self) -> dict[str, Any]:
+        """One round trip: the head's Python version, rsync, venv build and running server."""
+        head = self.cluster_info.head
+        (code, out, err), = self.transport.run([f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(self.remote_dir)}"])
+        if code != 0:
+            raise ServerStartError(
+                f"{head} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
+                "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
+            )
+        return json.loads(out.strip().splitlines()[-1])
+
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         from rh_core.wheels import build_wheelhouse
 
         with self._bootstrap_lock:
             head = self.cluster_info.head
-            (code, out, err), = self.transport.run([f"python3 -c {shlex.quote(_PROBE)}"])
-            if code != 0:
-                raise ServerStartError(
-                    f"{head} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
-                    "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
-                )
-            probe = json.loads(out.strip().splitlines()[-1])
+            probe = self._probe()
             ours = serialize.python_version()
             if probe["python"] != ours:
                 raise VersionMismatchError(
@@ -160,7 +171,7 @@ class RemoteCluster(Cluster):
                     f"install Python {ours} there, or run the client with Python {probe['python']}"
                 )
             wheelhouse = build_wheelhouse(self._distributions(), f"{rh_home()}/wheels")
-            venv = f"{REMOTE_HOME}/venv"
+            venv = shlex.quote(f"{probe['root']}/venv")
             if probe["venv_build"] != wheelhouse.build_id:
                 remote_wheels = self.transport.sync_directory(wheelhouse.path)
                 requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
@@ -177,7 +188,7 @@ class RemoteCluster(Cluster):
                     argv += ["-o", f"{key}={json.dumps(value)}"]
                 old_pid = state["pid"] if state else 0
                 command = " ".join(shlex.quote(part) for part in [
-                    f"{probe['home']}/.rh/venv/bin/python", "-c", _START, f"{probe['home']}/.rh/server",
+                    f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
                     wheelhouse.build_id, str(old_pid), *argv])
                 started = json.loads(self._run_checked(command, "starting the server").strip().splitlines()[-1])
                 if not started["ok"]:
@@ -204,10 +215,7 @@ class RemoteCluster(Cluster):
     def stop_server(self) -> bool:
         """Stop the server on the head machine, if one runs."""
         self._forget_connection()
-        (code, out, _), = self.transport.run([f"python3 -c {shlex.quote(_PROBE)}"])
-        if code != 0:
-            return False
-        state = json.loads(out.strip().splitlines()[-1])["server"]
+        state = self._probe()["server"]
         if not state:
             return False
         self.transport.run([f"kill {int(state['pid'])}"])

@@ -65,6 +65,9 @@ class Server:
             self.port = self._bind_port
         else:
             self.port = router.bind_to_random_port(f"tcp://{self._bind_host}")
+        # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
+        self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
+        router.bind(self.local_endpoint)
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
         self._logs = Channel(logs, self._on_log)
@@ -84,6 +87,7 @@ class Server:
         return {
             "pid": os.getpid(),
             "port": self.port,
+            "local_endpoint": self.local_endpoint,
             "version": __version__,
             "build": os.environ.get("RH_BUILD_ID"),  # set by remote bootstrap: which wheels it runs
             "python": serialize.python_version(),

@@ -7,6 +7,7 @@ server runs the executor under test (class scope or wider: starting a server cos
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
@@ -92,11 +93,13 @@ class ExecutorContract:
         ref = add.remote(20, 22)
         ref.result()
         script = textwrap.dedent(f"""
-            import rh_core as rh
-            cluster = rh.LocalCluster(state_dir={cluster.state_dir!r})
+            import json, sys
+            from rh_core.cluster import from_config
+            cluster = from_config(json.loads(sys.argv[1]))
             print(cluster.get({ref.key!r}))
         """)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", script, json.dumps(cluster.config())],
+                             capture_output=True, text=True, timeout=120)
         assert out.stdout.strip() == "42", out.stderr
         assert cluster.get(ref.key) == 42
 
