@@ -21,7 +21,7 @@ import attrs
 
 from rh_core import __version__, serialize
 from rh_core.client import Connection, Reply, write_log
-from rh_core.errors import ConnectionLostError, ServerStartError, VersionMismatchError
+from rh_core.errors import ConnectionLostError, RhError, ServerStartError, VersionMismatchError
 
 if TYPE_CHECKING:
     import subprocess
@@ -142,6 +142,31 @@ class Cluster:
             commands = [commands]
         return self.transport.run(list(commands), stream_logs=stream_logs)
 
+    def run_setup(self, commands: list[str], *, force: bool = False, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run setup commands once per cluster (remembered on the cluster); ``force=True`` reruns them.
+
+        Returns the commands' results, or ``[]`` when they had already run. A failing command
+        raises :class:`RhError` with its output, and the setup is not marked done.
+        """
+        import hashlib
+        import shlex
+
+        digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+        directory = self._setup_dir()
+        marker = f"{directory}/setup-{digest}.done"
+        if not force and self.run([f"test -f {marker}"])[0][0] == 0:
+            return []
+        results = self.run(list(commands), stream_logs=stream_logs)
+        for command, (code, out, err) in zip(commands, results):
+            if code != 0:
+                raise RhError(f"setup command {command!r} failed on cluster {self.name!r} (exit {code}):\n{(err or out)[-2000:]}")
+        self.run([f"mkdir -p {directory} && printf %s {shlex.quote(chr(10).join(commands))} > {marker}"])
+        return results
+
+    def _setup_dir(self) -> str:
+        """Where markers of finished setups live on the cluster."""
+        raise NotImplementedError
+
     def run_python(self, lines: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
         """Run Python source lines with the cluster's interpreter."""
         import shlex
@@ -202,6 +227,9 @@ class LocalCluster(Cluster):
     def state_dir(self) -> str:
         """``state_dir`` if given, else ``$RH_HOME/local`` (read when first needed, not at import)."""
         return self._state_dir or os.path.join(rh_home(), "local")
+
+    def _setup_dir(self) -> str:
+        return self.state_dir
 
     @property
     def state_file(self) -> str:

@@ -121,6 +121,9 @@ class RemoteCluster(Cluster):
             self._transport = self.host.transport(info.transport)(info.head, **options)
         return self._transport
 
+    def _setup_dir(self) -> str:
+        return self.remote_dir
+
     def down(self) -> None:
         """Stop the server and let the provisioner take the machines down."""
         self.host.cluster_teardown(self)

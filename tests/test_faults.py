@@ -78,3 +78,23 @@ def test_here_starts_on_first_use_and_is_shared(isolated_rh_home):
     assert rh.function(fns.quiet_add).to(rh.here)(2, 5) == 7
     assert rh.here.state_dir == os.path.join(str(isolated_rh_home), "local")
     assert rh.LocalCluster().status()["pid"] == rh.here.status()["pid"]
+
+
+def test_run_setup_runs_once_until_forced(process_cluster, tmp_path):
+    counter = tmp_path / "count"
+    command = f"echo x >> {counter}"
+    assert process_cluster.run_setup([command])[0][0] == 0
+    assert process_cluster.run_setup([command]) == []
+    assert process_cluster.run_setup([command], force=True)[0][0] == 0
+    assert counter.read_text().count("x") == 2
+    with pytest.raises(rh.RhError, match="setup command 'exit 7' failed"):
+        process_cluster.run_setup(["exit 7"])
+    with pytest.raises(rh.RhError):
+        process_cluster.run_setup(["exit 7"])  # a failed setup is not remembered as done
+
+
+def test_run_and_run_python_on_the_local_cluster(process_cluster):
+    (code, out, _), = process_cluster.run(["echo hi"])
+    assert (code, out) == (0, "hi\n")
+    (code, out, _), = process_cluster.run_python(["print(6 * 7)"])
+    assert (code, out.strip()) == (0, "42")
