@@ -28,6 +28,18 @@ class Wheelhouse:
     build_id: str  # changes whenever any shipped distribution's code changes
 
 
+def _installed(name: str) -> importlib.metadata.Distribution:
+    """The installed distribution ``name``, preferring a real install over a stray ``*.egg-info``
+    in the current directory (a source checkout has one, and it comes first on sys.path)."""
+    candidates = list(importlib.metadata.distributions(name=name))
+    if not candidates:
+        raise RhError(f"{name} is not installed here, so it cannot be shipped to the cluster; pip install it")
+    for dist in candidates:
+        if dist.read_text("direct_url.json") or dist.read_text("RECORD"):
+            return dist
+    return candidates[0]
+
+
 def _editable_source(dist: importlib.metadata.Distribution) -> str | None:
     text = dist.read_text("direct_url.json")
     if not text:
@@ -44,9 +56,11 @@ def _fingerprint(dist: importlib.metadata.Distribution) -> str:
     source = _editable_source(dist)
     if source is not None:
         for root, dirs, files in os.walk(source):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("build", "dist", "tests", "__pycache__"))
+            # What a wheel build writes (build/, *.egg-info) must not change the fingerprint.
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".egg-info")
+                             and d not in ("build", "dist", "tests", "__pycache__"))
             for name in sorted(files):
-                if name.endswith((".py", ".toml", ".cfg", ".typed", ".json", ".txt")):
+                if name.endswith((".py", ".toml", ".cfg", ".typed")):
                     stat = os.stat(os.path.join(root, name))
                     digest.update(f"{os.path.relpath(os.path.join(root, name), source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
@@ -60,19 +74,24 @@ def _repack(dist: importlib.metadata.Distribution, directory: str) -> None:
     with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as wheel:
         for file in dist.files or ():
             path = str(file)
-            if path.endswith("RECORD") or "__pycache__" in path or path.startswith(".."):
+            if path.endswith(("RECORD", "WHEEL")) or "__pycache__" in path or path.startswith(".."):
                 continue
             data = file.locate().read_bytes()
             wheel.writestr(path, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             record_lines.append(f"{path},sha256={digest},{len(data)}")
+        wheel_metadata = b"Wheel-Version: 1.0\nGenerator: rh_core\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        wheel_file = f"{name}-{dist.version}.dist-info/WHEEL"
+        wheel.writestr(wheel_file, wheel_metadata)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(wheel_metadata).digest()).rstrip(b"=").decode()
+        record_lines.append(f"{wheel_file},sha256={digest},{len(wheel_metadata)}")
         record = f"{name}-{dist.version}.dist-info/RECORD"
         wheel.writestr(record, "\n".join(record_lines + [f"{record},,"]) + "\n")
 
 
 def build_wheelhouse(distribution_names: list[str], cache_root: str) -> Wheelhouse:
     """Wheels for the named installed distributions and all their dependencies, cached by content."""
-    dists = [importlib.metadata.distribution(name) for name in distribution_names]
+    dists = [_installed(name) for name in distribution_names]
     build_id = hashlib.sha256("".join(_fingerprint(d) for d in dists).encode()).hexdigest()[:16]
     requirements = tuple(f"{d.metadata['Name']}=={d.version}" for d in dists)
     path = os.path.join(cache_root, build_id)

@@ -6,10 +6,22 @@
         @pytest.fixture(scope="class")
         @classmethod
         def cluster(cls, tmp_path_factory):
-            ...  # a LocalCluster whose server runs your executor
+            ...  # a cluster whose server runs your executor
+
+The contract classes need pytest; ``rh_core.testing.functions`` (what they send to clusters) does
+not, so clusters can import it without pytest installed.
 """
 
-from rh_core.testing.executor import ExecutorContract
-from rh_core.testing.transport import TransportContract
-
 __all__ = ["ExecutorContract", "TransportContract"]
+
+
+def __getattr__(name: str):
+    if name == "ExecutorContract":
+        from rh_core.testing.executor import ExecutorContract
+
+        return ExecutorContract
+    if name == "TransportContract":
+        from rh_core.testing.transport import TransportContract
+
+        return TransportContract
+    raise AttributeError(f"module 'rh_core.testing' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import pytest
 
 _ECHO_SERVER = (
     "import socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-    "s.bind(('127.0.0.1',int(sys.argv[1])));s.listen();c,_=s.accept();c.sendall(c.recv(100).upper())"
+    "s.settimeout(60);s.bind(('127.0.0.1',int(sys.argv[1])));s.listen();c,_=s.accept();c.sendall(c.recv(100).upper())"
 )
 
 
@@ -50,13 +50,14 @@ class TransportContract:
         transport.run([f"nohup python3 -c \"{_ECHO_SERVER}\" {port} >/dev/null 2>&1 &"])
         host, local_port = transport.forward(port)
         deadline = time.monotonic() + 10
-        while True:
-            try:
+        reply = b""
+        while reply != b"PING" and time.monotonic() < deadline:
+            try:  # the echo server may not listen yet: a refused or closed connection is retried
                 with socket.create_connection((host, local_port), timeout=5) as conn:
                     conn.sendall(b"ping")
-                    assert conn.recv(100) == b"PING"
-                    break
+                    reply = conn.recv(100)
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
+                pass
+            if reply != b"PING":
                 time.sleep(0.1)
+        assert reply == b"PING"

@@ -1,0 +1,57 @@
+"""The ``byo`` provisioner: machines the user brings, given by address and SSH credentials.
+
+Up means reachable (the transport connects on first use); down means the server and the Ray it
+started are stopped. The machines themselves are never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rh_core.errors import RhError
+from rh_core.plugin_types import ClusterInfo
+
+#: ``ssh_creds`` keys (the spec's names) and the ssh transport options they become.
+CREDENTIAL_KEYS = {
+    "ssh_user": "user",
+    "ssh_private_key": "private_key",
+    "ssh_port": "port",
+    "password": "password",
+    "passphrase": "passphrase",
+    "known_hosts": "known_hosts",
+    "trust_new_host": "trust_new_host",
+    "use_agent": "use_agent",
+    "connect_timeout": "connect_timeout",
+}
+
+
+def transport_options(creds: dict[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(creds) - set(CREDENTIAL_KEYS))
+    if unknown:
+        raise RhError(
+            f"unknown ssh_creds key(s) {', '.join(unknown)} for {where}; valid keys: {', '.join(CREDENTIAL_KEYS)}"
+        )
+    return {CREDENTIAL_KEYS[key]: value for key, value in creds.items()}
+
+
+class ByoProvisioner:
+    """Hosts given as ``ips`` (the first is the head) with ``ssh_creds``: one dict for all hosts,
+    or a dict per address for hosts that differ."""
+
+    def up(self, cluster: Any) -> ClusterInfo:
+        ips = list(cluster.spec.get("ips") or ())
+        if not ips:
+            raise RhError(f"cluster {cluster.name!r} has no ips; pass rh.cluster(ips=['10.0.0.1', ...], ssh_creds=...)")
+        creds = dict(cluster.spec.get("ssh_creds") or {})
+        per_host = bool(creds) and all(key in ips for key in creds)
+        shared = {} if per_host else transport_options(creds, f"cluster {cluster.name!r}")
+        host_options = {ip: transport_options(creds[ip], ip) for ip in ips if per_host and ip in creds}
+        head_options = {**shared, **host_options.get(ips[0], {})}
+        return ClusterInfo(head=ips[0], workers=tuple(ips[1:]), transport="ssh",
+                           transport_options=head_options, host_options=host_options)
+
+    def down(self, cluster: Any) -> None:
+        """Nothing to do: the cluster stopped its server before calling this."""
+
+    def status(self, cluster: Any) -> str:
+        return "up" if cluster.is_up() else "unknown"

@@ -1,0 +1,107 @@
+"""A real OpenSSH server on 127.0.0.1 for the tests: key-only, own config, started and stopped by PID.
+
+A module with a unique name (not conftest) so the tests can import it whatever else is collected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+@dataclasses.dataclass
+class SSHServer:
+    host: str
+    port: int
+    user: str
+    dir: Path
+    client_key: Path
+    other_key: Path
+    authorized_keys: Path
+    host_key: Path
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+    return path
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not listen on {port} within {timeout}s:\n{log.read_text()}") from exc
+            time.sleep(0.05)
+
+
+def start_sshd(directory: Path) -> tuple[SSHServer, subprocess.Popen]:
+    """Keys, a config with absolute paths, and ``sshd -D`` in the foreground (we own and reap it)."""
+    directory = directory.resolve()
+    host_key = keygen(directory / "host_key")
+    client_key = keygen(directory / "client_key")
+    other_key = keygen(directory / "other_key")
+    authorized_keys = directory / "authorized_keys"
+    authorized_keys.write_text((directory / "client_key.pub").read_text())
+    authorized_keys.chmod(0o600)
+    port = free_port()
+    config = directory / "sshd_config"
+    log = directory / "sshd.log"
+    config.write_text(
+        f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {directory}/sshd.pid
+AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+Subsystem sftp {SFTP_SERVER}
+"""
+    )
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privilege-separation dir
+    process = subprocess.Popen(
+        [SSHD, "-D", "-f", str(config), "-E", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    server = SSHServer("127.0.0.1", port, getpass.getuser(), directory, client_key, other_key, authorized_keys,
+                       host_key, log)
+    return server, process
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

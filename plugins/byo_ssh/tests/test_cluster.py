@@ -1,0 +1,101 @@
+"""A BYO cluster on a real sshd: bootstrap over SSH, then the whole Function API through the tunnel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import rh_core as rh
+from rh_core.testing import ExecutorContract
+from rh_core.testing import functions as fns
+
+
+def ssh_creds(sshd, tmp_path, **extra):
+    return {"ssh_user": sshd.user, "ssh_private_key": str(sshd.client_key), "ssh_port": sshd.port,
+            "known_hosts": str(tmp_path / "known_hosts"), "trust_new_host": True, **extra}
+
+
+@pytest.fixture(scope="session")
+def byo_cluster(sshd, tmp_path_factory):
+    """One BYO cluster on the loopback sshd for the session; its remote state lives in a temp dir."""
+    tmp = tmp_path_factory.mktemp("byo")
+    cluster = rh.cluster(name="byo-loopback", ips=[sshd.host], ssh_creds=ssh_creds(sshd, tmp),
+                         executor_options={"num_workers": 2})
+    cluster.remote_dir = str(tmp / "remote-rh")
+    yield cluster
+    cluster.down()
+
+
+@pytest.mark.slow
+class TestByoClusterContract(ExecutorContract):
+    """Everything the local cluster does, through bootstrap, SSH and a tunnel."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def cluster(cls, byo_cluster):
+        return byo_cluster
+
+
+@pytest.mark.slow
+def test_bootstrap_installed_the_clients_build_and_a_second_to_is_quick(byo_cluster):
+    info = byo_cluster.status()
+    assert info["version"] == rh.__version__ and info["build"]
+    assert info["python_executable"].startswith(byo_cluster.remote_dir)
+    started = time.monotonic()
+    rh.function(fns.quiet_add).to(byo_cluster)
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.slow
+def test_run_and_run_python_on_the_head(byo_cluster):
+    (code, out, _), = byo_cluster.run(["echo $((6 * 7))"])
+    assert (code, out.strip()) == (0, "42")
+    (code, out, _), = byo_cluster.run_python(["import sys", "print(sys.prefix)"])
+    assert code == 0 and out.strip().startswith(byo_cluster.remote_dir)
+
+
+@pytest.mark.slow
+def test_killed_server_is_reported_and_restarted_on_next_call(byo_cluster):
+    add = rh.function(fns.quiet_add).to(byo_cluster)
+    pid = byo_cluster.status()["pid"]
+    os.kill(pid, signal.SIGKILL)  # the "remote" server is on this machine
+    started = time.monotonic()
+    with pytest.raises(rh.ConnectionLostError, match="does not answer"):
+        add(1, 2)
+    assert time.monotonic() - started < 10
+    assert add(1, 2) == 3
+    assert byo_cluster.status()["pid"] != pid
+
+
+@pytest.mark.slow
+def test_reconnect_from_a_new_client_reuses_the_running_server(byo_cluster):
+    pid = byo_cluster.status()["pid"]
+    again = rh.cluster(**{k: v for k, v in byo_cluster.config().items() if k in ("name",)},
+                       ips=byo_cluster.spec["ips"], ssh_creds=byo_cluster.spec["ssh_creds"],
+                       executor_options=byo_cluster.executor_options)
+    again.remote_dir = byo_cluster.remote_dir
+    started = time.monotonic()
+    assert again.status()["pid"] == pid
+    assert time.monotonic() - started < 5
+
+
+def test_wrong_key_names_host_and_user(sshd, tmp_path):
+    cluster = rh.cluster(ips=[sshd.host], ssh_creds=ssh_creds(sshd, tmp_path, ssh_private_key=str(sshd.other_key)))
+    with pytest.raises(Exception) as info:
+        cluster.connection()
+    message = str(info.value)
+    assert sshd.host in message and sshd.user in message
+
+
+def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
+    cluster = rh.cluster(ips=[sshd.host], ssh_creds={"ssh_usr": "root"})
+    with pytest.raises(rh.RhError, match="unknown ssh_creds key.*ssh_usr.*valid keys: ssh_user"):
+        cluster.connection()
+
+
+def test_cluster_without_hosts_says_how_to_make_one():
+    with pytest.raises(TypeError, match="ips="):
+        rh.cluster(name="nothing")
