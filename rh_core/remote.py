@@ -43,7 +43,7 @@ print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.ex
 # its state file, printing it, or the log's tail when the server dies first.
 _START = r"""
 import json, os, signal, subprocess, sys, time
-state_dir, build, old_pid, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+state_dir, build, node_address, old_pid, argv = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 if old_pid:
     try:
         os.kill(old_pid, signal.SIGTERM)
@@ -57,7 +57,7 @@ log_path = os.path.join(state_dir, "server.log")
 log = open(log_path, "ab")
 child = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                         env={**os.environ, "RH_BUILD_ID": build}, cwd=os.path.expanduser("~"))
+                         env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
 deadline = time.time() + 120
 while time.time() < deadline:
     try:
@@ -144,56 +144,80 @@ class RemoteCluster(Cluster):
             names.append(distribution)
         return names
 
-    def _run_checked(self, command: str, what: str) -> str:
-        (code, out, err), = self.transport.run([command])
+    def transport_to(self, address: str):
+        """A transport to one machine of the cluster (the head's is :attr:`transport`)."""
+        info = self.cluster_info
+        if address == info.head:
+            return self.transport
+        options = {"remote_root": self.remote_dir, **info.transport_options, **info.host_options.get(address, {})}
+        return self.host.transport(info.transport)(address, **options)
+
+    def _run_checked(self, transport, command: str, what: str, address: str) -> str:
+        (code, out, err), = transport.run([command])
         if code != 0:
-            raise ServerStartError(f"{what} failed on {self.cluster_info.head} (exit {code}): {(err or out)[-2000:]}")
+            raise ServerStartError(f"{what} failed on {address} (exit {code}): {(err or out)[-2000:]}")
         return out
 
-    def _probe(self) -> dict[str, Any]:
-        """One round trip: the head's Python version, rsync, venv build and running server."""
-        head = self.cluster_info.head
-        (code, out, err), = self.transport.run([f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(self.remote_dir)}"])
+    def _probe(self, transport=None, address: str | None = None) -> dict[str, Any]:
+        """One round trip: a machine's Python version, rsync, venv build and running server."""
+        transport = transport or self.transport
+        address = address or self.cluster_info.head
+        (code, out, err), = transport.run([f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(self.remote_dir)}"])
         if code != 0:
             raise ServerStartError(
-                f"{head} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
+                f"{address} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
                 "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
             )
-        return json.loads(out.strip().splitlines()[-1])
+        probe = json.loads(out.strip().splitlines()[-1])
+        ours = serialize.python_version()
+        if probe["python"] != ours:
+            raise VersionMismatchError(
+                f"this client runs Python {ours} but python3 on {address} is Python {probe['python']}; "
+                f"install Python {ours} there, or run the client with Python {probe['python']}"
+            )
+        return probe
 
-    def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
+    def install_runtime(self, address: str) -> str:
+        """Make sure ``address`` has the client's rh_core and executor plugin in its venv; return that
+        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes."""
+        transport = self.transport_to(address)
+        probe = self._probe(transport, address)
+        self._ensure_venv(transport, address, probe)
+        return f"{probe['root']}/venv/bin/python"
+
+    def _ensure_venv(self, transport, address: str, probe: dict[str, Any]) -> str:
         from rh_core.wheels import build_wheelhouse
 
+        wheelhouse = build_wheelhouse(self._distributions(), f"{rh_home()}/wheels")
+        if probe["venv_build"] != wheelhouse.build_id:
+            venv = shlex.quote(f"{probe['root']}/venv")
+            remote_wheels = transport.sync_directory(wheelhouse.path)
+            requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
+            pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
+            self._run_checked(
+                transport,
+                f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
+                f"{pip} {requirements} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
+                "installing rh_core", address,
+            )
+        return wheelhouse.build_id
+
+    def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
             head = self.cluster_info.head
             probe = self._probe()
-            ours = serialize.python_version()
-            if probe["python"] != ours:
-                raise VersionMismatchError(
-                    f"this client runs Python {ours} but python3 on {head} is Python {probe['python']}; "
-                    f"install Python {ours} there, or run the client with Python {probe['python']}"
-                )
-            wheelhouse = build_wheelhouse(self._distributions(), f"{rh_home()}/wheels")
-            venv = shlex.quote(f"{probe['root']}/venv")
-            if probe["venv_build"] != wheelhouse.build_id:
-                remote_wheels = self.transport.sync_directory(wheelhouse.path)
-                requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-                pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
-                self._run_checked(
-                    f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
-                    f"{pip} {requirements} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
-                    "installing rh_core",
-                )
+            build_id = self._ensure_venv(self.transport, head, probe)
             state = probe["server"]
-            if not (state and state.get("build") == wheelhouse.build_id and state.get("executor") == self.executor):
+            if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
                 argv = ["--executor", self.executor]
                 for key, value in self.executor_options.items():
                     argv += ["-o", f"{key}={json.dumps(value)}"]
                 old_pid = state["pid"] if state else 0
                 command = " ".join(shlex.quote(part) for part in [
                     f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
-                    wheelhouse.build_id, str(old_pid), *argv])
-                started = json.loads(self._run_checked(command, "starting the server").strip().splitlines()[-1])
+                    build_id, head, str(old_pid), *argv])
+                started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
+                                     .strip().splitlines()[-1])
                 if not started["ok"]:
                     raise ServerStartError(
                         f"the server on {head} exited with code {started['code']} while starting; "

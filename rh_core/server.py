@@ -9,6 +9,10 @@ Every message is ``[envelope, *frames]`` where the envelope is a JSON object. Re
 ``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
 op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` (zero or more, while a
 call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
+
+Remote bootstrap sets two environment variables for it: ``RH_BUILD_ID`` (which shipped wheels it
+runs) and ``RH_NODE_ADDRESS`` (the address the cluster's other machines reach this one at, for
+executors that span machines).
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ class Server:
             "port": self.port,
             "local_endpoint": self.local_endpoint,
             "version": __version__,
-            "build": os.environ.get("RH_BUILD_ID"),  # set by remote bootstrap: which wheels it runs
+            "build": os.environ.get("RH_BUILD_ID"),
+            "node_address": os.environ.get("RH_NODE_ADDRESS"),
             "python": serialize.python_version(),
             "python_executable": sys.executable,
             "executor": self.executor.name,
