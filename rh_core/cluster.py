@@ -142,6 +142,20 @@ class Cluster:
             commands = [commands]
         return self.transport.run(list(commands), stream_logs=stream_logs)
 
+    def ssh_tunnel(self, remote_port: int, local_port: int | None = None) -> Tunnel:
+        """Reach ``remote_port`` on the head machine from here; usable as a context manager.
+
+        ``local_port`` picks where it listens (default: a free port); ``tunnel.close()`` ends it.
+        """
+        host, port = self.transport.forward(remote_port, local_port=local_port)
+        return Tunnel(host=host, local_port=port, remote_port=remote_port, transport=self.transport)
+
+    def ssh(self) -> int:
+        """An interactive shell on the head machine, in this terminal; returns its exit code."""
+        import subprocess
+
+        return subprocess.call(self.transport.shell_command())
+
     def run_setup(self, commands: list[str], *, force: bool = False, stream_logs: bool = False) -> list[tuple[int, str, str]]:
         """Run setup commands once per cluster (remembered on the cluster); ``force=True`` reruns them.
 
@@ -173,6 +187,29 @@ class Cluster:
 
         python = self._info.get("python_executable") or "python3"
         return self.run([f"{shlex.quote(python)} -c {shlex.quote(chr(10).join(lines))}"], stream_logs=stream_logs)
+
+
+@attrs.define
+class Tunnel:
+    """A local port that reaches a port on a cluster's head machine."""
+
+    host: str
+    local_port: int
+    remote_port: int
+    transport: Any = attrs.field(repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.local_port}"
+
+    def close(self) -> None:
+        self.transport.close_forward(self.remote_port)
+
+    def __enter__(self) -> "Tunnel":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def check_versions(cluster: Cluster, info: dict[str, Any]) -> None:

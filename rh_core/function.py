@@ -197,7 +197,12 @@ class Function(Generic[P, R]):
                 results.append(exc)
         return results
 
-    # --- conveniences --------------------------------------------------------------------------
+    # --- conveniences -------------------------------------------------------------------------
+
+    def ssh(self) -> int:
+        """An interactive shell on the head machine of the function's cluster."""
+        system, _ = self._placed()
+        return system.ssh()
 
     def __repr__(self) -> str:
         where = self.system.name if self.system is not None else "not sent"

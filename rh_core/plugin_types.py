@@ -118,8 +118,18 @@ class Transport(Protocol):
     def sync_directory(self, local_path: str) -> str:
         """Make ``local_path`` present on the machine; return its path there."""
 
-    def forward(self, remote_port: int) -> tuple[str, int]:
-        """Return a local ``(host, port)`` that reaches ``remote_port`` on the machine."""
+    def forward(self, remote_port: int, *, local_port: int | None = None) -> tuple[str, int]:
+        """Return a local ``(host, port)`` that reaches ``remote_port`` on the machine.
+
+        With ``local_port`` the tunnel listens there or raises when that port is taken; without
+        it a free port is chosen. Asking again for the same remote port returns the same tunnel.
+        """
+
+    def close_forward(self, remote_port: int) -> None:
+        """Close the tunnel to ``remote_port``, if one is open."""
+
+    def shell_command(self) -> list[str]:
+        """The argv of an interactive shell on the machine (``ssh ...`` for remote ones)."""
 
     def close(self) -> None:
         """Release connections and tunnels."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,8 +32,19 @@ class LocalTransport:
     def sync_directory(self, local_path: str) -> str:
         return local_path
 
-    def forward(self, remote_port: int) -> tuple[str, int]:
+    def forward(self, remote_port: int, *, local_port: int | None = None) -> tuple[str, int]:
+        if local_port not in (None, remote_port):
+            raise ValueError(
+                f"the local cluster is this machine: port {remote_port} is already local, so it cannot "
+                f"also appear as port {local_port}; use local_port={remote_port} or leave it out"
+            )
         return ("127.0.0.1", remote_port)
+
+    def close_forward(self, remote_port: int) -> None:
+        pass
+
+    def shell_command(self) -> list[str]:
+        return [os.environ.get("SHELL") or "/bin/sh"]
 
     def close(self) -> None:
         pass

@@ -301,7 +301,7 @@ class SSHTransport:
             self.last_sync = stats
         return stats.remote_path
 
-    def forward(self, remote_port: int) -> tuple[str, int]:
+    def forward(self, remote_port: int, *, local_port: int | None = None) -> tuple[str, int]:
         """Return a local ``(host, port)`` reaching ``127.0.0.1:remote_port`` on the machine.
 
         Uses ``ssh -N -L`` when the system client exists and key authentication is in use, else a
@@ -311,9 +311,9 @@ class SSHTransport:
         remote_port = int(remote_port)
         with self._forward_lock:
             current = self._forwards.get(remote_port)
-            if current is not None and current.alive():
+            if current is not None and current.alive() and local_port in (None, current.address[1]):
                 return current.address
-            previous_port = current.address[1] if current is not None else None
+            previous_port = local_port or (current.address[1] if current is not None else None)
             if current is not None:
                 current.close()
             forward: _ProcessForward | _ChannelForward | None = None
@@ -342,8 +342,25 @@ class SSHTransport:
                         f"{self._where()}: cannot listen on a local port for the tunnel to port "
                         f"{remote_port} ({_describe(exc)}); check this machine's open-file and port limits"
                     ) from exc
+            if local_port is not None and forward.address[1] != local_port:
+                forward.close()
+                raise SSHForwardError(
+                    f"{self._where()}: local port {local_port} is taken, so the tunnel to port {remote_port} "
+                    "cannot listen there; free it or leave local_port out to get a free port"
+                )
             self._forwards[remote_port] = forward
             return forward.address
+
+    def close_forward(self, remote_port: int) -> None:
+        """Close the tunnel to ``remote_port``, if one is open."""
+        with self._forward_lock:
+            forward = self._forwards.pop(int(remote_port), None)
+        if forward is not None:
+            forward.close()
+
+    def shell_command(self) -> list[str]:
+        """``ssh`` with this transport's user, port, key, known-hosts file and jump hosts, for a terminal."""
+        return [*self._ssh_command(len(self._chain) - 1), self._chain[-1].ssh_destination]
 
     def close(self) -> None:
         """Stop every forward and close the connection (a later call opens a new one)."""

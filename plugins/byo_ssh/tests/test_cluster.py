@@ -99,3 +99,51 @@ def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
 def test_cluster_without_hosts_says_how_to_make_one():
     with pytest.raises(TypeError, match="ips="):
         rh.cluster(name="nothing")
+
+
+def _fetch(address: str) -> bytes:
+    import urllib.request
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return urllib.request.urlopen(f"http://{address}/index.html", timeout=5).read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_ssh_tunnel_reaches_a_port_on_the_head(byo_cluster, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from byo_sshd import free_port
+
+    remote_port, local_port = free_port(), free_port()
+    (tmp_path / "index.html").write_text("served on the head")
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(remote_port), "--bind", "127.0.0.1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with byo_cluster.ssh_tunnel(remote_port, local_port=local_port) as tunnel:
+            assert tunnel.local_port == local_port
+            assert _fetch(tunnel.address) == b"served on the head"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", local_port), timeout=2).close()
+        tunnel = byo_cluster.ssh_tunnel(remote_port)  # also usable without `with`
+        assert _fetch(tunnel.address) == b"served on the head"
+        tunnel.close()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_shell_command_is_a_working_ssh(byo_cluster):
+    command = byo_cluster.transport.shell_command()
+    assert command[0] == "ssh"
+    import subprocess
+
+    out = subprocess.run([*command, "echo from-the-head"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "from-the-head", out.stderr
