@@ -42,10 +42,11 @@ import workload  # noqa: E402
 STACKS = {  # key -> column title, in column order
     "process": "rh_core `process`",
     "ray": "rh_core `ray`",
+    "byo": "rh_core BYO over SSH (loopback)",
     "rawray": "raw Ray",
     "zmq": "pyzmq floor",
 }
-RUN_ORDER = ("zmq", "process", "ray", "rawray")  # cheapest first: a broken setup shows early
+RUN_ORDER = ("zmq", "process", "byo", "ray", "rawray")  # cheapest first: a broken setup shows early
 NA = "n/a"
 FAILED = "failed"
 COLD_TIMEOUT = 300.0
@@ -111,6 +112,61 @@ class RhStack:
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.stop_server()
+
+
+class ByoStack(RhStack):
+    """A BYO cluster on a loopback sshd the benchmark starts: calls go through bootstrap and a tunnel."""
+
+    def __init__(self, run_dir: str, cells: dict):
+        super().__init__("process", run_dir)
+        self.cells = cells
+        self._sshd = None
+
+    def start(self) -> None:
+        import pathlib
+
+        import rh_core as rh
+        from rh_core.cluster import rh_home
+        from rh_core.wheels import build_wheelhouse
+
+        sys.path.insert(0, os.path.join(REPO, "plugins", "byo_ssh", "tests"))
+        from byo_sshd import start_sshd
+
+        os.makedirs(self.state_dir, exist_ok=True)
+        server, self._sshd = start_sshd(pathlib.Path(self.state_dir))
+        creds = {"ssh_user": server.user, "ssh_private_key": str(server.client_key), "ssh_port": server.port,
+                 "known_hosts": os.path.join(self.state_dir, "known_hosts"), "trust_new_host": True}
+
+        def new_cluster():
+            cluster = rh.cluster(name="bench-byo", ips=[server.host], ssh_creds=creds,
+                                 executor_options={"num_workers": 2})
+            cluster.remote_dir = os.path.join(self.state_dir, "remote")
+            return cluster
+
+        build_wheelhouse(["rh-core"], f"{rh_home()}/wheels")  # "once wheels are cached"
+        started = time.perf_counter()
+        self.cluster = new_cluster()
+        self._add = rh.function(workload.add).to(self.cluster)
+        self._add(1, 2)
+        self.cells["byo_fresh"]["byo"] = f"{(time.perf_counter() - started) * 1000:,.0f}"
+        self._echo = rh.function(workload.echo).to(self.cluster)
+        started = time.perf_counter()
+        rh.function(workload.add).to(self.cluster)
+        self.cells["byo_to"]["byo"] = f"{(time.perf_counter() - started) * 1000:,.0f}"
+        started = time.perf_counter()
+        again = new_cluster()
+        again.status()
+        self.cells["byo_reconnect"]["byo"] = f"{(time.perf_counter() - started) * 1000:,.0f}"
+        again.transport.close()
+
+    def stop(self) -> None:
+        try:
+            if self.cluster is not None:
+                self.cluster.down()
+        finally:
+            if self._sshd is not None:
+                self._sshd.terminate()
+                self._sshd.wait(10)
 
 
 class RawRayStack:
@@ -520,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # so `finally` stops the servers on a plain kill too
     began = time.perf_counter()
 
-    cells: dict[str, dict[str, str]] = {row: {} for row in ("seq", "threads", "map", "echo", "cold", "import", "help")}
+    cells: dict[str, dict[str, str]] = {row: {} for row in (
+        "seq", "threads", "map", "echo", "cold", "import", "help", "byo_fresh", "byo_to", "byo_reconnect")}
     try:
         payload = bytes(range(256)) * (params.echo_bytes // 256)
         for key in RUN_ORDER:
@@ -530,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack = RhStack("process", os.path.join(run_dir, "p"))
             elif key == "ray":
                 stack = RhStack("ray", os.path.join(run_dir, "r"))
+            elif key == "byo":
+                stack = ByoStack(os.path.join(run_dir, "b"), cells)
             elif key == "rawray":
                 stack = RawRayStack(os.path.join(run_dir, "R"))
             else:
@@ -538,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         del payload
 
         for key in RUN_ORDER:
-            if key in keys:
+            if key in keys and key in COLD_DIRS:
                 log(f"cold start: {key}")
                 cells["cold"][key] = measure_cold(key, os.path.join(run_dir, COLD_DIRS[key]))
                 log(f"cold start: {key} = {cells['cold'][key]} ms")
@@ -587,6 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"`import rh_core`, ms (fresh process, best of {params.startup_reps}; plugins installed: {plugins})",
          cells["import"]),
         (f"`rh --help` wall time, ms (best of {params.startup_reps})", cells["help"]),
+        ("BYO: fresh host to first result, ms (venv, install from cached wheels, server start, tunnel)",
+         cells["byo_fresh"]),
+        ("BYO: a second `.to()` with an unchanged working directory, ms", cells["byo_to"]),
+        ("BYO: reconnect to the running server from a new client, ms", cells["byo_reconnect"]),
     ]
     print("\n".join(header))
     print(render(rows, keys))

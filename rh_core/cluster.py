@@ -44,6 +44,7 @@ class Cluster:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _info: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
+    _synced: dict[str, tuple[str, str]] = attrs.field(factory=dict, init=False, repr=False)
 
     # --- to be provided by each kind of cluster ------------------------------------------------
 
@@ -141,6 +142,19 @@ class Cluster:
         if isinstance(commands, str):
             commands = [commands]
         return self.transport.run(list(commands), stream_logs=stream_logs)
+
+    def sync_working_directory(self, local_path: str) -> str:
+        """Make a working directory present on the cluster and return its path there; a tree
+        unchanged since the last sync from this process is not looked at again remotely."""
+        from rh_core.workdir import fingerprint
+
+        stamp = fingerprint(local_path)
+        known = self._synced.get(local_path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        remote = self.transport.sync_directory(local_path)
+        self._synced[local_path] = (stamp, remote)
+        return remote
 
     def ssh_tunnel(self, remote_port: int, local_port: int | None = None) -> Tunnel:
         """Reach ``remote_port`` on the head machine from here; usable as a context manager.

@@ -12,6 +12,7 @@ from rh_core import serialize
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.errors import RhError
 from rh_core.ref import Ref
+from rh_core.workdir import working_directory
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -221,19 +222,6 @@ def function(fn: Callable[P, R], *, name: str | None = None, system: Cluster | N
 # Shipping code
 
 
-def working_directory() -> str:
-    """The git root of the current directory, or the current directory outside git."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return os.getcwd()
-
-
 def _installed_roots() -> set[str]:
     import site
     import sysconfig
@@ -254,7 +242,7 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
                 return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname), None)
             workdir = os.path.realpath(working_directory())
             if real_root == workdir or real_root.startswith(workdir + os.sep):
-                remote_workdir = system.transport.sync_directory(workdir)
+                remote_workdir = system.sync_working_directory(workdir)
                 path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
                 return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
     import hashlib
