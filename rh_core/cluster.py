@@ -101,6 +101,11 @@ class Cluster:
                 self._connection, self._info = None, {}
 
     @property
+    def shm_prefix(self) -> str | None:
+        """Name prefix for shared-memory segments when large buffers may travel that way, else None."""
+        return None
+
+    @property
     def parallelism(self) -> int:
         self.connection()
         return int(self._info.get("parallelism", 1))
@@ -281,6 +286,13 @@ class LocalCluster(Cluster):
 
     def _setup_dir(self) -> str:
         return self.state_dir
+
+    @property
+    def shm_prefix(self) -> str | None:
+        from rh_core.shm import prefix_for
+
+        self.connection()
+        return prefix_for(self._info["pid"]) if self._info.get("shm") else None
 
     @property
     def state_file(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
 import attrs
 
-from rh_core import serialize
+from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.errors import RhError
 from rh_core.ref import Ref
@@ -159,11 +159,22 @@ class Function(Generic[P, R]):
         ref_keys: list[str] = []
         arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
         header, function_frames = self._header(mode, ref_keys, options)
+        arguments = self._share(system, header, arguments)
         reply = system.request("call", header, [*function_frames, *arguments])
         if reply.kind == "ack":
             return Ref(reply.header["key"], system)
         ((status, frames),) = split_parts(reply)
         return decode_outcome(status, frames)
+
+    @staticmethod
+    def _share(system: Cluster, header: dict[str, Any], frames: list) -> list:
+        """Move large buffers to shared memory when the cluster is this machine, and ask the same of
+        the result (except for .remote(): a kept result may be fetched more than once)."""
+        prefix = system.shm_prefix
+        if prefix is None:
+            return frames
+        header["shm"] = header["mode"] != "remote"
+        return shm.share(frames, prefix)
 
     def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
         system, _ = self._placed()
@@ -175,6 +186,7 @@ class Function(Generic[P, R]):
         ref_keys: list[str] = []
         chunk_frames = [serialize.dumps_arguments_chunk(chunk, ref_keys, bounds[i]) for i, chunk in enumerate(chunks)]
         header, function_frames = self._header("map", ref_keys, options)
+        chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
         reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)])
         results: list[Any] = []

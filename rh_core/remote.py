@@ -126,7 +126,6 @@ class RemoteCluster(Cluster):
 
     def down(self) -> None:
         """Stop the server and let the provisioner take the machines down."""
-        self.host.cluster_teardown(self)
         self.stop_server()
         self.host.provisioner(self.provisioner)().down(self)
         if self._transport is not None:
@@ -241,6 +240,9 @@ class RemoteCluster(Cluster):
 
     def stop_server(self) -> bool:
         """Stop the server on the head machine, if one runs."""
+        # Here and not only in down(): what plugins started on the other machines (Ray worker nodes)
+        # must not outlive the server, whichever of the two stops it.
+        self.host.cluster_teardown(self)
         self._forget_connection()
         state = self._probe()["server"]
         if not state:

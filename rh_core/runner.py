@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import zmq
 
-from rh_core import serialize
+from rh_core import serialize, shm
 from rh_core.errors import RemoteError
 from rh_core.plugin_types import Outcome, Task
 
@@ -136,22 +136,22 @@ class Runner:
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         if task.header.get("mode") == "map":
-            return self._run_map(fn, arguments)
+            return self._run_map(fn, arguments, task.header.get("shm_prefix"))
         try:
             args, kwargs = arguments
             result = fn(*args, **kwargs)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        return _pack_result(result)
+        return _pack_result(result, task.header.get("shm_prefix"))
 
-    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]]) -> Outcome:
+    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None) -> Outcome:
         results: list[tuple[str, Any]] = []
         for args, kwargs in items:
             try:
                 results.append(("ok", fn(*args, **kwargs)))
             except Exception as exc:
                 results.append(("err", _picklable_error(exc)))
-        return _pack_result(results)
+        return _pack_result(results, shm_prefix)
 
 
 def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
@@ -163,9 +163,9 @@ def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
-def _pack_result(result: Any) -> Outcome:
+def _pack_result(result: Any, shm_prefix: str | None = None) -> Outcome:
     try:
-        return Outcome(status="ok", frames=serialize.dumps(result))
+        return Outcome(status="ok", frames=shm.share(serialize.dumps(result, container_depth=3), shm_prefix))
     except Exception as exc:
         error = serialize.SerializationError(
             f"the function returned a {type(result).__name__} that cannot be sent back: {exc}. "

@@ -29,7 +29,7 @@ def python_version() -> str:
 
 
 def _bytes_from_buffer(buffer: memoryview | bytes) -> bytes:
-    return bytes(buffer)
+    return bytes(buffer)  # no copy when the buffer already is a bytes object (see rh_core.shm)
 
 
 class _LargeBytes:
@@ -108,9 +108,12 @@ def dumps(obj: Any, ref_keys: list[str] | None = None, *, container_depth: int =
 
 def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = None) -> Any:
     """Inverse of :func:`dumps`; ``resolve_ref`` turns a ref key found inside into its value."""
+    from rh_core import shm
+
+    buffers = [shm.attach(frame) if shm.is_descriptor(frame) else frame for frame in frames[1:]]
     token = _ref_resolver.set(resolve_ref)
     try:
-        return pickle.loads(frames[0], buffers=frames[1:])
+        return pickle.loads(frames[0], buffers=buffers)
     finally:
         _ref_resolver.reset(token)
 

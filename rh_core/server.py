@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import zmq
 
-from rh_core import __version__, serialize
+from rh_core import __version__, serialize, shm
 from rh_core.channel import Channel
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError
 from rh_core.plugin_types import Executor, Outcome, Task
@@ -56,6 +56,8 @@ class Server:
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self.calls = 0
+        # Large buffers may go through /dev/shm when every worker shares this machine.
+        self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class Server:
         self._logs = Channel(logs, self._on_log)
         await self.executor.start(self)
         self._router = Channel(router, self._on_request)
+        shm.sweep()  # what servers that died left behind
         self._write_state()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +87,7 @@ class Server:
         await self._stopped.wait()
         self._router.close()
         await self.executor.stop()
+        shm.sweep(os.getpid())
         self._remove_state()
         self._logs.close()
 
@@ -99,6 +103,7 @@ class Server:
             "python_executable": sys.executable,
             "executor": self.executor.name,
             "parallelism": self.executor.parallelism,
+            "shm": self._shm_prefix is not None,
             "started_at": self.started_at,
             "calls": self.calls,
             "state_dir": self.state_dir,
@@ -179,7 +184,8 @@ class Server:
         n_fn = request["n_fn"]
         return Task(
             key=request["key"],
-            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "mode": "call"},
+            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "mode": "call",
+                    "shm_prefix": self._shm_prefix if request.get("shm") else None},
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},

@@ -44,6 +44,7 @@ class ProcessExecutor:
     """A fixed-size pool of worker processes; ``num_workers`` defaults to the CPU count."""
 
     name = "process"
+    same_machine = True  # workers run beside the server: large buffers may go through /dev/shm
 
     def __init__(self, num_workers: int | None = None):
         self.num_workers = int(num_workers or os.cpu_count() or 1)
