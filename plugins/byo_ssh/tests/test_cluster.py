@@ -162,3 +162,19 @@ def test_shell_command_is_a_working_ssh(byo_cluster):
 
     out = subprocess.run([*command, "echo from-the-head"], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "from-the-head", out.stderr
+
+
+@pytest.mark.slow
+def test_bootstrap_as_a_non_root_user(unix_user, sshd, tmp_path):  # unix_user first: it is removed last
+    cluster = rh.cluster(name="byo-user", ips=[sshd.host],
+                         ssh_creds=ssh_creds(sshd, tmp_path, ssh_user=unix_user), executor_options={"num_workers": 1})
+    try:
+        where = rh.function(fns.whoami).to(cluster)()
+        assert rh.function(fns.quiet_add).to(cluster)(2, 3) == 5
+        info = cluster.status()
+        assert info["python_executable"].startswith(os.path.expanduser(f"~{unix_user}/.rh/venv"))
+        import pwd
+
+        assert pwd.getpwuid(os.stat(f"/proc/{where['pid']}").st_uid).pw_name == unix_user
+    finally:
+        cluster.down()
