@@ -151,10 +151,16 @@ class RemoteCluster(Cluster):
         options = {"remote_root": self.remote_dir, **info.transport_options, **info.host_options.get(address, {})}
         return self.host.transport(info.transport)(address, **options)
 
+    def _where(self, address: str) -> str:
+        """``user@address`` as errors name a machine."""
+        info = self.cluster_info
+        user = {**info.transport_options, **info.host_options.get(address, {})}.get("user")
+        return f"{user}@{address}" if user else address
+
     def _run_checked(self, transport, command: str, what: str, address: str) -> str:
         (code, out, err), = transport.run([command])
         if code != 0:
-            raise ServerStartError(f"{what} failed on {address} (exit {code}): {(err or out)[-2000:]}")
+            raise ServerStartError(f"{what} failed on {self._where(address)} (exit {code}): {(err or out)[-2000:]}")
         return out
 
     def _probe(self, transport=None, address: str | None = None) -> dict[str, Any]:
@@ -164,14 +170,14 @@ class RemoteCluster(Cluster):
         (code, out, err), = transport.run([f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(self.remote_dir)}"])
         if code != 0:
             raise ServerStartError(
-                f"{address} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
+                f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
                 "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
             )
         probe = json.loads(out.strip().splitlines()[-1])
         ours = serialize.python_version()
         if probe["python"] != ours:
             raise VersionMismatchError(
-                f"this client runs Python {ours} but python3 on {address} is Python {probe['python']}; "
+                f"this client runs Python {ours} but python3 on {self._where(address)} is Python {probe['python']}; "
                 f"install Python {ours} there, or run the client with Python {probe['python']}"
             )
         return probe
@@ -219,7 +225,7 @@ class RemoteCluster(Cluster):
                                      .strip().splitlines()[-1])
                 if not started["ok"]:
                     raise ServerStartError(
-                        f"the server on {head} exited with code {started['code']} while starting; "
+                        f"the server on {self._where(head)} exited with code {started['code']} while starting; "
                         f"its log ends with:\n{started['log']}"
                     )
                 state = started["state"]
@@ -235,7 +241,7 @@ class RemoteCluster(Cluster):
             return "not connected"
         if ping(self._address, timeout=2.0) is None:
             pid = (self._server_state or {}).get("pid")
-            return f"the server on {self.cluster_info.head} (pid {pid}) does not answer through its tunnel"
+            return f"the server on {self._where(self.cluster_info.head)} (pid {pid}) does not answer through its tunnel"
         return None
 
     def stop_server(self) -> bool:

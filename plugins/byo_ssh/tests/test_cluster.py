@@ -178,3 +178,13 @@ def test_bootstrap_as_a_non_root_user(unix_user, sshd, tmp_path):  # unix_user f
         assert pwd.getpwuid(os.stat(f"/proc/{where['pid']}").st_uid).pw_name == unix_user
     finally:
         cluster.down()
+
+
+def test_host_without_python3_is_named_with_the_cause(unix_user, sshd, tmp_path):
+    home = os.path.expanduser(f"~{unix_user}")
+    with open(os.path.join(home, ".bashrc"), "w") as rc:  # this user's SSH sessions find no python3
+        rc.write("export PATH=/nonexistent\n")
+    cluster = rh.cluster(name="no-python", ips=[sshd.host], ssh_creds=ssh_creds(sshd, tmp_path, ssh_user=unix_user))
+    with pytest.raises(rh.ServerStartError, match=rf"{unix_user}@{sshd.host} has no working python3.*apt-get install"):
+        cluster.connection()
+    cluster.transport.close()
