@@ -51,18 +51,24 @@ def _editable_source(dist: importlib.metadata.Distribution) -> str | None:
 
 
 def _fingerprint(dist: importlib.metadata.Distribution) -> str:
-    """Name, version and, for an editable install, the sizes and mtimes of its source files."""
+    """Name, version and, for an editable install, the sizes and mtimes of its package's files.
+
+    Only the import package (``rh_ray/`` for rh-ray) and the project file count: other projects in
+    the same checkout, tests and what a wheel build writes must not change it.
+    """
     digest = hashlib.sha256(f"{dist.metadata['Name']}=={dist.version}".encode())
     source = _editable_source(dist)
-    if source is not None:
-        for root, dirs, files in os.walk(source):
-            # What a wheel build writes (build/, *.egg-info) must not change the fingerprint.
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".egg-info")
-                             and d not in ("build", "dist", "tests", "__pycache__"))
-            for name in sorted(files):
-                if name.endswith((".py", ".toml", ".cfg", ".typed")):
-                    stat = os.stat(os.path.join(root, name))
-                    digest.update(f"{os.path.relpath(os.path.join(root, name), source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    if source is None:
+        return digest.hexdigest()
+    package = dist.metadata["Name"].replace("-", "_")
+    paths = [os.path.join(source, "pyproject.toml"), os.path.join(source, "setup.py")]
+    for root, dirs, files in os.walk(os.path.join(source, package)):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        paths += [os.path.join(root, name) for name in sorted(files) if not name.endswith(".pyc")]
+    for path in paths:
+        if os.path.exists(path):
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

@@ -188,3 +188,26 @@ def test_host_without_python3_is_named_with_the_cause(unix_user, sshd, tmp_path)
     with pytest.raises(rh.ServerStartError, match=rf"{unix_user}@{sshd.host} has no working python3.*apt-get install"):
         cluster.connection()
     cluster.transport.close()
+
+
+@pytest.mark.slow
+def test_ssh_sessions_killed_mid_call_are_reported_and_recovered(byo_cluster, sshd):
+    import subprocess
+    import threading
+
+    slow = rh.function(fns.sleep_then).to(byo_cluster)
+    server_pid = byo_cluster.status()["pid"]
+    listener = int((sshd.dir / "sshd.pid").read_text())
+
+    def kill_sessions():
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(listener)], capture_output=True, text=True)
+        for pid in children.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)  # every SSH session, tunnels included; sshd itself listens on
+
+    threading.Timer(0.5, kill_sessions).start()
+    started = time.monotonic()
+    with pytest.raises(rh.ConnectionLostError):
+        slow(30)
+    assert time.monotonic() - started < 10
+    assert slow(0, "recovered") == "recovered"  # same cluster object: reconnected, new tunnel
+    assert byo_cluster.status()["pid"] == server_pid  # the server itself survived
