@@ -29,7 +29,11 @@ def python_version() -> str:
 
 
 def _bytes_from_buffer(buffer: memoryview | bytes) -> bytes:
-    return bytes(buffer)  # no copy when the buffer already is a bytes object (see rh_core.shm)
+    # pickle hands out-of-band buffers over as read-only memoryviews; when one views a whole bytes
+    # object (rh_core.shm reads segments into bytes) that object is the result, with no copy.
+    if isinstance(buffer, memoryview) and type(buffer.obj) is bytes and buffer.nbytes == len(buffer.obj):
+        return buffer.obj
+    return bytes(buffer)
 
 
 class _LargeBytes:
