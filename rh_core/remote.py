@@ -253,7 +253,11 @@ class RemoteCluster(Cluster):
         state = self._probe()["server"]
         if not state:
             return False
-        self.transport.run([f"kill {int(state['pid'])}"])
+        # Wait until it has exited (a zombie counts as exited): an executor's shutdown can take seconds
+        # (Ray's does), and a restart that probed meanwhile would reuse the dying server.
+        pid = int(state["pid"])
+        self.transport.run([f"kill {pid}; for _ in $(seq 300); do case \"$(ps -o stat= -p {pid})\" in ''|Z*) exit 0;; esac; "
+                            f"sleep 0.1; done; kill -9 {pid}"])
         return True
 
     def restart_server(self) -> None:

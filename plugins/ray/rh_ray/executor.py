@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import os
 import shutil
+import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +71,27 @@ def _detached(task: Task) -> Task:
     )
 
 
+def head_node_ip(node_address: str | None) -> str | None:
+    """The IP a Ray head should bind to so the cluster's other machines can join it: ``node_address``
+    (``RH_NODE_ADDRESS``, the address the client reached this machine at) resolved to an IPv4 address
+    of this machine; None, letting Ray choose, when it is loopback or not an address of this machine
+    (a public address behind NAT, say)."""
+    if not node_address:
+        return None
+    try:
+        ip = socket.gethostbyname(node_address)
+    except OSError:
+        return None
+    if ipaddress.ip_address(ip).is_loopback:  # a one-machine cluster; Ray finds a better address itself
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))  # succeeds only for addresses of this machine
+    except OSError:
+        return None
+    return ip
+
+
 def ray_temp_dir(state_dir: str) -> str:
     """A Ray temp dir private to one server: ``<state_dir>/ray``, or a short path under /tmp when that
     one is too long for Ray's unix sockets."""
@@ -88,15 +112,34 @@ def ray_temp_dir(state_dir: str) -> str:
 _runners: dict[str, Runner] = {}
 
 
-def run_in_worker(log_endpoint: str, task: Task) -> tuple[str, list[bytes], bool]:
-    """The body of every Ray task: run one rh task with this worker's Runner; never raises for user errors."""
+def run_in_worker(log_endpoint: str, task: Task, server_node: str | None = None) -> tuple[str, list[bytes], bool]:
+    """The body of every Ray task: run one rh task with this worker's Runner; never raises for user errors.
+    ``server_node`` is the Ray node id of the server's machine, where ``log_endpoint`` exists."""
     runner = _runners.get(log_endpoint)
     if runner is None:
-        from rh_core.runner import Runner
-
-        runner = _runners[log_endpoint] = Runner(log_endpoint)
+        runner = _runners[log_endpoint] = _new_runner(log_endpoint, server_node)
     outcome = runner.run(task)
     return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged
+
+
+def _new_runner(log_endpoint: str, server_node: str | None) -> Runner:
+    from rh_core.runner import Runner
+
+    if server_node is None or _ray_node_id() == server_node:
+        return Runner(log_endpoint)
+    # Another machine: the server's ipc:// endpoint is not there, so output sent to it would be lost and
+    # each call that printed would wait for it in the server. Keep stdout and stderr as Ray set them:
+    # the output lands in Ray's worker logs on that machine.
+    stdout, stderr = sys.stdout, sys.stderr
+    runner = Runner(None)
+    sys.stdout, sys.stderr = stdout, stderr
+    return runner
+
+
+def _ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -107,13 +150,16 @@ class RayExecutor(CoroutineExecutor):
     """Runs each task as a Ray task.
 
     :param address: a Ray cluster to join (``"auto"``, ``"host:port"``, ``"ray://..."``); ``None``
-        starts a local Ray owned by this server, with its temp dir under the server's state dir.
+        starts a Ray head owned by this server, with its temp dir under the server's state dir. On a
+        cluster's head machine (``RH_NODE_ADDRESS`` set by bootstrap) that head binds to the node's
+        address, so the cluster's other machines can join it at ``describe()["ray_address"]``.
     :param num_cpus: CPUs of the local Ray (default: all); only without ``address``.
     :param ray_init_kwargs: passed to ``ray.init`` as they are, overriding the executor's defaults.
 
     Call options ``num_cpus``, ``num_gpus``, ``resources`` and ``memory`` become Ray task options.
-    Live logs go to the server's log endpoint, an ``ipc://`` socket on the server's machine: on a
-    joined multi-node cluster, calls scheduled on other nodes cannot stream their output yet.
+    Live logs go to the server's log endpoint, an ``ipc://`` socket on the server's machine: calls
+    that Ray schedules on other nodes cannot stream their output yet; it goes to Ray's worker logs
+    on their node.
     """
 
     name = "ray"
@@ -125,17 +171,22 @@ class RayExecutor(CoroutineExecutor):
                 "existing cluster, which has its own CPUs; pass only one of them"
             )
         self.address = address
+        # Large buffers may go through /dev/shm only while every Ray worker is on this machine: a Ray
+        # this server starts alone. A joined cluster, or a head others join, spans machines.
+        self.same_machine = address is None and not os.environ.get("RH_NODE_ADDRESS")
         self.num_cpus = num_cpus
         self.ray_init_kwargs = ray_init_kwargs
         self._ray: ModuleType | None = None
         self._remote: Any = None  # run_in_worker as a Ray remote function
         self._log_endpoint: str | None = None
+        self._node_id: str | None = None  # the Ray node of the server's machine, where the log endpoint is
         self._owns_connection = False  # ray.init was ours, so ray.shutdown is too
         self._temp_dir: str | None = None
         self._remove_temp_dir = False
         self._ray_address: str | None = None
         self._parallelism = 1
         self._nodes = 0
+        self._node_ips: list[str] = []
         self._counted_at = 0.0
         self._remotes: dict[str, Any] = {}  # Ray task options -> the remote function with them
 
@@ -155,6 +206,7 @@ class RayExecutor(CoroutineExecutor):
                 raise self._start_error(exc) from exc
             self._owns_connection = True
         self._ray_address = ray.get_runtime_context().gcs_address
+        self._node_id = ray.get_runtime_context().get_node_id()
         # No retries: Ray would otherwise run a call again when its worker dies, and calls need not
         # be idempotent. A dead worker is reported as WorkerDiedError instead.
         self._remote = ray.remote(max_retries=0)(run_in_worker)
@@ -168,6 +220,11 @@ class RayExecutor(CoroutineExecutor):
             self._remove_temp_dir = not self._temp_dir.startswith(os.path.abspath(context.state_dir) + os.sep)
             # "local" and not None: None would join whatever Ray was last started on this machine.
             kwargs.update(address="local", include_dashboard=False, _temp_dir=self._temp_dir)
+            # The head's GCS listens on all interfaces at a free port; binding the node to the address the
+            # client used makes Ray advertise one the cluster's other machines can reach.
+            node_ip = head_node_ip(os.environ.get("RH_NODE_ADDRESS"))
+            if node_ip is not None:
+                kwargs["_node_ip_address"] = node_ip
             if self.num_cpus is not None:
                 kwargs["num_cpus"] = self.num_cpus
         else:
@@ -209,7 +266,9 @@ class RayExecutor(CoroutineExecutor):
         if ray is not None and ray.is_initialized():
             with contextlib.suppress(Exception):  # GCS briefly unreachable: keep the last figures
                 self._parallelism = max(1, int(ray.cluster_resources().get("CPU", 0)))
-                self._nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+                alive = [node for node in ray.nodes() if node.get("Alive")]
+                self._nodes = len(alive)
+                self._node_ips = sorted({node.get("NodeManagerAddress", "") for node in alive} - {""})
 
     @property
     def parallelism(self) -> int:
@@ -219,7 +278,9 @@ class RayExecutor(CoroutineExecutor):
 
     def describe(self) -> dict[str, Any]:
         self._refresh()
-        return {"executor": self.name, "ray_address": self._ray_address, "nodes": self._nodes}
+        # node_ips lets clients skip workers that are already Ray nodes (rh_ray.workers).
+        return {"executor": self.name, "ray_address": self._ray_address, "nodes": self._nodes,
+                "node_ips": self._node_ips}
 
     # --- running -------------------------------------------------------------------------------
 
@@ -230,7 +291,7 @@ class RayExecutor(CoroutineExecutor):
         options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
         remote = self._remote_with(options)
         try:
-            ref = remote.remote(self._log_endpoint, _detached(task))
+            ref = remote.remote(self._log_endpoint, _detached(task), self._node_id)
         except Exception as exc:  # Ray itself is gone; its exception types may not unpickle on the client
             raise RhError(f"could not submit the call to Ray: {type(exc).__name__}: {exc}") from exc
         errors = ray.exceptions

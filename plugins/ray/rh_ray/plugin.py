@@ -1,13 +1,42 @@
-"""The rh-ray plugin's hooks: registers the ``ray`` executor without importing Ray."""
+"""The rh-ray plugin's hooks: registers the ``ray`` executor, and on clusters of several machines makes
+the workers Ray nodes of the head's Ray (and stops them again). Never imports Ray: these hooks run
+on the client, which may not have Ray at all.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rh_core import hookimpl
+
+if TYPE_CHECKING:
+    from rh_core.cluster import Cluster
 
 
 @hookimpl
 def rh_register_executors(register: Callable[..., None]) -> None:
     # A "module:attribute" string, so Ray is imported only by a server that runs this executor.
     register("ray", "rh_ray.executor:RayExecutor")
+
+
+@hookimpl
+def rh_cluster_ready(cluster: Cluster, info: dict[str, Any]) -> None:
+    # Called on every connection: workers the head's Ray already lists cost nothing.
+    if info.get("executor") != "ray":
+        return
+    from rh_ray.workers import join_workers, worker_addresses
+
+    workers = worker_addresses(cluster)
+    if workers:
+        join_workers(cluster, info, workers)
+
+
+@hookimpl
+def rh_cluster_teardown(cluster: Cluster) -> None:
+    if getattr(cluster, "executor", None) != "ray":
+        return
+    from rh_ray.workers import leave_workers, worker_addresses
+
+    workers = worker_addresses(cluster)
+    if workers:
+        leave_workers(cluster, workers)

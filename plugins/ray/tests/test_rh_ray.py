@@ -173,3 +173,14 @@ class TestRayExecutorContract(ExecutorContract):
     @classmethod
     def cluster(cls, cluster):
         return cluster
+
+
+@pytest.mark.slow
+def test_a_ray_of_its_own_takes_large_buffers_through_shared_memory(cluster):
+    assert cluster.status()["shm"] is True
+    data = os.urandom(2 * 1024 * 1024)
+    assert rh.function(echo).to(cluster)(data) == data
+
+
+def echo(data):
+    return data

@@ -1,0 +1,134 @@
+"""On the client: the worker machines of a multi-machine cluster join the head's Ray as Ray nodes,
+and leave it when the cluster's server stops. Everything runs over the cluster's transports
+(``python -m rh_ray.worker_node`` there); Ray itself is never imported here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import shlex
+import time
+from typing import Any, Callable
+
+from rh_core.errors import RhError
+
+logger = logging.getLogger(__name__)
+
+MAX_PARALLEL = 8  # workers prepared and joined at once; each holds an SSH connection
+
+
+def worker_addresses(cluster: Any) -> tuple[str, ...]:
+    """The cluster's machines other than the head; none for clusters that are not multi-machine."""
+    info = getattr(cluster, "cluster_info", None)
+    if info is None:
+        return ()
+    head = getattr(info, "head", None)
+    return tuple(w for w in (getattr(info, "workers", None) or ()) if w != head)
+
+
+def _shell_path(path: str) -> str:
+    """``path`` as a shell word, with a leading ``~/`` expanded the way the remote probe expands it."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _run_on(cluster: Any, address: str, command: str) -> dict[str, Any]:
+    """Run a ``worker_node`` command on ``address``; its JSON answer, or an RhError naming the cause."""
+    transport = cluster.transport_to(address)
+    try:
+        (code, out, err), = transport.run([command])
+    finally:
+        if address != cluster.cluster_info.head:  # the head's transport is the cluster's own: keep it open
+            transport.close()
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise RhError(f"`{command}` failed on {address} (exit {code}): {(err or out).strip()[-1500:]}")
+
+
+def _in_parallel(addresses: tuple[str, ...], action: Callable[[str], None]) -> dict[str, BaseException]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(addresses))) as pool:
+        futures = {address: pool.submit(action, address) for address in addresses}
+    return {address: future.exception() for address, future in futures.items() if future.exception() is not None}
+
+
+def _raise_for(errors: dict[str, BaseException], what: str) -> None:
+    if not errors:
+        return
+    if len(errors) == 1:
+        (error,) = errors.values()
+        raise error
+    details = "\n".join(f"- {address}: {error}" for address, error in errors.items())
+    raise RhError(f"{len(errors)} Ray workers could not {what}:\n{details}") from next(iter(errors.values()))
+
+
+def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Start a Ray node on each worker that the head's Ray does not list as alive; return what each
+    worker reported. Raises :class:`RhError` naming every worker that could not join, and why."""
+    head = cluster.cluster_info.head
+    gcs_address = info.get("executor_ray_address")
+    if not gcs_address:
+        raise RhError(
+            f"the ray executor on {head} reports no Ray address, so workers {', '.join(workers)} cannot join it; "
+            "restart the server with cluster.restart_server()"
+        )
+    alive = set(info.get("executor_node_ips") or ())
+    pending = tuple(w for w in workers if w not in alive)
+    results: dict[str, dict[str, Any]] = {}
+
+    def join_one(worker: str) -> None:
+        started = time.monotonic()
+        try:
+            python = cluster.install_runtime(worker)
+        except Exception as exc:
+            raise RhError(f"Ray worker {worker}: could not install rh_core and Ray there: {exc}") from exc
+        command = (f"{shlex.quote(python)} -m rh_ray.worker_node join --root {shlex.quote(cluster.remote_dir)} "
+                   f"--node {shlex.quote(worker)} --gcs-address {shlex.quote(gcs_address)}")
+        result = _run_on(cluster, worker, command)
+        if not result.get("ok"):
+            log = result.get("log", "").strip()
+            said = f"\n`ray start` said:\n{log}" if log else ""
+            raise RhError(
+                f"Ray worker {worker} could not join the Ray head at {gcs_address}: {result.get('error')}. "
+                f"Check that {worker} reaches {gcs_address} (firewall, node address) and runs the same Ray "
+                f"version.{said}"
+            )
+        results[worker] = result
+        logger.info("Ray worker %s: %s (ray start %s s, %.1f s in all)", worker, result.get("status"),
+                    result.get("seconds", 0), time.monotonic() - started)
+
+    if pending:
+        _raise_for(_in_parallel(pending, join_one), f"join the Ray head at {gcs_address}")
+    return results
+
+
+def leave_workers(cluster: Any, workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Stop the Ray nodes this cluster started on its workers (only those: never ``ray stop``)."""
+    python = _shell_path(f"{cluster.remote_dir.rstrip('/')}/venv/bin/python")
+    results: dict[str, dict[str, Any]] = {}
+
+    def leave_one(worker: str) -> None:
+        # No venv there means no rh_core, so no Ray node of ours either: nothing to stop.
+        command = (f"if [ -x {python} ]; then {python} -m rh_ray.worker_node leave "
+                   f"--root {shlex.quote(cluster.remote_dir)} --node {shlex.quote(worker)}; "
+                   f"else echo '{{\"ok\": true, \"status\": \"no-runtime\"}}'; fi")
+        try:
+            result = _run_on(cluster, worker, command)
+        except Exception as exc:
+            raise RhError(f"could not stop the Ray node on worker {worker}: {exc}") from exc
+        if not result.get("ok"):
+            raise RhError(f"could not stop the Ray node on worker {worker}: {result.get('error')}")
+        results[worker] = result
+        logger.info("Ray worker %s: %s", worker, result.get("status"))
+
+    if workers:
+        _raise_for(_in_parallel(workers, leave_one), "stop their Ray nodes")
+    return results

@@ -1,0 +1,404 @@
+"""Ray across machines: a BYO cluster of two network-namespace hosts (netns_hosts.py), where the head's
+server starts a Ray head and the other host joins it as a Ray worker node; plus the worker-node
+plumbing (joining, stopping only our processes) without Ray or namespaces.
+
+The slow tests share one module-scoped cluster: wheels, a venv with Ray, a Ray head and a worker node
+take 1-2 minutes on 2 cores. Each host has its own remote dir (state, synced code, Ray node) except
+the venv, which they share: installing Ray a second time would add ~35 s and runs the same bootstrap
+code as the head's install.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import netns_hosts
+import rh_core as rh
+from rh_ray import plugin, worker_node
+
+logger = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------------------------------------
+# Without Ray: the hooks and worker_node against fakes and plain processes
+
+
+class FakeTransport:
+    def __init__(self, address: str, answers: dict[str, dict[str, Any]], log: list[tuple[str, str]]):
+        self.address, self.answers, self.log = address, answers, log
+
+    def run(self, commands: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        (command,) = commands
+        self.log.append((self.address, command))
+        answer = self.answers.get(self.address, {"ok": True, "status": "started"})
+        return [(0 if answer.get("ok") else 1, json.dumps(answer) + "\n", "")]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeCluster:
+    """What the hooks use of a RemoteCluster: cluster_info, remote_dir, install_runtime, transport_to."""
+
+    def __init__(self, workers: tuple[str, ...], answers: dict[str, dict[str, Any]] | None = None,
+                 install_error: Exception | None = None, executor: str = "ray"):
+        self.cluster_info = type("Info", (), {"head": "head-node", "workers": workers})()
+        self.remote_dir = "~/.rh"
+        self.executor = executor
+        self.answers = answers or {}
+        self.install_error = install_error
+        self.commands: list[tuple[str, str]] = []
+
+    def install_runtime(self, address: str) -> str:
+        if self.install_error is not None:
+            raise self.install_error
+        return "/home/u/.rh/venv/bin/python"
+
+    def transport_to(self, address: str) -> FakeTransport:
+        return FakeTransport(address, self.answers, self.commands)
+
+
+READY = {"executor": "ray", "executor_ray_address": "10.9.9.1:41000", "executor_node_ips": ["10.9.9.1"]}
+
+
+def test_the_client_side_modules_do_not_import_ray():
+    code = "import sys, rh_ray.plugin, rh_ray.workers, rh_ray.worker_node; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_ready_hook_ignores_other_executors_and_single_machine_clusters():
+    with_workers = FakeCluster(("worker-a",))
+    plugin.rh_cluster_ready(cluster=with_workers, info={**READY, "executor": "process"})
+    alone = FakeCluster(())
+    plugin.rh_cluster_ready(cluster=alone, info=READY)
+    plugin.rh_cluster_ready(cluster=object(), info=READY)  # a LocalCluster has no cluster_info
+    assert with_workers.commands == [] and alone.commands == []
+
+
+def test_ready_hook_joins_only_workers_the_head_does_not_list():
+    cluster = FakeCluster(("10.9.9.2", "10.9.9.3"))
+    plugin.rh_cluster_ready(cluster=cluster, info={**READY, "executor_node_ips": ["10.9.9.1", "10.9.9.2"]})
+    ((address, command),) = cluster.commands
+    assert address == "10.9.9.3"
+    assert "-m rh_ray.worker_node join" in command and "--gcs-address 10.9.9.1:41000" in command
+    assert "--node 10.9.9.3" in command and command.startswith("/home/u/.rh/venv/bin/python ")
+
+
+def test_a_worker_that_cannot_join_is_named_with_the_cause():
+    failure = {"ok": False, "status": "failed", "error": "`ray start` exited with code 1",
+               "log": "ConnectionError: GCS at 10.9.9.1:41000 unreachable"}
+    cluster = FakeCluster(("worker-a", "worker-b"), answers={"worker-b": failure})
+    with pytest.raises(rh.RhError) as info:
+        plugin.rh_cluster_ready(cluster=cluster, info=READY)
+    message = str(info.value)
+    assert "Ray worker worker-b could not join the Ray head at 10.9.9.1:41000" in message
+    assert "exited with code 1" in message and "GCS at 10.9.9.1:41000 unreachable" in message
+    assert "worker-a" not in message
+
+
+def test_a_worker_that_cannot_be_prepared_is_named():
+    cluster = FakeCluster(("worker-a",), install_error=RuntimeError("no python3 on the PATH"))
+    with pytest.raises(rh.RhError, match="Ray worker worker-a: could not install rh_core and Ray there: no python3"):
+        plugin.rh_cluster_ready(cluster=cluster, info=READY)
+
+
+def test_missing_ray_address_says_how_to_fix_it():
+    cluster = FakeCluster(("worker-a",))
+    with pytest.raises(rh.RhError, match="reports no Ray address.*restart_server"):
+        plugin.rh_cluster_ready(cluster=cluster, info={"executor": "ray"})
+
+
+def test_teardown_hook_runs_leave_on_every_worker_with_the_remote_home_expanded():
+    cluster = FakeCluster(("worker-a", "worker-b"))
+    plugin.rh_cluster_teardown(cluster=cluster)
+    assert sorted(address for address, _ in cluster.commands) == ["worker-a", "worker-b"]
+    command = cluster.commands[0][1]
+    assert '"$HOME"/.rh/venv/bin/python -m rh_ray.worker_node leave' in command
+    plugin.rh_cluster_teardown(cluster=FakeCluster(("worker-a",), executor="process"))  # not ours: no-op
+
+
+def _marked(token: str, *python: str) -> subprocess.Popen:
+    env = {**os.environ, worker_node.MARKER: token}
+    return subprocess.Popen([sys.executable, "-c", ";".join(python) or "import time; time.sleep(300)"],
+                            env=env, start_new_session=True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="worker_node finds its processes through /proc")
+def test_leave_stops_only_the_processes_of_its_own_node(tmp_path):
+    token, other = secrets.token_hex(8), secrets.token_hex(8)
+    ready = tmp_path / "ignoring-sigterm"
+    ours = [_marked(token), _marked(token, "import signal, time", "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+                                    f"open({str(ready)!r}, 'w').close()", "time.sleep(300)")]
+    theirs = _marked(other)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:  # SIGTERM before SIG_IGN would kill it
+            time.sleep(0.05)
+        assert sorted(worker_node.our_pids(token)) == sorted(p.pid for p in ours)
+        (tmp_path / worker_node.RECORD).write_text(json.dumps({"token": token, "pid": ours[0].pid, "temp_dir": ""}))
+        result = worker_node.stop(str(tmp_path), grace=1.0)
+        assert result == {"ok": True, "status": "stopped", "stopped": 2, "killed": 1}  # one ignored SIGTERM
+        for process in ours:
+            assert process.wait(timeout=10) is not None
+        assert theirs.poll() is None, "a process of another node was stopped"
+        assert not (tmp_path / worker_node.RECORD).exists()
+        assert worker_node.stop(str(tmp_path))["status"] == "absent"
+    finally:
+        for process in [*ours, theirs]:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+# Runs as PID 1 of a new PID namespace: the fake `ray start` processes it leaves behind die with it
+# instead of lingering as zombies (PID 1 of a test machine may reap nothing).
+_JOIN_SCENARIO = r"""
+import json, os, sys
+tmp = sys.argv[1]
+def fake_ray(name, script):
+    directory = os.path.join(tmp, name)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "ray"), "w") as file:
+        file.write("#!/bin/sh\n" + script + "\n")
+    os.chmod(os.path.join(directory, "ray"), 0o755)
+    return os.path.join(directory, "python")  # join() runs the `ray` beside its Python
+import socket
+from rh_ray import worker_node as w
+# Two "heads" that accept connections (join checks that the GCS is reachable) and a closed port.
+heads = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+old_head, new_head = (f"127.0.0.1:{head.getsockname()[1]}" for head in heads)
+with socket.socket() as closed:
+    closed.bind(("127.0.0.1", 0))
+    nobody = f"127.0.0.1:{closed.getsockname()[1]}"
+root, node, out = os.path.join(tmp, "root"), "10.9.9.2", {}
+sys.executable = fake_ray("good", "echo 'Ray runtime started.'; exec sleep 300")
+out["first"] = w.join(root, old_head, node)
+out["again"] = w.join(root, old_head, node)
+out["new_head"] = w.join(root, new_head, node)
+out["status"] = w.status(root, node)
+out["leave"] = w.stop(w.node_dir(root, node))
+out["unreachable"] = w.join(root, nobody, node)
+sys.executable = fake_ray("bad", "echo 'ConnectionError: the GCS said no'; exit 1")
+out["failed"] = w.join(root, new_head, node)
+out["heads"] = [old_head, new_head]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a PID namespace")
+def test_join_is_idempotent_replaces_a_node_of_an_old_head_and_reports_failures(tmp_path):
+    # A fake `ray` (prints what `ray start` prints, then sleeps) stands in for Ray.
+    done = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
+                           _JOIN_SCENARIO, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["first"]["status"] == "started"
+    assert out["again"]["status"] == "running" and out["again"]["pid"] == out["first"]["pid"]
+    assert out["new_head"]["status"] == "started" and out["new_head"]["pid"] != out["first"]["pid"]
+    assert out["status"]["pids"] == [out["new_head"]["pid"]], "the node of the old head is still running"
+    assert out["status"]["gcs_address"] == out["heads"][1]
+    assert out["leave"] == {"ok": True, "status": "stopped", "stopped": 1, "killed": 0}
+    assert out["unreachable"]["status"] == "unreachable"
+    assert "cannot reach the Ray head's GCS at 127.0.0.1:" in out["unreachable"]["error"]
+    assert "refused" in out["unreachable"]["error"]
+    assert out["failed"]["ok"] is False and "exited with code 1" in out["failed"]["error"]
+    assert "ConnectionError: the GCS said no" in out["failed"]["log"]
+
+
+def test_node_dirs_are_per_address_so_a_shared_home_keeps_nodes_apart():
+    assert worker_node.node_dir("/r", "10.0.0.2") != worker_node.node_dir("/r", "10.0.0.3")
+    assert worker_node.node_dir("/r", "a/../b") == "/r/ray-nodes/a_.._b"
+    assert worker_node.node_dir("/r", "..") == "/r/ray-nodes/__"
+
+
+# -------------------------------------------------------------------------------------------------
+# Two hosts, one Ray
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[tuple[netns_hosts.NetnsHosts, str]]:
+    """Hosts h1 and h2, and the cluster's remote dir: private to each host but for the shared venv."""
+    reason = netns_hosts.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    # Outside /tmp: each host gets its own /tmp, and the hosts' state must stay visible to them.
+    directory = Path(tempfile.mkdtemp(prefix="rh-multinode-", dir="/var/tmp"))
+    remote_dir = str(directory / "remote")
+    try:
+        with netns_hosts.netns_hosts(2, directory / "hosts", private_dirs=[remote_dir],
+                                     shared_dirs=[f"{remote_dir}/venv"]) as made:
+            yield made, remote_dir
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts) -> Iterator[rh.RemoteCluster]:
+    made, remote_dir = hosts
+    cluster = rh.cluster(name=f"multinode-{os.getpid()}", ips=made.addresses,
+                         ssh_creds=made.ssh_creds(str(made.directory / "known_hosts")), executor="ray")
+    cluster.remote_dir = remote_dir
+    started = time.monotonic()
+    try:
+        cluster.connection()  # bootstrap, the Ray head, and (the ready hook) the worker joining it
+        logger.info("cluster up with its worker joined in %.1f s", time.monotonic() - started)
+        log_head_start(cluster, made, remote_dir)
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def log_head_start(cluster: rh.RemoteCluster, made: netns_hosts.NetnsHosts, remote_dir: str) -> None:
+    """Log how long the server took to start its Ray head (server start to Ray's "Started" line)."""
+    log = made.host_path(made.hosts[0], f"{remote_dir}/server/server.log").read_text(errors="replace")
+    line = next((line for line in log.splitlines() if "Started a local Ray instance" in line), None)
+    if line is not None:
+        stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        logger.info("the Ray head started in %.1f s", stamp - cluster.status()["started_at"])
+
+
+def hostname_after(seconds: float):
+    # Nested, so it travels by value: the code synced for by-reference functions exists on the head only.
+    def hostname(_: int) -> str:
+        import socket
+        import time
+
+        time.sleep(seconds)
+        return socket.gethostname()
+
+    return hostname
+
+
+def ray_processes(made: netns_hosts.NetnsHosts) -> dict[str, list[str]]:
+    """``pid comm args`` of every process in each host's namespace that is not its sshd, from ps."""
+    found = {}
+    for host in made.hosts:
+        pids = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True).stdout.split()
+        if not pids:
+            found[host.name] = []
+            continue
+        ps = subprocess.run(["ps", "-o", "pid=,comm=,args=", "-p", ",".join(pids)], capture_output=True, text=True)
+        # The host's sshd (its PID 1 and sessions) and the `unshare` that started it are the host itself.
+        found[host.name] = [line.strip()[:200] for line in ps.stdout.splitlines()
+                            if line.split()[1] not in ("sshd", "unshare")]
+    return found
+
+
+@pytest.mark.slow
+def test_map_spreads_over_both_hosts(cluster):
+    started = time.monotonic()
+    names = rh.function(hostname_after(0.5)).to(cluster).map(range(16))
+    logger.info("map of 16 items took %.1f s: %s", time.monotonic() - started, names)
+    assert set(names) == {"h1", "h2"}
+
+
+def loud_hostname_after(seconds: float):
+    def loud_hostname(_: int) -> str:
+        import socket
+        import time
+
+        print("sleeping on", socket.gethostname())
+        time.sleep(seconds)
+        return socket.gethostname()
+
+    return loud_hostname
+
+
+@pytest.mark.slow
+def test_calls_that_print_on_the_worker_node_are_not_held_back(cluster):
+    # The server's log endpoint is a unix socket on the head; a call on h2 that printed used to make
+    # the server wait 2 s for log lines that could never arrive.
+    quiet, loud = (rh.function(make(0.3)).to(cluster) for make in (hostname_after, loud_hostname_after))
+    quiet.map(range(16))  # warm both hosts' Ray workers
+    started = time.monotonic()
+    quiet.map(range(16))
+    quiet_seconds = time.monotonic() - started
+    started = time.monotonic()
+    names = loud.map(range(16))
+    loud_seconds = time.monotonic() - started
+    logger.info("map of 16 items: %.1f s quiet, %.1f s printing", quiet_seconds, loud_seconds)
+    assert set(names) == {"h1", "h2"}
+    assert loud_seconds < quiet_seconds + 1.5
+
+
+@pytest.mark.slow
+def test_status_reports_two_ray_nodes(cluster, hosts):
+    made, _ = hosts
+    deadline = time.monotonic() + 20  # the server re-reads Ray's node list every few seconds
+    while (status := cluster.status())["executor_nodes"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status["executor_nodes"] == 2
+    assert status["executor_node_ips"] == sorted(made.addresses)
+    assert status["executor_ray_address"].startswith(f"{made.addresses[0]}:")
+    assert status["node_address"] == made.addresses[0]
+
+
+@pytest.mark.slow
+def test_a_plain_call_works(cluster):
+    def add(a, b):
+        return a + b
+
+    assert rh.function(add).to(cluster)(2, 3) == 5
+
+
+@pytest.mark.slow
+def test_a_second_client_leaves_the_running_worker_node_alone(cluster, hosts):
+    made, remote_dir = hosts
+    worker = made.hosts[1]
+    record_path = made.host_path(worker, worker_node.node_dir(remote_dir, worker.address)) / worker_node.RECORD
+    before = json.loads(record_path.read_text())
+    again = rh.cluster(name=cluster.name, ips=made.addresses, ssh_creds=cluster.spec["ssh_creds"], executor="ray")
+    again.remote_dir = remote_dir
+    try:
+        assert again.status()["pid"] == cluster.status()["pid"]
+    finally:
+        again.transport.close()
+    assert json.loads(record_path.read_text()) == before
+    raylets = [line for line in ray_processes(made)[worker.name] if line.split()[1] == "raylet"]
+    assert len(raylets) == 1, raylets
+
+
+@pytest.mark.slow
+def test_restart_server_stops_the_worker_node_and_joins_the_new_head(cluster, hosts):
+    made, remote_dir = hosts
+    worker = made.hosts[1]
+    record_path = made.host_path(worker, worker_node.node_dir(remote_dir, worker.address)) / worker_node.RECORD
+    before = json.loads(record_path.read_text())
+    started = time.monotonic()
+    cluster.restart_server()
+    logger.info("restart with the worker rejoined took %.1f s", time.monotonic() - started)
+    after = json.loads(record_path.read_text())
+    assert after["gcs_address"] == cluster.status()["executor_ray_address"] != before["gcs_address"]
+    assert after["pid"] != before["pid"]
+    names = rh.function(hostname_after(0.5)).to(cluster).map(range(16))
+    assert set(names) == {"h1", "h2"}
+
+
+@pytest.mark.slow
+def test_down_leaves_no_ray_process_of_ours(cluster, hosts):
+    made, remote_dir = hosts
+    assert any(line.split()[1] == "raylet" for line in ray_processes(made)["h2"])
+    started = time.monotonic()
+    cluster.down()
+    # down() signals the head's server and returns; its Ray shutdown takes a few seconds more.
+    deadline = time.monotonic() + 60
+    while (left := {name: lines for name, lines in ray_processes(made).items() if lines}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"still running {time.monotonic() - started:.0f} s after down(): {left}"
+    logger.info("down: nothing of ours left after %.1f s", time.monotonic() - started)
+    worker = made.hosts[1]
+    assert not (made.host_path(worker, worker_node.node_dir(remote_dir, worker.address)) / worker_node.RECORD).exists()
