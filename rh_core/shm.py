@@ -82,6 +82,8 @@ def attach(frame: Any) -> bytes:
 def sweep(server_pid: int | None = None) -> None:
     """Remove segments left behind by calls that failed before their receiver mapped them: those of
     ``server_pid``, or (without it) those of every server that no longer runs."""
+    from rh_core.cluster import pid_alive
+
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -91,18 +93,9 @@ def sweep(server_pid: int | None = None) -> None:
         if len(parts) != 3 or parts[0] != "rh" or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid == server_pid or (server_pid is None and not _alive(pid)):
+        if pid == server_pid or (server_pid is None and not pid_alive(pid)):
             try:
                 os.unlink(os.path.join(SHM_DIR, name))
             except OSError:
                 pass
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
