@@ -9,7 +9,7 @@ import time
 import pytest
 
 import rh_core as rh
-from rh_core.testing import ExecutorContract
+from rh_core.testing import ExecutorContract, ProvisionerContract
 from rh_core.testing import functions as fns
 
 
@@ -211,3 +211,26 @@ def test_ssh_sessions_killed_mid_call_are_reported_and_recovered(byo_cluster, ss
     assert time.monotonic() - started < 10
     assert slow(0, "recovered") == "recovered"  # same cluster object: reconnected, new tunnel
     assert byo_cluster.status()["pid"] == server_pid  # the server itself survived
+
+
+class TestByoProvisionerContract(ProvisionerContract):
+    @pytest.fixture
+    def provisioner(self):
+        return rh.default_host().provisioner("byo")()
+
+    @pytest.fixture
+    def cluster(self, sshd, tmp_path):
+        # Two hosts, the second with credentials of its own, as a multi-node BYO cluster is written.
+        creds = ssh_creds(sshd, tmp_path)
+        return rh.cluster(name="contract", ips=[sshd.host, "127.0.0.2"],
+                          ssh_creds={sshd.host: creds, "127.0.0.2": {**creds, "ssh_user": "nobody"}})
+
+
+def test_per_host_credentials_reach_each_hosts_transport(sshd, tmp_path):
+    creds = ssh_creds(sshd, tmp_path)
+    cluster = rh.cluster(name="per-host", ips=[sshd.host, "127.0.0.2"],
+                         ssh_creds={sshd.host: creds, "127.0.0.2": {**creds, "ssh_user": "nobody"}})
+    info = cluster.cluster_info
+    assert info.transport_options["user"] == sshd.user
+    assert info.host_options["127.0.0.2"]["user"] == "nobody"
+    assert cluster.run(["echo head"])[0][1] == "head\n"  # the head's own credentials work
