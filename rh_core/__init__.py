@@ -8,10 +8,52 @@
 __version__ = "0.1.0"
 
 from rh_core.cluster import Cluster, LocalCluster, here  # noqa: E402
-from rh_core.errors import *  # noqa: E402,F401,F403
+from rh_core.errors import (  # noqa: E402
+    CallTimeoutError,
+    ConnectionLostError,
+    PluginError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    RhError,
+    SerializationError,
+    ServerStartError,
+    UnknownNameError,
+    VersionMismatchError,
+    WorkerDiedError,
+)
 from rh_core.function import Function, broadcast, function  # noqa: E402
 from rh_core.ref import Ref, get  # noqa: E402
 from rh_core.remote import RemoteCluster, cluster  # noqa: E402
+
+__all__ = [
+    "CallTimeoutError",
+    "Cluster",
+    "ConnectionLostError",
+    "Function",
+    "LocalCluster",
+    "PluginError",
+    "PluginHost",
+    "ProtocolError",
+    "Ref",
+    "RemoteCluster",
+    "RemoteError",
+    "RemoteTraceback",
+    "RhError",
+    "SerializationError",
+    "ServerStartError",
+    "UnknownNameError",
+    "VersionMismatchError",
+    "WorkerDiedError",
+    "__version__",
+    "broadcast",
+    "cluster",
+    "default_host",
+    "function",
+    "get",
+    "here",
+    "hookimpl",
+]
 
 
 def __getattr__(name: str):
@@ -25,20 +67,3 @@ def __getattr__(name: str):
 
         return getattr(plugins, name)
     raise AttributeError(f"module 'rh_core' has no attribute {name!r}")
-
-__all__ = [
-    "Cluster",
-    "Function",
-    "LocalCluster",
-    "PluginHost",
-    "Ref",
-    "__version__",
-    "RemoteCluster",
-    "broadcast",
-    "cluster",
-    "default_host",
-    "function",
-    "get",
-    "here",
-    "hookimpl",
-]

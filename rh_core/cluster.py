@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import attrs
 
 from rh_core import __version__, serialize
-from rh_core.client import Connection, Reply, write_log
+from rh_core.client import Connection, Reply
 from rh_core.errors import ConnectionLostError, RhError, ServerStartError, VersionMismatchError
 
 if TYPE_CHECKING:
