@@ -129,8 +129,7 @@ class ByoStack(RhStack):
         from rh_core.cluster import rh_home
         from rh_core.wheels import build_wheelhouse
 
-        sys.path.insert(0, os.path.join(REPO, "plugins", "byo_ssh", "tests"))
-        from byo_sshd import start_sshd
+        from rh_core.testing.sshd import start_sshd
 
         os.makedirs(self.state_dir, exist_ok=True)
         server, self._sshd = start_sshd(pathlib.Path(self.state_dir))

@@ -1,4 +1,4 @@
-"""Fixtures for rh-byo-ssh: one real sshd for the session (helpers in byo_sshd.py)."""
+"""Fixtures for rh-byo-ssh: one real sshd for the session (helpers in rh_core.testing.sshd)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from byo_sshd import SSHD, SSHServer, start_sshd, stop
+from rh_core.testing.sshd import SSHD, SSHServer, start_sshd, stop
 
 
 @pytest.fixture(scope="session")

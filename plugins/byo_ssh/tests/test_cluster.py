@@ -135,7 +135,7 @@ def test_ssh_tunnel_reaches_a_port_on_the_head(byo_cluster, tmp_path):
     import subprocess
     import sys
 
-    from byo_sshd import free_port
+    from rh_core.testing.sshd import free_port
 
     remote_port, local_port = free_port(), free_port()
     (tmp_path / "index.html").write_text("served on the head")

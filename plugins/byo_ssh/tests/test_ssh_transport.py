@@ -1,4 +1,4 @@
-"""Tests of rh-byo-ssh against a real OpenSSH server on 127.0.0.1 (see byo_sshd.py).
+"""Tests of rh-byo-ssh against a real OpenSSH server on 127.0.0.1 (see rh_core.testing.sshd).
 
 Both paths are covered: system ssh/rsync (the default where they exist) and paramiko only
 (``use_system_ssh=False``: SFTP syncs and paramiko tunnels).
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from rh_core.testing import TransportContract
 
-from byo_sshd import SSHD, free_port
+from rh_core.testing.sshd import SSHD, free_port
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(SSHD) or shutil.which("ssh-keygen") is None,

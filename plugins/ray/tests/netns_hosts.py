@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-SSHD = "/usr/sbin/sshd"
-SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+from rh_core.testing.sshd import SSHD, sshd_config
+
 STATE_FILE = "hosts.json"
 
 
@@ -109,20 +109,8 @@ def _free_subnet() -> str:
 
 
 def _sshd_config(host: NetnsHost, state: Path) -> str:
-    return f"""Port 22
-ListenAddress {host.address}
-HostKey {state}/host_key
-PidFile {host.directory}/sshd.pid
-AuthorizedKeysFile {state}/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-AllowTcpForwarding yes
-Subsystem sftp {SFTP_SERVER}
-"""
+    return sshd_config(port=22, listen=host.address, host_key=state / "host_key",
+                       pid_file=host.directory / "sshd.pid", authorized_keys=state / "authorized_keys")
 
 
 def _start_host(host: NetnsHost, state: Path, bridge: str, private_dirs: Sequence[str],

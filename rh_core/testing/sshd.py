@@ -1,6 +1,6 @@
-"""A real OpenSSH server on 127.0.0.1 for the tests: key-only, own config, started and stopped by PID.
-
-A module with a unique name (not conftest) so the tests can import it whatever else is collected.
+"""Real OpenSSH servers for tests of transports and provider plugins: key-only, own config, absolute
+paths, started in the foreground and stopped by PID (``start_sshd``); ``sshd_config`` for test
+hosts that start sshd some other way (in a network namespace, say).
 """
 
 from __future__ import annotations
@@ -55,6 +55,25 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
             time.sleep(0.05)
 
 
+def sshd_config(*, port: int, listen: str, host_key: Path | str, pid_file: Path | str,
+                authorized_keys: Path | str) -> str:
+    """An sshd_config for tests: key-only, root allowed by key, forwarding on, sftp, no PAM."""
+    return f"""Port {port}
+ListenAddress {listen}
+HostKey {host_key}
+PidFile {pid_file}
+AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+Subsystem sftp {SFTP_SERVER}
+"""
+
+
 def start_sshd(directory: Path) -> tuple[SSHServer, subprocess.Popen]:
     """Keys, a config with absolute paths, and ``sshd -D`` in the foreground (we own and reap it)."""
     directory = directory.resolve()
@@ -67,22 +86,8 @@ def start_sshd(directory: Path) -> tuple[SSHServer, subprocess.Popen]:
     port = free_port()
     config = directory / "sshd_config"
     log = directory / "sshd.log"
-    config.write_text(
-        f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key}
-PidFile {directory}/sshd.pid
-AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-AllowTcpForwarding yes
-Subsystem sftp {SFTP_SERVER}
-"""
-    )
+    config.write_text(sshd_config(port=port, listen="127.0.0.1", host_key=host_key, pid_file=directory / "sshd.pid",
+                                  authorized_keys=authorized_keys))
     os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privilege-separation dir
     process = subprocess.Popen(
         [SSHD, "-D", "-f", str(config), "-E", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
