@@ -56,14 +56,14 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 
 def sshd_config(*, port: int, listen: str, host_key: Path | str, pid_file: Path | str,
-                authorized_keys: Path | str) -> str:
-    """An sshd_config for tests: key-only, root allowed by key, forwarding on, sftp, no PAM."""
+                authorized_keys: Path | str, password_auth: bool = False) -> str:
+    """An sshd_config for tests: keys (and passwords when asked), root by key only, forwarding, sftp, no PAM."""
     return f"""Port {port}
 ListenAddress {listen}
 HostKey {host_key}
 PidFile {pid_file}
 AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
-PasswordAuthentication no
+PasswordAuthentication {"yes" if password_auth else "no"}
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin prohibit-password
@@ -74,7 +74,7 @@ Subsystem sftp {SFTP_SERVER}
 """
 
 
-def start_sshd(directory: Path) -> tuple[SSHServer, subprocess.Popen]:
+def start_sshd(directory: Path, *, password_auth: bool = False) -> tuple[SSHServer, subprocess.Popen]:
     """Keys, a config with absolute paths, and ``sshd -D`` in the foreground (we own and reap it)."""
     directory = directory.resolve()
     host_key = keygen(directory / "host_key")
@@ -87,7 +87,7 @@ def start_sshd(directory: Path) -> tuple[SSHServer, subprocess.Popen]:
     config = directory / "sshd_config"
     log = directory / "sshd.log"
     config.write_text(sshd_config(port=port, listen="127.0.0.1", host_key=host_key, pid_file=directory / "sshd.pid",
-                                  authorized_keys=authorized_keys))
+                                  authorized_keys=authorized_keys, password_auth=password_auth))
     os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privilege-separation dir
     process = subprocess.Popen(
         [SSHD, "-D", "-f", str(config), "-E", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL

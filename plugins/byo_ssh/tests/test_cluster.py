@@ -234,3 +234,33 @@ def test_per_host_credentials_reach_each_hosts_transport(sshd, tmp_path):
     assert info.transport_options["user"] == sshd.user
     assert info.host_options["127.0.0.2"]["user"] == "nobody"
     assert cluster.run(["echo head"])[0][1] == "head\n"  # the head's own credentials work
+
+
+@pytest.fixture
+def password_sshd(tmp_path):
+    from rh_core.testing.sshd import start_sshd, stop
+
+    (tmp_path / "password-sshd").mkdir()
+    server, process = start_sshd(tmp_path / "password-sshd", password_auth=True)
+    yield server
+    stop(process)
+
+
+@pytest.mark.slow
+def test_password_login_bootstraps_and_tunnels_through_paramiko(unix_user, password_sshd, tmp_path):
+    import subprocess
+
+    subprocess.run(["chpasswd"], input=f"{unix_user}:correct horse battery", text=True, check=True)
+    creds = {"ssh_user": unix_user, "password": "correct horse battery", "ssh_port": password_sshd.port,
+             "use_agent": False, "known_hosts": str(tmp_path / "known_hosts"), "trust_new_host": True}
+    cluster = rh.cluster(name="by-password", ips=[password_sshd.host], ssh_creds=creds,
+                         executor_options={"num_workers": 1})
+    try:
+        assert rh.function(fns.quiet_add).to(cluster)(20, 22) == 42
+        assert set(cluster.transport.forward_kinds.values()) == {"paramiko"}  # ssh -L needs a key
+        wrong = rh.cluster(name="wrong-password", ips=[password_sshd.host],
+                           ssh_creds={**creds, "password": "Tr0ub4dor&3"})
+        with pytest.raises(rh.RhError, match=unix_user):
+            wrong.connection()
+    finally:
+        cluster.down()
