@@ -564,3 +564,46 @@ def test_a_forgotten_transport_stops_its_ssh_process(sshd, session_known_hosts, 
     del transport
     gc.collect()
     assert process.wait(timeout=10) is not None
+
+
+@pytest.fixture
+def agent_with_key(sshd, tmp_path, monkeypatch):
+    """A real ssh-agent holding the test key, and SSH_AUTH_SOCK pointing at it."""
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": sock}
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_ssh_agent_login_for_commands_and_tunnels(agent_with_key, make_transport, tmp_path):
+    transport = make_transport(private_key=None, use_agent=True)
+    assert transport.run(["echo via-agent"])[0][1] == "via-agent\n"
+    port = free_port()
+    transport.run([f"nohup python3 -m http.server {port} --bind 127.0.0.1 --directory {tmp_path} "
+                   ">/dev/null 2>&1 &"])
+    (tmp_path / "index.html").write_text("agent tunnel")
+    host, local_port = transport.forward(port)
+    import urllib.request
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            body = urllib.request.urlopen(f"http://{host}:{local_port}/index.html", timeout=5).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert body == b"agent tunnel"
+    assert transport.forward_kinds[port] == "ssh"  # the system client used the agent too
+    transport.run([f"pkill -f 'http.server {port}'"])
