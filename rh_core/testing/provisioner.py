@@ -34,6 +34,7 @@ class ProvisionerContract:
     def test_status_is_one_of_the_documented_states(self, provisioner, cluster):
         provisioner.up(cluster)
         assert provisioner.status(cluster) in ("up", "stopped", "down", "unknown")
+        assert not cluster._connection  # asking for status must not start the cluster's server
 
     def test_down_can_be_called_twice(self, provisioner, cluster):
         provisioner.up(cluster)
