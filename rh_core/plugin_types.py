@@ -110,7 +110,12 @@ class CoroutineExecutor:
 
 @runtime_checkable
 class Transport(Protocol):
-    """How the client reaches a cluster's head machine."""
+    """How the client reaches one machine of a cluster.
+
+    A remote cluster creates it as ``Transport(address, remote_root=..., **options)``: ``options``
+    come from the provisioner's :class:`ClusterInfo`, and ``remote_root`` is the directory on the
+    machine where rh_core keeps its state (synced trees go below it).
+    """
 
     def run(self, commands: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
         """Run shell commands in order; return ``(returncode, stdout, stderr)`` for each."""

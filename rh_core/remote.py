@@ -116,9 +116,7 @@ class RemoteCluster(Cluster):
     @property
     def transport(self):
         if self._transport is None:
-            info = self.cluster_info
-            options = {"remote_root": self.remote_dir, **info.transport_options}
-            self._transport = self.host.transport(info.transport)(info.head, **options)
+            self._transport = self._new_transport(self.cluster_info.head)
         return self._transport
 
     def _setup_dir(self) -> str:
@@ -145,16 +143,21 @@ class RemoteCluster(Cluster):
 
     def transport_to(self, address: str):
         """A transport to one machine of the cluster (the head's is :attr:`transport`)."""
-        info = self.cluster_info
-        if address == info.head:
+        if address == self.cluster_info.head:
             return self.transport
-        options = {"remote_root": self.remote_dir, **info.transport_options, **info.host_options.get(address, {})}
-        return self.host.transport(info.transport)(address, **options)
+        return self._new_transport(address)
+
+    def _options_for(self, address: str) -> dict[str, Any]:
+        """The transport options of one machine: the shared ones with its own merged over them."""
+        info = self.cluster_info
+        return {"remote_root": self.remote_dir, **info.transport_options, **info.host_options.get(address, {})}
+
+    def _new_transport(self, address: str):
+        return self.host.transport(self.cluster_info.transport)(address, **self._options_for(address))
 
     def _where(self, address: str) -> str:
         """``user@address`` as errors name a machine."""
-        info = self.cluster_info
-        user = {**info.transport_options, **info.host_options.get(address, {})}.get("user")
+        user = self._options_for(address).get("user")
         return f"{user}@{address}" if user else address
 
     def _run_checked(self, transport, command: str, what: str, address: str) -> str:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rh_core.cluster import tail
 from rh_ray.executor import ray_temp_dir
 
 MARKER = "RH_RAY_NODE"
@@ -147,14 +148,6 @@ def unreachable(gcs_address: str, timeout: float = GCS_CONNECT_TIMEOUT) -> str |
     return None
 
 
-def _log_tail(path: str, lines: int = 25) -> str:
-    try:
-        with open(path, errors="replace") as file:
-            return "".join(file.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def join(root: str, gcs_address: str, node: str, timeout: float = JOIN_TIMEOUT) -> dict[str, Any]:
     """Make this machine a Ray node of the cluster whose GCS is at ``gcs_address``; idempotent."""
     directory = node_dir(root, node)
@@ -213,11 +206,11 @@ def _join(directory: str, gcs_address: str, ip: str, node: str, timeout: float) 
         if process.poll() is not None:
             _stop(directory, grace=2.0)  # processes it started before failing
             return {"ok": False, "status": "failed",
-                    "error": f"`ray start` exited with code {process.returncode}", "log": _log_tail(log_path)}
+                    "error": f"`ray start` exited with code {process.returncode}", "log": tail(log_path, 25)}
         if time.monotonic() - started > timeout:
             _stop(directory, grace=2.0)
             return {"ok": False, "status": "timeout",
-                    "error": f"`ray start` did not join within {timeout:.0f} s", "log": _log_tail(log_path)}
+                    "error": f"`ray start` did not join within {timeout:.0f} s", "log": tail(log_path, 25)}
         time.sleep(0.2)
 
 
