@@ -290,6 +290,8 @@ def cluster(
             executor=executor,
             executor_options=dict(executor_options or {}),
         )
+    # (sky plugin work) on-demand clusters: provider= / instance_type= choose a provisioner here.
+    # (names work) a name alone ("~/x", "@/x", "^x") loads a saved or builtin cluster here.
     raise TypeError(
         "rh.cluster needs the hosts to use: rh.cluster(ips=['10.0.0.1'], ssh_creds={'ssh_user': ..., "
         "'ssh_private_key': ...}); use rh.here for this machine"
