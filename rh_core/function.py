@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
@@ -46,6 +47,7 @@ class Function(Generic[P, R]):
     fn: Callable[P, R]
     name: str
     system: Cluster | None = None
+    env: str | None = None  # the named environment on the cluster it runs in
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
     _takes_stream_logs: bool = attrs.field(
@@ -55,21 +57,26 @@ class Function(Generic[P, R]):
 
     # --- placing -------------------------------------------------------------------------------
 
-    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None) -> "Function[P, R]":
-        """Send the function to ``system``: its server comes up if needed and the code is shipped.
+    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None) -> Function[P, R]:
+        """Send the function to ``system``: its server comes up if needed, ``reqs`` are installed
+        (into ``env``, a named environment of its own, when given) and the code is shipped.
 
         Importable functions go by reference, with the working directory (git root) synced to the
-        cluster; functions from ``__main__``, notebooks, lambdas and closures go by value.
+        cluster; functions from ``__main__``, notebooks, lambdas and closures go by value. Without
+        ``reqs``, the working directory's ``requirements.txt`` is installed when it has one.
+        Installing is skipped for what the environment already holds.
         """
-        if reqs or env is not None:
-            raise RhError(
-                "reqs= and env= need the package installers, which this version of rh_core does not have yet; "
-                "install what the function needs on the cluster with cluster.run(['pip install ...'])"
-            )
-        system.connection()
-        return attrs.evolve(self, system=system, shipped=_ship(self.fn, system))
+        from rh_core.packages import env_name, install_packages
 
-    def options(self, **options: Any) -> "Function[P, R]":
+        system.connection()
+        if reqs is None:
+            default = os.path.join(working_directory(), "requirements.txt")
+            reqs = [f"reqs:{default}"] if os.path.isfile(default) else []
+        if reqs or env is not None:
+            install_packages(system, reqs, env)
+        return attrs.evolve(self, system=system, env=env_name(env), shipped=_ship(self.fn, system))
+
+    def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
         ``num_gpus``, ``resources``, ``memory`` (the last four reach executors that schedule, like Ray)."""
         unknown = sorted(set(options) - set(CALL_OPTIONS))
@@ -152,6 +159,8 @@ class Function(Generic[P, R]):
             "refs": sorted(set(ref_keys)),
             "options": options,
         }
+        if self.env is not None:
+            header["env"] = self.env
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
@@ -217,15 +226,59 @@ class Function(Generic[P, R]):
         system, _ = self._placed()
         return system.ssh()
 
+    def notebook(self, port: int = 8888, **options: Any) -> Any:
+        """JupyterLab on the function's cluster, in the function's environment (see :meth:`Cluster.notebook`)."""
+        system, _ = self._placed()
+        return system.notebook(port, env=options.pop("env", self.env), **options)
+
     def __repr__(self) -> str:
         where = self.system.name if self.system is not None else "not sent"
         return f"<Function {self.name} on {where}>"
 
+    # --- names (rh_core.names) -----------------------------------------------------------------
 
-def function(fn: Callable[P, R], *, name: str | None = None, system: Cluster | None = None) -> Function[P, R]:
-    """Wrap ``fn``; with ``system`` it is sent there at once (same as ``.to(system)``)."""
+    def save(self, name: str | None = None, *, overwrite: bool = False,
+             store: dict[str, Any] | None = None) -> Function[P, R]:
+        """Save under ``name`` (``~/x``, ``@/team/x``; default ``~/<its name>``) how to find this
+        function's code and its cluster, so ``rh.function(name=...)`` rebuilds it elsewhere.
+
+        The function must be importable by reference (top level of a module file). Unless its
+        module is installed, its working directory is archived into the store beside the record.
+        Saving over an existing name needs ``overwrite=True``; ``store`` replaces the config
+        file's shared store for this call.
+        """
+        from rh_core.names import save
+
+        save(self, name, overwrite=overwrite, store=store)
+        return self
+
+    def to_with_code_from(self, system: Cluster, code_dir: str, import_root: str) -> Function[P, R]:
+        """Like :meth:`to`, for a function whose code was fetched into ``code_dir`` (a saved
+        function's working directory) rather than found in this process's working directory:
+        ``code_dir`` is synced to the cluster, and the function is imported there from the synced
+        counterpart of ``import_root``."""
+        system.connection()
+        remote_dir = system.sync_working_directory(code_dir)
+        path = os.path.normpath(os.path.join(remote_dir, os.path.relpath(import_root, code_dir)))
+        module, qualname = self.fn.__module__, self.fn.__qualname__
+        reference = serialize.FunctionRef(module=module, qualname=qualname, path=path)
+        return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None))
+
+
+def function(fn: Callable[P, R] | None = None, *, name: str | None = None, system: Cluster | None = None,
+             dryrun: bool = False, store: dict[str, Any] | None = None) -> Function[P, R]:
+    """Wrap ``fn``; with ``system`` it is sent there at once (same as ``.to(system)``).
+
+    Without ``fn``, ``name`` loads a saved function (``~/x``, ``@/team/x``, ``^x``) and places it
+    on ``system``, else on the cluster it was saved with; ``dryrun=True`` loads it unplaced.
+    ``store`` replaces the config file's shared store for this call.
+    """
+    if fn is None and name is not None:
+        from rh_core.names import load_function
+
+        return load_function(name, dryrun=dryrun, system=system, store=store)
     if not callable(fn):
-        raise TypeError(f"rh.function takes a function, got {type(fn).__name__}")
+        raise TypeError(f"rh.function takes a function (or name= of a saved one), got {type(fn).__name__}")
     wrapped = Function(fn=fn, name=name or getattr(fn, "__name__", "function").replace("<lambda>", "lambda"))
     return wrapped.to(system) if system is not None else wrapped
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -32,8 +33,9 @@ class Task:
     header: dict[str, Any]
     function: Any
     arguments: Frames
-    refs: dict[str, "Outcome"] = attrs.field(factory=dict)
+    refs: dict[str, Outcome] = attrs.field(factory=dict)
     options: dict[str, Any] = attrs.field(factory=dict)
+    env: str | None = None  # the environment to run in; None: the cluster's default one
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +58,11 @@ class ServerContext(Protocol):
     @property
     def state_dir(self) -> str:
         """A directory private to this server for sockets and scratch files."""
+
+    def environment(self, name: str | None) -> Environment:
+        """The environment ``name`` on this machine (``None``: the default one), created if new.
+        Run a task of ``task.env`` with its :attr:`~Environment.python` and
+        :attr:`~Environment.variables`."""
 
 
 @runtime_checkable
@@ -86,6 +93,9 @@ class Executor(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """A small JSON-safe summary shown by ``rh server status``."""
+
+    # Optional: ``environment_changed(env_name)`` is called after packages were installed into an
+    # environment, so the executor can replace processes that imported the old ones.
 
 
 class CoroutineExecutor:
@@ -170,18 +180,157 @@ class Provisioner(Protocol):
     def status(self, cluster: Cluster) -> str:
         """``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``."""
 
+    # Optional methods, used by RemoteCluster when a provisioner has them (an error says so
+    # otherwise): ``validate_spec(spec) -> spec`` checks and completes rh.cluster's options when
+    # the cluster object is made; ``refreshed_status(cluster)`` asks the provider instead of a
+    # cache; ``stop(cluster)`` stops machines keeping their disks; ``autostop_minutes(cluster)``
+    # and ``set_autostop(cluster, minutes)`` read and change idle shutdown (-1: never).
+
+
+# -------------------------------------------------------------------------------------------------
+# Installers: prepared on the client, run by the cluster server.
+
 
 @attrs.frozen(kw_only=True)
 class InstallerClaim:
-    """A requirement string claimed by an installer: which install method, and what to install."""
+    """A requirement claimed by an installer: which install method, and what to install.
+
+    ``options`` carries method-specific settings parsed from the requirement (conda channels, a
+    git revision, ...); they must be JSON-safe.
+    """
 
     method: str
     spec: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class InstallStep:
+    """One install, as the cluster server receives it (JSON-safe: it crosses the wire).
+
+    ``spec`` is what to install as the cluster sees it (a requirement string, a path on the
+    cluster, a URL); ``requirement`` is what the user wrote, for messages; ``options`` is the
+    installer's own (a digest of a local folder's contents, channels, a revision, ...).
+    Secrets in ``options`` (a git token) must be listed in ``secret_options``: they are
+    never written to the install record or to a log.
+    """
+
+    method: str
+    spec: str
+    requirement: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+    secret_options: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstallStep:
+        return cls(**{**data, "secret_options": tuple(data.get("secret_options", ()))})
+
+
+class Environment(Protocol):
+    """An interpreter environment on the cluster that installers put packages into.
+
+    The default environment is the server's own interpreter; a named one (``rh.env(name=...)``)
+    is a venv of its own under the server's state directory, with a conda prefix beside it once
+    conda packages are asked for. Calls of functions sent to an environment run in worker
+    processes of its interpreter, with :attr:`variables` set.
+    """
+
+    @property
+    def name(self) -> str | None:
+        """The environment's name; ``None`` for the default environment."""
+
+    @property
+    def root(self) -> str:
+        """A directory owned by this environment (install record, lock, downloads, conda prefix)."""
+
+    @property
+    def python(self) -> str:
+        """Path of the environment's Python interpreter."""
+
+    @property
+    def conda_prefix(self) -> str:
+        """Where conda packages of this environment go (may not exist yet)."""
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """Environment variables its processes run with (``PATH`` with its ``bin`` dirs first, ...)."""
+
+    def run(self, argv: list[str], *, step: InstallStep, cwd: str | None = None,
+            extra_env: dict[str, str] | None = None, redact: tuple[str, ...] = ()) -> str:
+        """Run a tool for ``step`` with the environment's variables; return its output.
+
+        On failure raise :class:`rh_core.errors.InstallError` naming the requirement and carrying
+        the last lines of the tool's output, with every string in ``redact`` replaced by ``***``.
+        """
+
+    def pip(self, args: list[str], *, step: InstallStep, cwd: str | None = None) -> str:
+        """Run ``pip ARGS`` against this environment's interpreter, as :meth:`run` does."""
 
 
 @runtime_checkable
 class Installer(Protocol):
-    """Installs packages into an environment on a cluster."""
+    """Installs one kind of package (``pip``, ``conda``, ``git``, ...) into an environment.
 
-    def install(self, cluster: Cluster, spec: str, *, env: str | None = None) -> None:
-        """Install ``spec`` on ``cluster``; raise an install error naming the spec on failure."""
+    Installers are instantiated with no arguments. :meth:`prepare` runs on the client; the other
+    two run in the cluster server, in a thread, with the environment's install lock held.
+    """
+
+    def prepare(self, cluster: Cluster, claim: InstallerClaim) -> InstallStep:
+        """Check the requirement on the client and make what it needs present on the cluster
+        (sync a local folder, for instance); return the step the server will run.
+
+        Raise :class:`rh_core.errors.InstallError` for a requirement that cannot work (a missing
+        path), before anything is installed anywhere.
+        """
+
+    def resolve(self, step: InstallStep, env: Environment) -> str:
+        """Check on the cluster that the step can be installed, and return its identity: two steps
+        with the same identity install the same thing (include a resolved revision or a content
+        digest, never a secret). Called for every step of a request before any is installed;
+        a step whose identity is already recorded in the environment is skipped.
+        """
+
+    def install(self, step: InstallStep, env: Environment) -> None:
+        """Install the step into ``env``; raise :class:`rh_core.errors.InstallError` on failure,
+        leaving ``env`` as it was before (the step is then not recorded, and the next attempt retries).
+        Called on the same instance that resolved the step.
+        """
+
+    # Optional: ``slot(step) -> str | None`` names what an install replaces (``"pip:numpy"``): when
+    # a step is installed, recorded installs in the same slot are forgotten, so asking again for
+    # an earlier version installs it again instead of being skipped.
+
+
+# -------------------------------------------------------------------------------------------------
+# Stores: where saved resources live (``@/name``, ``~/name``).
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where saved resources live: a flat space of ``/``-separated keys holding bytes.
+
+    Store plugins register a class whose keyword arguments are the options of the config file's
+    ``store:`` section (everything but ``backend``). Every method raises :class:`StoreError`,
+    naming the store, when it is unreachable or access is denied.
+    """
+
+    def describe(self) -> str:
+        """The store as a person would name it: ``s3://bucket/prefix``, ``directory /shared/rh``."""
+
+    def location(self, key: str) -> str:
+        """Where one key lives, for messages about that file."""
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or None when there is nothing."""
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; False when it was not there."""
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix``, sorted."""

@@ -12,7 +12,7 @@ The contract classes need pytest; ``rh_core.testing.functions`` (what they send 
 not, so clusters can import it without pytest installed.
 """
 
-__all__ = ["ExecutorContract", "ProvisionerContract", "TransportContract"]
+__all__ = ["ExecutorContract", "InstallerContract", "ProvisionerContract", "TransportContract"]
 
 
 def __getattr__(name: str):
@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from rh_core.testing.executor import ExecutorContract
 
         return ExecutorContract
+    if name == "InstallerContract":
+        from rh_core.testing.installer import InstallerContract
+
+        return InstallerContract
     if name == "ProvisionerContract":
         from rh_core.testing.provisioner import ProvisionerContract
 

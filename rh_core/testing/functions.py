@@ -90,3 +90,22 @@ def unpicklable_result():
     import threading
 
     return threading.Lock()
+
+
+def module_version(module_name):
+    """``(module.VERSION, sys.executable)`` of an installed module, as the calling worker sees it."""
+    import importlib
+    import sys
+
+    module = importlib.import_module(module_name)
+    return module.VERSION, sys.executable
+
+
+def chatty(lines, delay):
+    """Print ``line 0`` ... one line every ``delay`` seconds; returns how many it printed."""
+    import time
+
+    for i in range(lines):
+        print("line", i, flush=True)
+        time.sleep(delay)
+    return lines

@@ -110,3 +110,20 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def ssh_creds(server: SSHServer, tmp: Path, **extra) -> dict:
+    """``ssh_creds`` for ``rh.cluster`` that log in to ``server`` with its client key, trusting its
+    host key into a test-owned known_hosts file under ``tmp``."""
+    return {"ssh_user": server.user, "ssh_private_key": str(server.client_key), "ssh_port": server.port,
+            "known_hosts": str(Path(tmp) / "known_hosts"), "trust_new_host": True, **extra}
+
+
+def loopback_cluster(server: SSHServer, tmp: Path, name: str = "loopback", **options):
+    """A BYO cluster on ``server`` whose remote state (``remote_dir``) lives under ``tmp``, so tests
+    never touch the real ``~/.rh``. Call ``.down()`` when done."""
+    import rh_core as rh
+
+    cluster = rh.cluster(name=name, ips=[server.host], ssh_creds=ssh_creds(server, tmp), **options)
+    cluster.remote_dir = str(Path(tmp) / "remote-rh")
+    return cluster

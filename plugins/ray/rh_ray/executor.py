@@ -194,6 +194,7 @@ class RayExecutor(CoroutineExecutor):
 
     async def start(self, context: ServerContext) -> None:
         ray = self._ray = _import_ray()
+        self._context = context
         self._log_endpoint = context.log_endpoint
         if ray.is_initialized():
             # Ray was connected in this process before the server started (an embedded server):
@@ -289,6 +290,11 @@ class RayExecutor(CoroutineExecutor):
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
         options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
+        if task.env is not None:
+            # A named environment: Ray starts workers of its interpreter, with its PATH (only on the
+            # head node, where the server installed it).
+            env = await asyncio.to_thread(self._context.environment, task.env)
+            options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
         remote = self._remote_with(options)
         try:
             ref = remote.remote(self._log_endpoint, _detached(task), self._node_id)

@@ -184,3 +184,17 @@ def test_a_ray_of_its_own_takes_large_buffers_through_shared_memory(cluster):
 
 def echo(data):
     return data
+
+
+def test_a_function_sent_to_a_named_env_runs_in_ray_workers_of_its_interpreter(cluster, tmp_path):
+    pytest.importorskip("rh_pip", reason="installing into an environment needs the rh-pip plugin")
+    from rh_core.testing.functions import module_version
+    from rh_core.testing.packages import build_wheel
+
+    build_wheel(str(tmp_path / "wheels"), "rhtest-ray-env", "1.5")
+    requirement = rh.package(name="rhtest-ray-env==1.5", install_method="pip", find_links=str(tmp_path / "wheels"),
+                             no_index=True)
+    f = rh.function(module_version).to(cluster, env=rh.env("ray-env", [requirement]))
+    version, python = f("rhtest_ray_env")
+    assert version == "1.5" and python.endswith("envs/ray-env/venv/bin/python")
+    assert f.map(["rhtest_ray_env"] * 2) == [(version, python)] * 2

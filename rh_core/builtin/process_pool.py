@@ -1,0 +1,226 @@
+"""The built-in ``process`` executor: pools of worker processes on the cluster's head machine.
+
+Each environment has its own pool, started when its first task arrives (the default environment's
+at server start), whose workers run that environment's interpreter. Each worker runs one task at a
+time (see :mod:`rh_core.worker`); tasks wait in arrival order for a free worker of their pool.
+After an install into an environment, its workers are replaced as they become idle, so new calls
+see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
+replaced; a call whose future is cancelled (its timeout expired) has its worker killed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import signal
+from typing import Any
+
+import zmq
+
+from rh_core.channel import Channel
+from rh_core.errors import WorkerDiedError
+from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
+from rh_core.worker import encode_task
+
+WORKER_START_TIMEOUT = 60.0
+
+
+class _Worker:
+    def __init__(self, worker_id: str, process: asyncio.subprocess.Process, pool: _Pool):
+        self.id = worker_id
+        self.identity = worker_id.encode()
+        self.process = process
+        self.pool = pool
+        self.generation = pool.generation
+        self.current: asyncio.Future[Outcome] | None = None  # the outcome of the task it runs now
+
+
+class _Pool:
+    """The workers of one environment and the tasks waiting for them."""
+
+    def __init__(self, env: Environment, size: int):
+        self.env = env
+        self.size = size
+        self.generation = 0  # bumped when the environment changes; older workers are retired
+        self.workers: set[_Worker] = set()
+        self.idle: list[_Worker] = []
+        self.waiting: collections.deque[tuple[Task, asyncio.Future[Outcome]]] = collections.deque()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def label(self) -> str:
+        return f"environment {self.env.name!r}" if self.env.name else "the default environment"
+
+
+class ProcessExecutor:
+    """Pools of worker processes, one per environment; ``num_workers`` (per pool) defaults to the CPU count."""
+
+    name = "process"
+    same_machine = True  # workers run beside the server: large buffers may go through /dev/shm
+
+    def __init__(self, num_workers: int | None = None):
+        self.num_workers = int(num_workers or os.cpu_count() or 1)
+        self._ids = itertools.count()
+        self._workers: dict[bytes, _Worker] = {}
+        self._pools: dict[str | None, _Pool] = {}
+        self._channel: Channel | None = None
+        self._stopping = False
+        self._watchers: set[asyncio.Task] = set()
+
+    @property
+    def parallelism(self) -> int:
+        return self.num_workers
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": self.name, "workers": sorted(w.process.pid for w in self._workers.values()),
+                "environments": sorted(name or "default" for name in self._pools)}
+
+    async def start(self, context: ServerContext) -> None:
+        self._context = context
+        self._endpoint = f"ipc://{context.state_dir}/workers.sock"
+        socket = zmq.Context.instance().socket(zmq.ROUTER)
+        socket.bind(self._endpoint)
+        self._channel = Channel(socket, self._on_message)
+        pool = self._pool(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(pool.ready), WORKER_START_TIMEOUT)
+        except TimeoutError:
+            raise WorkerDiedError(
+                f"{self.num_workers - len(pool.idle)} of {self.num_workers} worker processes did not report "
+                f"ready within {WORKER_START_TIMEOUT} s; see the server log"
+            ) from None
+
+    def _pool(self, env_name: str | None) -> _Pool:
+        """The pool of an environment, started on first use."""
+        pool = self._pools.get(env_name)
+        if pool is None:
+            pool = self._pools[env_name] = _Pool(self._context.environment(env_name), self.num_workers)
+            for _ in range(pool.size):
+                self._spawn(pool)
+        return pool
+
+    def _spawn(self, pool: _Pool) -> None:
+        worker_id = f"{os.getpid()}-w{next(self._ids)}"  # unique across server restarts
+        watcher = asyncio.ensure_future(self._start_and_watch(pool, worker_id))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                pool.env.python, "-m", "rh_core.worker", self._endpoint, self._context.log_endpoint, worker_id,
+                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **pool.env.variables},
+            )
+        except OSError as exc:
+            self._pool_failed(pool, WorkerDiedError(f"could not start a worker in {pool.label}: {exc}"))
+            return
+        worker = _Worker(worker_id, process, pool)
+        self._workers[worker.identity] = worker
+        pool.workers.add(worker)
+        returncode = await process.wait()
+        self._workers.pop(worker.identity, None)
+        pool.workers.discard(worker)
+        if worker in pool.idle:
+            pool.idle.remove(worker)
+        if self._stopping:
+            return
+        if worker.current is not None and not worker.current.done():
+            cause = (f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
+                     else f"exit code {returncode}")
+            worker.current.set_exception(WorkerDiedError(
+                f"the worker process (pid {process.pid}) running this call died ({cause}); "
+                "it has been replaced. Look for a crash in native code, os._exit or running out of memory."
+            ))
+        if not pool.ready.done():
+            self._pool_failed(pool, WorkerDiedError(
+                f"worker {worker.id} of {pool.label} exited with code {returncode} while starting; "
+                "see the server log"
+            ))
+            return
+        if self._pools.get(pool.env.name) is pool:  # a failed pool is not refilled
+            self._spawn(pool)
+
+    def _pool_failed(self, pool: _Pool, error: WorkerDiedError) -> None:
+        """A pool whose workers cannot start fails its waiting tasks and is forgotten (retried later)."""
+        if not pool.ready.done():
+            pool.ready.set_exception(error)
+            pool.ready.exception()  # retrieved: start() or the waiting tasks report it
+        while pool.waiting:
+            _, future = pool.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        if self._pools.get(pool.env.name) is pool:
+            del self._pools[pool.env.name]
+        for worker in list(pool.workers):
+            if worker.process.returncode is None:
+                worker.process.kill()
+
+    def _on_message(self, frames: list) -> None:
+        worker = self._workers.get(frames[0].bytes)
+        if worker is None:
+            return
+        kind = frames[1].bytes
+        if kind == b"done":
+            current, worker.current = worker.current, None
+            if current is not None and not current.done():
+                status, logged = frames[2].bytes.decode(), bool(frames[3].bytes)
+                current.set_result(Outcome(status=status, frames=frames[4:], logged=logged))
+        elif kind != b"ready":
+            return
+        pool = worker.pool
+        if worker.generation != pool.generation:  # its environment changed since it started
+            worker.process.kill()
+            return
+        pool.idle.append(worker)
+        if not pool.ready.done() and len(pool.idle) == pool.size:
+            pool.ready.set_result(None)
+        self._dispatch(pool)
+
+    def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        pool = self._pool(task.env)
+        pool.waiting.append((task, future))
+        self._dispatch(pool)
+        return future
+
+    def environment_changed(self, env_name: str | None) -> None:
+        """Packages changed in an environment: its workers are replaced as they become idle."""
+        pool = self._pools.get(env_name)
+        if pool is None:
+            return
+        pool.generation += 1
+        for worker in list(pool.idle):
+            pool.idle.remove(worker)
+            worker.process.kill()
+
+    def _dispatch(self, pool: _Pool) -> None:
+        while pool.idle and pool.waiting:
+            task, future = pool.waiting.popleft()
+            if future.done():  # cancelled while it waited
+                continue
+            worker = pool.idle.pop()
+            worker.current = future
+            future.add_done_callback(lambda f, worker=worker: self._on_settled(worker, f))
+            self._channel.send([worker.identity, *encode_task(task)])
+
+    def _on_settled(self, worker: _Worker, future: asyncio.Future) -> None:
+        if future.cancelled() and worker.current is future:
+            # Timed out or abandoned while running: the worker is still busy with it, so it goes.
+            worker.current = None
+            if worker.process.returncode is None:
+                worker.process.kill()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        workers = list(self._workers.values())
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.kill()
+        for worker in workers:
+            await worker.process.wait()
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        if self._channel is not None:
+            self._channel.close()
