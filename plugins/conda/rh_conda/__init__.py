@@ -1,0 +1,1 @@
+"""rh-conda: the ``conda`` install method (conda packages in each environment's conda prefix)."""

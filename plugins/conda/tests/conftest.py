@@ -1,0 +1,133 @@
+"""Fixtures for rh-conda: a conda channel built on disk, the same channel over HTTP, a local
+cluster, and a BYO cluster on a real sshd (helpers in rh_core.testing.sshd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conda_channel import build_test_channel
+
+import rh_core as rh
+from rh_core.testing.sshd import SSHD, free_port, start_sshd, stop
+
+
+@pytest.fixture(scope="session")
+def channel(tmp_path_factory) -> str:
+    """A channel folder with rhtest-hello 1.0 and 2.0, rhtest-greeter and rhtest-other."""
+    return build_test_channel(str(tmp_path_factory.mktemp("conda") / "channel"))
+
+
+@pytest.fixture(scope="session")
+def channel_url(channel) -> str:
+    return f"file://{channel}"
+
+
+@pytest.fixture(scope="session")
+def http_channel(channel) -> Iterator[str]:
+    """The channel served by ``python -m http.server`` on loopback; yields its URL."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", channel], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/noarch/repodata.json", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the test channel's HTTP server did not come up on port {port}")
+                time.sleep(0.05)
+        yield url
+    finally:
+        stop(server)
+
+
+@pytest.fixture(autouse=True)
+def only_test_channels(monkeypatch, channel_url):
+    """Default channels are the test channel: no test may reach for conda-forge (there is no internet)."""
+    monkeypatch.setenv("RH_CONDA_CHANNELS", channel_url)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory) -> Iterator[rh.LocalCluster]:
+    cluster = rh.LocalCluster(state_dir=str(tmp_path_factory.mktemp("conda-local") / "state"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop_server()
+
+
+@pytest.fixture(scope="session")
+def sshd_host(tmp_path_factory):
+    if not os.path.exists(SSHD):
+        pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
+    server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def byo_cluster(sshd_host, tmp_path_factory):
+    """A BYO cluster on the loopback sshd: bootstrapped over SSH with this client's plugins."""
+    tmp: Path = tmp_path_factory.mktemp("conda-byo")
+    creds = {"ssh_user": sshd_host.user, "ssh_private_key": str(sshd_host.client_key), "ssh_port": sshd_host.port,
+             "known_hosts": str(tmp / "known_hosts"), "trust_new_host": True}
+    cluster = rh.cluster(name="conda-byo", ips=[sshd_host.host], ssh_creds=creds)
+    cluster.remote_dir = str(tmp / "remote-rh")
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+FAKE_CLI = '''\
+#!{python}
+"""A stand-in for micromamba: logs its argv, answers dry runs with JSON, and "installs" a script."""
+import json, os, sys
+argv = sys.argv[1:]
+with open(os.environ["FAKE_CONDA_LOG"], "a") as log:
+    log.write(json.dumps(argv) + "\\n")
+spec = argv[-1].rpartition("::")[2]
+name, _, version = spec.partition("=")
+if name == "rhtest-nothere":
+    print(json.dumps({{"success": False, "error": "PackagesNotFoundError: rhtest-nothere"}}))
+    sys.exit(1)
+if "--dry-run" in argv:
+    print("warning  libmamba a note on stderr", file=sys.stderr)
+    print(json.dumps({{"actions": {{"LINK": [{{"name": name, "version": version or "9.0", "build_string": "fake_0"}}]}},
+                      "dry_run": True, "success": True}}))
+    sys.exit(0)
+prefix = argv[argv.index("--prefix") + 1]
+os.makedirs(os.path.join(prefix, "conda-meta"), exist_ok=True)
+os.makedirs(os.path.join(prefix, "bin"), exist_ok=True)
+with open(os.path.join(prefix, "bin", name), "w") as script:
+    script.write("#!/bin/sh\\necho installed by the fake cli\\n")
+os.chmod(os.path.join(prefix, "bin", name), 0o755)
+'''
+
+
+@pytest.fixture
+def fake_cli(tmp_path, monkeypatch):
+    """``micromamba`` on PATH: a script recording each call's argv; yields a reader of those calls."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    script = bin_dir / "micromamba"
+    script.write_text(FAKE_CLI.format(python=sys.executable))
+    script.chmod(0o755)
+    log = tmp_path / "fake-cli.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CONDA_LOG", str(log))
+    yield lambda: [json.loads(line) for line in log.read_text().splitlines()]

@@ -1,0 +1,1 @@
+"""rh-git: the ``git`` install method (``rh.GitPackage`` and ``git+...`` requirements)."""
