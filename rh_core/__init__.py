@@ -3,35 +3,81 @@
     import rh_core as rh
     f = rh.function(add).to(rh.here)
     f(1, 2); rh.get(f.remote(1, 2)); f.map([1, 2], [3, 4])
+
+Every name below is imported on first use, so ``import rh_core`` (and with it ``rh --help`` and
+every plugin's ``from rh_core import hookimpl``) loads neither ZeroMQ, attrs nor pluggy.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from rh_core.cluster import Cluster, LocalCluster, here  # noqa: E402
-from rh_core.errors import (  # noqa: E402
+# errors.py imports nothing, so its names are loaded at once.
+from rh_core.errors import (
+    AuthenticationError,
     CallTimeoutError,
+    ConfigError,
     ConnectionLostError,
+    InstallError,
     PluginError,
     ProtocolError,
     RemoteError,
     RemoteTraceback,
+    ResourceExistsError,
+    ResourceFormatError,
+    ResourceNotFoundError,
     RhError,
+    RunCancelledError,
     SerializationError,
     ServerStartError,
+    StoreError,
     UnknownNameError,
     VersionMismatchError,
     WorkerDiedError,
 )
-from rh_core.function import Function, broadcast, function  # noqa: E402
-from rh_core.ref import Ref, get  # noqa: E402
-from rh_core.remote import RemoteCluster, cluster  # noqa: E402
+
+#: Public names loaded on first use, and the module each comes from.
+_LAZY = {
+    "Cluster": "rh_core.cluster",
+    "LocalCluster": "rh_core.cluster",
+    "here": "rh_core.cluster",
+    "Function": "rh_core.function",
+    "broadcast": "rh_core.function",
+    "function": "rh_core.function",
+    "Env": "rh_core.packages",
+    "GitPackage": "rh_core.packages",
+    "Package": "rh_core.packages",
+    "env": "rh_core.packages",
+    "package": "rh_core.packages",
+    "Ref": "rh_core.ref",
+    "get": "rh_core.ref",
+    "RemoteCluster": "rh_core.remote",
+    "cluster": "rh_core.remote",
+    "exists": "rh_core.names",
+    "ls": "rh_core.names",
+    "delete": "rh_core.names",
+    "hookimpl": "rh_core.hookspecs",
+    "PluginHost": "rh_core.plugins",
+    "default_host": "rh_core.plugins",
+}
 
 __all__ = [
+    "AuthenticationError",
     "CallTimeoutError",
     "Cluster",
+    "ConfigError",
     "ConnectionLostError",
+    "Env",
     "Function",
+    "GitPackage",
+    "InstallError",
     "LocalCluster",
+    "Package",
     "PluginError",
     "PluginHost",
     "ProtocolError",
@@ -39,9 +85,14 @@ __all__ = [
     "RemoteCluster",
     "RemoteError",
     "RemoteTraceback",
+    "ResourceExistsError",
+    "ResourceFormatError",
+    "ResourceNotFoundError",
     "RhError",
+    "RunCancelledError",
     "SerializationError",
     "ServerStartError",
+    "StoreError",
     "UnknownNameError",
     "VersionMismatchError",
     "WorkerDiedError",
@@ -49,21 +100,71 @@ __all__ = [
     "broadcast",
     "cluster",
     "default_host",
+    "delete",
+    "env",
+    "exists",
     "function",
     "get",
     "here",
     "hookimpl",
+    "ls",
+    "package",
 ]
 
+if TYPE_CHECKING:
+    from rh_core.cluster import Cluster, LocalCluster, here
+    from rh_core.function import Function, broadcast, function
+    from rh_core.hookspecs import hookimpl
+    from rh_core.names import delete, exists, ls
+    from rh_core.packages import Env, GitPackage, Package, env, package
+    from rh_core.plugins import PluginHost, default_host
+    from rh_core.ref import Ref, get
+    from rh_core.remote import RemoteCluster, cluster
 
-def __getattr__(name: str):
-    # pluggy and the plugin host load on first use, keeping `import rh_core` fast.
-    if name == "hookimpl":
-        from rh_core.hookspecs import hookimpl
 
-        return hookimpl
-    if name in ("PluginHost", "default_host"):
-        from rh_core import plugins
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rh_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if name not in _SHADOWED:
+        globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(plugins, name)
-    raise AttributeError(f"module 'rh_core' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+#: Exported names that are also submodules' names: ``rh.cluster`` is the factory in
+#: rh_core/remote.py, but rh_core/cluster.py is a module of the same name.
+_SHADOWED = ("cluster", "function")
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule makes Python set it as an attribute of its package, which would make
+    ``rh.cluster`` the module rh_core.cluster instead of the factory once anything imported that
+    module. These properties keep the factories; the submodules stay in ``sys.modules``."""
+
+    @property
+    def cluster(self):  # type: ignore[override]
+        from rh_core.remote import cluster
+
+        return cluster
+
+    @cluster.setter
+    def cluster(self, value: Any) -> None:
+        pass
+
+    @property
+    def function(self):  # type: ignore[override]
+        from rh_core.function import function
+
+        return function
+
+    @function.setter
+    def function(self, value: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,18 +15,25 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from rh_core import __version__, serialize
-from rh_core.client import Connection, Reply
-from rh_core.errors import ConnectionLostError, RhError, ServerStartError, VersionMismatchError
+from rh_core.client import Connection, Reply, read_secret
+from rh_core.errors import (
+    ConnectionLostError,
+    RhError,
+    ServerStartError,
+    VersionMismatchError,
+)
 
 if TYPE_CHECKING:
     import subprocess
 
     from rh_core.plugins import PluginHost
+    from rh_core.status import ClusterStatus
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 
@@ -76,8 +83,8 @@ class Cluster:
         """The connection to this cluster's server, bringing the server up on first use."""
         with self._lock:
             if self._connection is None:
-                address, _ = self._start_or_find_server()
-                connection = Connection(address, self._liveness)
+                address, state = self._start_or_find_server()
+                connection = Connection(address, self._liveness, secret=(state or {}).get("secret"))
                 info = connection.request("ping", {"python": serialize.python_version()}, timeout=30).header
                 check_versions(self, info)
                 self._connection, self._info = connection, info
@@ -129,6 +136,31 @@ class Cluster:
 
     # --- server life cycle ---------------------------------------------------------------------
 
+    def logs(self, key: str, *, follow: bool = False) -> str:
+        """What run ``key`` (``ref.key``) has printed; with ``follow=True`` also print new lines here
+        as they come, until the run ends."""
+        from rh_core.client import write_log
+
+        chunks: list[bytes] = []
+
+        def collect(stream: str, text: bytes) -> None:
+            chunks.append(bytes(text))
+            if follow:
+                write_log(stream, text)
+
+        self.request("logs", {"key": key, "follow": follow}, on_log=collect)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def runs(self) -> dict[str, Any]:
+        """Runs in progress (``{"running": {key: tasks}}``) and results kept on the cluster (``"finished"``)."""
+        header = self.request("runs", {}).header
+        return {"running": header["running"], "finished": header["finished"]}
+
+    def cancel(self, key: str) -> None:
+        """Stop run ``key`` (a call, a ``.remote()`` or a whole map) on the cluster; whoever waits
+        for its result gets :class:`rh_core.RunCancelledError`."""
+        self.request("cancel", {"key": key})
+
     def is_up(self) -> bool:
         try:
             self.connection()
@@ -148,9 +180,9 @@ class Cluster:
             commands = [commands]
         return self.transport.run(list(commands), stream_logs=stream_logs)
 
-    def sync_working_directory(self, local_path: str) -> str:
-        """Make a working directory present on the cluster and return its path there; a tree
-        unchanged since the last sync from this process is not looked at again remotely."""
+    def sync_directory(self, local_path: str) -> str:
+        """Make a local folder present on the cluster and return its path there; a tree unchanged
+        since the last sync from this process is not looked at again remotely."""
         from rh_core.workdir import fingerprint
 
         stamp = fingerprint(local_path)
@@ -160,6 +192,23 @@ class Cluster:
         remote = self.transport.sync_directory(local_path)
         self._synced[local_path] = (stamp, remote)
         return remote
+
+    sync_working_directory = sync_directory
+
+    def install_packages(self, reqs: list[Any], env: Any = None) -> dict[str, Any]:
+        """Install requirements (strings or :class:`rh_core.Package`) on the cluster, into its
+        default environment or the named ``env``; what is already installed is skipped."""
+        from rh_core.packages import install_packages
+
+        return install_packages(self, reqs, env)
+
+    def notebook(self, port: int = 8888, *, env: Any = None, local_port: int | None = None) -> Any:
+        """JupyterLab on the head machine (installed into ``env`` on first use), tunnelled here;
+        prints and returns a :class:`rh_core.notebook.Notebook` whose ``url`` carries the token.
+        ``close()`` it, or use it in ``with``, to stop it."""
+        from rh_core.notebook import start_notebook
+
+        return start_notebook(self, port, env=env, local_port=local_port)
 
     def ssh_tunnel(self, remote_port: int, local_port: int | None = None) -> Tunnel:
         """Reach ``remote_port`` on the head machine from here; usable as a context manager.
@@ -207,6 +256,38 @@ class Cluster:
         python = self._info.get("python_executable") or "python3"
         return self.run([f"{shlex.quote(python)} -c {shlex.quote(chr(10).join(lines))}"], stream_logs=stream_logs)
 
+    # --- names and status (rh_core.names, rh_core.status) ---------------------------------------
+
+    #: The name this cluster was last saved under or loaded from (``~/gpu``, ``@/team/gpu``, ``^rh-cpu``).
+    saved_name: str | None = attrs.field(default=None, init=False, repr=False)
+    _last_status: ClusterStatus | None = attrs.field(default=None, init=False, repr=False)
+
+    def save(self, name: str | None = None, *, overwrite: bool = False,
+             store: dict[str, Any] | None = None) -> Cluster:
+        """Save this cluster's config under ``name`` (``~/x``, ``@/x``; default ``~/<its name>``).
+
+        Credentials (passwords, passphrases) are left out. Saving over an existing name needs
+        ``overwrite=True``; ``store`` replaces the config file's shared store for this call.
+        """
+        from rh_core.names import save
+
+        self.saved_name = save(self, name, overwrite=overwrite, store=store)
+        return self
+
+    def config_for_saving(self) -> dict[str, Any]:
+        """The config a saved name holds: :meth:`config`, minus what only holds on this machine."""
+        return self.config()
+
+    def refresh_status(self) -> ClusterStatus:
+        """Ask whether the machines are up and the server runs, starting nothing; returns a
+        :class:`rh_core.status.ClusterStatus`, also kept as :attr:`last_status`."""
+        raise NotImplementedError
+
+    @property
+    def last_status(self) -> ClusterStatus | None:
+        """The :class:`rh_core.status.ClusterStatus` of the last :meth:`refresh_status`, or None."""
+        return self._last_status
+
 
 @attrs.define
 class Tunnel:
@@ -224,7 +305,7 @@ class Tunnel:
     def close(self) -> None:
         self.transport.close_forward(self.remote_port)
 
-    def __enter__(self) -> "Tunnel":
+    def __enter__(self) -> Tunnel:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -327,13 +408,16 @@ class LocalCluster(Cluster):
             if state is None:
                 state = self._launch()
         self._server_pid = state["pid"]
+        state = {**state, "secret": read_secret(self.state_dir)}
         return state.get("local_endpoint") or f"tcp://127.0.0.1:{state['port']}", state
 
     def _launch(self) -> dict[str, Any]:
         import subprocess
 
+        from rh_core.config import server_arguments
+
         command = [sys.executable, "-m", "rh_core.server", "--state-dir", self.state_dir,
-                   "--executor", self.executor or "process"]
+                   "--executor", self.executor or "process", *server_arguments()]
         for key, value in self.executor_options.items():
             command += ["-o", f"{key}={json.dumps(value)}"]
         log = open(self.log_file, "ab")
@@ -400,6 +484,48 @@ class LocalCluster(Cluster):
     def down(self) -> None:
         """For the local cluster, down means its server stops."""
         self.stop_server()
+
+    def up(self) -> LocalCluster:
+        """Start the server if none runs (the machine itself is always up)."""
+        self.connection()
+        return self
+
+    def config_for_saving(self) -> dict[str, Any]:
+        # The default state dir is the loading user's own $RH_HOME/local, not this user's path.
+        return {**self.config(), "state_dir": self._state_dir}
+
+    def refresh_status(self) -> ClusterStatus:
+        from rh_core.client import ping, read_secret
+        from rh_core.status import ClusterStatus
+
+        state = self.read_state()
+        info = None
+        if state is not None:
+            info = ping(state.get("local_endpoint") or f"tcp://127.0.0.1:{state['port']}", timeout=5.0,
+                        secret=read_secret(self.state_dir))
+        if self.saved_name:
+            start, stop = f"`rh up {self.saved_name}`", f"`rh down {self.saved_name}`"
+        elif self._state_dir is None:  # rh.here and its twins
+            start, stop = "`rh server start`", "`rh server stop`"
+        else:
+            start, stop = "cluster.up()", "cluster.down()"
+        if info is not None:
+            server = {key: value for key, value in info.items() if key not in ("id", "kind")}
+            explanation = (f"The server (pid {server['pid']}) answers, with the {server.get('executor')} executor. "
+                           f"Its log is {self.log_file}; {stop} stops it.")
+        elif state is not None:
+            server = None
+            explanation = (f"A server process (pid {state['pid']}) is alive but does not answer within 5 s; it may be "
+                           f"overloaded or stuck. Its log is {self.log_file}; {stop} stops it.")
+        else:
+            server = None
+            last = tail(self.log_file, 5).rstrip() if os.path.exists(self.log_file) else ""
+            explanation = (f"No server runs for this cluster (state dir {self.state_dir}). It starts on the first "
+                           f"call, or with {start}."
+                           + (f" The end of its last log ({self.log_file}):\n{last}" if last else ""))
+        self._last_status = ClusterStatus(name=self.saved_name or self.name, kind="local", machines="up", server=server,
+                                          explanation=explanation)
+        return self._last_status
 
 
 def from_config(config: dict[str, Any]) -> Cluster:

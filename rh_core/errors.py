@@ -68,3 +68,48 @@ class RemoteError(RhError):
 
 class ProtocolError(RhError):
     """The server could not serve a request: malformed, unknown operation, or unknown result key."""
+
+
+class InstallError(RhError):
+    """A requirement could not be installed on the cluster; the message names it and carries the
+    end of the installing tool's output."""
+
+
+class RunCancelledError(RhError):
+    """The run was cancelled (``cluster.cancel(key)`` or ``rh cancel``) before it finished."""
+
+
+class StoreError(RhError):
+    """A store could not be used: not configured, unreachable, or access denied. Names the store."""
+
+
+class ResourceNotFoundError(RhError, KeyError):
+    """No saved or builtin resource has this name; ``near`` lists the store's closest names."""
+
+    def __init__(self, name: str, where: str, near: list[str]):
+        self.name, self.where, self.near = name, where, near
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        super().__init__(f"nothing is saved as {name!r} in {where}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+class ResourceExistsError(RhError):
+    """Saving would replace a resource that is already saved under the name."""
+
+
+class ResourceFormatError(RhError):
+    """A saved resource cannot be read: corrupt, not a resource, or written by a newer rh_core."""
+
+
+class ConfigError(RhError):
+    """The config file cannot be used: unreadable, corrupt, or written for a newer format."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A setting's name is unknown or its value has the wrong type."""
+
+
+class AuthenticationError(RhError):
+    """A request to a cluster server did not carry the cluster's secret."""

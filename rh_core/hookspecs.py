@@ -4,12 +4,15 @@ A plugin is a module (or object) with functions named like the specs below, deco
 ``rh_core.hookimpl``, and exposed through the ``rh_core.plugins`` entry-point group. Every hook is
 called with keyword arguments only. Implementations may accept any subset of the arguments.
 
-There are four plugin kinds, each registered by name through a ``register`` callback:
+There are seven plugin kinds, each registered by name through a ``register`` callback:
 
 * provisioners bring machines up and down;
 * transports reach a machine: run commands, copy files, open tunnels to its server;
 * installers put packages into an environment on a cluster;
-* executors decide how calls run on the cluster (worker processes, Ray tasks, ...).
+* executors decide how calls run on the cluster (worker processes, Ray tasks, ...);
+* stores hold saved resources for ``@/`` names (S3, a shared directory, ...);
+* builtins are ready-made resources loaded as ``^name``;
+* cluster presets are builtin clusters given as ``rh.cluster`` options (``^rh-v100``).
 
 ``register(name, target, *, aliases=())`` takes a class or a ``"module:attribute"`` string; a
 string is imported only when the implementation is first used, so registering costs nothing.
@@ -17,7 +20,8 @@ string is imported only when the implementation is first used, so registering co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -141,4 +145,59 @@ def rh_cluster_teardown(cluster: Cluster) -> None:
     :param cluster: the cluster going down.
 
     The return value is ignored. Exceptions are reported and do not stop the teardown.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Names: shared stores and builtins (rh_core.names)
+
+
+@hookspec
+def rh_register_stores(register: Register) -> None:
+    """Register store backends for ``@/`` names: implementations of :class:`rh_core.names.Store`.
+
+    Called once when the plugin host first needs a store. The config file's ``store.backend``
+    chooses one by name; the other ``store.*`` settings are passed to it as keyword arguments.
+    Built in: ``s3`` (boto3, any S3-compatible endpoint) and ``dir`` (a shared directory).
+
+    :param register: call ``register(name, target, aliases=())`` once per backend.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+@hookspec
+def rh_register_builtins(register: Register) -> None:
+    """Register builtin resources, loaded as ``^name`` (``rh.cluster(name='^rh-cpu')``).
+
+    Called once when the plugin host first needs a builtin.
+
+    :param register: call ``register(name, target, aliases=())`` once per builtin. ``target`` is a
+        zero-argument callable returning a :class:`~rh_core.Cluster` or :class:`~rh_core.Function`
+        (called on every load, connecting to nothing), a cluster to copy, a saved-resource record
+        (``{"kind": "cluster", "cluster": {...config...}}``), or a ``"module:attribute"`` string
+        naming one of these.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+
+# -------------------------------------------------------------------------------------------------
+# Cluster presets (rh-sky's builtin on-demand clusters)
+
+
+@hookspec
+def rh_register_cluster_presets(register: Register) -> None:
+    """Register cluster presets: builtin clusters given as ``rh.cluster`` keyword arguments, loaded
+    as ``rh.cluster(name='^NAME')`` (beside the builtins of :func:`rh_register_builtins`).
+
+    Called once when the plugin host first resolves a ``^name`` or lists the builtins.
+
+    :param register: call ``register(name, options, aliases=())`` once per preset; ``options`` is
+        a JSON-safe dict of ``rh.cluster`` keyword arguments such as ``{"instance_type": "V100:1"}``.
+        ``^NAME`` loads ``rh.cluster(name=NAME, **options)``; keyword arguments passed next to
+        ``^NAME`` override the preset's.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
     """

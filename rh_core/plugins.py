@@ -14,7 +14,8 @@ import importlib
 import importlib.metadata
 import os
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     from rh_core.plugin_types import InstallerClaim
 
 ENTRY_POINT_GROUP = "rh_core.plugins"
-BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_executor")
-KINDS = ("provisioner", "transport", "installer", "executor")
+BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_executor",
+                   "rh_core.builtin.dir_store", "rh_core.builtin.s3_store")
+KINDS = ("provisioner", "transport", "installer", "executor", "store", "builtin", "cluster_preset")
 
 
 @attrs.frozen(kw_only=True)
@@ -123,6 +125,13 @@ class PluginHost:
             try:
                 plugin = entry_point.load()
                 self._pm.register(plugin, name=entry_point.name)
+                unknown = sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or () if not caller.has_spec())
+                if unknown:
+                    self._pm.unregister(plugin)
+                    raise PluginError(
+                        f"implements hooks this rh_core does not have: {', '.join(unknown)}; it may need a newer "
+                        f"rh_core (this is {_own_version()}), or the hook names are misspelt"
+                    )
                 if dist is not None:
                     self._distributions[entry_point.name] = dist
             except Exception as exc:

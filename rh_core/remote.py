@@ -7,17 +7,28 @@ reach its port through ``transport.forward``. A server started from another buil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import threading
-from typing import Any
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from rh_core import serialize
 from rh_core.cluster import Cluster, rh_home
-from rh_core.errors import ServerStartError, VersionMismatchError
+from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
+
+if TYPE_CHECKING:
+    from rh_core.client import Connection
+    from rh_core.status import ClusterStatus
+
+#: A connection unused this long is checked before the next request: the machines behind it may
+#: have been stopped meanwhile (an on-demand cluster's autostop).
+IDLE_RECHECK_SECONDS = 60.0
 
 REMOTE_HOME = "~/.rh"
 
@@ -35,7 +46,7 @@ try:
 except Exception:
     state = None
 print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
-                  "root": rh, "server": state,
+                  "root": rh, "server": state, "secret": read(rh + "/server/secret"),
                   "venv_build": read(rh + "/venv/rh-build-id"), "rsync": bool(shutil.which("rsync"))}))
 """
 
@@ -63,7 +74,8 @@ while time.time() < deadline:
     try:
         with open(os.path.join(state_dir, "server.json")) as f: state = json.load(f)
         if state.get("pid") == child.pid:
-            print(json.dumps({"ok": True, "state": state})); sys.exit(0)
+            with open(os.path.join(state_dir, "secret")) as f: secret = f.read().strip()
+            print(json.dumps({"ok": True, "state": state, "secret": secret})); sys.exit(0)
     except (OSError, ValueError):
         pass
     if child.poll() is not None:
@@ -94,6 +106,7 @@ class RemoteCluster(Cluster):
     _address: str | None = attrs.field(default=None, init=False, repr=False)
     _server_state: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
     _bootstrap_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _last_request_at: float = attrs.field(default=0.0, init=False, repr=False)
 
     # --- machines ------------------------------------------------------------------------------
 
@@ -104,8 +117,11 @@ class RemoteCluster(Cluster):
             self._cluster_info = self.host.provisioner(self.provisioner)().up(self)
         return self._cluster_info
 
-    def up(self) -> "RemoteCluster":
-        self._cluster_info = self.host.provisioner(self.provisioner)().up(self)
+    def up(self) -> RemoteCluster:
+        info = self.host.provisioner(self.provisioner)().up(self)
+        if info != self._cluster_info:  # other machines (or first ones): nothing of the old ones applies
+            self._drop_machines()
+        self._cluster_info = info
         self.connection()
         return self
 
@@ -123,22 +139,125 @@ class RemoteCluster(Cluster):
         return self.remote_dir
 
     def down(self) -> None:
-        """Stop the server and let the provisioner take the machines down."""
-        self.stop_server()
-        self.host.provisioner(self.provisioner)().down(self)
+        """Stop the server and let the provisioner take the machines down (machines it reports
+        stopped or down have no server to stop, and are not started for it)."""
+        provisioner = self._provisioner()
+        if provisioner.status(self) not in ("stopped", "down"):
+            self.stop_server()
+        provisioner.down(self)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._cluster_info = None
+
+    # --- machines that a provisioner launches and stops (on-demand clusters) --------------------
+    # Optional provisioner methods used here: ``refreshed_status(cluster)``, ``autostop_minutes(cluster)``
+    # and ``set_autostop(cluster, minutes)`` (rh-sky's provisioner has them; ``byo`` has none).
+
+    def up_if_not(self) -> RemoteCluster:
+        """Bring the machines up unless the provisioner reports them up; then make sure the server runs."""
+        if self._provisioner().status(self) != "up":
+            self._drop_machines()
+            return self.up()
+        self.connection()
+        return self
+
+    def status(self, refresh: bool = False) -> dict[str, Any]:
+        """What the server reports about itself (pid, port, versions, executor, calls), starting it if needed.
+
+        ``refresh=True`` first asks the provisioner how the provider sees the machines right now,
+        returned as ``"machines"`` (``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``); machines
+        that are not up are not started, and only ``{"name", "machines"}`` is returned.
+        """
+        if not refresh:
+            return super().status()
+        provisioner = self._provisioner()
+        machines = getattr(provisioner, "refreshed_status", provisioner.status)(self)
+        if machines != "up":
+            return {"name": self.name, "machines": machines}
+        return {**super().status(), "machines": machines}
+
+    def keep_warm(self, mins: int = -1) -> RemoteCluster:
+        """Keep the machines up until they have been idle for ``mins`` minutes (``-1``: until
+        :meth:`down`). This changes the running machines' autostop; a later launch or restart uses
+        the cluster's own ``autostop_mins`` again."""
+        self._provisioner_method("set_autostop", "keep_warm()")(self, mins)
+        return self
+
+    @contextlib.contextmanager
+    def pause_autostop(self) -> Iterator[RemoteCluster]:
+        """Suspend autostop inside the ``with`` block (while a notebook is open, around a long call)
+        and restore the previous setting when it ends, also after an error."""
+        minutes = self._provisioner_method("autostop_minutes", "pause_autostop()")(self)
+        set_autostop = self._provisioner_method("set_autostop", "pause_autostop()")
+        if minutes < 0:  # no autostop to pause
+            yield self
+            return
+        set_autostop(self, -1)
+        try:
+            yield self
+        finally:
+            set_autostop(self, minutes)
+
+    def connection(self) -> Connection:
+        """The connection to the server. Machines the provisioner reports stopped or down (an
+        autostop, a teardown elsewhere) are brought back up first, with its progress display."""
+        try:
+            return super().connection()
+        except ConnectionError:  # the machines do not answer: did the provisioner's side stop them?
+            if self._cluster_info is None or self._provisioner().status(self) not in ("stopped", "down"):
+                raise
+        self._bring_machines_back()
+        return super().connection()
+
+    def request(self, op: str, header: dict[str, Any], frames: Any = (), **kwargs: Any):
+        # After a quiet spell, make sure the server still answers before sending: a request sent into
+        # the tunnel of stopped machines would fail, where connection() can bring them back first.
+        if (self._connection is not None and time.monotonic() - self._last_request_at > IDLE_RECHECK_SECONDS
+                and self._liveness() is not None):
+            self._forget_connection()
+        try:
+            return super().request(op, header, frames, **kwargs)
+        finally:
+            self._last_request_at = time.monotonic()
+
+    def _bring_machines_back(self) -> None:
+        self._drop_machines()
+        self._cluster_info = self._provisioner().up(self)
+
+    def _drop_machines(self) -> None:
+        """Forget the connection, transport and syncs of machines that stopped or were replaced."""
+        self._forget_connection()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._synced.clear()  # new or restarted machines may not have what was synced to the old ones
+
+    def _provisioner(self) -> Any:
+        return self.host.provisioner(self.provisioner)()
+
+    def _provisioner_method(self, method: str, feature: str) -> Any:
+        found = getattr(self._provisioner(), method, None)
+        if found is None:
+            raise RhError(
+                f"cluster {self.name!r} has no {feature}: its {self.provisioner!r} provisioner does not stop "
+                "machines by itself (on-demand clusters such as rh.cluster(name=..., instance_type=...) do)"
+            )
+        return found
 
     # --- server --------------------------------------------------------------------------------
 
     def _distributions(self) -> list[str]:
-        """rh-core plus the plugin distribution that provides the executor, when it is not built in."""
+        """rh-core, the plugin distribution that provides the executor, and every distribution that
+        provides installers (they run in the cluster's server)."""
         names = ["rh-core"]
-        owner = self.host.registry("executor").owner(self.executor)
-        distribution = self.host.distribution_of(owner)
-        if distribution and distribution not in names:
-            names.append(distribution)
+        owners = [self.host.registry("executor").owner(self.executor)]
+        installers = self.host.registry("installer")
+        owners += [installers.owner(name) for name in installers.names()]
+        for owner in owners:
+            distribution = self.host.distribution_of(owner)
+            if distribution and distribution not in names:
+                names.append(distribution)
         return names
 
     def transport_to(self, address: str):
@@ -215,9 +334,11 @@ class RemoteCluster(Cluster):
             head = self.cluster_info.head
             probe = self._probe()
             build_id = self._ensure_venv(self.transport, head, probe)
-            state = probe["server"]
+            state, secret = probe["server"], probe["secret"]
             if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
-                argv = ["--executor", self.executor]
+                from rh_core.config import server_arguments
+
+                argv = ["--executor", self.executor, *server_arguments()]
                 for key, value in self.executor_options.items():
                     argv += ["-o", f"{key}={json.dumps(value)}"]
                 old_pid = state["pid"] if state else 0
@@ -231,8 +352,10 @@ class RemoteCluster(Cluster):
                         f"the server on {self._where(head)} exited with code {started['code']} while starting; "
                         f"its log ends with:\n{started['log']}"
                     )
-                state = started["state"]
+                state, secret = started["state"], started["secret"]
             host, port = self.transport.forward(state["port"])
+            # The secret came over the authenticated transport; it is kept in memory only.
+            state = {**state, "secret": secret}
             self._server_state = state
             self._address = f"tcp://{host}:{port}"
             return self._address, state
@@ -242,7 +365,7 @@ class RemoteCluster(Cluster):
 
         if self._address is None:
             return "not connected"
-        if ping(self._address, timeout=2.0) is None:
+        if ping(self._address, timeout=2.0, secret=(self._server_state or {}).get("secret")) is None:
             pid = (self._server_state or {}).get("pid")
             return f"the server on {self._where(self.cluster_info.head)} (pid {pid}) does not answer through its tunnel"
         return None
@@ -267,6 +390,39 @@ class RemoteCluster(Cluster):
         self.stop_server()
         self.connection()
 
+    def refresh_status(self) -> ClusterStatus:
+        """Ask the provisioner about the machines, then the head about its server (over the
+        transport, as bootstrap's probe does); nothing is started or installed."""
+        from rh_core.status import ClusterStatus
+
+        shown = self.saved_name or self.name
+        server = None
+        try:
+            machines = self.host.provisioner(self.provisioner)().status(self)
+        except Exception as exc:
+            machines, reason = "unknown", f"The {self.provisioner} provisioner could not tell: {exc}"
+        else:
+            reason = ""
+        if machines in ("stopped", "down"):
+            explanation = f"The machines are {machines}; `rh up {shown}` brings them up and starts the server."
+        else:
+            try:
+                state = self._probe()["server"]
+            except Exception as exc:
+                explanation = " ".join(filter(None, [reason, f"The head cannot be reached: {exc}"]))
+            else:
+                machines = "up"
+                if state:
+                    server = dict(state)
+                    explanation = (f"The server (pid {state.get('pid')}) runs on {self._where(self.cluster_info.head)} "
+                                   f"with the {state.get('executor')} executor; `rh down {shown}` stops it.")
+                else:
+                    explanation = (f"The machines answer but no server runs on {self._where(self.cluster_info.head)}; "
+                                   f"it starts on the first call, or with `rh up {shown}`.")
+        self._last_status = ClusterStatus(name=shown, kind=self.provisioner, machines=machines, server=server,
+                                          explanation=explanation)
+        return self._last_status
+
 
 def cluster(
     name: str | None = None,
@@ -275,12 +431,23 @@ def cluster(
     ssh_creds: dict[str, Any] | None = None,
     executor: str = "process",
     executor_options: dict[str, Any] | None = None,
+    dryrun: bool = False,
+    store: dict[str, Any] | None = None,
+    instance_type: str | None = None,
+    provider: str | None = None,
     **options: Any,
-) -> RemoteCluster:
+) -> Cluster:
     """A cluster: hosts you bring (``ips`` and ``ssh_creds``), with ``executor`` running the calls.
 
     ``ssh_creds`` takes ``ssh_user``, ``ssh_private_key``, ``ssh_port``, ``password``,
     ``passphrase``, ``known_hosts`` and ``trust_new_host`` (see the ssh transport).
+
+    A name alone loads a saved cluster (``~/x`` local, ``@/x`` shared, ``^x`` builtin, a bare ``x``
+    meaning ``~/x``) and refreshes its status; ``dryrun=True`` only builds the object, connecting
+    to nothing. ``store`` replaces the config file's shared store for this call.
+
+    ``instance_type`` or ``provider`` make an on-demand cluster, launched by a provisioner plugin
+    when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
     """
     if ips:
         return RemoteCluster(
@@ -291,8 +458,65 @@ def cluster(
             executor_options=dict(executor_options or {}),
         )
     # (sky plugin work) on-demand clusters: provider= / instance_type= choose a provisioner here.
+    preset_with_options = bool(name and name.startswith("^") and (options or executor_options or executor != "process"))
+    if instance_type is not None or provider is not None or preset_with_options:
+        return on_demand_cluster(name, instance_type=instance_type, provider=provider, executor=executor,
+                                 executor_options=executor_options, **options)
     # (names work) a name alone ("~/x", "@/x", "^x") loads a saved or builtin cluster here.
+    if name is not None and ssh_creds is None and executor_options is None and not options:
+        from rh_core.errors import ResourceNotFoundError
+        from rh_core.names import load_cluster
+
+        try:
+            return load_cluster(name, dryrun=dryrun, store=store)
+        except ResourceNotFoundError as exc:
+            exc.add_note("To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
+                         "you have, or rh.cluster(name=..., instance_type='A100:1') to launch them.")
+            raise
     raise TypeError(
         "rh.cluster needs the hosts to use: rh.cluster(ips=['10.0.0.1'], ssh_creds={'ssh_user': ..., "
-        "'ssh_private_key': ...}); use rh.here for this machine"
+        "'ssh_private_key': ...}), or the machines to launch: rh.cluster(name='gpu', instance_type='A100:1'); "
+        "use rh.here for this machine"
     )
+
+
+def on_demand_cluster(
+    name: str | None,
+    *,
+    instance_type: str | None = None,
+    provider: str | None = None,
+    executor: str = "process",
+    executor_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> RemoteCluster:
+    """A cluster whose machines a provisioner launches on first use: ``rh.cluster(name='gpu',
+    instance_type='A100:4', provider='gcp', autostop_mins=60, ...)``.
+
+    ``provider`` names a registered provisioner or one of its aliases (rh-sky registers ``"sky"``
+    and every cloud SkyPilot knows, ``"gcp"``, ``"aws"``, ...); without one, ``default_provider``
+    from the config file, else ``"cheapest"``. The provisioner checks the other options when it has
+    a ``validate_spec(spec)`` method. ``name='^preset'`` starts from a cluster preset's options.
+    """
+    from rh_core.config import current
+    from rh_core.plugins import default_host
+
+    host = default_host()
+    given = {key: value for key, value in {"instance_type": instance_type, "provider": provider, **options}.items()
+             if value is not None}
+    if name and name.startswith("^"):
+        name = name[1:]
+        given = {**host.registry("cluster_preset").get(name), **given}
+    if not name:
+        raise TypeError(
+            "an on-demand cluster needs a name, by which its provisioner finds its machines again: "
+            "rh.cluster(name='my-gpu', instance_type='A100:1')"
+        )
+    provider = given.pop("provider", None) or current().default_provider or "cheapest"
+    provisioner = host.provisioner(provider)()  # an unknown provider is named with the valid ones
+    spec = {"provider": provider, **given}
+    validate_spec = getattr(provisioner, "validate_spec", None)
+    if validate_spec is not None:
+        spec = validate_spec(spec)
+    return RemoteCluster(name=name, provisioner=provider, spec=spec, executor=executor,
+                         executor_options=dict(executor_options or {}))
+

@@ -35,7 +35,14 @@ def fake_plugins(tmp_path, monkeypatch):
             name = "good"
     """))
     (site / "brokenplug.py").write_text("raise ImportError('brokenplug needs libfoo')\n")
-    for name, module in (("goodplug", "goodplug"), ("brokenplug", "brokenplug")):
+    (site / "newerplug.py").write_text(textwrap.dedent("""
+        import rh_core
+
+        @rh_core.hookimpl
+        def rh_register_teleporters(register):
+            pass
+    """))
+    for name, module in (("goodplug", "goodplug"), ("brokenplug", "brokenplug"), ("newerplug", "newerplug")):
         info = site / f"rh_{name}-1.2.3.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: rh-{name}\nVersion: 1.2.3\n")
@@ -50,6 +57,8 @@ def test_broken_plugin_is_reported_and_the_others_load(fake_plugins):
     assert rows["goodplug"].distribution == "rh-goodplug" and rows["goodplug"].version == "1.2.3"
     assert "rh_register_executors" in rows["goodplug"].hooks
     assert "brokenplug needs libfoo" in rows["brokenplug"].error
+    # A plugin written against hooks this rh_core lacks is set aside, not fatal to the host.
+    assert "implements hooks this rh_core does not have: rh_register_teleporters" in rows["newerplug"].error
     assert host.executor("good").name == "good"
     assert host.executor("fine") is host.executor("good")
 
@@ -74,7 +83,7 @@ def test_unknown_names_list_the_valid_ones(fake_plugins):
     host = PluginHost()
     with pytest.raises(UnknownNameError, match="unknown executor 'nope'; valid executors: fine, good, process"):
         host.executor("nope")
-    with pytest.raises(UnknownNameError, match="valid plugin kinds: executor, installer, provisioner, transport"):
+    with pytest.raises(UnknownNameError, match="valid plugin kinds: builtin, cluster_preset, executor, installer, provisioner, store, transport"):
         host.registry("widget")
 
 
