@@ -16,3 +16,35 @@ def rh_register_transports(register: Callable[..., None]) -> None:
 @hookimpl
 def rh_register_provisioners(register: Callable[..., None]) -> None:
     register("byo", "rh_byo_ssh.provisioner:ByoProvisioner")
+
+
+@hookimpl
+def rh_cluster_ready(cluster, info) -> None:
+    """Keep ``ssh CLUSTER_NAME`` working: write the cluster's generated ssh config entry."""
+    transport = getattr(cluster, "_transport", None)
+    entry = getattr(transport, "ssh_config_entry", None)
+    if entry is None:
+        return
+    from rh_byo_ssh import ssh_config
+
+    ssh_config.write_entry(cluster.name, entry(cluster.name))
+    ssh_config.offer_include()
+
+
+@hookimpl
+def rh_register_commands(cli) -> None:
+    import click
+
+    @cli.command(name="ssh-config")
+    @click.option("--include", "action", flag_value="include", help="Add the Include line to ~/.ssh/config.")
+    @click.option("--remove", "action", flag_value="remove", help="Remove the Include line rh added.")
+    def ssh_config_command(action):
+        """Show or change how plain `ssh CLUSTER_NAME` reaches rh clusters."""
+        from rh_byo_ssh import ssh_config
+
+        if action == "include":
+            ssh_config.add_include()
+        elif action == "remove":
+            ssh_config.remove_include()
+        state = "included" if ssh_config.is_included() else "not included"
+        click.echo(f"{ssh_config.include_line()}: {state} in {ssh_config.user_config_path()}")

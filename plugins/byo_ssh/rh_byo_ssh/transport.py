@@ -362,6 +362,23 @@ class SSHTransport:
         """``ssh`` with this transport's user, port, key, known-hosts file and jump hosts, for a terminal."""
         return [*self._ssh_command(len(self._chain) - 1), self._chain[-1].ssh_destination]
 
+    def ssh_config_entry(self, alias: str) -> str:
+        """A ``Host alias`` block for an OpenSSH config file that reaches the machine the way this
+        transport does (user, port, keys, known-hosts file, jump hosts), so ``ssh alias`` works."""
+        hop = self._chain[-1]
+        lines = [f"Host {alias}", f"  HostName {hop.hostname}", f"  Port {hop.port}", f"  User {hop.user}",
+                 f"  UserKnownHostsFile {_config_quote(self.known_hosts)}"]
+        lines += [f"  IdentityFile {_config_quote(key)}" for key in hop.keys]
+        if hop.keys:
+            lines.append("  IdentitiesOnly yes")
+        if len(self._chain) > 1:
+            previous = self._chain[-2]
+            jump = shlex.join(self._ssh_command(len(self._chain) - 2) + ["-W", "%h:%p", previous.ssh_destination])
+            lines.append(f"  ProxyCommand {jump}")
+        elif hop.proxy_command:
+            lines.append(f"  ProxyCommand {hop.proxy_command}")
+        return "\n".join(lines) + "\n"
+
     def close(self) -> None:
         """Stop every forward and close the connection (a later call opens a new one)."""
         with self._forward_lock:

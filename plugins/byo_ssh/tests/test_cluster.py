@@ -112,8 +112,11 @@ def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
 
 
 def test_cluster_without_hosts_says_how_to_make_one():
+    with pytest.raises(rh.ResourceNotFoundError, match="nothing is saved as '~/nothing'") as missing:
+        rh.cluster(name="nothing")  # a name alone loads a saved cluster
+    assert any("ips=" in note for note in missing.value.__notes__)
     with pytest.raises(TypeError, match="ips="):
-        rh.cluster(name="nothing")
+        rh.cluster(ssh_creds={"ssh_user": "me"})
 
 
 def _fetch(address: str) -> bytes:
@@ -264,3 +267,55 @@ def test_password_login_bootstraps_and_tunnels_through_paramiko(unix_user, passw
             wrong.connection()
     finally:
         cluster.down()
+
+
+@pytest.mark.slow
+def test_notebook_runs_jupyterlab_on_the_head_reached_through_a_tunnel(byo_cluster, capsys):
+    pytest.importorskip("rh_pip", reason="the notebook installs jupyterlab with the rh-pip plugin")
+    import json
+    import urllib.error
+    import urllib.request
+
+    from rh_core.testing.sshd import free_port
+
+    remote_port, local_port = free_port(), free_port()
+    with byo_cluster.notebook(port=remote_port, env="notebook", local_port=local_port) as notebook:
+        assert notebook.url.startswith(f"http://127.0.0.1:{local_port}/lab?token=")
+        assert notebook.url in capsys.readouterr().out  # printed for the user to open
+        status = urllib.request.urlopen(f"http://127.0.0.1:{local_port}/api/status?token={notebook.token}", timeout=10)
+        assert "kernels" in json.loads(status.read())
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # the token is required
+            urllib.request.urlopen(f"http://127.0.0.1:{local_port}/api/status", timeout=10)
+    for _ in range(50):  # close() sent SIGTERM; JupyterLab takes a moment to shut down
+        ((_, out, _),) = byo_cluster.run([f"ps -o stat= -p {notebook.pid} | grep -v Z || true"])
+        if not out.strip():
+            break
+        time.sleep(0.2)
+    assert not out.strip(), "JupyterLab still runs after close()"
+
+
+@pytest.mark.slow
+def test_plain_ssh_reaches_the_cluster_by_name_once_the_include_is_added(byo_cluster, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    byo_cluster.connection()
+    user_config = tmp_path / "ssh_config"
+    theirs = "Host mybox\n  HostName 192.0.2.7\n  User me\n"
+    user_config.write_text(theirs)
+    environment = {**os.environ, "RH_USER_SSH_CONFIG": str(user_config)}
+
+    def rh_command(*args):
+        return subprocess.run([sys.executable, "-m", "rh_core.cli", *args], env=environment,
+                              capture_output=True, text=True, timeout=60)
+
+    added = rh_command("ssh-config", "--include")
+    assert added.returncode == 0 and "included in" in added.stdout, added.stderr
+    text = user_config.read_text()
+    assert text.endswith(theirs) and text.splitlines()[1].startswith("Include ")  # theirs kept, ours on top
+    reached = subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", byo_cluster.name, "echo", "hi-from-$USER"],
+                             capture_output=True, text=True, timeout=60)
+    assert reached.returncode == 0 and reached.stdout.strip() == f"hi-from-{byo_cluster.run(['echo $USER'])[0][1].strip()}", reached.stderr
+    removed = rh_command("ssh-config", "--remove")
+    assert removed.returncode == 0 and "not included" in removed.stdout
+    assert user_config.read_text() == theirs  # exactly as it was
