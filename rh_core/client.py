@@ -8,10 +8,12 @@ alive, so a dead server is reported within seconds instead of hanging.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rh_core import errors
 from rh_core.errors import ConnectionLostError, RhError
@@ -20,7 +22,7 @@ POLL_SLICE_MS = 500
 
 
 class Reply:
-    __slots__ = ("kind", "header", "frames")
+    __slots__ = ("frames", "header", "kind")
 
     def __init__(self, kind: str, header: dict[str, Any], frames: list):
         self.kind, self.header, self.frames = kind, header, frames
@@ -33,12 +35,16 @@ def write_log(stream: str, text: bytes) -> None:
     target.flush()
 
 
+SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
+
+
 class Connection:
     """Talks to one server address; ``liveness()`` returns why the server is gone, or None."""
 
-    def __init__(self, address: str, liveness: Callable[[], str | None]):
+    def __init__(self, address: str, liveness: Callable[[], str | None], secret: str | None = None):
         self.address = address
         self._liveness = liveness
+        self._secret = secret or ""
         self._local = threading.local()
         self._closed = False
 
@@ -75,7 +81,8 @@ class Connection:
         """
         socket = self._socket()
         request_id = uuid.uuid4().hex
-        envelope = json.dumps({"id": request_id, "op": op, **header}, separators=(",", ":")).encode()
+        envelope = json.dumps({"id": request_id, "op": op, "auth": self._secret, **header},
+                              separators=(",", ":")).encode()
         socket.send_multipart([envelope, *frames], copy=False)
         waited = 0.0
         while True:
@@ -108,20 +115,31 @@ class Connection:
         self._drop_socket()
 
 
-def ping(address: str, timeout: float) -> dict[str, Any] | None:
-    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds."""
+def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, Any] | None:
+    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds.
+    Without the cluster's ``secret`` the server answers with an authentication failure, which
+    still shows that it is alive."""
     import zmq
 
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     try:
         socket.connect(address)
-        socket.send(json.dumps({"id": "liveness", "op": "ping"}).encode())
+        socket.send(json.dumps({"id": "liveness", "op": "ping", "auth": secret or ""}).encode())
         if socket.poll(int(timeout * 1000)):
             return json.loads(socket.recv())
         return None
     finally:
         socket.close(linger=0)
+
+
+def read_secret(state_dir: str) -> str | None:
+    """The secret of the server whose state directory is ``state_dir`` (on this machine)."""
+    try:
+        with open(os.path.join(state_dir, SECRET_FILE)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def _rebuild_failure(header: dict[str, Any]) -> Exception:

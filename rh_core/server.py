@@ -19,22 +19,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hmac
 import json
 import os
+import secrets
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
-from rh_core import __version__, serialize, shm
+from rh_core import __version__, results, serialize, shm
 from rh_core.channel import Channel
-from rh_core.errors import CallTimeoutError, ProtocolError, RhError
-from rh_core.plugin_types import Executor, Outcome, Task
+from rh_core.client import SECRET_FILE
+from rh_core.envs import ClusterEnvironment, install
+from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError
+from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
 STATE_FILE = "server.json"
+RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
@@ -43,16 +50,24 @@ def encode(envelope: dict[str, Any]) -> bytes:
 
 
 class Server:
-    def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0,
+                 results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS):
         self.state_dir = os.path.abspath(state_dir)
+        self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
+                                               results_max_mb * 2**20, results_days * 86400)
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
         self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._fifo_locks: dict[str, asyncio.Lock] = {}
-        self._log_routes: dict[str, tuple[bytes, str]] = {}  # run key -> (client identity, request id)
+        self._log_routes: dict[str, tuple[bytes, str]] = {}  # task key -> (client identity, request id)
         self._log_ends: dict[str, asyncio.Future[None]] = {}
+        self._followers: dict[str, list[tuple[bytes, str]]] = {}  # run key -> clients following its logs
+        self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
+        self._run_logs: dict[str, Any] = {}  # run key -> its open log file
+        self.runs_dir = os.path.join(self.state_dir, "runs")
         self._tasks: set[asyncio.Task] = set()
+        self._environments: dict[str | None, ClusterEnvironment] = {}
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self.calls = 0
@@ -62,6 +77,7 @@ class Server:
     # --- life cycle ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -80,6 +96,8 @@ class Server:
         await self.executor.start(self)
         self._router = Channel(router, self._on_request)
         shm.sweep()  # what servers that died left behind
+        self._sweep_run_logs()
+        self._expire_results()
         self._write_state()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +124,9 @@ class Server:
             "shm": self._shm_prefix is not None,
             "started_at": self.started_at,
             "calls": self.calls,
+            "in_flight": len(self._running),  # tasks running or waiting now (idle detection counts them)
             "state_dir": self.state_dir,
+            **self._spilled.describe(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
         }
 
@@ -127,6 +147,11 @@ class Server:
         except (OSError, ValueError):
             pass
 
+    def environment(self, name: str | None) -> ClusterEnvironment:
+        if name not in self._environments:
+            self._environments[name] = ClusterEnvironment.open(self.state_dir, name)
+        return self._environments[name]
+
     # --- requests ------------------------------------------------------------------------------
 
     def _reply(self, identity: bytes, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> None:
@@ -142,8 +167,15 @@ class Server:
         try:
             request = json.loads(frames[1].bytes)
             request_id, op = request["id"], request["op"]
-        except (IndexError, ValueError, KeyError, TypeError):
+            authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
+        except (IndexError, ValueError, KeyError, TypeError, AttributeError):
             self._reply(identity, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            return
+        if not authenticated:  # before anything else: nothing of an unauthenticated request is used
+            self._reply(identity, str(request_id), "fail", {"type": "AuthenticationError", "message": (
+                "the request does not carry this cluster's secret; clients read it from the server's state "
+                "directory on the cluster (owner-only), so only the cluster's user can call its server"
+            )})
             return
         # The two hot paths are answered without a coroutine: liveness pings and plain calls.
         if op == "ping":
@@ -190,6 +222,7 @@ class Server:
             arguments=frames[n_fn:],
             refs=refs or {},
             options=request.get("options", {}),
+            env=request.get("env"),
         )
 
     def _route_logs(self, task: Task, identity: bytes, request_id: str) -> None:
@@ -209,7 +242,8 @@ class Server:
             await self._map(identity, request_id, task, request["chunks"])
             return
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
-            self._results[task.key] = self._start(task)
+            final = self._results[task.key] = self._start(task)
+            final.add_done_callback(lambda done: self._spill(task.key, done))
             self._reply(identity, request_id, "ack", {"key": task.key})
             return
         self._route_logs(task, identity, request_id)
@@ -225,7 +259,7 @@ class Server:
     async def _map(self, identity: bytes, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
             Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
-                 arguments=chunk, refs=task.refs, options=task.options)
+                 arguments=chunk, refs=task.refs, options=task.options, env=task.env)
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
@@ -242,6 +276,8 @@ class Server:
         loop = asyncio.get_running_loop()
         final: asyncio.Future[Outcome] = loop.create_future()
         running = self.executor.submit(task)
+        self._running[task.key] = (running, final)
+        final.add_done_callback(lambda _: self._running.pop(task.key, None))
         timeout = task.options.get("timeout")
         timer = loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
 
@@ -251,7 +287,7 @@ class Server:
             if final.done():
                 return
             if running.cancelled():
-                return  # only _expire cancels, and it settled `final` itself
+                return  # only _expire and cancel cancel, and they settled `final` themselves
             exc = running.exception()
             if exc is not None:
                 final.set_result(Outcome(status="err", frames=serialize.dumps_exception(exc)))
@@ -283,14 +319,116 @@ class Server:
 
         ended.add_done_callback(done)
 
+    def _spill(self, key: str, final: asyncio.Future) -> None:
+        """Keep a finished ``.remote()`` result on disk too, so it outlives a restart."""
+        if self._results.get(key) is not final:  # released meanwhile
+            return
+        try:
+            why_not = self._spilled.save(key, final.result())
+        except OSError as exc:  # a full disk must not cost the result: it stays in memory
+            why_not = f"result {key} is not kept on disk: {exc}"
+        if why_not:
+            sys.stderr.write(f"rh server: {why_not}\n")
+
+    def _expire_results(self) -> None:
+        for key in self._spilled.expire():
+            self._results.pop(key, None)
+        asyncio.get_running_loop().call_later(3600, self._expire_results)
+
     async def _outcome(self, key: str) -> Outcome:
         future = self._results.get(key)
         if future is None:
+            spilled = await asyncio.to_thread(self._spilled.load, key)
+            if spilled is not None:
+                return spilled
             raise ProtocolError(
                 f"no result with key {key!r} on this cluster: it was released, or the server restarted "
                 "since the call was made. Call the function again."
             )
         return await asyncio.shield(future)
+
+    async def _op_cancel(self, identity, request_id, request, frames) -> None:
+        """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
+        for it gets :class:`RunCancelledError`."""
+        key = request["key"]
+        tasks = [k for k in self._running if run_key_of(k) == key]
+        if not tasks:
+            known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
+            raise ProtocolError(
+                f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
+                                                               "; check the key (ref.key) or the cluster")
+            )
+        error = RunCancelledError(f"run {key} was cancelled")
+        for task_key in tasks:
+            running, final = self._running[task_key]
+            if not final.done():
+                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+            running.cancel()  # the executor stops the worker (or Ray task) running it
+        self._reply(identity, request_id, "info", {"cancelled": len(tasks)})
+
+    async def _op_runs(self, identity, request_id, request, frames) -> None:
+        """The runs in progress (with how many of their tasks run or wait) and the kept results."""
+        running: dict[str, int] = {}
+        for task_key in self._running:
+            running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
+        finished = sorted({key for key, future in self._results.items() if future.done()} | set(self._spilled.keys()))
+        self._reply(identity, request_id, "info", {"running": running, "finished": finished})
+
+    async def _op_logs(self, identity, request_id, request, frames) -> None:
+        """What a run has logged so far; with ``follow``, then every new line until it ends."""
+        key = request["key"]
+        path = self._run_log_path(key)
+        running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
+        if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
+            raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
+        handle = self._run_logs.get(key)
+        if handle is not None:
+            handle.flush()
+        try:
+            with open(path, "rb") as f:
+                logged = f.read()
+        except FileNotFoundError:
+            logged = b""
+        if logged:
+            self._reply(identity, request_id, "log", {"stream": "stdout"}, [logged])
+        if request.get("follow") and running:
+            # Registered in the same loop step as the read above, so no line falls in between.
+            self._followers.setdefault(key, []).append((identity, request_id))
+            try:
+                await asyncio.gather(*running)
+                await asyncio.sleep(0)  # let log lines already received go out first
+            finally:
+                followers = self._followers.get(key, [])
+                if (identity, request_id) in followers:
+                    followers.remove((identity, request_id))
+                if not followers:
+                    self._followers.pop(key, None)
+        self._reply(identity, request_id, "info", {"running": bool(running) and not request.get("follow")})
+
+    def _sweep_run_logs(self) -> None:
+        """Run logs are kept for RUN_LOG_DAYS days after their last line."""
+        cutoff = time.time() - RUN_LOG_DAYS * 86400
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.runs_dir):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    def _run_log_path(self, key: str) -> str:
+        return os.path.join(self.runs_dir, key.replace("/", "_") + ".log")
+
+    async def _op_install(self, identity, request_id, request, frames) -> None:
+        """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
+        from rh_core.plugins import default_host
+
+        name = request.get("env")
+        steps = [InstallStep.from_json(step) for step in request["steps"]]
+        env = await asyncio.to_thread(self.environment, name)
+        done = await asyncio.to_thread(install, env, steps, default_host().installer)
+        if done["installed"]:
+            environment_changed = getattr(self.executor, "environment_changed", None)
+            if environment_changed is not None:
+                environment_changed(name)
+        self._reply(identity, request_id, "info", {**done, "environment": env.describe()})
 
     async def _op_get(self, identity, request_id, request, frames) -> None:
         keys, timeout = request["keys"], request.get("timeout")
@@ -304,12 +442,16 @@ class Server:
         states = {}
         for key in request["keys"]:
             future = self._results.get(key)
-            states[key] = "unknown" if future is None else ("done" if future.done() else "running")
+            if future is None:
+                states[key] = "done" if self._spilled.has(key) else "unknown"
+            else:
+                states[key] = "done" if future.done() else "running"
         self._reply(identity, request_id, "info", {"states": states})
 
     async def _op_release(self, identity, request_id, request, frames) -> None:
         for key in request["keys"]:
             self._results.pop(key, None)
+            self._spilled.delete(key)
         self._reply(identity, request_id, "info", {})
 
     # --- logs ----------------------------------------------------------------------------------
@@ -317,11 +459,17 @@ class Server:
     def _on_log(self, frames: list) -> None:
         key, stream, text = (frame.bytes for frame in frames)
         key = key.decode()
+        run_key = run_key_of(key)
         if stream == b"eof":
             ended = self._log_ends.setdefault(key, asyncio.get_running_loop().create_future())
             if not ended.done():
                 ended.set_result(None)
+            if not any(run_key_of(k) == run_key for k in self._running if k != key):
+                self._close_run_log(run_key)
             return
+        self._keep(run_key, text)
+        for identity, request_id in self._followers.get(run_key, ()):
+            self._reply(identity, request_id, "log", {"stream": stream.decode()}, [text])
         route = self._log_routes.get(key)
         if route is not None:
             identity, request_id = route
@@ -329,6 +477,43 @@ class Server:
         else:
             sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
             sys.stderr.flush()
+
+    def _keep(self, run_key: str, text: bytes) -> None:
+        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later."""
+        handle = self._run_logs.get(run_key)
+        if handle is None:
+            os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
+            handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
+        handle.write(text)
+
+    def _close_run_log(self, run_key: str) -> None:
+        handle = self._run_logs.pop(run_key, None)
+        if handle is not None:
+            handle.close()
+
+
+def load_or_create_secret(state_dir: str) -> str:
+    """The server's secret, created owner-only on first start and kept across restarts, so clients
+    that have it keep working after a restart."""
+    path = os.path.join(state_dir, SECRET_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        with open(path) as f:
+            secret = f.read().strip()
+        if secret:
+            return secret
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def run_key_of(task_key: str) -> str:
+    """The run a task belongs to: a map's chunks (``KEY/3``) belong to the map's run ``KEY``."""
+    return task_key.split("/", 1)[0]
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -354,10 +539,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--results-max-mb", type=int, default=results.DEFAULT_MAX_MB,
+                        help="disk space for .remote() results kept across restarts")
+    parser.add_argument("--results-days", type=float, default=results.DEFAULT_DAYS,
+                        help="days a kept result lives before it is deleted")
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     executor = PluginHost().executor(args.executor)(**parse_options(args.option))
-    asyncio.run(Server(args.state_dir, executor, args.host, args.port).serve())
+    asyncio.run(Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
+                       results_days=args.results_days).serve())
 
 
 if __name__ == "__main__":

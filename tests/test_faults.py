@@ -45,12 +45,13 @@ def test_server_killed_between_calls_is_replaced_on_next_use(own_cluster):
 
 
 def test_refs_of_a_dead_server_say_so(own_cluster):
-    add = rh.function(fns.quiet_add).to(own_cluster)
-    ref = add.remote(1, 2)
-    assert ref.result() == 3
+    finished = rh.function(fns.quiet_add).to(own_cluster).remote(1, 2)
+    assert finished.result() == 3
+    ref = rh.function(fns.sleep_then).to(own_cluster).remote(30, "never")  # still running when its server goes
     own_cluster.restart_server()
     with pytest.raises(rh.ProtocolError, match="server restarted"):
         ref.result()
+    assert finished.result() == 3  # finished results are kept on disk (tests/test_results.py)
 
 
 def test_python_version_mismatch_names_both_versions(own_cluster, monkeypatch):

@@ -1,0 +1,83 @@
+"""Results of .remote() calls outlive a server restart: kept on the cluster's disk within a size
+limit and an expiry, released explicitly, never handed out twice differently."""
+
+import os
+import time
+
+import pytest
+
+import rh_core as rh
+from rh_core import config
+from rh_core.results import SpilledResults
+from rh_core.plugin_types import Outcome
+from rh_core.testing import functions as fns
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
+    yield cluster
+    cluster.stop_server()
+
+
+def test_a_finished_result_is_fetched_by_key_after_a_restart(own_cluster):
+    f = rh.function(fns.echo).to(own_cluster)
+    payload = os.urandom(3 * 2**20)
+    ref = f.remote(payload)
+    assert rh.get(ref) == payload
+    failing = rh.function(fns.fail).to(own_cluster).remote("kept too")
+    with pytest.raises(ValueError, match="kept too"):
+        rh.get(failing)
+    old_pid = own_cluster.status()["pid"]
+    own_cluster.restart_server()
+    assert own_cluster.status()["pid"] != old_pid
+    assert rh.get(ref) == payload  # the new server read it from disk
+    with pytest.raises(ValueError, match="kept too"):
+        rh.get(failing)
+    key = ref.key
+    code = ("import rh_core as rh, sys; c = rh.LocalCluster(state_dir=sys.argv[1]); "
+            "print(len(c.get(sys.argv[2])))")
+    import subprocess
+    import sys
+
+    other = subprocess.run([sys.executable, "-c", code, own_cluster.state_dir, key], capture_output=True, text=True,
+                           timeout=60)
+    assert other.stdout.strip() == str(len(payload)), other.stderr
+    assert key in own_cluster.runs()["finished"]
+    ref.release()
+    with pytest.raises(rh.ProtocolError, match="it was released"):
+        rh.get(ref)
+    assert not os.path.exists(os.path.join(own_cluster.state_dir, "results", f"{key}.out"))
+
+
+def test_results_over_the_size_limit_stay_in_memory_only(own_cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("RH_HOME", str(tmp_path / "home"))
+    config.reload()
+    config.set_value("results_max_mb", 1)
+    config.reload()
+    try:
+        f = rh.function(fns.echo).to(own_cluster)
+        small, large = f.remote(b"x" * 1000), f.remote(os.urandom(2 * 2**20))
+        assert rh.get(small) == b"x" * 1000 and len(rh.get(large)) == 2 * 2**20  # both served while it runs
+        assert own_cluster.status()["results_max_mb"] == 1
+        kept = os.listdir(os.path.join(own_cluster.state_dir, "results"))
+        assert kept == [f"{small.key}.out"]
+        own_cluster.restart_server()
+        assert rh.get(small) == b"x" * 1000
+        with pytest.raises(rh.ProtocolError):
+            rh.get(large)
+    finally:
+        monkeypatch.undo()
+        config.reload()
+
+
+def test_expired_results_are_deleted(tmp_path):
+    store = SpilledResults(str(tmp_path / "results"), max_bytes=2**20, max_age_seconds=3600)
+    assert store.save("old", Outcome(status="ok", frames=[b"a", b"bc"])) is None
+    assert store.save("new", Outcome(status="ok", frames=[b"d"])) is None
+    old_path = tmp_path / "results" / "old.out"
+    os.utime(old_path, (time.time() - 7200, time.time() - 7200))
+    assert store.expire() == ["old"]
+    assert store.keys() == ["new"] and store.load("old") is None
+    assert store.load("new").frames == [b"d"]
+    assert store.used_bytes() == os.path.getsize(tmp_path / "results" / "new.out")
