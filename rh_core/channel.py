@@ -7,7 +7,7 @@ whenever the socket's file descriptor signals, and sending without blocking, cos
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 

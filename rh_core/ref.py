@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, overload
 
 from rh_core import serialize
 
@@ -18,7 +19,7 @@ class Ref:
     argument to another function on the same cluster hands it the value without a round trip.
     """
 
-    __slots__ = ("key", "cluster")
+    __slots__ = ("cluster", "key")
 
     def __init__(self, key: str, cluster: Cluster | None):
         self.key = key
@@ -29,7 +30,7 @@ class Ref:
         return self.key
 
     @classmethod
-    def _from_key(cls, key: str) -> "Ref":
+    def _from_key(cls, key: str) -> Ref:
         return cls(key, None)
 
     def __reduce__(self):

@@ -13,7 +13,8 @@ import pickle
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import zmq

@@ -13,7 +13,8 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 
@@ -170,7 +171,7 @@ class FunctionRef:
         return attrs.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "FunctionRef":
+    def from_json(cls, data: dict) -> FunctionRef:
         return cls(**data)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 SHARE_MIN = 1024 * 1024
 SHM_DIR = "/dev/shm"
