@@ -5,12 +5,14 @@ hosts that start sshd some other way (in a network namespace, say).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -127,3 +129,32 @@ def loopback_cluster(server: SSHServer, tmp: Path, name: str = "loopback", **opt
     cluster = rh.cluster(name=name, ips=[server.host], ssh_creds=ssh_creds(server, tmp), **options)
     cluster.remote_dir = str(Path(tmp) / "remote-rh")
     return cluster
+
+
+@contextlib.contextmanager
+def local_user(server: SSHServer, prefix: str = "rhtest") -> Iterator[tuple[str, Path]]:
+    """A new local user (root only) who logs in to ``server`` with its client key; yields
+    ``(name, home)`` and removes the user and home afterwards."""
+    import pwd
+    import shutil
+    import uuid
+
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        raise RuntimeError("creating a local user needs root and useradd")
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+    try:
+        # useradd leaves the account locked ('!'), and with UsePAM no sshd then refuses the login.
+        subprocess.run(["usermod", "-p", "*", name], check=True)
+        home = Path(pwd.getpwnam(name).pw_dir)
+        subprocess.run(["install", "-d", "-m700", "-o", name, "-g", name, str(home / ".ssh")], check=True)
+        subprocess.run(["install", "-m600", "-o", name, "-g", name, f"{server.client_key}.pub",
+                        str(home / ".ssh" / "authorized_keys")], check=True)
+        yield name, home
+    finally:
+        # userdel refuses while the user's sshd session is still winding down; give it a moment.
+        for _ in range(50):
+            done = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+            if done.returncode in (0, 6) or "mail spool" in done.stderr:  # 6: no such user
+                break
+            time.sleep(0.2)

@@ -31,14 +31,19 @@ def local_cluster(tmp_path_factory) -> Iterator[rh.LocalCluster]:
 
 
 @pytest.fixture(scope="session")
-def ssh_cluster(tmp_path_factory) -> Iterator[rh.RemoteCluster]:
+def sshd(tmp_path_factory):
     if not os.path.exists(SSHD):
         pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
     server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
-    cluster = loopback_cluster(server, tmp_path_factory.mktemp("pip-ssh"), executor_options={"num_workers": 1})
+    yield server
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def ssh_cluster(sshd, tmp_path_factory) -> Iterator[rh.RemoteCluster]:
+    cluster = loopback_cluster(sshd, tmp_path_factory.mktemp("pip-ssh"), executor_options={"num_workers": 1})
     try:
         yield cluster
     finally:
         cluster.down()
-        stop(process)
 

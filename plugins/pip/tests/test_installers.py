@@ -211,6 +211,33 @@ def test_a_local_folder_copied_to_s3_installs_from_there_and_reuploads_only_chan
         cluster.stop_server()
 
 
+@pytest.mark.slow
+def test_a_cluster_reached_over_ssh_installs_from_s3_with_its_own_credentials(moto_s3, sshd, tmp_path):
+    """The cluster's user has S3 credentials of their own (~/.aws); only the endpoint travels."""
+    import subprocess
+
+    from rh_core.testing.sshd import local_user, ssh_creds
+
+    lib = tmp_path / "s3lib"
+    lib.mkdir()
+    (lib / "rhtest_s3ssh.py").write_text('VERSION = "over-ssh"\n')
+    shared = rh.package(path=str(lib)).to("s3://rh-pkgs/pkgs/s3ssh")
+    with local_user(sshd) as (user, home):
+        aws = home / ".aws"
+        aws.mkdir()
+        (aws / "credentials").write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+        (aws / "config").write_text("[default]\nregion = us-east-1\n")
+        subprocess.run(["chown", "-R", f"{user}:{user}", str(aws)], check=True)
+        cluster = rh.cluster(name="s3-over-ssh", ips=[sshd.host], ssh_creds=ssh_creds(sshd, tmp_path, ssh_user=user),
+                             executor_options={"num_workers": 1})
+        try:
+            f = rh.function(module_version).to(cluster, env="from-s3", reqs=[shared])
+            version, python = f("rhtest_s3ssh")
+            assert version == "over-ssh" and python.startswith(str(home))
+        finally:
+            cluster.down()
+
+
 def test_installing_from_an_empty_s3_location_says_to_upload_first(moto_s3, tmp_path):
     never = rh.Package(install_method="local", spec="s3://rh-pkgs/never", options={"source": "s3"})
     cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
