@@ -8,3 +8,14 @@ def add(a, b):
 
 def echo(x):
     return x
+
+
+def record_enqueued(path, caller, seq):
+    """Append ``caller seq start end`` to ``path``: which call ran when, to check enqueue's order."""
+    import time
+
+    start = time.monotonic()
+    time.sleep(0.001)
+    with open(path, "a") as f:
+        f.write(f"{caller} {seq} {start} {time.monotonic()}\n")
+    return seq

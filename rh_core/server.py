@@ -66,6 +66,7 @@ class Server:
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
         self._run_logs: dict[str, Any] = {}  # run key -> its open log file
         self.runs_dir = os.path.join(self.state_dir, "runs")
+        self._log_write_warned = False
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
         self._stopped = asyncio.Event()
@@ -383,7 +384,8 @@ class Server:
             raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
         handle = self._run_logs.get(key)
         if handle is not None:
-            handle.flush()
+            with contextlib.suppress(OSError):  # a full disk: what reached the file is still read
+                handle.flush()
         try:
             with open(path, "rb") as f:
                 logged = f.read()
@@ -479,17 +481,29 @@ class Server:
             sys.stderr.flush()
 
     def _keep(self, run_key: str, text: bytes) -> None:
-        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later."""
+        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later. A full
+        or broken disk costs the kept copy only: the lines still reach whoever streams them."""
         handle = self._run_logs.get(run_key)
-        if handle is None:
-            os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
-            handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
-        handle.write(text)
+        try:
+            if handle is None:
+                os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
+                handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
+            handle.write(text)
+        except OSError as exc:
+            self._log_write_failed(run_key, exc)
 
     def _close_run_log(self, run_key: str) -> None:
         handle = self._run_logs.pop(run_key, None)
         if handle is not None:
-            handle.close()
+            try:
+                handle.close()
+            except OSError as exc:
+                self._log_write_failed(run_key, exc)
+
+    def _log_write_failed(self, run_key: str, exc: OSError) -> None:
+        if not self._log_write_warned:
+            self._log_write_warned = True
+            sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
 def load_or_create_secret(state_dir: str) -> str:

@@ -99,3 +99,76 @@ def test_run_and_run_python_on_the_local_cluster(process_cluster):
     assert (code, out) == (0, "hi\n")
     (code, out, _), = process_cluster.run_python(["print(6 * 7)"])
     assert (code, out.strip()) == (0, "42")
+
+
+def test_server_killed_during_a_map_errors_within_seconds_and_the_next_map_works(own_cluster):
+    slow = rh.function(fns.sleep_then).to(own_cluster)
+    pid = own_cluster.status()["pid"]
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with pytest.raises(rh.ConnectionLostError, match=f"pid {pid}"):
+        slow.map([30] * 4, ["x"] * 4)
+    assert time.monotonic() - started < 5
+    assert slow.map([0] * 4, list("abcd")) == list("abcd")
+
+
+def test_a_killed_client_leaves_its_remote_call_running_and_its_result_fetchable_by_key(own_cluster):
+    import subprocess
+    import sys
+
+    own_cluster.connection()
+    code = (
+        "import sys, rh_core as rh\n"
+        "from rh_core.testing import functions as fns\n"
+        "c = rh.LocalCluster(state_dir=sys.argv[1])\n"
+        "ref = rh.function(fns.sleep_then).to(c).remote(1.5, 'survived')\n"
+        "print(ref.key, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", code, own_cluster.state_dir], stdout=subprocess.PIPE, text=True)
+    key = client.stdout.readline().strip()
+    client.kill()
+    client.wait()
+    assert own_cluster.get(key, timeout=30) == "survived"
+    assert own_cluster.get(key) == "survived"  # fetched again: the same result, not a second run
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MiB tmpfs as the state directory's disk (root only)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_state_disk_keeps_results_in_memory_and_calls_working(tiny_disk):
+    cluster = rh.LocalCluster(state_dir=str(tiny_disk / "state"), executor_options={"num_workers": 1})
+    try:
+        echo = rh.function(fns.echo).to(cluster)
+        big = b"x" * (3 * 2**20)  # more than the whole disk
+        ref = echo.remote(big)
+        assert rh.get(ref) == big  # not spilled (no space), still served from memory
+        loud = rh.function(fns.chatty).to(cluster)
+        filler = tiny_disk / "state" / "filler"
+        with open(filler, "wb") as f:  # fill what is left, so run logs cannot be written either
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        assert loud(3, 0) == 3  # its log lines have nowhere to go on disk; the call still works
+        assert echo(b"small") == b"small"
+        assert cluster.status()["pid"]
+    finally:
+        cluster.stop_server()
