@@ -214,6 +214,7 @@ class Server:
             self._fail(identity, request_id, exc)
 
     def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
+        check_call_request(request, len(frames))
         n_fn = request["n_fn"]
         return Task(
             key=request["key"],
@@ -504,6 +505,37 @@ class Server:
         if not self._log_write_warned:
             self._log_write_warned = True
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
+
+
+def check_call_request(request: dict, frame_count: int) -> None:
+    """Refuse a ``call`` envelope whose fields have the wrong types, naming the field: such a
+    request comes from a broken or foreign client, and must not reach the executor."""
+    def wrong(field: str, expected: str) -> ProtocolError:
+        return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
+
+    if not isinstance(request.get("key"), str) or not request["key"]:
+        raise wrong("key", "a non-empty string")
+    if not isinstance(request.get("fn_id"), str):
+        raise wrong("fn_id", "a string")
+    if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
+        raise wrong("n_fn", f"0 or 1 (and at most the {frame_count} frames sent)")
+    if not isinstance(request.get("options", {}), dict):
+        raise wrong("options", "an object")
+    if not isinstance(request.get("refs", []), list) or not all(isinstance(r, str) for r in request.get("refs", [])):
+        raise wrong("refs", "a list of run keys")
+    if request.get("env") is not None and not isinstance(request["env"], str):
+        raise wrong("env", "an environment name or null")
+    if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
+        raise wrong("function_ref", "an object or null")
+    timeout = request.get("options", {}).get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")
+    if request.get("mode") == "map":
+        chunks = request.get("chunks")
+        if (not isinstance(chunks, list) or not chunks
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chunks)
+                or sum(chunks) != frame_count - request["n_fn"]):
+            raise wrong("chunks", "the frame counts of the map's chunks, adding up to the argument frames sent")
 
 
 def load_or_create_secret(state_dir: str) -> str:
