@@ -180,9 +180,10 @@ class Cluster:
             commands = [commands]
         return self.transport.run(list(commands), stream_logs=stream_logs)
 
-    def sync_directory(self, local_path: str) -> str:
+    def sync_directory(self, local_path: str) -> str | None:
         """Make a local folder present on the cluster and return its path there; a tree unchanged
-        since the last sync from this process is not looked at again remotely."""
+        since the last sync from this process is not looked at again remotely. None when the
+        cluster takes no files (functions then travel by value)."""
         from rh_core.workdir import fingerprint
 
         stamp = fingerprint(local_path)
@@ -193,7 +194,9 @@ class Cluster:
         self._synced[local_path] = (stamp, remote)
         return remote
 
-    sync_working_directory = sync_directory
+    def sync_working_directory(self, local_path: str) -> str | None:
+        """The working directory's path on the cluster (see :meth:`sync_directory`)."""
+        return self.sync_directory(local_path)
 
     def install_packages(self, reqs: list[Any], env: Any = None) -> dict[str, Any]:
         """Install requirements (strings or :class:`rh_core.Package`) on the cluster, into its

@@ -308,8 +308,9 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
             workdir = os.path.realpath(working_directory())
             if real_root == workdir or real_root.startswith(workdir + os.sep):
                 remote_workdir = system.sync_working_directory(workdir)
-                path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
-                return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
+                if remote_workdir is not None:  # None: the cluster takes no files; send the code by value
+                    path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
+                    return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
     import hashlib
 
     pickled = serialize.dumps_function(fn)

@@ -457,6 +457,11 @@ def cluster(
             executor=executor,
             executor_options=dict(executor_options or {}),
         )
+    if "address" in options or "tls_fingerprint" in options:
+        from rh_core.tls import tls_cluster
+
+        return tls_cluster(name or options["address"], options.pop("address"), options.pop("tls_fingerprint", ""),
+                           options.pop("secret", ""))
     # (sky plugin work) on-demand clusters: provider= / instance_type= choose a provisioner here.
     preset_with_options = bool(name and name.startswith("^") and (options or executor_options or executor != "process"))
     if instance_type is not None or provider is not None or preset_with_options:

@@ -36,7 +36,7 @@ from rh_core import __version__, results, serialize, shm
 from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
-from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError
+from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
@@ -51,7 +51,15 @@ def encode(envelope: dict[str, Any]) -> bytes:
 
 class Server:
     def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0,
-                 results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS):
+                 results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS,
+                 expose: tuple[str, int] | None = None, tls_files: tuple[str, str] | None = None):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ServerStartError(
+                f"refusing to listen on {host}: the server takes pickled code, so beyond loopback it is only "
+                "reachable through TLS; start it with --expose HOST:PORT (optionally --tls-cert/--tls-key)"
+            )
+        self._expose, self._tls_files = expose, tls_files
+        self.tls: dict[str, Any] | None = None
         self.state_dir = os.path.abspath(state_dir)
         self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
                                                results_max_mb * 2**20, results_days * 86400)
@@ -91,6 +99,8 @@ class Server:
         # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
         self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
         router.bind(self.local_endpoint)
+        if self._expose is not None:
+            await self._open_front_door()
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
         self._logs = Channel(logs, self._on_log)
@@ -104,11 +114,22 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
+        if self.tls is not None:
+            self._front_door.close()
         self._router.close()
         await self.executor.stop()
         shm.sweep(os.getpid())
         self._remove_state()
         self._logs.close()
+
+    async def _open_front_door(self) -> None:
+        from rh_core import tls
+
+        cert, key = self._tls_files or tls.self_signed(self.state_dir)
+        host, port = self._expose
+        self._front_door = await tls.serve_front_door(host, port, cert, key, self.port)
+        bound = self._front_door.sockets[0].getsockname()[1]
+        self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
     def info(self) -> dict[str, Any]:
         return {
@@ -125,7 +146,8 @@ class Server:
             "shm": self._shm_prefix is not None,
             "started_at": self.started_at,
             "calls": self.calls,
-            "in_flight": len(self._running),  # tasks running or waiting now (idle detection counts them)
+            "in_flight": len(self._running),
+            "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "state_dir": self.state_dir,
             **self._spilled.describe(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
@@ -583,7 +605,11 @@ def main(argv: list[str] | None = None) -> None:
         "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
         help="an executor option, e.g. -o num_workers=4 (values are read as JSON when they parse)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)  # loopback only; see --expose
+    parser.add_argument("--expose", metavar="HOST:PORT",
+                        help="also accept clients over TLS here (the server itself stays on loopback)")
+    parser.add_argument("--tls-cert", help="PEM certificate for --expose (default: self-signed, made once)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--results-max-mb", type=int, default=results.DEFAULT_MAX_MB,
                         help="disk space for .remote() results kept across restarts")
@@ -592,8 +618,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     executor = PluginHost().executor(args.executor)(**parse_options(args.option))
+    expose = None
+    if args.expose:
+        host, _, port = args.expose.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--expose takes HOST:PORT, not {args.expose!r}")
+        expose = (host, int(port))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
     asyncio.run(Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
-                       results_days=args.results_days).serve())
+                       results_days=args.results_days, expose=expose, tls_files=tls_files).serve())
 
 
 if __name__ == "__main__":
