@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+# The shared sshd and BYO-cluster fixtures (sshd, ssh_cluster) for every test directory.
+pytest_plugins = ["rh_core.testing.fixtures"]
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

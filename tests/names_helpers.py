@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rh_core.testing.sshd import SSHD, SSHServer, free_port, start_sshd, stop
+from rh_core.testing.sshd import SSHServer, free_port
 
 
 @pytest.fixture
@@ -152,17 +152,6 @@ def forget_project(project: Project) -> None:
         folder = os.path.dirname(getattr(module, "__file__", "") or "")
         while folder in sys.path:
             sys.path.remove(folder)
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> Iterator[SSHServer]:
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
-    server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server
-    finally:
-        stop(process)
 
 
 def byo_creds(sshd: SSHServer, tmp_path: Path, **extra) -> dict:

@@ -10,13 +10,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conda_channel import build_test_channel
 
 import rh_core as rh
-from rh_core.testing.sshd import SSHD, free_port, start_sshd, stop
+from rh_core.testing.sshd import free_port, stop
 
 
 @pytest.fixture(scope="session")
@@ -65,31 +64,6 @@ def local_cluster(tmp_path_factory) -> Iterator[rh.LocalCluster]:
         yield cluster
     finally:
         cluster.stop_server()
-
-
-@pytest.fixture(scope="session")
-def sshd_host(tmp_path_factory):
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
-    server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server
-    finally:
-        stop(process)
-
-
-@pytest.fixture(scope="session")
-def byo_cluster(sshd_host, tmp_path_factory):
-    """A BYO cluster on the loopback sshd: bootstrapped over SSH with this client's plugins."""
-    tmp: Path = tmp_path_factory.mktemp("conda-byo")
-    creds = {"ssh_user": sshd_host.user, "ssh_private_key": str(sshd_host.client_key), "ssh_port": sshd_host.port,
-             "known_hosts": str(tmp / "known_hosts"), "trust_new_host": True}
-    cluster = rh.cluster(name="conda-byo", ips=[sshd_host.host], ssh_creds=creds)
-    cluster.remote_dir = str(tmp / "remote-rh")
-    try:
-        yield cluster
-    finally:
-        cluster.down()
 
 
 FAKE_CLI = '''\

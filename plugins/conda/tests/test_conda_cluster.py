@@ -47,10 +47,10 @@ def test_a_conda_cli_on_the_servers_path_installs(fake_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_conda_packages_on_a_byo_cluster_over_ssh(byo_cluster, http_channel):
+def test_conda_packages_on_a_byo_cluster_over_ssh(ssh_cluster, http_channel):
     env = rh.env("conda-remote", [rh.package(name="rhtest-greeter", install_method="conda", channels=[http_channel])])
-    greet = rh.function(run_tool).to(byo_cluster, env=env)
+    greet = rh.function(run_tool).to(ssh_cluster, env=env)
     assert greet("rhtest-greeter")["output"] == "greeter: rhtest-hello 2.0"
-    assert greet("rhtest-greeter")["prefix"].startswith(byo_cluster.remote_dir)
+    assert greet("rhtest-greeter")["prefix"].startswith(ssh_cluster.remote_dir)
     with pytest.raises(InstallError, match="rhtest-nothere"):
-        byo_cluster.install_packages(["conda:rhtest-nothere"], env="conda-remote")
+        ssh_cluster.install_packages(["conda:rhtest-nothere"], env="conda-remote")

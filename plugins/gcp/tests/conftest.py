@@ -7,7 +7,6 @@ import getpass
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from google.auth.credentials import AnonymousCredentials

@@ -34,8 +34,8 @@ def test_a_missing_revision_comes_back_as_install_error(local_cluster, http_url)
 
 
 @pytest.mark.slow
-def test_git_package_on_a_byo_cluster_over_ssh(byo_cluster, daemon_url):
+def test_git_package_on_a_byo_cluster_over_ssh(ssh_cluster, daemon_url):
     package = rh.GitPackage(daemon_url, install_method="local", revision="v2", subdirectory="src")
-    remote = rh.function(package_version).to(byo_cluster, env=rh.env("git-remote", [package]))
+    remote = rh.function(package_version).to(ssh_cluster, env=rh.env("git-remote", [package]))
     result = remote()
-    assert result["version"] == "2.0.0" and result["file"].startswith(byo_cluster.remote_dir)
+    assert result["version"] == "2.0.0" and result["file"].startswith(ssh_cluster.remote_dir)

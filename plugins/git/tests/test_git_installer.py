@@ -202,9 +202,9 @@ def test_token_in_the_url(env, private_http, repo):
     assert version_in(env) == "2.0.0"
 
 
-def test_ssh_with_a_key(env, repo, sshd_host, tmp_path):
-    url = f"ssh://{sshd_host.user}@{sshd_host.host}:{sshd_host.port}{repo.bare}"
-    install_into(env, fast(url, "v2", ssh_key=str(sshd_host.client_key), ssh_known_hosts=str(tmp_path / "known")))
+def test_ssh_with_a_key(env, repo, sshd, tmp_path):
+    url = f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{repo.bare}"
+    install_into(env, fast(url, "v2", ssh_key=str(sshd.client_key), ssh_known_hosts=str(tmp_path / "known")))
     assert version_in(env) == "2.0.0"
     with pytest.raises(InstallError, match="cannot read the revisions"):
-        install_into(env, fast(url, "v1", ssh_key=str(sshd_host.other_key), ssh_known_hosts=str(tmp_path / "known")))
+        install_into(env, fast(url, "v1", ssh_key=str(sshd.other_key), ssh_known_hosts=str(tmp_path / "known")))

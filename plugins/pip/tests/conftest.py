@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 import rh_core as rh
 from rh_core.testing.packages import build_wheel
-from rh_core.testing.sshd import SSHD, loopback_cluster, start_sshd, stop
 
 
 @pytest.fixture(scope="session")
@@ -29,21 +27,4 @@ def local_cluster(tmp_path_factory) -> Iterator[rh.LocalCluster]:
     yield cluster
     cluster.stop_server()
 
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
-    server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    stop(process)
-
-
-@pytest.fixture(scope="session")
-def ssh_cluster(sshd, tmp_path_factory) -> Iterator[rh.RemoteCluster]:
-    cluster = loopback_cluster(sshd, tmp_path_factory.mktemp("pip-ssh"), executor_options={"num_workers": 1})
-    try:
-        yield cluster
-    finally:
-        cluster.down()
 

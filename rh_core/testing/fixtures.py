@@ -1,0 +1,38 @@
+"""pytest fixtures for plugin tests: a real sshd on loopback and a BYO cluster on it, one of each per
+test session. Use them with ``pytest_plugins = ["rh_core.testing.fixtures"]`` in the conftest.py
+at your repository's root (rh_core's own root conftest does this).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from rh_core.testing.sshd import SSHD, SSHServer, loopback_cluster, start_sshd, stop
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> Iterator[SSHServer]:
+    """A real OpenSSH server on 127.0.0.1 that logs in the current user with a test key; the test
+    is skipped (saying what to install) where there is no sshd."""
+    if not os.path.exists(SSHD):
+        pytest.skip(f"{SSHD} is missing: install openssh-server (apt-get install -y openssh-server rsync)")
+    server, process = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def ssh_cluster(sshd, tmp_path_factory):
+    """A BYO cluster on :func:`sshd` with one worker, its remote state under a temp dir; bootstrapped
+    on first use and taken down at the end of the session."""
+    cluster = loopback_cluster(sshd, tmp_path_factory.mktemp("ssh-cluster"), name="loopback",
+                               executor_options={"num_workers": 1})
+    try:
+        yield cluster
+    finally:
+        cluster.down()
