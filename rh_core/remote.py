@@ -260,6 +260,15 @@ class RemoteCluster(Cluster):
                 names.append(distribution)
         return names
 
+    def provisioned_by(self, provisioner_class: type) -> bool:
+        """True when this cluster's provisioner (under any of its registered names) is
+        ``provisioner_class`` or a subclass: how a plugin's hooks recognise its own clusters."""
+        try:
+            registered = self.host.provisioner(self.provisioner)
+        except Exception:  # an unknown provisioner is nobody's; using the cluster reports it
+            return False
+        return isinstance(registered, type) and issubclass(registered, provisioner_class)
+
     def transport_to(self, address: str):
         """A transport to one machine of the cluster (the head's is :attr:`transport`)."""
         if address == self.cluster_info.head:

@@ -19,15 +19,9 @@ CHECK_SECONDS = 30.0
 
 
 def is_gcp_cluster(cluster: Any) -> bool:
-    """True for clusters whose provisioner is this plugin's."""
-    name = getattr(cluster, "provisioner", None)
-    if not isinstance(name, str):
-        return False
-    try:
-        provisioner = cluster.host.provisioner(name)
-    except Exception:  # an unknown provisioner is not ours; the cluster reports that itself
-        return False
-    return isinstance(provisioner, type) and issubclass(provisioner, GCPProvisioner)
+    """True for clusters whose provisioner is this plugin's (under any of its names)."""
+    provisioned_by = getattr(cluster, "provisioned_by", None)
+    return provisioned_by is not None and provisioned_by(GCPProvisioner)
 
 
 def watcher_command(info: dict[str, Any], provider_data: dict[str, Any], interval: float = CHECK_SECONDS) -> str:

@@ -14,14 +14,8 @@ BRIDGE_SOURCE = Path(__file__).with_name("activity_bridge.py")
 
 def is_sky_cluster(cluster: Any) -> bool:
     """True for clusters whose provisioner is this plugin's (under any of its names)."""
-    name = getattr(cluster, "provisioner", None)
-    if not isinstance(name, str):
-        return False
-    try:
-        provisioner = cluster.host.provisioner(name)
-    except Exception:  # an unknown provisioner is not ours; the cluster reports that itself
-        return False
-    return isinstance(provisioner, type) and issubclass(provisioner, SkyProvisioner)
+    provisioned_by = getattr(cluster, "provisioned_by", None)
+    return provisioned_by is not None and provisioned_by(SkyProvisioner)
 
 
 def bridge_command(info: dict[str, Any], idle_timer_db: str, interval: float) -> str:
