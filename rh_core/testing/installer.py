@@ -2,7 +2,8 @@
 
     class TestMyInstaller(InstallerContract):
         @pytest.fixture(scope="class")
-        def cluster(self, tmp_path_factory): ...        # where to install (rh.LocalCluster(state_dir=...))
+        @classmethod
+        def cluster(cls, tmp_path_factory): ...         # where to install (rh.LocalCluster(state_dir=...))
         @pytest.fixture
         def requirement(self): ...                      # installs a module with a VERSION attribute
         @pytest.fixture

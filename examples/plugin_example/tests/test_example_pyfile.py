@@ -18,7 +18,8 @@ def helper_files(tmp_path_factory):
 
 class TestPyFileInstaller(InstallerContract):
     @pytest.fixture(scope="class")
-    def cluster(self, tmp_path_factory):
+    @classmethod
+    def cluster(cls, tmp_path_factory):
         cluster = rh.LocalCluster(state_dir=str(tmp_path_factory.mktemp("pyfile-local") / "state"),
                                   executor_options={"num_workers": 1})
         yield cluster

@@ -254,7 +254,8 @@ def test_installing_from_an_empty_s3_location_says_to_upload_first(moto_s3, tmp_
 
 class TestPipInstallerContract(InstallerContract):
     @pytest.fixture(scope="class")
-    def cluster(self, local_cluster):
+    @classmethod
+    def cluster(cls, local_cluster):
         return local_cluster
 
     @pytest.fixture
