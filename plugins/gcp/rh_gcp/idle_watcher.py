@@ -59,16 +59,6 @@ def stop_cluster(config: dict, action: str) -> None:
             log(f"could not {action} {name}: {exc}")
 
 
-def server_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def watch(state_dir: str, endpoint: str, server_pid: int, config: dict) -> None:
     lock = open(os.path.join(state_dir, f"gcp-idle-{server_pid}.lock"), "w")
     try:
@@ -76,11 +66,12 @@ def watch(state_dir: str, endpoint: str, server_pid: int, config: dict) -> None:
     except BlockingIOError:
         return  # another watcher serves this server
     from rh_core.client import ping, read_secret
+    from rh_core.cluster import pid_alive
 
     secret = read_secret(state_dir)
     log(f"watching the server (pid {server_pid}) every {config['interval']} s for {config['instances']}")
     calls, last_active, setting = None, time.monotonic(), None
-    while server_alive(server_pid):
+    while pid_alive(server_pid):
         info = ping(endpoint, timeout=10.0, secret=secret)
         if info is not None and "calls" in info and (info.get("in_flight") or info.get("calls") != calls):
             calls, last_active = info.get("calls"), time.monotonic()

@@ -49,16 +49,6 @@ def reset_idle_timer(db_path: str, when: float) -> bool:
         return False
 
 
-def server_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def log(message: str) -> None:
     print(time.strftime("%Y-%m-%d %H:%M:%S"), message, flush=True)
 
@@ -71,11 +61,12 @@ def watch(state_dir: str, endpoint: str, server_pid: int, db_path: str, interval
     except BlockingIOError:
         return  # another watcher serves this server
     from rh_core.client import ping, read_secret
+    from rh_core.cluster import pid_alive
 
     secret = read_secret(state_dir)  # the server answers only requests that carry it
     log(f"watching the server (pid {server_pid}) every {interval} s; SkyPilot's idle timer: {db_path}")
     before, timer_found, refused = None, None, None
-    while server_alive(server_pid):
+    while pid_alive(server_pid):
         info = ping(endpoint, timeout=10.0, secret=secret)
         if info is not None and "calls" not in info:  # an error reply, such as a refused secret
             if info.get("message") != refused:
