@@ -12,3 +12,21 @@ def process_cluster(tmp_path_factory):
     )
     yield cluster
     cluster.stop_server()
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A local cluster with a server of its own (one worker), for tests that kill, restart or
+    attack it; its server starts on first use and is stopped afterwards."""
+    import rh_core as rh
+
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
+    yield cluster
+    cluster.stop_server()
+
+
+@pytest.fixture
+def running_cluster(own_cluster):
+    """:func:`own_cluster` with its server already started."""
+    own_cluster.connection()
+    return own_cluster

@@ -28,14 +28,6 @@ class WouldRunCode:
         return (open, (self.marker, "w"))
 
 
-@pytest.fixture
-def own_cluster(tmp_path):
-    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
-    cluster.connection()
-    yield cluster
-    cluster.stop_server()
-
-
 def as_other_user(action) -> dict:
     """Run ``action()`` in a forked child that has become the user ``nobody``; its JSON result."""
     if os.geteuid() != 0:
@@ -89,16 +81,16 @@ def forged_requests(port: int, marker: str, finished_key: str) -> dict:
     return replies
 
 
-def test_another_local_user_cannot_call_list_or_read(own_cluster, tmp_path):
-    state_dir = own_cluster.state_dir
+def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
+    state_dir = running_cluster.state_dir
     secret_file = os.path.join(state_dir, "secret")
     assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
-    finished = rh.function(fns.add).to(own_cluster).remote(1, 2)
+    finished = rh.function(fns.add).to(running_cluster).remote(1, 2)
     assert rh.get(finished) == 3
     marker = str(tmp_path / "unpickled")
     os.chmod(tmp_path, 0o777)  # the other user could create the marker, were the payload ever unpickled
-    port = own_cluster.read_state()["port"]
+    port = running_cluster.read_state()["port"]
 
     def attack():
         try:
@@ -117,27 +109,27 @@ def test_another_local_user_cannot_call_list_or_read(own_cluster, tmp_path):
         assert "does not carry this cluster's secret" in reply["message"]
     assert not os.path.exists(marker)
     # The server is unharmed and still serves its own user, result included.
-    assert rh.get(finished) == 3 and rh.function(fns.add).to(own_cluster)(2, 2) == 4
+    assert rh.get(finished) == 3 and rh.function(fns.add).to(running_cluster)(2, 2) == 4
 
 
-def test_a_client_with_a_wrong_secret_gets_an_authentication_error(own_cluster):
+def test_a_client_with_a_wrong_secret_gets_an_authentication_error(running_cluster):
     from rh_core.client import Connection
 
-    address = own_cluster.read_state()["local_endpoint"]
+    address = running_cluster.read_state()["local_endpoint"]
     wrong = Connection(address, lambda: None, secret="not-the-secret")
     with pytest.raises(rh.AuthenticationError, match="does not carry this cluster's secret"):
         wrong.request("ping", {}, timeout=10)
     wrong.close()
 
 
-def test_the_secret_survives_a_restart_and_never_appears_in_state_or_status(own_cluster):
-    secret_file = os.path.join(own_cluster.state_dir, "secret")
+def test_the_secret_survives_a_restart_and_never_appears_in_state_or_status(running_cluster):
+    secret_file = os.path.join(running_cluster.state_dir, "secret")
     with open(secret_file) as f:
         secret = f.read().strip()
-    own_cluster.restart_server()
+    running_cluster.restart_server()
     with open(secret_file) as f:
         assert f.read().strip() == secret
-    assert rh.function(fns.add).to(own_cluster)(1, 1) == 2
-    with open(own_cluster.state_file) as f:
+    assert rh.function(fns.add).to(running_cluster)(1, 1) == 2
+    with open(running_cluster.state_file) as f:
         assert secret not in f.read()
-    assert secret not in json.dumps(own_cluster.status())
+    assert secret not in json.dumps(running_cluster.status())

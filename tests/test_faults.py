@@ -12,14 +12,6 @@ from rh_core import serialize
 from rh_core.testing import functions as fns
 
 
-@pytest.fixture
-def own_cluster(tmp_path):
-    """A server of its own: these tests kill it."""
-    cluster = rh.LocalCluster(name="doomed", state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
-    yield cluster
-    cluster.stop_server()
-
-
 def test_server_killed_during_a_call_errors_within_seconds_and_next_call_restarts(own_cluster):
     slow = rh.function(fns.sleep_then).to(own_cluster)
     pid = own_cluster.status()["pid"]

@@ -19,20 +19,12 @@ MODES = ["call", "remote", "enqueue", "map", "other", None]
 
 
 @pytest.fixture
-def own_cluster(tmp_path):
-    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
-    cluster.connection()
-    yield cluster
-    cluster.stop_server()
-
-
-@pytest.fixture
-def raw_socket(own_cluster):
+def raw_socket(running_cluster):
     import zmq
 
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(f"tcp://127.0.0.1:{own_cluster.read_state()['port']}")
+    socket.connect(f"tcp://127.0.0.1:{running_cluster.read_state()['port']}")
     yield socket
     socket.close(linger=0)
 
@@ -80,7 +72,7 @@ def answer(socket, timeout_ms: int = 10_000):
     return None
 
 
-def test_random_bytes_never_stop_the_server(own_cluster, raw_socket):
+def test_random_bytes_never_stop_the_server(running_cluster, raw_socket):
     rng = random.Random(1)
     for _ in range(2000):
         frames = [os.urandom(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 5))]
@@ -90,12 +82,12 @@ def test_random_bytes_never_stop_the_server(own_cluster, raw_socket):
         reply = answer(raw_socket, 5000)
         assert reply is not None, f"no answer to {frames!r}"
         assert reply["kind"] == "fail" and reply["type"] in ("ProtocolError", "AuthenticationError"), reply
-    assert rh.function(fns.add).to(own_cluster)(2, 3) == 5
+    assert rh.function(fns.add).to(running_cluster)(2, 3) == 5
 
 
-def test_authenticated_random_requests_are_answered_and_the_server_keeps_serving(own_cluster, raw_socket):
+def test_authenticated_random_requests_are_answered_and_the_server_keeps_serving(running_cluster, raw_socket):
     rng = random.Random(2)
-    secret = read_secret(own_cluster.state_dir)
+    secret = read_secret(running_cluster.state_dir)
     kinds = set()
     for _ in range(400):
         envelope = random_envelope(rng, secret)
@@ -108,5 +100,5 @@ def test_authenticated_random_requests_are_answered_and_the_server_keeps_serving
         if reply["kind"] == "fail":
             assert reply["message"]  # every failure says something
     assert {"fail", "info"} <= kinds  # the corpus reached both the handlers and their error paths
-    assert own_cluster.status()["pid"] == own_cluster.read_state()["pid"]
-    assert rh.function(fns.add).to(own_cluster)(2, 3) == 5
+    assert running_cluster.status()["pid"] == running_cluster.read_state()["pid"]
+    assert rh.function(fns.add).to(running_cluster)(2, 3) == 5

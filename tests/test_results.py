@@ -13,13 +13,6 @@ from rh_core.plugin_types import Outcome
 from rh_core.testing import functions as fns
 
 
-@pytest.fixture
-def own_cluster(tmp_path):
-    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
-    yield cluster
-    cluster.stop_server()
-
-
 def test_a_finished_result_is_fetched_by_key_after_a_restart(own_cluster):
     f = rh.function(fns.echo).to(own_cluster)
     payload = os.urandom(3 * 2**20)
