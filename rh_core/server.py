@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import json
@@ -63,6 +64,9 @@ class Server:
         self.state_dir = os.path.abspath(state_dir)
         self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
                                                results_max_mb * 2**20, results_days * 86400)
+        # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
+        # not stall the event loop, and a release queued after a save deletes what it wrote.
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
@@ -86,11 +90,14 @@ class Server:
     # --- life cycle ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A reply to a client that is gone raises instead of vanishing: its result is kept by key.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self._bind_port:
             router.bind(f"tcp://{self._bind_host}:{self._bind_port}")
             self.port = self._bind_port
@@ -118,6 +125,7 @@ class Server:
             self._front_door.close()
         self._router.close()
         await self.executor.stop()
+        await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
         shm.sweep(os.getpid())
         self._remove_state()
         self._logs.close()
@@ -177,13 +185,33 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _reply(self, identity: bytes, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> None:
-        self._router.send([identity, encode({"id": request_id, "kind": kind, **fields}), *frames])
+    def _reply(self, identity: bytes, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> bool:
+        """Send a reply; False when it could not be delivered: the client has disconnected (it was
+        killed, or its connection dropped) or has stopped reading (its queue is full)."""
+        try:
+            self._router.send([identity, encode({"id": request_id, "kind": kind, **fields}), *frames])
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            return False
+        return True
 
-    def _reply_outcomes(self, identity: bytes, request_id: str, outcomes: list[Outcome]) -> None:
+    def _reply_outcomes(self, identity: bytes, request_id: str, outcomes: list[Outcome]) -> bool:
         parts = [[o.status, len(o.frames)] for o in outcomes]
         frames = [frame for o in outcomes for frame in o.frames]
-        self._reply(identity, request_id, "result", {"parts": parts}, frames)
+        return self._reply(identity, request_id, "result", {"parts": parts}, frames)
+
+    def _deliver(self, identity: bytes, request_id: str, task: Task, outcome: Outcome) -> None:
+        """Reply with a call's outcome; when its caller is gone, keep it as a result by the run's key
+        (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
+        if self._reply_outcomes(identity, request_id, [outcome]):
+            return
+        kept = asyncio.get_running_loop().create_future()
+        kept.set_result(outcome)
+        self._results[task.key] = kept
+        self._spill(task.key, kept)
+        sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
+                         f"cluster.get({task.key!r}) fetches it\n")
 
     def _on_request(self, frames: list) -> None:
         identity = frames[0].bytes
@@ -220,7 +248,7 @@ class Server:
 
     def _finish_call(self, identity: bytes, request_id: str, task: Task, future: asyncio.Future) -> None:
         self._log_routes.pop(task.key, None)
-        self._reply_outcomes(identity, request_id, [future.result()])
+        self._deliver(identity, request_id, task, future.result())
 
     def _fail(self, identity: bytes, request_id: str, exc: Exception) -> None:
         error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError)) else "ProtocolError"
@@ -278,7 +306,7 @@ class Server:
         else:
             outcome = await self._start(task)
         self._log_routes.pop(task.key, None)
-        self._reply_outcomes(identity, request_id, [outcome])
+        self._deliver(identity, request_id, task, outcome)
 
     async def _map(self, identity: bytes, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
@@ -344,25 +372,34 @@ class Server:
         ended.add_done_callback(done)
 
     def _spill(self, key: str, final: asyncio.Future) -> None:
-        """Keep a finished ``.remote()`` result on disk too, so it outlives a restart."""
+        """Keep a finished result on disk too (in the results thread), so it outlives a restart."""
         if self._results.get(key) is not final:  # released meanwhile
             return
+        asyncio.get_running_loop().run_in_executor(self._disk, self._save_result, key, final.result())
+
+    def _save_result(self, key: str, outcome: Outcome) -> None:
         try:
-            why_not = self._spilled.save(key, final.result())
+            why_not = self._spilled.save(key, outcome)
         except OSError as exc:  # a full disk must not cost the result: it stays in memory
             why_not = f"result {key} is not kept on disk: {exc}"
         if why_not:
             sys.stderr.write(f"rh server: {why_not}\n")
 
     def _expire_results(self) -> None:
-        for key in self._spilled.expire():
-            self._results.pop(key, None)
-        asyncio.get_running_loop().call_later(3600, self._expire_results)
+        def expired(done: concurrent.futures.Future) -> None:
+            for key in done.result():
+                self._results.pop(key, None)
+
+        self._disk.submit(self._spilled.expire).add_done_callback(
+            lambda done: self._loop.call_soon_threadsafe(expired, done))
+        self._loop.call_later(3600, self._expire_results)
 
     async def _outcome(self, key: str) -> Outcome:
         future = self._results.get(key)
+        if future is None and key in self._running:  # a call still running: wait for it
+            future = self._running[key][1]
         if future is None:
-            spilled = await asyncio.to_thread(self._spilled.load, key)
+            spilled = await self._loop.run_in_executor(self._disk, self._spilled.load, key)
             if spilled is not None:
                 return spilled
             raise ProtocolError(
@@ -476,7 +513,7 @@ class Server:
     async def _op_release(self, identity, request_id, request, frames) -> None:
         for key in request["keys"]:
             self._results.pop(key, None)
-            self._spilled.delete(key)
+            await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(identity, request_id, "info", {})
 
     # --- logs ----------------------------------------------------------------------------------

@@ -125,6 +125,31 @@ def test_a_killed_client_leaves_its_remote_call_running_and_its_result_fetchable
     assert own_cluster.get(key) == "survived"  # fetched again: the same result, not a second run
 
 
+def test_a_killed_client_leaves_its_blocking_call_running_and_its_result_kept_by_key(own_cluster):
+    import subprocess
+    import sys
+
+    own_cluster.connection()
+    code = (
+        "import sys, rh_core as rh\n"
+        "from rh_core.testing import functions as fns\n"
+        "c = rh.LocalCluster(state_dir=sys.argv[1])\n"
+        "rh.function(fns.sleep_then).to(c)(1.5, 'kept')\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", code, own_cluster.state_dir])
+    deadline = time.monotonic() + 30
+    while not own_cluster.runs()["running"]:
+        assert time.monotonic() < deadline, "the client's call never started"
+        time.sleep(0.05)
+    (key,) = own_cluster.runs()["running"]
+    client.kill()
+    client.wait()
+    assert own_cluster.get(key, timeout=30) == "kept"
+    assert key in own_cluster.runs()["finished"]
+    own_cluster.restart_server()  # kept on disk too, like a .remote() result
+    assert own_cluster.get(key) == "kept"
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 2 MiB tmpfs as the state directory's disk (root only)."""
