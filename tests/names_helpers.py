@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rh_core.testing.sshd import SSHServer, free_port
+from rh_core.testing.sshd import SSHServer, free_port, wait_for_http
 
 
 @pytest.fixture
@@ -44,17 +43,12 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                pytest.fail(f"moto server did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.1)
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", process, "moto's S3 server", timeout=60)
+    except RuntimeError as exc:
+        process.kill()
+        process.wait()
+        pytest.fail(f"{exc}:\n{log_path.read_text(errors='replace')}")
     try:
         yield endpoint
     finally:

@@ -57,6 +57,24 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
             time.sleep(0.05)
 
 
+def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float = 15.0) -> None:
+    """Wait until ``url`` answers a GET; raise RuntimeError naming ``what`` (the server ``process``
+    runs) if the process exits or ``timeout`` seconds pass first."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError as exc:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode} before answering {url}") from exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not answer {url} within {timeout} s: {exc}") from exc
+            time.sleep(0.05)
+
+
 def sshd_config(*, port: int, listen: str, host_key: Path | str, pid_file: Path | str,
                 authorized_keys: Path | str, password_auth: bool = False) -> str:
     """An sshd_config for tests: keys (and passwords when asked), root by key only, forwarding, sftp, no PAM."""

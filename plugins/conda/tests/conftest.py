@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from conda_channel import build_test_channel
 
 import rh_core as rh
-from rh_core.testing.sshd import free_port, stop
+from rh_core.testing.sshd import free_port, stop, wait_for_http
 
 
 @pytest.fixture(scope="session")
@@ -37,15 +35,7 @@ def http_channel(channel) -> Iterator[str]:
                                "--directory", channel], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/noarch/repodata.json", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the test channel's HTTP server did not come up on port {port}")
-                time.sleep(0.05)
+        wait_for_http(f"{url}/noarch/repodata.json", server, "the test channel's HTTP server")
         yield url
     finally:
         stop(server)
