@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Speed benchmark of rh_core against raw Ray and the bare pyzmq floor, in one run.
+"""Speed benchmark of rh_core against raw Ray and bare pyzmq floors (one hop and two), in one run.
 
     python bench/bench.py                      # the full run (a few minutes on 2 cores)
     python bench/bench.py --quick              # smoke run with smaller sizes
-    python bench/bench.py --only process,zmq   # some columns only (process, ray, rawray, zmq)
+    python bench/bench.py --only process,zmq,relay   # some columns only (process, ray, byo, rawray, zmq, relay)
 
 Prints the command line, the machine and one markdown table (rows: metrics, columns: stacks) on
 stdout; progress goes to stderr. See bench/README.md for what each row means.
@@ -45,8 +45,9 @@ STACKS = {  # key -> column title, in column order
     "byo": "rh_core BYO over SSH (loopback)",
     "rawray": "raw Ray",
     "zmq": "pyzmq floor",
+    "relay": "pyzmq two-hop floor",
 }
-RUN_ORDER = ("zmq", "process", "byo", "ray", "rawray")  # cheapest first: a broken setup shows early
+RUN_ORDER = ("zmq", "relay", "process", "byo", "ray", "rawray")  # cheapest first: a broken setup shows early
 NA = "n/a"
 FAILED = "failed"
 COLD_TIMEOUT = 300.0
@@ -198,15 +199,19 @@ class RawRayStack:
 
 
 class ZmqStack:
+    """The bare pyzmq floor: one hop to a server process, or (``relay_workers``) two, through a
+    relay to worker processes, the shape of rh_core's ``process`` executor."""
+
     map = None  # a bare round trip has no map
 
-    def __init__(self):
+    def __init__(self, relay_workers: int = 0):
         self.server = None
+        self.relay_workers = relay_workers
 
     def start(self) -> None:
         import zmq_floor
 
-        self.server = zmq_floor.FloorServer()
+        self.server = zmq_floor.FloorServer(self.relay_workers)
 
     def call(self, a, b):
         return self.server.call(workload.add, a, b)
@@ -590,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack = ByoStack(os.path.join(run_dir, "b"), cells)
             elif key == "rawray":
                 stack = RawRayStack(os.path.join(run_dir, "R"))
+            elif key == "relay":
+                stack = ZmqStack(relay_workers=os.cpu_count() or 1)  # as many workers as `process` has
             else:
                 stack = ZmqStack()
             run_stack(key, stack, params, payload, cells)

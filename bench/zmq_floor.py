@@ -1,10 +1,15 @@
-"""The floor of the RPC stack rh_core uses: a bare pyzmq DEALER -> ROUTER round trip.
+"""The floors of the RPC stack rh_core uses: bare pyzmq round trips, one hop and two.
 
-A separate server process receives a pickled ``(function, args)`` (pickle protocol 5, large
-``bytes`` out of band as their own frames, ``copy=False``), calls the function in-process and
-returns the pickled result the same way. No worker hop, no envelope, no liveness checks: whatever
-rh_core costs above this is its own overhead. ``python bench/zmq_floor.py`` runs the server and
-prints its port on stdout; a message ``[b"stop"]`` ends it.
+One hop (``python bench/zmq_floor.py``): a separate server process receives a pickled
+``(function, args)`` (pickle protocol 5, large ``bytes`` out of band as their own frames,
+``copy=False``), calls the function in-process and returns the pickled result the same way.
+
+Two hops (``python bench/zmq_floor.py relay WORKERS``): the shape of rh_core's ``process``
+executor with nothing else: a relay process passes each request, unopened, to an idle worker
+process and the worker's reply back to its client. No envelope, no authentication, no liveness
+checks, no bookkeeping: whatever rh_core costs above these is its own overhead.
+
+Either server prints its port on stdout; a message ``[b"stop"]`` ends it.
 """
 
 from __future__ import annotations
@@ -76,22 +81,78 @@ def serve() -> None:
     router.close(linger=1000)
 
 
+def relay(workers: int) -> None:
+    """Pass requests to ``workers`` worker processes, one request per worker at a time. Both hops
+    use unix sockets, as rh_core's local clients and workers do."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="rh-floor-")
+    context = zmq.Context.instance()
+    front = context.socket(zmq.ROUTER)
+    front.setsockopt(zmq.LINGER, 0)
+    front.bind(f"ipc://{directory}/front.sock")
+    back = context.socket(zmq.ROUTER)
+    back.setsockopt(zmq.LINGER, 0)
+    back.bind(f"ipc://{directory}/back.sock")
+    children = [subprocess.Popen([sys.executable, os.path.join(HERE, "zmq_floor.py"), "worker",
+                                  f"ipc://{directory}/back.sock"]) for _ in range(workers)]
+    idle: list[bytes] = []
+    waiting: list[list] = []
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    announced = False
+    while True:
+        if not announced and len(idle) == workers:
+            sys.stdout.write(f"ipc://{directory}/front.sock\n")
+            sys.stdout.flush()
+            announced = True
+        for socket, _ in poller.poll():
+            frames = socket.recv_multipart(copy=False)
+            if socket is front:
+                if len(frames) == 2 and frames[1].bytes == b"stop":
+                    for child in children:
+                        child.kill()
+                    front.send_multipart([frames[0], b"stopped"])
+                    return
+                waiting.append(frames)
+            else:  # [worker, b"ready"] or [worker, client, *result]
+                idle.append(frames[0].bytes)
+                if len(frames) > 2:
+                    front.send_multipart(frames[1:], copy=False)
+            while idle and waiting:
+                back.send_multipart([idle.pop(), *waiting.pop(0)], copy=False)
+
+
+def worker(address: str) -> None:
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.connect(address)
+    socket.send(b"ready")
+    while True:
+        client, *request = socket.recv_multipart(copy=False)
+        fn, args = loads([frame.buffer for frame in request])
+        socket.send_multipart([client, *dumps(fn(*args))], copy=False)
+
+
 # --- client ---------------------------------------------------------------------------------------
 
 
 class FloorServer:
     """Starts the server process; ``call`` is thread-safe (one DEALER socket per thread)."""
 
-    def __init__(self):
+    def __init__(self, relay_workers: int = 0):
+        """``relay_workers``: 0 for the one-hop server, else the two-hop relay with that many workers."""
+        relay_args = ["relay", str(relay_workers)] if relay_workers else []
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "zmq_floor.py")],
+            [sys.executable, os.path.join(HERE, "zmq_floor.py"), *relay_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
         )
         line = self.process.stdout.readline()
         if not line.strip():
             self.process.kill()
             raise RuntimeError(f"pyzmq floor server did not start (exit code {self.process.wait()})")
-        self.address = f"tcp://127.0.0.1:{int(line)}"
+        line = line.strip()
+        self.address = line if "://" in line else f"tcp://127.0.0.1:{int(line)}"
         self._local = threading.local()
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
@@ -139,4 +200,9 @@ class FloorServer:
 if __name__ == "__main__":
     import zmq_floor  # run serve() from the importable module, so pickles name zmq_floor, not __main__
 
-    zmq_floor.serve()
+    if sys.argv[1:2] == ["relay"]:
+        zmq_floor.relay(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["worker"]:
+        zmq_floor.worker(sys.argv[2])
+    else:
+        zmq_floor.serve()
