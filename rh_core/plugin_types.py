@@ -184,7 +184,9 @@ class Provisioner(Protocol):
     # otherwise): ``validate_spec(spec) -> spec`` checks and completes rh.cluster's options when
     # the cluster object is made; ``refreshed_status(cluster)`` asks the provider instead of a
     # cache; ``stop(cluster)`` stops machines keeping their disks; ``autostop_minutes(cluster)``
-    # and ``set_autostop(cluster, minutes)`` read and change idle shutdown (-1: never).
+    # and ``set_autostop(cluster, minutes)`` read and change idle shutdown (-1: never);
+    # ``explain_lost(cluster) -> str | None`` says what the provider reports happened to the
+    # machines when their server stopped answering (added to the caller's ConnectionLostError).
 
 
 # -------------------------------------------------------------------------------------------------

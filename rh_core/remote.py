@@ -376,8 +376,21 @@ class RemoteCluster(Cluster):
             return "not connected"
         if ping(self._address, timeout=2.0, secret=(self._server_state or {}).get("secret")) is None:
             pid = (self._server_state or {}).get("pid")
-            return f"the server on {self._where(self.cluster_info.head)} (pid {pid}) does not answer through its tunnel"
+            return self._with_provider_report(
+                f"the server on {self._where(self.cluster_info.head)} (pid {pid}) does not answer through its tunnel")
         return None
+
+    def _with_provider_report(self, reason: str) -> str:
+        """``reason`` with what the provider says happened to the machines (a Spot VM preempted, an
+        instance stopped or deleted), when the provisioner can tell (its optional ``explain_lost``)."""
+        explain_lost = getattr(self._provisioner(), "explain_lost", None)
+        if explain_lost is None:
+            return reason
+        try:
+            report = explain_lost(self)
+        except Exception as exc:  # the server is gone either way; say why we cannot tell more
+            report = f"the provider could not be asked why ({type(exc).__name__}: {exc})"
+        return f"{reason}; {report}" if report else reason
 
     def stop_server(self) -> bool:
         """Stop the server on the head machine, if one runs."""
