@@ -1,4 +1,5 @@
-"""The Compute API as this plugin uses it: instances and zone operations of one project and zone.
+"""The Compute API as this plugin uses it: instances and zone operations of one project and zone,
+and the project's networks, firewall rules and global operations.
 
 Google's client libraries are imported here, when a ``gcp-direct`` cluster first talks to the API,
 and every error they raise leaves as a :class:`GCPError` naming the resource, the cause as the API
@@ -8,6 +9,7 @@ gave it, and what to do.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +30,13 @@ class GCPCredentialsError(GCPError, PermissionError):
 
 class GCPQuotaError(GCPError):
     """A quota of the project, or the zone's capacity, is exhausted."""
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """A Compute API timestamp (RFC 3339, with its UTC offset); the epoch for an empty one."""
+    if not text:
+        return datetime.datetime.fromtimestamp(0, datetime.UTC)
+    return datetime.datetime.fromisoformat(text)
 
 
 def load_credentials() -> tuple[Any, str | None]:
@@ -91,6 +100,10 @@ class ComputeAPI:
         self.instances = compute_v1.InstancesClient(credentials=credentials, transport="rest", client_options=options)
         self.operations = compute_v1.ZoneOperationsClient(credentials=credentials, transport="rest",
                                                           client_options=options)
+        self.global_operations = compute_v1.GlobalOperationsClient(credentials=credentials, transport="rest",
+                                                                   client_options=options)
+        self.networks = compute_v1.NetworksClient(credentials=credentials, transport="rest", client_options=options)
+        self.firewalls = compute_v1.FirewallsClient(credentials=credentials, transport="rest", client_options=options)
 
     # --- errors -----------------------------------------------------------------------------------
 
@@ -114,7 +127,8 @@ class ComputeAPI:
     # --- operations -------------------------------------------------------------------------------
 
     def wait(self, operation: Any, doing: str, timeout: float = OPERATION_TIMEOUT_SECONDS) -> None:
-        """Wait until a zone operation is done; raise with its own error when it failed."""
+        """Wait until a zone (or, for firewall rules, global) operation is done; raise with its own
+        error when it failed."""
         deadline = time.monotonic() + timeout
         while operation.status != self.compute.Operation.Status.DONE:
             if time.monotonic() > deadline:
@@ -122,7 +136,10 @@ class ComputeAPI:
                                "check it in the Cloud console")
             with self.errors(doing):
                 # wait() returns when the operation is done or after about two minutes, whichever is first.
-                operation = self.operations.wait(project=self.project, zone=self.zone, operation=operation.name)
+                if operation.zone:
+                    operation = self.operations.wait(project=self.project, zone=self.zone, operation=operation.name)
+                else:
+                    operation = self.global_operations.wait(project=self.project, operation=operation.name)
         if operation.error and operation.error.errors:
             text = "; ".join(f"{error.code}: {error.message}" for error in operation.error.errors)
             kind, advice = _advice(operation.http_error_status_code or None, text, self.zone, self.project)
@@ -167,6 +184,19 @@ class ComputeAPI:
             except NotFound:
                 return None
 
+    def preemptions(self) -> dict[str, Any]:
+        """The latest ``compute.instances.preempted`` operation of each instance of the zone that
+        Compute Engine preempted, by instance name (the zone keeps operations for some days)."""
+        with self.errors("listing the zone's preemptions"):
+            request = self.compute.ListZoneOperationsRequest(project=self.project, zone=self.zone,
+                                                             filter='operationType = "compute.instances.preempted"')
+            found: dict[str, Any] = {}
+            for operation in self.operations.list(request=request):
+                name = operation.target_link.rsplit("/", 1)[-1]
+                if name not in found or parse_time(operation.insert_time) > parse_time(found[name].insert_time):
+                    found[name] = operation
+            return found
+
     def set_metadata(self, instance: Any, items: dict[str, str]) -> Any:
         """Set metadata ``items`` on ``instance`` (as :meth:`get` returned it), keeping its other items."""
         merged = {item.key: item.value for item in instance.metadata.items}
@@ -178,3 +208,33 @@ class ComputeAPI:
         with self.errors(f"setting metadata of instance {instance.name}"):
             return self.instances.set_metadata_unary(project=self.project, zone=self.zone, instance=instance.name,
                                                      metadata_resource=metadata)
+
+    # --- networks and firewall rules (global) ------------------------------------------------------
+
+    def network_names(self) -> list[str]:
+        with self.errors("listing networks"):
+            return [network.name for network in self.networks.list(project=self.project)]
+
+    def has_network(self, name: str) -> bool:
+        from google.api_core.exceptions import NotFound
+
+        with self.errors(f"looking up network {name}"):
+            try:
+                self.networks.get(project=self.project, network=name)
+                return True
+            except NotFound:
+                return False
+
+    def list_firewalls(self) -> list[Any]:
+        with self.errors("listing firewall rules"):
+            return list(self.firewalls.list(project=self.project))
+
+    def insert_firewall(self, rule: Any) -> Any | None:
+        """Start creating firewall ``rule``; None when a rule of that name exists already."""
+        from google.api_core.exceptions import Conflict
+
+        with self.errors(f"creating firewall rule {rule.name}"):
+            try:
+                return self.firewalls.insert_unary(project=self.project, firewall_resource=rule)
+            except Conflict:
+                return None

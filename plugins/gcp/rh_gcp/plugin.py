@@ -15,6 +15,13 @@ def rh_register_provisioners(register: Callable[..., None]) -> None:
 
 
 @hookimpl
+def rh_register_commands(cli: Any) -> None:
+    from rh_gcp.cli import gcp
+
+    cli.add_command(gcp)
+
+
+@hookimpl
 def rh_cluster_ready(cluster: Any, info: dict[str, Any]) -> None:
     from rh_gcp.autostop import is_gcp_cluster, start_idle_watcher
 

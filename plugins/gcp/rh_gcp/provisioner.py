@@ -4,10 +4,18 @@ through the Compute API, then reached with the ``ssh`` transport of rh-byo-ssh.
 The provisioner keeps no state of its own: the instances labelled ``rh-cluster=<name>`` in the
 spec's project and zone are the cluster, read again on every ``up()`` and ``status()``. The only
 local files are this machine's SSH key (``$RH_HOME/gcp/keys``) and each cluster's known_hosts.
+
+SSH has to reach the instances: when the network has no firewall rule letting ``ssh_port`` in from
+anywhere, ``up()`` creates one for instances with the network tag ``rh-gcp-ssh-PORT``, once per
+network and port. It is left in place when clusters go down, on purpose: it admits traffic only to
+instances carrying that tag, which exist only while an rh cluster runs, and deleting it when "the
+last" cluster goes would race with a cluster that another client (or zone) is launching behind it
+at that moment, which this client cannot see without listing every zone of the project.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -17,8 +25,8 @@ from typing import Any
 
 from rh_core.plugin_types import ClusterInfo
 
-from rh_gcp.compute import ComputeAPI, GCPError
-from rh_gcp.spec import GCPSpec, check_cluster_name, instance_names
+from rh_gcp.compute import ComputeAPI, GCPCredentialsError, GCPError, parse_time
+from rh_gcp.spec import GCPSpec, GCPSpecError, check_cluster_name, instance_names
 
 #: Compute Engine instance states as the Provisioner protocol names them.
 RUNNING = {"RUNNING"}
@@ -26,6 +34,8 @@ STARTING = {"PROVISIONING", "STAGING", "REPAIRING"}
 STOPPED = {"STOPPING", "STOPPED", "TERMINATED", "SUSPENDING", "SUSPENDED"}
 
 CLUSTER_LABEL = "rh-cluster"
+#: Everywhere: what the firewall rule rh-gcp creates lets in, and what "a rule lets SSH in" means.
+ANYWHERE = "0.0.0.0/0"
 AUTOSTOP_KEYS = ("rh-autostop-mins", "rh-autostop-action")
 READY_TIMEOUT_SECONDS = 600
 
@@ -88,6 +98,12 @@ class GCPProvisioner:
         api = self.api(spec)
         private_key, public_key = ssh_key()
         found = {instance.name: instance for instance in self._instances(api, name)}
+        expected = instance_names(name, spec.num_nodes)
+        if any(found.get(instance_name) is None or found[instance_name].status not in RUNNING
+               for instance_name in expected):
+            self._check_network(api, spec)
+            if spec.create_firewall_rule:
+                self.ensure_ssh_firewall(api, spec)
         created: list[str] = []
         try:
             operations = []
@@ -185,10 +201,88 @@ class GCPProvisioner:
         """Change the running cluster's idle minutes (-1: never) in the head's metadata, where the
         idle watcher on the head reads it; a later launch uses the spec's ``autostop_mins`` again."""
         spec = self.spec_of(cluster)
+        if minutes != -1 and minutes < 1:
+            raise GCPSpecError(f"autostop of cluster {cluster.name!r}: {minutes} minutes must be -1 (never) or "
+                               "at least 1 (see autostop_mins)")
         api = self.api(spec)
         head = self._head(api, cluster.name)
         api.wait(api.set_metadata(head, {AUTOSTOP_KEYS[0]: _minutes(minutes)}),
                  f"setting autostop of instance {head.name}")
+
+    def explain_lost(self, cluster: Any) -> str | None:
+        """Why the cluster's server may have gone, as the Compute API reports it: which instances
+        are not running, and whether Compute Engine preempted them, stopped them or they were
+        deleted. None when every instance runs (then the cause lies elsewhere: the network, sshd)."""
+        spec = self.spec_of(cluster)
+        api = self.api(spec)
+        found = {instance.name: instance for instance in self._instances(api, cluster.name)}
+        gone = [name for name in instance_names(cluster.name, spec.num_nodes)
+                if found.get(name) is None or found[name].status not in RUNNING]
+        if not gone:
+            return None
+        preemptions = api.preemptions() if any(name in found for name in gone) else {}
+        reports = []
+        for name in gone:
+            instance = found.get(name)
+            operation = preemptions.get(name)
+            if instance is None:
+                reports.append(f"instance {name} no longer exists (it was deleted)")
+            elif operation is not None and (not instance.last_start_timestamp or parse_time(operation.insert_time)
+                                            > parse_time(instance.last_start_timestamp)):
+                reports.append(f"instance {name} (a Spot VM) was preempted by Compute Engine at "
+                               f"{operation.end_time or operation.insert_time} (operation {operation.name}: "
+                               f"{operation.status_message or operation.operation_type}) and is {instance.status}")
+            else:
+                since = f" since {instance.last_stop_timestamp}" if instance.last_stop_timestamp else ""
+                reports.append(f"instance {name} is {instance.status}{since} (stopped through the API: its "
+                               "autostop, cluster.stop(), the console or gcloud)")
+        return (f"the Compute API reports for project {api.project!r}, zone {api.zone!r}: " + "; ".join(reports)
+                + "; cluster.up(), or the next call, starts the cluster again")
+
+    # --- network and firewall --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_network(api: ComputeAPI, spec: GCPSpec) -> None:
+        if not api.has_network(spec.network):
+            try:
+                known = ", ".join(api.network_names()) or "none"
+            except GCPError:
+                known = "unknown"
+            raise GCPError(
+                f"network {spec.network!r} does not exist in project {api.project!r} (its networks: {known}); pass "
+                f"rh.cluster(..., network=NAME) with one of them, or create it with `gcloud compute networks create "
+                f"{spec.network} --subnet-mode=auto --project {api.project}`")
+
+    def ensure_ssh_firewall(self, api: ComputeAPI, spec: GCPSpec) -> str | None:
+        """Make sure SSH reaches instances tagged :func:`ssh_tag` on the spec's network: nothing to do
+        when a rule already lets ``ssh_port`` in from anywhere, else create rh-gcp's rule (a rule of that
+        name made meanwhile by another client counts). Returns the name of the rule created, if any."""
+        tag = ssh_tag(spec.ssh_port)
+        try:
+            rules = api.list_firewalls()
+            if any(_admits(rule, spec.network, spec.ssh_port, tag) for rule in rules):
+                return None
+            compute = api.compute
+            name = firewall_rule_name(spec.network, spec.ssh_port)
+            rule = compute.Firewall(
+                name=name,
+                network=f"projects/{api.project}/global/networks/{spec.network}",
+                direction="INGRESS",
+                priority=1000,
+                source_ranges=[ANYWHERE],
+                target_tags=[tag],
+                allowed=[compute.Allowed(I_p_protocol="tcp", ports=[str(spec.ssh_port)])],
+                description=f"rh-gcp: SSH (tcp:{spec.ssh_port}) to instances tagged {tag}, for rh_core clusters",
+            )
+            operation = api.insert_firewall(rule)
+            if operation is not None:
+                api.wait(operation, f"creating firewall rule {name}")
+            return name
+        except GCPCredentialsError as exc:
+            raise GCPCredentialsError(
+                f"{exc}. Opening SSH (tcp:{spec.ssh_port}) to the instances needs compute.firewalls.list and "
+                f"compute.firewalls.create (role Compute Security Admin); or open the port on network "
+                f"{spec.network!r} yourself and pass rh.cluster(..., create_firewall_rule=False)") from exc
 
     # --- instances -------------------------------------------------------------------------------
 
@@ -236,8 +330,9 @@ class GCPProvisioner:
                 boot=True, auto_delete=True,
                 initialize_params=compute.AttachedDiskInitializeParams(source_image=spec.image_id,
                                                                         disk_size_gb=spec.disk_size_gb))],
+            tags=compute.Tags(items=[ssh_tag(spec.ssh_port)]),
             network_interfaces=[compute.NetworkInterface(
-                network="global/networks/default",
+                network=f"global/networks/{spec.network}",
                 access_configs=[] if spec.use_internal_ips else [
                     compute.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")])],
             guest_accelerators=accelerators,
@@ -295,6 +390,41 @@ class GCPProvisioner:
                 "these instances it created could NOT be deleted and still cost money; delete them in the console "
                 "or with `gcloud compute instances delete`: " + "; ".join(left))
         failure.add_note(f"Bringing the cluster up failed; {note}.")
+
+
+def ssh_tag(port: int) -> str:
+    """The network tag of every rh-gcp instance whose sshd listens on ``port``."""
+    return f"rh-gcp-ssh-{port}"
+
+
+def firewall_rule_name(network: str, port: int) -> str:
+    """rh-gcp's rule for SSH on ``port`` into ``network``: at most 63 characters, as rule names must be."""
+    name = f"rh-gcp-ssh-{port}-{network}"
+    if len(name) > 63:
+        name = f"{name[:54]}-{hashlib.sha256(network.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _admits(rule: Any, network: str, port: int, tag: str) -> bool:
+    """Whether ``rule`` lets TCP ``port`` in from anywhere to instances tagged ``tag`` on ``network``
+    (conservatively: a rule for some source ranges or service accounts does not count)."""
+    if rule.network.rsplit("/", 1)[-1] != network or rule.disabled or rule.direction not in ("", "INGRESS"):
+        return False
+    if rule.target_service_accounts or (rule.target_tags and tag not in rule.target_tags):
+        return False
+    if ANYWHERE not in rule.source_ranges:
+        return False
+    return any(allowed.I_p_protocol in ("tcp", "all") and _port_in(allowed.ports, port) for allowed in rule.allowed)
+
+
+def _port_in(ports: Any, port: int) -> bool:
+    if not ports:
+        return True  # no ports: every port of the protocol
+    for entry in ports:
+        low, _, high = str(entry).partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
+    return False
 
 
 def _minutes(value: float) -> str:

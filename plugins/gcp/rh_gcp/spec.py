@@ -12,6 +12,8 @@ from rh_core.errors import RhError
 #: Compute Engine resource names: lowercase letter first, then letters, digits and dashes. The
 #: cluster name is also a label value and the prefix of instance names (``<name>-worker-12``).
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$")
+#: A VPC network's name (Compute Engine allows 63 characters).
+NETWORK_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 AUTOSTOP_ACTIONS = ("stop", "delete")
@@ -46,11 +48,18 @@ class GCPSpec:
     :param image_id: the boot image (or image family) URL.
     :param disk_size_gb: boot disk size.
     :param num_nodes: instances in the cluster: a head and ``num_nodes - 1`` workers.
-    :param autostop_mins: idle minutes after which the cluster's server stops its instances (-1: never).
+    :param autostop_mins: idle minutes after which the cluster's server stops its instances (-1:
+        never); at least 1, since the client checks a connection idle for a minute before using it
+        again, which is what makes the next call restart stopped instances instead of failing.
     :param autostop_action: ``"stop"`` (keep disks) or ``"delete"`` when autostop fires.
     :param ssh_user: the account the generated key logs in as (GCE's guest agent creates it).
     :param ssh_port: where sshd listens on the instances.
     :param use_internal_ips: reach instances by their VPC address (from inside the VPC or a VPN).
+    :param network: the VPC network of the instances (its name, in the cluster's project).
+    :param create_firewall_rule: when no firewall rule of ``network`` lets SSH (``ssh_port``) in
+        from anywhere, create one (``rh-gcp-ssh-PORT-NETWORK``) for instances carrying the network tag
+        ``rh-gcp-ssh-PORT``; False: open the port yourself (the credentials then need no
+        ``compute.firewalls.create``).
     :param api_endpoint: a Compute API endpoint other than ``https://compute.googleapis.com``
         (a Private Service Connect endpoint, or a local stand-in in tests).
     :param provider: the provisioner name the cluster was made with (kept for its saved record).
@@ -69,6 +78,8 @@ class GCPSpec:
     ssh_user: str = "rh"
     ssh_port: int = 22
     use_internal_ips: bool = False
+    network: str = "default"
+    create_firewall_rule: bool = True
     api_endpoint: str | None = None
     provider: str = "gcp-direct"
 
@@ -77,8 +88,14 @@ class GCPSpec:
             raise GCPSpecError(f"num_nodes={self.num_nodes} must be at least 1 (the head)")
         if self.autostop_action not in AUTOSTOP_ACTIONS:
             raise GCPSpecError(f"autostop_action={self.autostop_action!r} must be one of {AUTOSTOP_ACTIONS}")
-        if self.autostop_mins < 0 and self.autostop_mins != -1:
-            raise GCPSpecError(f"autostop_mins={self.autostop_mins} must be -1 (never) or at least 0")
+        if self.autostop_mins < 1 and self.autostop_mins != -1:
+            raise GCPSpecError(
+                f"autostop_mins={self.autostop_mins} must be -1 (never) or at least 1: the client rechecks a "
+                "connection idle for a minute before its next call, so shorter autostops would fail that call "
+                "instead of restarting the instances")
+        if not NETWORK_PATTERN.match(self.network):
+            raise GCPSpecError(f"network={self.network!r} is not a VPC network name (lowercase letters, digits and "
+                               "dashes, e.g. network='default'; `gcloud compute networks list` shows them)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> GCPSpec:

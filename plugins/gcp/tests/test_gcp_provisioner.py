@@ -83,6 +83,42 @@ def test_stopped_and_preempted_instances_are_reported_stopped_and_started_again(
     assert provisioner.status(cluster) == "up"
 
 
+def test_why_a_server_went_is_told_from_the_apis_own_report(provisioner, stand_in, options):
+    cluster = rh.cluster(name="g4", **options(num_nodes=2, use_spot=True))
+    provisioner.up(cluster)
+    assert provisioner.explain_lost(cluster) is None  # every instance runs: the API cannot tell
+
+    operation = stand_in.preempt("g4-worker-1")
+    report = provisioner.explain_lost(cluster)
+    assert "project 'test-project', zone 'us-central1-a'" in report
+    assert (f"instance g4-worker-1 (a Spot VM) was preempted by Compute Engine at "
+            f"{stand_in.operations[operation]['endTime']} (operation {operation}: Instance was preempted.) "
+            "and is TERMINATED") in report
+    assert "g4-head" not in report and report.endswith("cluster.up(), or the next call, starts the cluster again")
+    assert provisioner.status(cluster) == "unknown"  # the head still runs
+
+    # Started again and stopped through the API: the old preemption is history, not the cause.
+    provisioner.up(cluster)
+    provisioner.stop(cluster)
+    report = provisioner.explain_lost(cluster)
+    stopped_at = stand_in.instance("g4-worker-1")["lastStopTimestamp"]
+    assert f"instance g4-worker-1 is TERMINATED since {stopped_at} (stopped through the API" in report
+    assert "preempted" not in report and "instance g4-head is TERMINATED" in report
+
+    stand_in.instances.pop(("test-project", "us-central1-a", "g4-head"))
+    assert "instance g4-head no longer exists (it was deleted)" in provisioner.explain_lost(cluster)
+
+
+def test_autostop_shorter_than_a_minute_is_refused_with_the_reason(provisioner, stand_in, options):
+    with pytest.raises(GCPSpecError, match=r"autostop_mins=0.5 must be -1 \(never\) or at least 1.*restarting"):
+        rh.cluster(name="short", **options(autostop_mins=0.5))
+    cluster = rh.cluster(name="short", **options(autostop_mins=5))
+    provisioner.up(cluster)
+    with pytest.raises(GCPSpecError, match="autostop of cluster 'short': 0 minutes"):
+        provisioner.set_autostop(cluster, 0)
+    assert provisioner.autostop_minutes(cluster) == 5
+
+
 def test_down_deletes_every_instance_and_autostop_lives_in_the_heads_metadata(provisioner, stand_in, options):
     cluster = rh.cluster(name="g3", **options(num_nodes=2, autostop_mins=15))
     provisioner.up(cluster)
