@@ -104,8 +104,8 @@ class Connection:
                 self._drop_socket()
                 raise ConnectionLostError(
                     f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
-                    "The next call starts or reconnects to a server; results of earlier .remote() calls "
-                    "held by the old server are gone."
+                    "The next call reconnects, or starts a new server; finished .remote() results are kept "
+                    "on the cluster's disk and stay fetchable by key."
                 )
             if timeout is not None and waited >= timeout:
                 self._drop_socket()  # its reply, if it ever comes, must not be read as another's

@@ -36,6 +36,8 @@ REMOTE_HOME = "~/.rh"
 _PROBE = r"""
 import json, os, shutil, sys
 rh = os.path.expanduser(sys.argv[1])
+if sys.argv[2:] and sys.argv[2] != "%d.%d" % sys.version_info[:2]:
+    sys.exit(3)  # the venv's python is not the client's version: the caller asks python3
 def read(path):
     try:
         with open(path) as f: return f.read().strip()
@@ -298,14 +300,20 @@ class RemoteCluster(Cluster):
         """One round trip: a machine's Python version, rsync, venv build and running server."""
         transport = transport or self.transport
         address = address or self.cluster_info.head
-        (code, out, err), = transport.run([f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(self.remote_dir)}"])
+        ours = serialize.python_version()
+        # The venv's python when it is there and ours: it skips shims (pyenv's costs ~0.3 s) and
+        # is what the server runs; python3 otherwise.
+        root = self.remote_dir
+        home_relative = root.startswith("~/") and root[2:]
+        venv = ("~/" + shlex.quote(root[2:]) if home_relative else shlex.quote(root)) + "/venv/bin/python"
+        probe = f"-c {shlex.quote(_PROBE)} {shlex.quote(root)}"
+        (code, out, err), = transport.run([f"{venv} {probe} {ours} 2>/dev/null || python3 {probe}"])
         if code != 0:
             raise ServerStartError(
                 f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
                 "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
             )
         probe = json.loads(out.strip().splitlines()[-1])
-        ours = serialize.python_version()
         if probe["python"] != ours:
             raise VersionMismatchError(
                 f"this client runs Python {ours} but python3 on {self._where(address)} is Python {probe['python']}; "
@@ -341,6 +349,9 @@ class RemoteCluster(Cluster):
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
             head = self.cluster_info.head
+            prepare_forward = getattr(self.transport, "prepare_forward", None)
+            if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
+                prepare_forward()
             probe = self._probe()
             build_id = self._ensure_venv(self.transport, head, probe)
             state, secret = probe["server"], probe["secret"]
@@ -374,6 +385,13 @@ class RemoteCluster(Cluster):
 
         if self._address is None:
             return "not connected"
+        state = self._server_state or {}
+        tunnel_problem = getattr(self._transport, "tunnel_problem", None)
+        problem = tunnel_problem(state["port"]) if tunnel_problem is not None and "port" in state else None
+        if problem is not None:  # known at once, with its cause, where a ping would wait 2 s
+            return self._with_provider_report(
+                f"the SSH tunnel to the server on {self._where(self.cluster_info.head)} (pid {state.get('pid')}) "
+                f"broke: {problem}")
         if ping(self._address, timeout=2.0, secret=(self._server_state or {}).get("secret")) is None:
             pid = (self._server_state or {}).get("pid")
             return self._with_provider_report(

@@ -241,11 +241,12 @@ class SSHTransport:
         self._remote_home: str | None = None
         self._remote_rsync: bool | None = None
         self._system_ssh_broken: str | None = None
-        self._forwards: dict[int, _ProcessForward | _ChannelForward] = {}
+        self._forwards: dict[int, _MuxForward | _ChannelForward] = {}
+        self._masters: list[_Master] = []  # the ssh ControlMaster carrying the system tunnels (0 or 1)
         self.last_sync: SyncStats | None = None
-        # ssh -L children run in their own session: stop them when this object is collected or the
+        # The ssh master runs in its own session: stop it when this object is collected or the
         # program exits. The finalizer holds the (in-place mutated) containers, never self.
-        self._finalizer = weakref.finalize(self, _release, self._forwards, self._clients)
+        self._finalizer = weakref.finalize(self, _release, self._forwards, self._clients, self._masters)
 
     def __repr__(self) -> str:
         return f"SSHTransport({self._chain[-1].label})"
@@ -304,9 +305,12 @@ class SSHTransport:
     def forward(self, remote_port: int, *, local_port: int | None = None) -> tuple[str, int]:
         """Return a local ``(host, port)`` reaching ``127.0.0.1:remote_port`` on the machine.
 
-        Uses ``ssh -N -L`` when the system client exists and key authentication is in use, else a
-        paramiko ``direct-tcpip`` forwarder. The same forward is returned for the same port while
-        it lives; a dead one is replaced (on the same local port when it is still free).
+        Uses the system ``ssh`` client when it exists and key authentication is in use: one
+        ``ssh -N`` connection per transport (an OpenSSH ControlMaster) carries every forward, each
+        added as ``-L``. Else a paramiko ``direct-tcpip`` forwarder. The same forward is returned
+        for the same port while it lives; a dead one is replaced (on the same local port when it is
+        still free). A forward dies with the SSH connection carrying it, so a request cut in the
+        middle is never silently lost in a tunnel that came back: :meth:`tunnel_problem` says why.
         """
         remote_port = int(remote_port)
         with self._forward_lock:
@@ -316,23 +320,18 @@ class SSHTransport:
             previous_port = local_port or (current.address[1] if current is not None else None)
             if current is not None:
                 current.close()
-            forward: _ProcessForward | _ChannelForward | None = None
-            self._transport()  # connect now, so a bad host or key fails here rather than in a pump thread
+            forward: _MuxForward | _ChannelForward | None = None
+            connection = self._transport()  # connect now, so a bad host or key fails here rather than in a pump thread
             if self._system_ssh_usable():
                 try:
-                    forward = _ProcessForward.start(
-                        self._ssh_command(len(self._chain) - 1),
-                        self._chain[-1].ssh_destination,
-                        remote_port,
-                        prefer_port=previous_port,
-                        timeout=self._connect_timeout + 5.0,
-                    )
+                    forward = _MuxForward.start(self._ready_master(), remote_port, prefer_port=previous_port)
                 except _SystemSSHFailed as exc:
                     self._system_ssh_failed(str(exc))
             if forward is None:
                 try:
                     forward = _ChannelForward(
-                        lambda peer: self._open_forward_channel(remote_port, peer),
+                        connection,
+                        lambda peer: self._open_forward_channel(connection, remote_port, peer),
                         remote_port,
                         prefer_port=previous_port,
                         describe=f"{self._where()}: forward to port {remote_port}",
@@ -357,6 +356,29 @@ class SSHTransport:
             forward = self._forwards.pop(int(remote_port), None)
         if forward is not None:
             forward.close()
+
+    def prepare_forward(self) -> None:
+        """Start connecting the system ssh client for tunnels now, without waiting for it, so a
+        :meth:`forward` that follows (once the remote port is known) does not wait ~0.2-0.4 s for
+        its key exchange. Connects paramiko first (host key and authentication are checked there).
+        Does nothing where tunnels go through paramiko."""
+        with self._forward_lock:
+            if self._masters and self._masters[0].alive():
+                return
+            if not self._system_ssh_usable():
+                return
+            try:
+                self._start_master()
+            except _SystemSSHFailed as exc:  # forward() tries again and then falls back to paramiko
+                logger.info("%s: could not start the ssh client for tunnels: %s", self._where(), exc)
+
+    def tunnel_problem(self, remote_port: int) -> str | None:
+        """Why the tunnel to ``remote_port`` can no longer carry traffic (its SSH connection was cut,
+        its ssh process exited), or None while it may. Cheap enough to ask every half second."""
+        forward = self._forwards.get(int(remote_port))
+        if forward is None:
+            return f"no tunnel to port {remote_port} is open"
+        return forward.problem()
 
     def shell_command(self) -> list[str]:
         """``ssh`` with this transport's user, port, key, known-hosts file and jump hosts, for a terminal."""
@@ -384,8 +406,12 @@ class SSHTransport:
         with self._forward_lock:
             forwards = list(self._forwards.values())
             self._forwards.clear()
+            masters = list(self._masters)
+            self._masters.clear()
         for forward in forwards:
             forward.close()
+        for master in masters:
+            master.close()
         with self._lock:
             self._disconnect_locked()
 
@@ -676,8 +702,9 @@ class SSHTransport:
             reason,
         )
 
-    def _ssh_command(self, index: int) -> list[str]:
-        """The system ``ssh`` command (without destination) reaching hop ``index`` like paramiko does."""
+    def _ssh_command(self, index: int, *, multiplex: bool = False) -> list[str]:
+        """The system ``ssh`` command (without destination) reaching hop ``index`` like paramiko does;
+        ``multiplex`` leaves the control-master options to the caller (see :class:`_Master`)."""
         hop = self._chain[index]
         args = [
             "ssh", "-F", "none", "-p", str(hop.port), "-l", hop.user,
@@ -686,7 +713,7 @@ class SSHTransport:
             "-o", f"UserKnownHostsFile={_config_quote(self.known_hosts)}",
             "-o", f"ConnectTimeout={max(1, math.ceil(self._connect_timeout))}",
             "-o", f"ServerAliveInterval={KEEPALIVE_SECONDS}", "-o", "ServerAliveCountMax=4",
-            "-o", "ControlMaster=no", "-o", "ControlPath=none",
+            *(() if multiplex else ("-o", "ControlMaster=no", "-o", "ControlPath=none")),
             "-o", "Compression=no", "-o", "LogLevel=ERROR",
             "-c", FAST_CIPHERS,
         ]  # fmt: skip
@@ -842,13 +869,44 @@ class SSHTransport:
 
     # --- forwards ------------------------------------------------------------------------------
 
-    def _open_forward_channel(self, remote_port: int, peer: tuple[str, int]) -> paramiko.Channel:
-        def open_channel(transport: paramiko.Transport) -> paramiko.Channel:
-            return transport.open_channel(
+    def _open_forward_channel(
+        self, connection: paramiko.Transport, remote_port: int, peer: tuple[str, int]
+    ) -> paramiko.Channel:
+        # Only on the connection the forward was made on: after a drop the forward dies with it
+        # (as ssh -L does) and the next forward() makes a new one, rather than carrying on as if
+        # what was in flight had arrived.
+        try:
+            return connection.open_channel(
                 "direct-tcpip", ("127.0.0.1", remote_port), peer, timeout=self._connect_timeout
             )
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if self._is_lost(connection, exc):
+                self._drop(connection)
+            raise
 
-        return self._retry_if_lost(f"opening a tunnel to port {remote_port}", open_channel)
+    def _start_master(self) -> _Master:
+        """A new ssh ControlMaster for the tunnels (the dead one, if any, cleaned up); not waited for."""
+        for old in self._masters:
+            old.close()
+        self._masters.clear()
+        master = _Master.start(
+            self._ssh_command(len(self._chain) - 1, multiplex=True),
+            self._chain[-1].ssh_destination,
+            timeout=self._connect_timeout + 5.0,
+        )
+        self._masters.append(master)
+        return master
+
+    def _ready_master(self) -> _Master:
+        """The live ssh ControlMaster, started if needed, once it accepts forwards."""
+        master = self._masters[0] if self._masters and self._masters[0].alive() else self._start_master()
+        try:
+            master.wait_ready()
+        except _SystemSSHFailed:
+            master.close()
+            self._masters.clear()
+            raise
+        return master
 
     # --- ssh config ----------------------------------------------------------------------------
 
@@ -1175,81 +1233,150 @@ def _listening_inodes(port: int) -> set[str] | None:
     return inodes
 
 
-def _process_listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` listens on ``port``; without /proc, whether anything accepts there."""
-    inodes = _listening_inodes(port)
-    if inodes is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    if not inodes:
-        return False
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    return True
-    return False
+def _control_directory() -> str:
+    """A fresh owner-only directory for a control socket: whoever can reach that socket can use the
+    connection. Short, because a socket path must fit in ~100 bytes and ssh appends 17 more."""
+    base = tempfile.gettempdir()
+    if len(base) > 60 and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="rh-ssh-", dir=base)
 
 
-class _ProcessForward:
-    """``ssh -N -L`` in its own session, so a Ctrl-C aimed at the caller does not cut the tunnel."""
+class _Master:
+    """``ssh -N`` in control-master mode and its own session (a Ctrl-C aimed at the caller does
+    not cut it): one SSH connection that carries every system tunnel of a transport. Forwards are
+    added and cancelled through its control socket by short-lived ``ssh -O`` clients (~10-20 ms),
+    so the connection (key exchange and authentication, 0.2-0.4 s) can come up before the remote
+    port to forward is known."""
 
-    kind = "ssh"
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, errors: IO[bytes]):
+    def __init__(self, process: subprocess.Popen[bytes], directory: str, destination: str, errors: IO[bytes],
+                 timeout: float):
         self.process = process
-        self.address = ("127.0.0.1", port)
+        self._directory = directory
+        self.control_path = os.path.join(directory, "control")
+        self._destination = destination
         self._errors = errors
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._ready = False
 
     @classmethod
-    def start(
-        cls, ssh: list[str], destination: str, remote_port: int, *, prefer_port: int | None, timeout: float
-    ) -> _ProcessForward:
-        last_error = ""
-        for attempt in range(3):
-            # The previous local port first, so a caller holding the old address keeps working.
-            port = prefer_port if attempt == 0 and prefer_port and not _listening_inodes(prefer_port) else None
-            port = port or _free_port()
-            errors = tempfile.TemporaryFile()  # a pipe nobody reads could fill and stall ssh
+    def start(cls, ssh: list[str], destination: str, *, timeout: float) -> _Master:
+        directory = _control_directory()
+        errors = tempfile.TemporaryFile()  # a pipe nobody reads could fill and stall ssh
+        try:
             process = subprocess.Popen(
-                ssh + [
-                    "-N", "-o", "ExitOnForwardFailure=yes",
-                    "-L", f"127.0.0.1:{port}:127.0.0.1:{remote_port}", destination,
-                ],  # fmt: skip
+                ssh + ["-N", "-o", "ControlMaster=yes", "-o", "ControlPersist=no",
+                       "-S", os.path.join(directory, "control"), destination],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 start_new_session=True,
             )
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    errors.seek(0)
-                    last_error = errors.read().decode("utf-8", "replace").strip()
-                    errors.close()
-                    break
-                if _process_listens(process.pid, port):
-                    return cls(process, port, errors)
-                if time.monotonic() > deadline:
-                    _stop_process(process)
-                    errors.close()
-                    raise _SystemSSHFailed(f"ssh -L did not open local port {port} within {timeout:g}s")
-                time.sleep(0.02)
-            if "Address already in use" not in last_error and "cannot listen" not in last_error:
-                break  # not a port race: another port will not help
-        raise _SystemSSHFailed(f"ssh -L exited {process.returncode}: {last_error[-2000:]}")
+        except OSError as exc:
+            errors.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise _SystemSSHFailed(f"cannot run ssh: {_describe(exc)}") from exc
+        return cls(process, directory, destination, errors, timeout)
+
+    def wait_ready(self) -> None:
+        """Wait until the connection is authenticated (ssh then creates the control socket)."""
+        while not self._ready:
+            if self.process.poll() is not None:
+                raise _SystemSSHFailed(f"ssh exited {self.process.returncode}: {self._stderr()}")
+            if os.path.exists(self.control_path):
+                self._ready = True
+                return
+            if time.monotonic() > self._deadline:
+                raise _SystemSSHFailed(f"ssh did not connect within {self._timeout:g}s: {self._stderr()}")
+            time.sleep(0.005)
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def problem(self) -> str | None:
+        """Why this connection carries nothing any more, or None while its ssh process runs."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        said = self._stderr()
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if code == 255 and not said:  # ssh's code for a failed or closed connection; it says no more at LogLevel=ERROR
+            said = "its SSH connection failed or was closed by the machine"
+        return f"the ssh client carrying it (pid {self.process.pid}) {how}" + (f": {said}" if said else "")
+
+    def control(self, operation: str, spec: str) -> tuple[int, str]:
+        """``ssh -O operation -L spec`` through the control socket: (exit code, what it said)."""
+        try:
+            done = subprocess.run(
+                ["ssh", "-F", "none", "-o", "LogLevel=ERROR", "-S", self.control_path,
+                 "-O", operation, "-L", spec, self._destination],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=self._timeout,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 255, _describe(exc)
+        return done.returncode, done.stderr.decode("utf-8", "replace").strip()
 
     def close(self) -> None:
         _stop_process(self.process)
         with contextlib.suppress(Exception):
             self._errors.close()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def _stderr(self) -> str:
+        try:
+            self._errors.seek(0)
+            text = self._errors.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return " / ".join(lines[-3:])[-500:]
+
+
+class _MuxForward:
+    """One ``-L 127.0.0.1:port:127.0.0.1:remote_port`` on a :class:`_Master`; dies with it."""
+
+    kind = "ssh"
+
+    def __init__(self, master: _Master, port: int, spec: str):
+        self.master = master
+        self.address = ("127.0.0.1", port)
+        self._spec = spec
+        self._closed = False
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The ssh process carrying this forward (shared with the transport's other forwards)."""
+        return self.master.process
+
+    @classmethod
+    def start(cls, master: _Master, remote_port: int, *, prefer_port: int | None) -> _MuxForward:
+        said = ""
+        for attempt in range(3):
+            # The previous local port first, so a caller holding the old address keeps working.
+            port = prefer_port if attempt == 0 and prefer_port and not _listening_inodes(prefer_port) else None
+            port = port or _free_port()
+            spec = f"127.0.0.1:{port}:127.0.0.1:{remote_port}"
+            code, said = master.control("forward", spec)
+            if code == 0:
+                return cls(master, port, spec)
+            if not master.alive():
+                raise _SystemSSHFailed(f"ssh -L: {master.problem()}")
+            if "forwarding failed" not in said.lower():
+                break  # not a port race: another port will not help
+        raise _SystemSSHFailed(f"ssh -O forward -L failed: {said[-2000:]}")
+
+    def alive(self) -> bool:
+        return not self._closed and self.master.alive()
+
+    def problem(self) -> str | None:
+        return "the tunnel was closed" if self._closed else self.master.problem()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.master.alive():
+                self.master.control("cancel", self._spec)
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -1263,21 +1390,25 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 class _ChannelForward:
-    """A local listening socket; each connection gets a ``direct-tcpip`` channel and a pump thread."""
+    """A local listening socket; each connection gets a ``direct-tcpip`` channel on ``connection``
+    and a pump thread. When that SSH connection drops the forward closes, as ``ssh -L`` exits."""
 
     kind = "paramiko"
 
     def __init__(
         self,
+        connection: paramiko.Transport,
         open_channel: Callable[[tuple[str, int]], paramiko.Channel],
         remote_port: int,
         *,
         prefer_port: int | None,
         describe: str,
     ):
+        self._connection = connection
         self._open_channel = open_channel
         self._describe = describe
         self._closed = False
+        self._problem: str | None = None
         self._lock = threading.Lock()
         self._pairs: set[tuple[socket.socket, Any]] = set()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -1295,9 +1426,18 @@ class _ChannelForward:
         self._thread.start()
 
     def alive(self) -> bool:
-        return not self._closed and self._thread.is_alive()
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        if self._problem is None and not self._connection.is_active():
+            self._problem = "the SSH connection carrying it dropped"
+        if self._problem is None and (self._closed or not self._thread.is_alive()):
+            self._problem = "the tunnel was closed"
+        return self._problem
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
@@ -1330,6 +1470,7 @@ class _ChannelForward:
             channel = self._open_channel(peer)
         except Exception as exc:
             logger.info("%s: could not open a channel: %s", self._describe, exc)
+            self._close_if_connection_lost()
             # Close with a reset, not a FIN: the remote port refused, and a reset reads as an error
             # (ECONNRESET) where a FIN would read as an empty answer from a live server.
             with contextlib.suppress(OSError):
@@ -1353,6 +1494,13 @@ class _ChannelForward:
                 channel.close()
             with contextlib.suppress(OSError):
                 conn.close()
+            self._close_if_connection_lost()
+
+    def _close_if_connection_lost(self) -> None:
+        if not self._closed and not self._connection.is_active():
+            logger.info("%s: the SSH connection dropped; closing the forward", self._describe)
+            self.problem()
+            threading.Thread(target=self.close, daemon=True, name="rh-ssh-forward-close").start()
 
 
 def _pump(conn: socket.socket, channel: paramiko.Channel) -> None:
@@ -1418,12 +1566,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _release(forwards: dict[int, Any], clients: list[paramiko.SSHClient]) -> None:
+def _release(forwards: dict[int, Any], clients: list[paramiko.SSHClient], masters: list[Any]) -> None:
     """Stop forwards and close connections: the finalizer of an :class:`SSHTransport`."""
     for forward in list(forwards.values()):
         with contextlib.suppress(Exception):
             forward.close()
     forwards.clear()
+    for master in list(masters):
+        with contextlib.suppress(Exception):
+            master.close()
+    masters.clear()
     for client in reversed(clients):
         with contextlib.suppress(Exception):
             client.close()

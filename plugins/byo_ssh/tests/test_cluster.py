@@ -216,6 +216,138 @@ def test_ssh_sessions_killed_mid_call_are_reported_and_recovered(byo_cluster, ss
     assert byo_cluster.status()["pid"] == server_pid  # the server itself survived
 
 
+def _established_tcp() -> dict[str, tuple[int, int]]:
+    """Socket inode -> (local port, remote port) of this machine's established IPv4 TCP connections."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01":  # ESTABLISHED
+                found[fields[9]] = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def _client_port(client_pid: int, sshd_port: int) -> int:
+    """The local port of the one connection that process ``client_pid`` has to ``sshd_port``."""
+    tcp = _established_tcp()
+    ports = {tcp[inode][0] for inode in _socket_inodes(client_pid) if tcp.get(inode, (0, 0))[1] == sshd_port}
+    assert len(ports) == 1, f"the ssh client {client_pid} should have one connection to port {sshd_port}"
+    return ports.pop()
+
+
+def _sshd_processes_serving(client_port: int, sshd_port: int) -> list[int]:
+    """The sshd processes holding the server end of the SSH connection from ``client_port``."""
+    server_inodes = {inode for inode, ports in _established_tcp().items() if ports == (sshd_port, client_port)}
+    holders = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if _socket_inodes(int(entry)) & server_inodes:
+                    holders.append(int(entry))
+            except OSError:
+                continue
+    assert holders, "no sshd process holds the tunnel's connection"
+    return holders
+
+
+def _bytes_read(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+@pytest.fixture
+def paramiko_tunnel_cluster(byo_cluster):
+    """A second client of byo_cluster's server whose tunnel goes through paramiko, as with passwords."""
+    cluster = rh.cluster(name=byo_cluster.name, ips=byo_cluster.spec["ips"], ssh_creds=byo_cluster.spec["ssh_creds"],
+                         executor_options=byo_cluster.executor_options)
+    cluster.remote_dir = byo_cluster.remote_dir
+    cluster.transport._use_system_ssh = False
+    yield cluster
+    cluster.transport.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", ["ssh-client-killed", "sshd-session-killed", "paramiko-connection-cut"])
+def test_ssh_connection_cut_mid_transfer_of_a_100_mib_argument_fails_fast_or_recovers_once(request, sshd, tmp_path,
+                                                                                          cut):
+    """The SSH connection carrying the tunnel is cut while a 100 MiB argument is in it: the call ends
+    within 5 s, with an error naming the machine and the cause or with the right result, and
+    nothing runs twice; the next call on the same cluster object works."""
+    import hashlib
+    import threading
+
+    from tests_helpers import digest_and_log
+
+    cluster = request.getfixturevalue("paramiko_tunnel_cluster" if cut.startswith("paramiko") else "byo_cluster")
+    digest = rh.function(digest_and_log).to(cluster)
+    log = tmp_path / "calls.log"  # written by the function on the "remote" machine, which is this one
+    assert digest(b"warm", str(log))[0] == 4  # connection and tunnel are up
+    log.unlink()
+    forward = cluster.transport._forwards[cluster._server_state["port"]]
+    if forward.kind != ("paramiko" if cut.startswith("paramiko") else "ssh"):
+        pytest.skip(f"the tunnel goes through {forward.kind} here")
+    if cut.startswith("paramiko"):  # the pump threads are in this process
+        client_port = cluster.transport.paramiko_transport.sock.getsockname()[1]
+    else:
+        client_port = _client_port(forward.process.pid, sshd.port)
+    serving = _sshd_processes_serving(client_port, sshd.port)
+    victims = [forward.process.pid] if cut == "ssh-client-killed" else serving
+    payload = os.urandom(100 * 2**20)
+    expected = (len(payload), hashlib.sha256(payload).hexdigest())
+    outcome = {}
+
+    def call():
+        try:
+            outcome["result"] = digest(payload, str(log))
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    def received() -> int:  # by sshd, from the client (sshd reads with read(), which /proc counts)
+        return sum(_bytes_read(pid) for pid in serving)
+
+    before = received()
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while (moved := received() - before) < 8 * 2**20:  # the argument is on its way through the tunnel
+        assert time.monotonic() < deadline and caller.is_alive(), "the argument never went into the tunnel"
+        time.sleep(0.001)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    cut_at = time.monotonic()
+    assert moved < len(payload) - 2**20, "the transfer had finished before the cut"
+    caller.join(30)
+    assert not caller.is_alive(), "the call still waits 30 s after the cut"
+    print(f"\n{cut}: cut after {moved / 2**20:.0f} MiB, the call ended {outcome['ended'] - cut_at:.2f} s later with "
+          f"{outcome.get('error') or 'its result'}")
+    assert outcome["ended"] - cut_at < 5, f"the call took {outcome['ended'] - cut_at:.1f} s to end after the cut"
+    if "error" in outcome:
+        error = outcome["error"]
+        assert isinstance(error, rh.ConnectionLostError), repr(error)
+        message = str(error)
+        assert f"{sshd.user}@{sshd.host}" in message and "SSH tunnel" in message and "broke" in message, message
+        ran_before_retry = log.read_text().splitlines() if log.exists() else []
+        assert ran_before_retry == [], "the cut call ran although the client was told it failed"
+        assert digest(payload, str(log)) == expected  # the same cluster object: a new tunnel
+    else:
+        assert outcome["result"] == expected
+    assert log.read_text().splitlines() == [f"{expected[0]} {expected[1]}"]  # ran exactly once
+    assert digest(b"after", str(log))[0] == 5
+
+
 class TestByoProvisionerContract(ProvisionerContract):
     @pytest.fixture
     def provisioner(self):
