@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from rh_core.status import ClusterStatus
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
+#: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
+#: that stops next leaves its Ray running for the next server, which removes the file.
+KEEP_RAY_FILE = "keep-ray"
 
 
 def rh_home() -> str:
@@ -457,13 +460,14 @@ class LocalCluster(Cluster):
 
     def stop_server(self) -> bool:
         """Stop the local server if one runs; True when one was stopped."""
-        self.host.cluster_teardown(self)
         self._forget_connection()
         state = self.read_state()
-        if state is None:
-            return False
-        self._stop_pid(state["pid"])
-        return True
+        if state is not None:
+            self._stop_pid(state["pid"])
+        # After it has gone (or was found gone): plugins stop what they started beside it, also
+        # when it was killed or had crashed before it could.
+        self.host.cluster_teardown(self)
+        return state is not None
 
     def _stop_pid(self, pid: int, grace: float = 10.0) -> None:
         try:
@@ -480,7 +484,16 @@ class LocalCluster(Cluster):
         if self._child is not None and self._child.pid == pid:
             self._child.wait()
 
-    def restart_server(self) -> None:
+    def restart_server(self, restart_ray: bool = True) -> None:
+        """Stop the server and start a new one.
+
+        :param restart_ray: with the ``ray`` executor, whether Ray restarts too (the default). With
+            ``False`` only the server restarts: the Ray it ran calls on keeps running, with its
+            actors and objects, and the new server joins it. Other executors ignore it.
+        """
+        if not restart_ray:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            open(os.path.join(self.state_dir, KEEP_RAY_FILE), "w").close()
         self.stop_server()
         self.connection()
 

@@ -140,7 +140,9 @@ def rh_cluster_ready(cluster: Cluster, info: dict[str, Any]) -> None:
 
 @hookspec
 def rh_cluster_teardown(cluster: Cluster) -> None:
-    """Called on the client just before a cluster's server is stopped or its machines go down.
+    """Called on the client after a cluster's server has stopped (or was found not running), and
+    before its machines go down: stop what the plugin started beside the server, which must not
+    outlive it even when the server was killed or crashed.
 
     :param cluster: the cluster going down.
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core import serialize
-from rh_core.cluster import Cluster, rh_home
+from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
 
@@ -412,21 +412,32 @@ class RemoteCluster(Cluster):
 
     def stop_server(self) -> bool:
         """Stop the server on the head machine, if one runs."""
-        # Here and not only in down(): what plugins started on the other machines (Ray worker nodes)
-        # must not outlive the server, whichever of the two stops it.
-        self.host.cluster_teardown(self)
         self._forget_connection()
         state = self._probe()["server"]
-        if not state:
-            return False
-        # Wait until it has exited (a zombie counts as exited): an executor's shutdown can take seconds
-        # (Ray's does), and a restart that probed meanwhile would reuse the dying server.
-        pid = int(state["pid"])
-        self.transport.run([f"kill {pid}; for _ in $(seq 300); do case \"$(ps -o stat= -p {pid})\" in ''|Z*) exit 0;; esac; "
-                            f"sleep 0.1; done; kill -9 {pid}"])
-        return True
+        if state:
+            # Wait until it has exited (a zombie counts as exited): an executor's shutdown can take
+            # seconds (Ray's does), and a restart that probed meanwhile would reuse the dying server.
+            pid = int(state["pid"])
+            self.transport.run([f"kill {pid}; for _ in $(seq 300); do case \"$(ps -o stat= -p {pid})\" in ''|Z*) exit 0;; esac; "
+                                f"sleep 0.1; done; kill -9 {pid}"])
+        # Here and not only in down(), and after the server has gone (or was found gone): what plugins
+        # started beside it (a Ray head, Ray worker nodes) must not outlive it, also when it was killed.
+        self.host.cluster_teardown(self)
+        return bool(state)
 
-    def restart_server(self) -> None:
+    def restart_server(self, restart_ray: bool = True) -> None:
+        """Stop the server on the head machine and start a new one.
+
+        :param restart_ray: with the ``ray`` executor, whether the cluster's Ray (its head and worker
+            nodes) restarts too (the default). With ``False`` only the server restarts: Ray keeps
+            running, with its actors and objects, and the new server joins it. Other executors
+            ignore it.
+        """
+        if not restart_ray:
+            state_dir = f"{self.remote_dir.rstrip('/')}/server"
+            shell_path = ('"$HOME"/' + shlex.quote(state_dir[2:])) if state_dir.startswith("~/") else shlex.quote(state_dir)
+            self._run_checked(self.transport, f"mkdir -p {shell_path} && touch {shell_path}/{KEEP_RAY_FILE}",
+                              "asking the server to keep Ray running", self.cluster_info.head)
         self.stop_server()
         self.connection()
 
