@@ -8,14 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import ipaddress
+import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
+import tarfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from rh_core.cluster import KEEP_RAY_FILE
 from rh_core.errors import RhError, WorkerDiedError
 from rh_core.plugin_types import CoroutineExecutor, Outcome, ServerContext, Task
 
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from rh_core.runner import Runner
+
+logger = logging.getLogger(__name__)
 
 #: Call options (``Function.options``) that are Ray scheduling requests; only those set are passed on.
 RAY_CALL_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory")
@@ -32,6 +40,12 @@ RAY_CALL_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory")
 _UNIX_PATH_MAX = 107
 CPU_COUNT_TTL = 5.0
 _RAY_SOCKET_SUFFIX = 72
+#: Where, in the server's state dir, the Ray head this executor starts keeps its record.
+HEAD_DIR = "ray-head"
+#: How long a node may stop answering before the head declares it dead (Ray's own default is ~1 min).
+DEFAULT_NODE_TIMEOUT_S = 30.0
+_HEALTH_CHECK_FAILURES = 5  # Ray's default health_check_failure_threshold, kept
+CODE_CHECK_TTL = 1.0  # how often the synced code a task imports is re-read before copying it to other nodes
 
 
 def _set_ray_env_defaults() -> None:
@@ -92,6 +106,20 @@ def head_node_ip(node_address: str | None) -> str | None:
     return ip
 
 
+def health_check_settings(node_timeout_s: float | None) -> dict[str, str]:
+    """Environment for a Ray head whose GCS declares a silent node dead after about ``node_timeout_s``
+    seconds: it checks each node every period, waits as long for the answer, and gives up after
+    Ray's usual five failures in a row. Empty for ``None`` (Ray's defaults)."""
+    if node_timeout_s is None:
+        return {}
+    step_ms = max(500, int(node_timeout_s * 1000 / (2 * _HEALTH_CHECK_FAILURES)))
+    # gRPC keepalives too: a call pushed to a worker on a silent node otherwise waits for TCP (minutes).
+    keepalive_ms = str(max(1000, int(node_timeout_s * 1000 / 2)))
+    return {"RAY_health_check_period_ms": str(step_ms), "RAY_health_check_timeout_ms": str(step_ms),
+            "RAY_health_check_failure_threshold": str(_HEALTH_CHECK_FAILURES),
+            "RAY_grpc_client_keepalive_time_ms": keepalive_ms, "RAY_grpc_client_keepalive_timeout_ms": keepalive_ms}
+
+
 def ray_temp_dir(state_dir: str) -> str:
     """A Ray temp dir private to one server: ``<state_dir>/ray``, or a short path under /tmp when that
     one is too long for Ray's unix sockets."""
@@ -112,28 +140,55 @@ def ray_temp_dir(state_dir: str) -> str:
 _runners: dict[str, Runner] = {}
 
 
-def run_in_worker(log_endpoint: str, task: Task, server_node: str | None = None) -> tuple[str, list[bytes], bool]:
+def run_in_worker(log_endpoint: str, task: Task, server_node: str | None = None,
+                  relay_endpoint: str | None = None) -> tuple[str, list[bytes], bool]:
     """The body of every Ray task: run one rh task with this worker's Runner; never raises for user errors.
-    ``server_node`` is the Ray node id of the server's machine, where ``log_endpoint`` exists."""
+    ``server_node`` is the Ray node id of the server's machine, where ``log_endpoint`` exists; tasks on
+    other nodes send their output to ``relay_endpoint``, which forwards it there."""
     runner = _runners.get(log_endpoint)
     if runner is None:
-        runner = _runners[log_endpoint] = _new_runner(log_endpoint, server_node)
+        runner = _runners[log_endpoint] = _new_runner(log_endpoint, server_node, relay_endpoint)
     outcome = runner.run(task)
     return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged
 
 
-def _new_runner(log_endpoint: str, server_node: str | None) -> Runner:
+def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str | None) -> Runner:
     from rh_core.runner import Runner
 
     if server_node is None or _ray_node_id() == server_node:
         return Runner(log_endpoint)
-    # Another machine: the server's ipc:// endpoint is not there, so output sent to it would be lost and
-    # each call that printed would wait for it in the server. Keep stdout and stderr as Ray set them:
-    # the output lands in Ray's worker logs on that machine.
+    if relay_endpoint is not None:
+        return Runner(relay_endpoint)
+    # Another machine and no relay: the server's ipc:// endpoint is not there, so output sent to it
+    # would be lost and each call that printed would wait for it in the server. Keep stdout and
+    # stderr as Ray set them: the output lands in Ray's worker logs on that machine.
     stdout, stderr = sys.stdout, sys.stderr
     runner = Runner(None)
     sys.stdout, sys.stderr = stdout, stderr
     return runner
+
+
+def unpack_code(path: str, fingerprint: str, archive: bytes) -> str:
+    """On another node: make ``path`` hold the tree in ``archive`` (a tar of the head's ``path``),
+    unless it already holds files with ``fingerprint`` (a shared file system). Returns what it did."""
+    from rh_core.workdir import fingerprint as fingerprint_of
+
+    if os.path.isdir(path) and fingerprint_of(path) == fingerprint:
+        return "present"
+    parent = os.path.dirname(path.rstrip("/"))
+    os.makedirs(parent, exist_ok=True)
+    fresh = f"{path}.rh-new-{secrets.token_hex(4)}"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        # The "data" filter (Python 3.11.4+) refuses links and paths that leave the target.
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(fresh, **extra)
+    # Swap whole trees, so an import on this node sees the old code or the new, never a mix.
+    old = f"{path}.rh-old-{secrets.token_hex(4)}"
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, old)
+    os.rename(fresh, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return "copied"
 
 
 def _ray_node_id() -> str:
@@ -150,21 +205,33 @@ class RayExecutor(CoroutineExecutor):
     """Runs each task as a Ray task.
 
     :param address: a Ray cluster to join (``"auto"``, ``"host:port"``, ``"ray://..."``); ``None``
-        starts a Ray head owned by this server, with its temp dir under the server's state dir. On a
+        starts a Ray head for this server (``ray start --head``, detached, with its temp dir under
+        the server's state dir) or joins the one an earlier server left running (see below). On a
         cluster's head machine (``RH_NODE_ADDRESS`` set by bootstrap) that head binds to the node's
         address, so the cluster's other machines can join it at ``describe()["ray_address"]``.
-    :param num_cpus: CPUs of the local Ray (default: all); only without ``address``.
+    :param num_cpus: CPUs of the Ray head this executor starts (default: all), and of each worker
+        node of a multi-machine cluster (their machines' own count by default); only without ``address``.
+    :param node_timeout_s: only without ``address``: how long the head waits for a node that stopped
+        answering (a machine down, the network cut) before Ray declares it dead and fails the calls
+        that ran there. Ray's own default is about a minute; ``None`` keeps it.
     :param ray_init_kwargs: passed to ``ray.init`` as they are, overriding the executor's defaults.
 
+    The head this executor starts outlives the server only when the client restarts the server
+    with ``restart_server(restart_ray=False)``, which leaves a ``keep-ray`` file in the server's
+    state dir: the next server joins that head, and Ray's actors, objects and worker nodes live on.
+    Otherwise ``stop()`` stops the head's processes (and only those: never ``ray stop``).
+
     Call options ``num_cpus``, ``num_gpus``, ``resources`` and ``memory`` become Ray task options.
-    Live logs go to the server's log endpoint, an ``ipc://`` socket on the server's machine: calls
-    that Ray schedules on other nodes cannot stream their output yet; it goes to Ray's worker logs
-    on their node.
+    Live logs go to the server's log endpoint, an ``ipc://`` socket on the server's machine; tasks
+    on other nodes reach it through a relay this executor listens with on the head's node address.
+    Code sent by reference (a synced working directory) is copied to the other nodes before a task
+    that needs it is submitted.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, **ray_init_kwargs: Any):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 node_timeout_s: float | None = DEFAULT_NODE_TIMEOUT_S, **ray_init_kwargs: Any):
         if address is not None and num_cpus is not None:
             raise ValueError(
                 f"num_cpus={num_cpus} sizes a Ray this executor starts, but address={address!r} joins an "
@@ -175,20 +242,27 @@ class RayExecutor(CoroutineExecutor):
         # this server starts alone. A joined cluster, or a head others join, spans machines.
         self.same_machine = address is None and not os.environ.get("RH_NODE_ADDRESS")
         self.num_cpus = num_cpus
+        self.node_timeout_s = node_timeout_s
         self.ray_init_kwargs = ray_init_kwargs
         self._ray: ModuleType | None = None
         self._remote: Any = None  # run_in_worker as a Ray remote function
         self._log_endpoint: str | None = None
+        self._relay: LogRelay | None = None  # how tasks on other nodes reach the log endpoint
         self._node_id: str | None = None  # the Ray node of the server's machine, where the log endpoint is
         self._owns_connection = False  # ray.init was ours, so ray.shutdown is too
         self._temp_dir: str | None = None
-        self._remove_temp_dir = False
+        self._head_dir: str | None = None  # the record of the head this executor started or joined
+        self._head_process: Any = None  # its `ray start --block`, when this server started it
+        self._keep_file: str | None = None
         self._ray_address: str | None = None
         self._parallelism = 1
         self._nodes = 0
         self._node_ips: list[str] = []
+        self._alive_nodes: list[str] = []  # Ray node ids
+        self._node_addresses: dict[str, str] = {}  # Ray node id -> IP, of every node seen
         self._counted_at = 0.0
         self._remotes: dict[str, Any] = {}  # Ray task options -> the remote function with them
+        self._code: CodeCopies | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -201,8 +275,16 @@ class RayExecutor(CoroutineExecutor):
             # use that connection and leave it open at stop.
             self._owns_connection = False
         else:
+            kwargs: dict[str, Any] = {"log_to_driver": False, "address": self.address}
+            if self.address is None:
+                head = await asyncio.to_thread(self._start_head, context)
+                kwargs.update(address=head["gcs_address"], _node_ip_address=head["node_ip"])
+                # This process owns every call's task: it must give up on a silent node as soon as the head.
+                for name, value in health_check_settings(self.node_timeout_s).items():
+                    os.environ.setdefault(name, value)
+            kwargs.update(self.ray_init_kwargs)
             try:
-                ray.init(**self._init_kwargs(context))
+                ray.init(**kwargs)
             except Exception as exc:
                 raise self._start_error(exc) from exc
             self._owns_connection = True
@@ -213,31 +295,46 @@ class RayExecutor(CoroutineExecutor):
         self._remote = ray.remote(max_retries=0)(run_in_worker)
         self._counted_at = 0.0
         self._refresh()
+        if not self.same_machine:
+            node_ip = self._node_addresses.get(self._node_id or "")
+            if node_ip:
+                self._relay = LogRelay(node_ip, self._log_endpoint)
+            self._code = CodeCopies(ray)
 
-    def _init_kwargs(self, context: ServerContext) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"log_to_driver": False}
-        if self.address is None:
-            self._temp_dir = ray_temp_dir(context.state_dir)
-            self._remove_temp_dir = not self._temp_dir.startswith(os.path.abspath(context.state_dir) + os.sep)
-            # "local" and not None: None would join whatever Ray was last started on this machine.
-            kwargs.update(address="local", include_dashboard=False, _temp_dir=self._temp_dir)
-            # The head's GCS listens on all interfaces at a free port; binding the node to the address the
-            # client used makes Ray advertise one the cluster's other machines can reach.
-            node_ip = head_node_ip(os.environ.get("RH_NODE_ADDRESS"))
-            if node_ip is not None:
-                kwargs["_node_ip_address"] = node_ip
-            if self.num_cpus is not None:
-                kwargs["num_cpus"] = self.num_cpus
-        else:
-            kwargs["address"] = self.address
-        kwargs.update(self.ray_init_kwargs)
-        return kwargs
+    def _start_head(self, context: ServerContext) -> dict[str, Any]:
+        """Start this server's Ray head, or find the one an earlier server left running for it."""
+        from rh_ray import worker_node
+
+        self._temp_dir = ray_temp_dir(context.state_dir)
+        self._head_dir = os.path.join(context.state_dir, HEAD_DIR)
+        self._keep_file = os.path.join(context.state_dir, KEEP_RAY_FILE)
+        # A keep-ray file was meant for the server before this one: from now on stop() stops the head.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._keep_file)
+        node_address = os.environ.get("RH_NODE_ADDRESS")
+        # Binding the node to the address the client used makes Ray advertise one the cluster's other
+        # machines can reach; a server alone on its machine keeps Ray on loopback.
+        node_ip = head_node_ip(node_address)
+        if node_ip is None:
+            node_ip = self._ray.util.get_node_ip_address() if node_address else "127.0.0.1"
+        head, self._head_process = worker_node.start_head(self._head_dir, node_ip, self._temp_dir, self.num_cpus,
+                                                          env_vars=health_check_settings(self.node_timeout_s))
+        if not head["ok"]:
+            said = f"\n`ray start --head` said:\n{head['log'].strip()}" if head.get("log") else ""
+            raise RhError(
+                f"could not start a Ray head on {node_ip}: {head.get('error')}. Its logs are in "
+                f"{self._temp_dir}/session_latest/logs and {self._head_dir}/ray-start.log; to use a running "
+                f"Ray cluster instead, pass address='auto' (-o address=auto){said}"
+            )
+        logger.info("Ray head at %s: %s", head["gcs_address"], head["status"])
+        return head
 
     def _start_error(self, exc: Exception) -> RhError:
         if self.address is None:
             return RhError(
-                f"could not start a local Ray: {exc}. Ray's own logs are in {self._temp_dir}/session_latest/logs; "
-                "to use a running Ray cluster instead, pass address='auto' (-o address=auto)"
+                f"could not connect to the Ray head this server started: {exc}. Ray's own logs are in "
+                f"{self._temp_dir}/session_latest/logs; to use a running Ray cluster instead, pass "
+                "address='auto' (-o address=auto)"
             )
         return RhError(
             f"could not join the Ray cluster at {self.address!r}: {exc}. Start it first (`ray start --head`), "
@@ -246,14 +343,29 @@ class RayExecutor(CoroutineExecutor):
 
     async def stop(self) -> None:
         ray, self._remote = self._ray, None
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         if ray is None or not self._owns_connection:
             return
-        # Disconnects from a joined cluster; stops the processes of a Ray we started. Never `ray stop`,
-        # which would stop every Ray on the machine.
-        ray.shutdown()
+        ray.shutdown()  # disconnects this server; the head runs on until stopped below
         self._owns_connection = False
-        if self._remove_temp_dir and self._temp_dir:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+        if self._head_dir is None:
+            return
+        if self._keep_file and os.path.exists(self._keep_file):
+            # restart_server(restart_ray=False): the next server joins this head (and removes the
+            # file; until then it tells the teardown hook to leave this Ray alone as well).
+            logger.info("leaving the Ray head running for the next server (restart_ray=False)")
+            return
+        from rh_ray import worker_node
+
+        # Only the processes of our own head, by their tag: never `ray stop`, which would stop every
+        # Ray on the machine.
+        stopped = await asyncio.to_thread(worker_node.stop, self._head_dir)
+        if not stopped["ok"]:
+            logger.warning("the Ray head did not stop: %s", stopped.get("error"))
+        if self._head_process is not None:
+            await asyncio.to_thread(self._head_process.wait)  # it is our child: reap it
 
     # --- what the server asks ------------------------------------------------------------------
 
@@ -267,9 +379,13 @@ class RayExecutor(CoroutineExecutor):
         if ray is not None and ray.is_initialized():
             with contextlib.suppress(Exception):  # GCS briefly unreachable: keep the last figures
                 self._parallelism = max(1, int(ray.cluster_resources().get("CPU", 0)))
-                alive = [node for node in ray.nodes() if node.get("Alive")]
+                nodes = ray.nodes()
+                alive = [node for node in nodes if node.get("Alive")]
                 self._nodes = len(alive)
                 self._node_ips = sorted({node.get("NodeManagerAddress", "") for node in alive} - {""})
+                self._alive_nodes = [node["NodeID"] for node in alive]
+                # Dead ones too: errors about a lost node name its address.
+                self._node_addresses.update({node["NodeID"]: node.get("NodeManagerAddress", "?") for node in nodes})
 
     @property
     def parallelism(self) -> int:
@@ -296,8 +412,15 @@ class RayExecutor(CoroutineExecutor):
             env = await asyncio.to_thread(self._context.environment, task.env)
             options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
         remote = self._remote_with(options)
+        path = (task.header.get("function_ref") or {}).get("path")
+        if path and self._code is not None:
+            # Code sent by reference was synced to the head only: Ray may run this task elsewhere.
+            self._refresh()
+            await self._code.copy_to(path, [node for node in self._alive_nodes if node != self._node_id],
+                                     self._node_addresses)
+        relay = self._relay.endpoint if self._relay is not None else None
         try:
-            ref = remote.remote(self._log_endpoint, _detached(task), self._node_id)
+            ref = remote.remote(self._log_endpoint, _detached(task), self._node_id, relay)
         except Exception as exc:  # Ray itself is gone; its exception types may not unpickle on the client
             raise RhError(f"could not submit the call to Ray: {type(exc).__name__}: {exc}") from exc
         errors = ray.exceptions
@@ -310,11 +433,7 @@ class RayExecutor(CoroutineExecutor):
                 ray.cancel(ref, force=True)
             raise
         except (errors.WorkerCrashedError, errors.LocalRayletDiedError, errors.NodeDiedError) as exc:
-            raise WorkerDiedError(
-                f"the Ray worker process running this call died ({type(exc).__name__}: {exc}). "
-                "Ray does not retry it. Look for a crash in native code, os._exit, or running out of "
-                f"memory; {self._where_logs_are()}"
-            ) from exc
+            raise self._died_error(exc) from exc
         except errors.OutOfMemoryError as exc:
             raise WorkerDiedError(
                 f"Ray killed the worker running this call because its node ran low on memory: {exc} "
@@ -349,7 +468,121 @@ class RayExecutor(CoroutineExecutor):
             self._remotes[cache_key] = remote
         return remote
 
+    def _died_error(self, exc: Exception) -> WorkerDiedError:
+        """WorkerDiedError for a task whose worker died: a lost node (machine down, network cut) is
+        named with its address; otherwise the worker process itself crashed."""
+        self._counted_at = 0.0
+        self._refresh()
+        lost = {node: ip for node, ip in self._node_addresses.items()
+                if node not in self._alive_nodes and (node in str(exc) or ip in str(exc))}
+        if isinstance(exc, self._ray.exceptions.NodeDiedError) or lost:
+            hosts = ", ".join(sorted(set(lost.values()))) or "a Ray node"
+            return WorkerDiedError(
+                f"Ray lost the node running this call: {hosts} stopped answering the head "
+                f"({type(exc).__name__}: {exc}). Ray does not retry the call. Check that {hosts} is up and "
+                "reachable from the head (network, firewall); calls go on running on the other nodes, and "
+                "the node rejoins when the client connects again (a new connection, or "
+                "cluster.restart_server(restart_ray=False))"
+            )
+        return WorkerDiedError(
+            f"the Ray worker process running this call died ({type(exc).__name__}: {exc}). "
+            "Ray does not retry it. Look for a crash in native code, os._exit, or running out of "
+            f"memory; {self._where_logs_are()}"
+        )
+
     def _where_logs_are(self) -> str:
         if self._temp_dir is not None:
             return f"Ray's worker logs are in {self._temp_dir}/session_latest/logs"
         return "Ray's worker logs are in the session's logs directory on that node (/tmp/ray/session_latest/logs)"
+
+
+class LogRelay:
+    """Output of tasks on other nodes, on its way to the server's ``ipc://`` log endpoint: a ZeroMQ
+    PULL socket on the head's node address whose frames a thread forwards there unchanged.
+
+    It listens where Ray's own ports do, on the address the cluster's nodes share; anyone who can
+    reach Ray there can already run code on the cluster.
+    """
+
+    def __init__(self, host: str, log_endpoint: str):
+        import zmq
+
+        self._context = zmq.Context()
+        self._incoming = self._context.socket(zmq.PULL)
+        port = self._incoming.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"tcp://{host}:{port}"
+        self._outgoing = self._context.socket(zmq.PUSH)
+        self._outgoing.connect(log_endpoint)
+        control = f"inproc://rh-ray-log-relay-{secrets.token_hex(4)}"
+        self._control = self._context.socket(zmq.PAIR)
+        self._control.bind(control)
+        self._steer = self._context.socket(zmq.PAIR)
+        self._steer.connect(control)
+        self._thread = threading.Thread(target=self._forward, name="rh-ray-log-relay", daemon=True)
+        self._thread.start()
+
+    def _forward(self) -> None:
+        import zmq
+
+        with contextlib.suppress(zmq.ZMQError):
+            zmq.proxy_steerable(self._incoming, self._outgoing, None, self._steer)
+
+    def close(self) -> None:
+        self._control.send(b"TERMINATE")
+        self._thread.join(timeout=5)
+        self._context.destroy(linger=0)
+
+
+class CodeCopies:
+    """Keeps the code a task imports by reference (a directory the client synced to the head) on every
+    other Ray node, at the same path: a tar of it goes to each node that lacks this version.
+
+    The directory is re-read at most every CODE_CHECK_TTL seconds; a node gets it again only when its
+    fingerprint (names, sizes, mtimes) changed since the last copy there.
+    """
+
+    def __init__(self, ray: ModuleType):
+        self._ray = ray
+        self._unpack = ray.remote(num_cpus=0, max_retries=0)(unpack_code)  # runs even while every CPU is busy
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._read: dict[str, tuple[float, str]] = {}  # path -> (when read, fingerprint)
+        self._copied: dict[tuple[str, str], str] = {}  # (path, node id) -> fingerprint copied there
+
+    async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str]) -> None:
+        if not nodes:
+            return
+        lock = self._locks.setdefault(path, asyncio.Lock())
+        async with lock:  # the items of one map arrive together: one copy serves them all
+            fingerprint = await self._fingerprint(path)
+            missing = [node for node in nodes if self._copied.get((path, node)) != fingerprint]
+            if not missing:
+                return
+            archive = await asyncio.to_thread(_tar_of, path)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            refs = [self._unpack.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                    .remote(path, fingerprint, archive) for node in missing]
+            for node, ref in zip(missing, refs):
+                try:
+                    done = await ref
+                except self._ray.exceptions.RayError as exc:  # a node going away: Ray schedules nothing more there
+                    logger.warning("could not copy %s to Ray node %s: %s", path, addresses.get(node, node), exc)
+                    continue
+                self._copied[(path, node)] = fingerprint
+                logger.info("code %s on Ray node %s: %s", path, addresses.get(node, node), done)
+
+    async def _fingerprint(self, path: str) -> str:
+        from rh_core.workdir import fingerprint
+
+        read_at, value = self._read.get(path, (0.0, ""))
+        if time.monotonic() - read_at > CODE_CHECK_TTL:
+            value = await asyncio.to_thread(fingerprint, path)
+            self._read[path] = (time.monotonic(), value)
+        return value
+
+
+def _tar_of(path: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        tar.add(path, arcname=".")
+    return buffer.getvalue()

@@ -35,8 +35,10 @@ def rh_cluster_ready(cluster: Cluster, info: dict[str, Any]) -> None:
 def rh_cluster_teardown(cluster: Cluster) -> None:
     if getattr(cluster, "executor", None) != "ray":
         return
-    from rh_ray.workers import leave_workers, worker_addresses
+    from rh_ray.workers import leave_workers, stop_head, worker_addresses
 
+    if stop_head(cluster)["status"] == "kept":  # restart_server(restart_ray=False)
+        return
     workers = worker_addresses(cluster)
     if workers:
         leave_workers(cluster, workers)

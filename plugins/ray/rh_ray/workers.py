@@ -71,8 +71,9 @@ def _raise_for(errors: dict[str, BaseException], what: str) -> None:
 
 
 def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Start a Ray node on each worker that the head's Ray does not list as alive; return what each
-    worker reported. Raises :class:`RhError` naming every worker that could not join, and why."""
+    """Start a Ray node on each worker that the head's Ray does not list as alive, offering the
+    executor's ``num_cpus`` when it is set (as the head does); return what each worker reported.
+    Raises :class:`RhError` naming every worker that could not join, and why."""
     head = cluster.cluster_info.head
     gcs_address = info.get("executor_ray_address")
     if not gcs_address:
@@ -81,6 +82,8 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
             "restart the server with cluster.restart_server()"
         )
     alive = set(info.get("executor_node_ips") or ())
+    # The executor's num_cpus sizes the head's Ray node; every worker node offers as many.
+    num_cpus = (getattr(cluster, "executor_options", None) or {}).get("num_cpus")
     pending = tuple(w for w in workers if w not in alive)
     results: dict[str, dict[str, Any]] = {}
 
@@ -92,6 +95,8 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
             raise RhError(f"Ray worker {worker}: could not install rh_core and Ray there: {exc}") from exc
         command = (f"{shlex.quote(python)} -m rh_ray.worker_node join --root {shlex.quote(cluster.remote_dir)} "
                    f"--node {shlex.quote(worker)} --gcs-address {shlex.quote(gcs_address)}")
+        if num_cpus is not None:
+            command += f" --num-cpus {int(num_cpus)}"
         result = _run_on(cluster, worker, command)
         if not result.get("ok"):
             log = result.get("log", "").strip()
@@ -108,6 +113,27 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
     if pending:
         _raise_for(_in_parallel(pending, join_one), f"join the Ray head at {gcs_address}")
     return results
+
+
+def stop_head(cluster: Any) -> dict[str, Any]:
+    """After the cluster's server has stopped: stop what is left of the Ray head it started (only
+    its processes). Status ``"kept"`` when ``restart_server(restart_ray=False)`` keeps that Ray, and
+    its worker nodes with it, for the next server."""
+    from rh_ray import worker_node
+
+    remote_dir = getattr(cluster, "remote_dir", None)
+    if remote_dir is None:  # a cluster on this machine
+        result = worker_node.stop_head(cluster.state_dir)
+    else:
+        python = _shell_path(f"{remote_dir.rstrip('/')}/venv/bin/python")
+        state_dir = _shell_path(f"{remote_dir.rstrip('/')}/server")
+        # No venv there means no rh_core, so no Ray head of ours either.
+        result = _run_on(cluster, cluster.cluster_info.head,
+                         f"if [ -x {python} ]; then {python} -m rh_ray.worker_node stop-head --state-dir {state_dir}; "
+                         f"else echo '{{\"ok\": true, \"status\": \"no-runtime\"}}'; fi")
+    if not result.get("ok"):
+        raise RhError(f"could not stop the Ray head of cluster {getattr(cluster, 'name', '')!r}: {result.get('error')}")
+    return result
 
 
 def leave_workers(cluster: Any, workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,8 @@ code as the head's install.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime
 import json
 import logging
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 
 import pytest
 
+import multinode_functions
 import netns_hosts
 import rh_core as rh
 from rh_ray import plugin, worker_node
@@ -70,6 +74,10 @@ class FakeCluster:
 
     def transport_to(self, address: str) -> FakeTransport:
         return FakeTransport(address, self.answers, self.commands)
+
+    @property
+    def transport(self) -> FakeTransport:
+        return self.transport_to(self.cluster_info.head)
 
 
 READY = {"executor": "ray", "executor_ray_address": "10.9.9.1:41000", "executor_node_ips": ["10.9.9.1"]}
@@ -122,13 +130,41 @@ def test_missing_ray_address_says_how_to_fix_it():
         plugin.rh_cluster_ready(cluster=cluster, info={"executor": "ray"})
 
 
-def test_teardown_hook_runs_leave_on_every_worker_with_the_remote_home_expanded():
+def test_teardown_hook_stops_the_head_then_runs_leave_on_every_worker_with_the_remote_home_expanded():
     cluster = FakeCluster(("worker-a", "worker-b"))
     plugin.rh_cluster_teardown(cluster=cluster)
-    assert sorted(address for address, _ in cluster.commands) == ["worker-a", "worker-b"]
-    command = cluster.commands[0][1]
-    assert '"$HOME"/.rh/venv/bin/python -m rh_ray.worker_node leave' in command
-    plugin.rh_cluster_teardown(cluster=FakeCluster(("worker-a",), executor="process"))  # not ours: no-op
+    (head, stop_head), *leaves = cluster.commands
+    assert head == "head-node"
+    assert '"$HOME"/.rh/venv/bin/python -m rh_ray.worker_node stop-head --state-dir "$HOME"/.rh/server' in stop_head
+    assert sorted(address for address, _ in leaves) == ["worker-a", "worker-b"]
+    assert '"$HOME"/.rh/venv/bin/python -m rh_ray.worker_node leave' in leaves[0][1]
+    not_ours = FakeCluster(("worker-a",), executor="process")
+    plugin.rh_cluster_teardown(cluster=not_ours)
+    assert not_ours.commands == []
+
+
+def test_teardown_hook_leaves_head_and_workers_alone_when_the_server_keeps_ray():
+    # restart_server(restart_ray=False) left a keep-ray file in the server's state dir on the head.
+    cluster = FakeCluster(("worker-a", "worker-b"), answers={"head-node": {"ok": True, "status": "kept"}})
+    plugin.rh_cluster_teardown(cluster=cluster)
+    assert [address for address, _ in cluster.commands] == ["head-node"]
+
+
+def test_stop_head_keeps_a_head_marked_for_the_next_server_and_stops_an_unmarked_one(tmp_path):
+    from rh_core.cluster import KEEP_RAY_FILE
+
+    head_dir = tmp_path / "ray-head"
+    head_dir.mkdir()
+    token = secrets.token_hex(8)
+    process = _marked(token)
+    (head_dir / worker_node.RECORD).write_text(json.dumps({"token": token, "pid": process.pid}))
+    (tmp_path / KEEP_RAY_FILE).touch()
+    assert worker_node.stop_head(str(tmp_path))["status"] == "kept"
+    assert process.poll() is None
+    (tmp_path / KEEP_RAY_FILE).unlink()
+    assert worker_node.stop_head(str(tmp_path))["status"] == "stopped"
+    assert process.wait(timeout=10) is not None
+    assert worker_node.stop_head(str(tmp_path))["status"] == "absent"
 
 
 def _marked(token: str, *python: str) -> subprocess.Popen:
@@ -356,6 +392,51 @@ def test_a_plain_call_works(cluster):
 
 
 @pytest.mark.slow
+def test_a_function_sent_by_reference_runs_on_the_worker_node_too(cluster, hosts):
+    made, remote_dir = hosts
+    f = rh.function(multinode_functions.hostname_and_module_file).to(cluster)
+    results = f.map([0.5] * 16)
+    assert {host for host, _ in results} == {"h1", "h2"}
+    # Both hosts imported the same path: the synced working directory on h1, its copy on h2.
+    (path,) = {file for _, file in results}
+    assert path.startswith(f"{remote_dir}/sync/") and path.endswith("/plugins/ray/tests/multinode_functions.py")
+    for host in made.hosts:
+        assert made.host_path(host, path).is_file(), f"{path} is missing on {host.name}"
+
+
+@pytest.mark.slow
+def test_output_of_calls_on_the_worker_node_reaches_the_caller(cluster, capsys):
+    loud = rh.function(loud_hostname_after(0.3)).to(cluster)
+    capsys.readouterr()
+    names = loud.map(range(16), stream_logs=True)
+    assert set(names) == {"h1", "h2"}
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(f"sleeping on {name}" for name in names)
+
+
+@pytest.mark.slow
+def test_restart_server_without_restarting_ray_keeps_its_nodes_and_actors(cluster, hosts):
+    made, remote_dir = hosts
+    worker = made.hosts[1]
+    record_path = made.host_path(worker, worker_node.node_dir(remote_dir, worker.address)) / worker_node.RECORD
+    counter = rh.function(multinode_functions.count_in_actor).to(cluster)
+    nodes = rh.function(multinode_functions.ray_node_ids).to(cluster)
+    count, node_ids, worker_record = counter(), nodes(), json.loads(record_path.read_text())
+    before = cluster.status()
+    assert len(node_ids) == 2
+    started = time.monotonic()
+    cluster.restart_server(restart_ray=False)
+    logger.info("restart keeping Ray took %.1f s", time.monotonic() - started)
+    after = cluster.status()
+    assert after["pid"] != before["pid"], "the server was not restarted"
+    assert after["executor_ray_address"] == before["executor_ray_address"]
+    assert nodes() == node_ids
+    assert counter() == count + 1, "the detached actor did not survive the restart"
+    assert json.loads(record_path.read_text()) == worker_record, "the worker node was restarted"
+    assert set(rh.function(hostname_after(0.5)).to(cluster).map(range(16))) == {"h1", "h2"}
+
+
+@pytest.mark.slow
 def test_a_second_client_leaves_the_running_worker_node_alone(cluster, hosts):
     made, remote_dir = hosts
     worker = made.hosts[1]
@@ -378,14 +459,60 @@ def test_restart_server_stops_the_worker_node_and_joins_the_new_head(cluster, ho
     worker = made.hosts[1]
     record_path = made.host_path(worker, worker_node.node_dir(remote_dir, worker.address)) / worker_node.RECORD
     before = json.loads(record_path.read_text())
+    counter, nodes = (rh.function(fn).to(cluster)
+                     for fn in (multinode_functions.count_in_actor, multinode_functions.ray_node_ids))
+    assert counter() >= 1
+    node_ids = nodes()
     started = time.monotonic()
-    cluster.restart_server()
+    cluster.restart_server()  # restart_ray=True
     logger.info("restart with the worker rejoined took %.1f s", time.monotonic() - started)
     after = json.loads(record_path.read_text())
     assert after["gcs_address"] == cluster.status()["executor_ray_address"] != before["gcs_address"]
     assert after["pid"] != before["pid"]
+    new_node_ids = nodes()
+    assert len(new_node_ids) == 2 and not set(new_node_ids) & set(node_ids)
+    assert counter() == 1, "an actor of the old Ray survived"
     names = rh.function(hostname_after(0.5)).to(cluster).map(range(16))
     assert set(names) == {"h1", "h2"}
+
+
+@pytest.mark.slow
+def test_a_network_cut_to_the_worker_ends_the_map_with_an_error_naming_it(cluster, hosts):
+    made, _ = hosts
+    worker = made.hosts[1]
+    f = rh.function(hostname_after(3.0)).to(cluster)
+    assert set(f.map(range(8))) == {"h1", "h2"}  # both hosts warm and in use
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, link_down_after(worker, 1.0):
+        started = time.monotonic()
+        running = pool.submit(f.map, range(8))
+        with pytest.raises(rh.WorkerDiedError) as info:
+            running.result(timeout=120)
+        seconds = time.monotonic() - started
+    logger.info("the map ended %.1f s after it started (link cut after 1 s): %s", seconds, info.value)
+    # Ray's health checks declare the silent node dead after node_timeout_s (30 s by default).
+    assert seconds < 60
+    message = str(info.value)
+    assert f"Ray lost the node running this call: {worker.address} stopped answering" in message
+    # Link restored: the next calls work, on the head (the lost node's Ray exited when it heard it was
+    # declared dead).
+    assert set(f.map(range(4))) <= {"h1", "h2"}
+    # A new connection (here: a server restart that keeps Ray) joins the worker again.
+    cluster.restart_server(restart_ray=False)
+    assert set(rh.function(hostname_after(0.5)).to(cluster).map(range(16))) == {"h1", "h2"}
+
+
+@contextlib.contextmanager
+def link_down_after(host: netns_hosts.NetnsHost, seconds: float) -> Iterator[None]:
+    """Cut ``host`` off ``seconds`` after entering (in a thread, so the body runs meanwhile); restore
+    its link at exit."""
+    timer = threading.Timer(seconds, subprocess.run, (["ip", "link", "set", host.veth, "down"],), {"check": True})
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        subprocess.run(["ip", "link", "set", host.veth, "up"], check=True)
 
 
 @pytest.mark.slow
