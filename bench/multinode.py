@@ -78,7 +78,9 @@ def on_cluster(made: netns_hosts.NetnsHosts, remote_dir: str, addresses: list[st
     started = time.monotonic()
     try:
         cluster.connection()
-        nodes = cluster.status()["executor_nodes"]
+        deadline = time.monotonic() + 30  # the server re-reads Ray's node list every few seconds
+        while (nodes := cluster.status()["executor_nodes"]) != len(addresses) and time.monotonic() < deadline:
+            time.sleep(1)
         print(f"{len(addresses)} host(s) up in {time.monotonic() - started:.0f} s ({nodes} Ray nodes)", file=sys.stderr)
         if nodes != len(addresses):
             raise RuntimeError(f"expected {len(addresses)} Ray nodes, the head reports {nodes}")
