@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
+_POLLIN = int(zmq.POLLIN)  # a plain int: `int & zmq.POLLIN` builds enum objects on every test
+
 
 class Channel:
     """Calls ``on_message(frames)`` for every message the socket receives; ``send`` never blocks."""
@@ -26,13 +28,16 @@ class Channel:
     def _drain(self) -> None:
         # The descriptor is edge-triggered: read everything queued, or the next signal never comes.
         socket = self.socket
-        while not socket.closed and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not socket.closed and socket.getsockopt(zmq.EVENTS) & _POLLIN:
             self._on_message(socket.recv_multipart(zmq.NOBLOCK, copy=False))
 
     def send(self, frames: Sequence) -> None:
         self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        # A send can consume the descriptor's edge for messages that arrived meanwhile.
-        self._loop.call_soon(self._drain)
+        # A send can consume the descriptor's edge for messages that arrived meanwhile: read those
+        # soon. Reading ZMQ_EVENTS re-arms the descriptor for the ones that come later (pyzmq's
+        # own asyncio sockets do the same), so no drain is scheduled when nothing is waiting.
+        if self.socket.getsockopt(zmq.EVENTS) & _POLLIN:
+            self._loop.call_soon(self._drain)
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
