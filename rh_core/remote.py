@@ -32,6 +32,17 @@ IDLE_RECHECK_SECONDS = 60.0
 
 REMOTE_HOME = "~/.rh"
 
+
+def remote_shell_path(path: str) -> str:
+    """``path`` on a cluster machine as one shell word, a leading ``~`` expanded there (as the probe
+    expands ``remote_dir``), for commands run through a transport."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
 # Run with the host's python3; prints what bootstrap needs to know in one round trip.
 _PROBE = r"""
 import json, os, shutil, sys
@@ -304,8 +315,7 @@ class RemoteCluster(Cluster):
         # The venv's python when it is there and ours: it skips shims (pyenv's costs ~0.3 s) and
         # is what the server runs; python3 otherwise.
         root = self.remote_dir
-        home_relative = root.startswith("~/") and root[2:]
-        venv = ("~/" + shlex.quote(root[2:]) if home_relative else shlex.quote(root)) + "/venv/bin/python"
+        venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
         probe = f"-c {shlex.quote(_PROBE)} {shlex.quote(root)}"
         (code, out, err), = transport.run([f"{venv} {probe} {ours} 2>/dev/null || python3 {probe}"])
         if code != 0:
@@ -434,8 +444,7 @@ class RemoteCluster(Cluster):
             ignore it.
         """
         if not restart_ray:
-            state_dir = f"{self.remote_dir.rstrip('/')}/server"
-            shell_path = ('"$HOME"/' + shlex.quote(state_dir[2:])) if state_dir.startswith("~/") else shlex.quote(state_dir)
+            shell_path = remote_shell_path(f"{self.remote_dir.rstrip('/')}/server")
             self._run_checked(self.transport, f"mkdir -p {shell_path} && touch {shell_path}/{KEEP_RAY_FILE}",
                               "asking the server to keep Ray running", self.cluster_info.head)
         self.stop_server()

@@ -1,16 +1,28 @@
 """pytest fixtures for plugin tests: a real sshd on loopback and a BYO cluster on it, one of each per
-test session. Use them with ``pytest_plugins = ["rh_core.testing.fixtures"]`` in the conftest.py
+test session, and :func:`wait_for`. Use them with ``pytest_plugins = ["rh_core.testing.fixtures"]`` in the conftest.py
 at your repository's root (rh_core's own root conftest does this).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from rh_core.testing.sshd import SSHD, SSHServer, loopback_cluster, start_sshd, stop
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str,
+             details: Callable[[], str] = lambda: "") -> None:
+    """Poll ``condition`` every 0.2 s; fail the test with ``what`` (and ``details()``) if it is
+    still false after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {seconds} s. {details()}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

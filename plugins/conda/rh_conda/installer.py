@@ -12,7 +12,6 @@ chooses one explicitly. The identity of a step is the package records it resolve
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import urllib.parse
 from typing import TYPE_CHECKING, Protocol

@@ -15,19 +15,12 @@ import pytest
 import rh_core as rh
 from rh_core.cluster import pid_alive
 from rh_core.testing import functions as fns
+from rh_core.testing.fixtures import wait_for
 
 # Bootstrap builds wheels and a venv on first use (again whenever the checkout changes): minutes on a busy box.
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 HEAD = "127.0.0.1"
-
-
-def wait_for(condition, seconds: float, what: str, details=lambda: "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {seconds} s. {details()}")
-        time.sleep(0.2)
 
 
 def refuses_ssh(port: int) -> bool:

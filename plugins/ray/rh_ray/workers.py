@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 from rh_core.errors import RhError
+from rh_core.remote import remote_shell_path
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,6 @@ def worker_addresses(cluster: Any) -> tuple[str, ...]:
         return ()
     head = getattr(info, "head", None)
     return tuple(w for w in (getattr(info, "workers", None) or ()) if w != head)
-
-
-def _shell_path(path: str) -> str:
-    """``path`` as a shell word, with a leading ``~/`` expanded the way the remote probe expands it."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
 
 
 def _run_on(cluster: Any, address: str, command: str) -> dict[str, Any]:
@@ -125,8 +117,8 @@ def stop_head(cluster: Any) -> dict[str, Any]:
     if remote_dir is None:  # a cluster on this machine
         result = worker_node.stop_head(cluster.state_dir)
     else:
-        python = _shell_path(f"{remote_dir.rstrip('/')}/venv/bin/python")
-        state_dir = _shell_path(f"{remote_dir.rstrip('/')}/server")
+        python = remote_shell_path(f"{remote_dir.rstrip('/')}/venv/bin/python")
+        state_dir = remote_shell_path(f"{remote_dir.rstrip('/')}/server")
         # No venv there means no rh_core, so no Ray head of ours either.
         result = _run_on(cluster, cluster.cluster_info.head,
                          f"if [ -x {python} ]; then {python} -m rh_ray.worker_node stop-head --state-dir {state_dir}; "
@@ -138,7 +130,7 @@ def stop_head(cluster: Any) -> dict[str, Any]:
 
 def leave_workers(cluster: Any, workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Stop the Ray nodes this cluster started on its workers (only those: never ``ray stop``)."""
-    python = _shell_path(f"{cluster.remote_dir.rstrip('/')}/venv/bin/python")
+    python = remote_shell_path(f"{cluster.remote_dir.rstrip('/')}/venv/bin/python")
     results: dict[str, dict[str, Any]] = {}
 
     def leave_one(worker: str) -> None:

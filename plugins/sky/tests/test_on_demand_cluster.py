@@ -15,6 +15,7 @@ import pytest
 
 import rh_core as rh
 from rh_core.testing import functions as fns
+from rh_core.testing.fixtures import wait_for
 from rh_core.testing.sshd import SSHD, start_sshd, stop
 
 from sky_helpers import use_fake_sky
@@ -84,14 +85,6 @@ def cluster(cloud):
     yield gpu
     if fake.cluster(NAME) is not None:
         gpu.down()
-
-
-def wait_for(condition, seconds: float, what: str, details=lambda: "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {seconds} s. {details()}")
-        time.sleep(0.2)
 
 
 def activity_log(cluster) -> str:
