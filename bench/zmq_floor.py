@@ -6,7 +6,7 @@ One hop (``python bench/zmq_floor.py``): a separate server process receives a pi
 
 Two hops (``python bench/zmq_floor.py relay WORKERS``): the shape of rh_core's ``process``
 executor with nothing else: a relay process passes each request, unopened, to an idle worker
-process and the worker's reply back to its client. No envelope, no authentication, no liveness
+process over a socket pair and the worker's reply back to its client. No envelope, no authentication, no liveness
 checks, no bookkeeping: whatever rh_core costs above these is its own overhead.
 
 Either server prints its port on stdout; a message ``[b"stop"]`` ends it.
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
+from multiprocessing.connection import Connection
 
 import zmq
 
@@ -82,56 +84,76 @@ def serve() -> None:
 
 
 def relay(workers: int) -> None:
-    """Pass requests to ``workers`` worker processes, one request per worker at a time. Both hops
-    use unix sockets, as rh_core's local clients and workers do."""
+    """Pass requests to ``workers`` worker processes, one request per worker at a time. Clients
+    reach the relay over a unix socket and the relay reaches each worker over a socket pair, as
+    rh_core's local clients and its ``process`` executor's workers do."""
     import tempfile
 
     directory = tempfile.mkdtemp(prefix="rh-floor-")
-    context = zmq.Context.instance()
-    front = context.socket(zmq.ROUTER)
+    front = zmq.Context.instance().socket(zmq.ROUTER)
     front.setsockopt(zmq.LINGER, 0)
     front.bind(f"ipc://{directory}/front.sock")
-    back = context.socket(zmq.ROUTER)
-    back.setsockopt(zmq.LINGER, 0)
-    back.bind(f"ipc://{directory}/back.sock")
-    children = [subprocess.Popen([sys.executable, os.path.join(HERE, "zmq_floor.py"), "worker",
-                                  f"ipc://{directory}/back.sock"]) for _ in range(workers)]
-    idle: list[bytes] = []
-    waiting: list[list] = []
     poller = zmq.Poller()
     poller.register(front, zmq.POLLIN)
-    poller.register(back, zmq.POLLIN)
+    links: dict[int, Connection] = {}
+    children = []
+    for _ in range(workers):
+        ours, theirs = socket.socketpair()
+        children.append(subprocess.Popen([sys.executable, os.path.join(HERE, "zmq_floor.py"), "worker",
+                                          str(theirs.fileno())], pass_fds=(theirs.fileno(),)))
+        theirs.close()
+        link = Connection(ours.detach())
+        links[link.fileno()] = link
+        poller.register(link.fileno(), zmq.POLLIN)
+    idle: list[Connection] = []
+    waiting: list[list] = []
     announced = False
     while True:
         if not announced and len(idle) == workers:
             sys.stdout.write(f"ipc://{directory}/front.sock\n")
             sys.stdout.flush()
             announced = True
-        for socket, _ in poller.poll():
-            frames = socket.recv_multipart(copy=False)
-            if socket is front:
+        for ready, _ in poller.poll():
+            if ready is front:
+                frames = front.recv_multipart(copy=False)
                 if len(frames) == 2 and frames[1].bytes == b"stop":
                     for child in children:
                         child.kill()
                     front.send_multipart([frames[0], b"stopped"])
                     return
                 waiting.append(frames)
-            else:  # [worker, b"ready"] or [worker, client, *result]
-                idle.append(frames[0].bytes)
-                if len(frames) > 2:
-                    front.send_multipart(frames[1:], copy=False)
+            else:  # [] when the worker is ready, or [client, *result]
+                link = links[ready]
+                frames = receive_frames(link)
+                idle.append(link)
+                if frames:
+                    front.send_multipart(frames, copy=False)
             while idle and waiting:
-                back.send_multipart([idle.pop(), *waiting.pop(0)], copy=False)
+                send_frames(idle.pop(), waiting.pop(0))
 
 
-def worker(address: str) -> None:
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.connect(address)
-    socket.send(b"ready")
+def send_frames(link: Connection, frames: list) -> None:
+    """Frames over a socket pair: one pickle holding the small ones, then each large one, uncopied."""
+    large: list = []
+    stream = pickle.dumps([pickle.PickleBuffer(f) if len(memoryview(f)) >= OUT_OF_BAND_MIN else bytes(f)
+                           for f in frames], protocol=5, buffer_callback=large.append)
+    link.send_bytes(stream)
+    for buffer in large:
+        link.send_bytes(buffer.raw())
+
+
+def receive_frames(link: Connection) -> list:
+    stream = link.recv_bytes()
+    return pickle.loads(stream, buffers=iter(link.recv_bytes, None))
+
+
+def worker(fd: str) -> None:
+    link = Connection(int(fd))
+    send_frames(link, [])
     while True:
-        client, *request = socket.recv_multipart(copy=False)
-        fn, args = loads([frame.buffer for frame in request])
-        socket.send_multipart([client, *dumps(fn(*args))], copy=False)
+        client, *request = receive_frames(link)
+        fn, args = loads(request)
+        send_frames(link, [client, *dumps(fn(*args))])
 
 
 # --- client ---------------------------------------------------------------------------------------

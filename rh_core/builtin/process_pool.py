@@ -15,23 +15,21 @@ import collections
 import itertools
 import os
 import signal
+import socket
 from typing import Any
 
-import zmq
-
-from rh_core.channel import Channel
 from rh_core.errors import WorkerDiedError
 from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
-from rh_core.worker import encode_task
+from rh_core.worker import Link, task_message
 
 WORKER_START_TIMEOUT = 60.0
 
 
 class _Worker:
-    def __init__(self, worker_id: str, process: asyncio.subprocess.Process, pool: _Pool):
+    def __init__(self, worker_id: str, process: asyncio.subprocess.Process, link: Link, pool: _Pool):
         self.id = worker_id
-        self.identity = worker_id.encode()
         self.process = process
+        self.link = link
         self.pool = pool
         self.generation = pool.generation
         self.current: asyncio.Future[Outcome] | None = None  # the outcome of the task it runs now
@@ -63,9 +61,8 @@ class ProcessExecutor:
     def __init__(self, num_workers: int | None = None):
         self.num_workers = int(num_workers or os.cpu_count() or 1)
         self._ids = itertools.count()
-        self._workers: dict[bytes, _Worker] = {}
+        self._workers: set[_Worker] = set()
         self._pools: dict[str | None, _Pool] = {}
-        self._channel: Channel | None = None
         self._stopping = False
         self._watchers: set[asyncio.Task] = set()
 
@@ -74,15 +71,11 @@ class ProcessExecutor:
         return self.num_workers
 
     def describe(self) -> dict[str, Any]:
-        return {"executor": self.name, "workers": sorted(w.process.pid for w in self._workers.values()),
+        return {"executor": self.name, "workers": sorted(w.process.pid for w in self._workers),
                 "environments": sorted(name or "default" for name in self._pools)}
 
     async def start(self, context: ServerContext) -> None:
         self._context = context
-        self._endpoint = f"ipc://{context.state_dir}/workers.sock"
-        socket = zmq.Context.instance().socket(zmq.ROUTER)
-        socket.bind(self._endpoint)
-        self._channel = Channel(socket, self._on_message)
         pool = self._pool(None)
         try:
             await asyncio.wait_for(asyncio.shield(pool.ready), WORKER_START_TIMEOUT)
@@ -108,19 +101,30 @@ class ProcessExecutor:
         watcher.add_done_callback(self._watchers.discard)
 
     async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
+        ours, theirs = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
-                pool.env.python, "-m", "rh_core.worker", self._endpoint, self._context.log_endpoint, worker_id,
-                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **pool.env.variables},
+                pool.env.python, "-m", "rh_core.worker", str(theirs.fileno()), self._context.log_endpoint,
+                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **pool.env.variables}, pass_fds=(theirs.fileno(),),
             )
         except OSError as exc:
+            ours.close()
             self._pool_failed(pool, WorkerDiedError(f"could not start a worker in {pool.label}: {exc}"))
             return
-        worker = _Worker(worker_id, process, pool)
-        self._workers[worker.identity] = worker
+        finally:
+            theirs.close()
+        worker = _Worker(worker_id, process, Link(ours.detach()), pool)
+        self._workers.add(worker)
         pool.workers.add(worker)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(worker.link.fileno(), self._on_readable, worker)
+        # uvloop makes a watched descriptor non-blocking; a message is read whole once it starts
+        # arriving (the worker writes it at once), so blocking reads are what we want.
+        os.set_blocking(worker.link.fileno(), True)
         returncode = await process.wait()
-        self._workers.pop(worker.identity, None)
+        loop.remove_reader(worker.link.fileno())
+        worker.link.close()
+        self._workers.discard(worker)
         pool.workers.discard(worker)
         if worker in pool.idle:
             pool.idle.remove(worker)
@@ -157,18 +161,23 @@ class ProcessExecutor:
             if worker.process.returncode is None:
                 worker.process.kill()
 
-    def _on_message(self, frames: list) -> None:
-        worker = self._workers.get(frames[0].bytes)
-        if worker is None:
-            return
-        kind = frames[1].bytes
-        if kind == b"done":
+    def _on_readable(self, worker: _Worker) -> None:
+        # One message per call: the loop calls again while more is waiting.
+        try:
+            self._on_message(worker, worker.link.receive())
+        except (EOFError, OSError):
+            # The worker is gone (its watcher reports it) or wrote something unreadable: either way
+            # it cannot be trusted with another task.
+            asyncio.get_running_loop().remove_reader(worker.link.fileno())
+            if worker.process.returncode is None:
+                worker.process.kill()
+
+    def _on_message(self, worker: _Worker, message: tuple) -> None:
+        if message[0] == "done":
+            _, status, logged, frames = message
             current, worker.current = worker.current, None
             if current is not None and not current.done():
-                status, logged = frames[2].bytes.decode(), bool(frames[3].bytes)
-                current.set_result(Outcome(status=status, frames=frames[4:], logged=logged))
-        elif kind != b"ready":
-            return
+                current.set_result(Outcome(status=status, frames=frames, logged=logged))
         pool = worker.pool
         if worker.generation != pool.generation:  # its environment changed since it started
             worker.process.kill()
@@ -203,7 +212,10 @@ class ProcessExecutor:
             worker = pool.idle.pop()
             worker.current = future
             future.add_done_callback(lambda f, worker=worker: self._on_settled(worker, f))
-            self._channel.send([worker.identity, *encode_task(task)])
+            try:
+                worker.link.send(task_message(task))
+            except OSError:
+                pass  # the worker died just now: its watcher fails this call and replaces it
 
     def _on_settled(self, worker: _Worker, future: asyncio.Future) -> None:
         if future.cancelled() and worker.current is future:
@@ -214,7 +226,7 @@ class ProcessExecutor:
 
     async def stop(self) -> None:
         self._stopping = True
-        workers = list(self._workers.values())
+        workers = list(self._workers)
         for worker in workers:
             if worker.process.returncode is None:
                 worker.process.kill()
@@ -222,5 +234,3 @@ class ProcessExecutor:
             await worker.process.wait()
         for watcher in list(self._watchers):
             watcher.cancel()
-        if self._channel is not None:
-            self._channel.close()
