@@ -10,8 +10,30 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 import zmq
+from zmq.backend import Socket as _BaseSocket
 
-_POLLIN = int(zmq.POLLIN)  # a plain int: `int & zmq.POLLIN` builds enum objects on every test
+# Plain ints: arithmetic on pyzmq's enum flags builds enum objects, a few µs every time.
+_POLLIN, _NOBLOCK, _SNDMORE, _EVENTS = int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS)
+
+
+def send_frames(socket: zmq.Socket, frames: Sequence, flags: int = 0) -> None:
+    """``socket.send_multipart(frames, flags, copy=False)`` without pyzmq's per-frame Python layer,
+    which costs more than libzmq's own send (frames under ``socket.copy_threshold`` are still copied)."""
+    send, more = _BaseSocket.send, flags | _SNDMORE
+    for frame in frames[:-1]:
+        send(socket, frame, more, False)
+    send(socket, frames[-1], flags, False)
+
+
+def recv_frames(socket: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """``socket.recv_multipart(flags, copy=False)`` without pyzmq's per-frame Python layer."""
+    recv = _BaseSocket.recv
+    frame = recv(socket, flags, False)
+    frames = [frame]
+    while frame.more:
+        frame = recv(socket, 0, False)
+        frames.append(frame)
+    return frames
 
 
 class Channel:
@@ -27,16 +49,16 @@ class Channel:
 
     def _drain(self) -> None:
         # The descriptor is edge-triggered: read everything queued, or the next signal never comes.
-        socket = self.socket
-        while not socket.closed and socket.getsockopt(zmq.EVENTS) & _POLLIN:
-            self._on_message(socket.recv_multipart(zmq.NOBLOCK, copy=False))
+        socket, events = self.socket, _BaseSocket.get
+        while not socket.closed and events(socket, _EVENTS) & _POLLIN:
+            self._on_message(recv_frames(socket, _NOBLOCK))
 
     def send(self, frames: Sequence) -> None:
-        self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        send_frames(self.socket, frames, _NOBLOCK)
         # A send can consume the descriptor's edge for messages that arrived meanwhile: read those
         # soon. Reading ZMQ_EVENTS re-arms the descriptor for the ones that come later (pyzmq's
         # own asyncio sockets do the same), so no drain is scheduled when nothing is waiting.
-        if self.socket.getsockopt(zmq.EVENTS) & _POLLIN:
+        if _BaseSocket.get(self.socket, _EVENTS) & _POLLIN:
             self._loop.call_soon(self._drain)
 
     def close(self) -> None:

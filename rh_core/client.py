@@ -7,11 +7,11 @@ alive, so a dead server is reported within seconds instead of hanging.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +47,7 @@ class Connection:
         self._secret = secret or ""
         self._local = threading.local()
         self._closed = False
+        self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own socket
 
     def _socket(self) -> Any:
         socket = getattr(self._local, "socket", None)
@@ -55,6 +56,7 @@ class Connection:
 
             socket = zmq.Context.instance().socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # a receive gives up after a slice: see request()
             socket.connect(self.address)
             self._local.socket = socket
         return socket
@@ -79,16 +81,23 @@ class Connection:
         ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
         (None waits as long as the server lives).
         """
+        import orjson
+        import zmq
+
+        from rh_core.channel import recv_frames, send_frames
+
         socket = self._socket()
-        request_id = uuid.uuid4().hex
-        envelope = json.dumps({"id": request_id, "op": op, "auth": self._secret, **header},
-                              separators=(",", ":")).encode()
-        socket.send_multipart([envelope, *frames], copy=False)
+        request_id = next(self._request_ids)
+        envelope = orjson.dumps({"id": request_id, "op": op, "auth": self._secret, **header})
+        send_frames(socket, [envelope, *frames])
         waited = 0.0
         while True:
-            if socket.poll(POLL_SLICE_MS):
-                reply = socket.recv_multipart(copy=False)
-                fields = json.loads(reply[0].bytes)
+            try:
+                reply = recv_frames(socket)
+            except zmq.Again:  # nothing within a slice: check on the server, then wait on
+                reply = None
+            if reply is not None:
+                fields = orjson.loads(reply[0].buffer)
                 if fields.get("id") != request_id:
                     continue  # a late reply to a request we gave up on
                 kind = fields.pop("kind")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -151,7 +150,7 @@ class Function(Generic[P, R]):
     def _header(self, mode: str, ref_keys: list[str], options: dict[str, Any]) -> tuple[dict, list]:
         _, shipped = self._placed()
         header = {
-            "key": f"{self.name}-{uuid.uuid4().hex[:16]}",
+            "key": f"{self.name}-{os.urandom(8).hex()}",
             "mode": mode,
             "fn_id": shipped.fn_id,
             "function_ref": shipped.function_ref.to_json() if shipped.function_ref else None,

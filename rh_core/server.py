@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+import uvloop
 import zmq
 
 from rh_core import __version__, results, serialize, shm
@@ -47,7 +49,7 @@ LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    return orjson.dumps(envelope)
 
 
 class Server:
@@ -216,14 +218,14 @@ class Server:
     def _on_request(self, frames: list) -> None:
         identity = frames[0].bytes
         try:
-            request = json.loads(frames[1].bytes)
+            request = orjson.loads(frames[1].buffer)
             request_id, op = request["id"], request["op"]
             authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
         except (IndexError, ValueError, KeyError, TypeError, AttributeError):
             self._reply(identity, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
             return
         if not authenticated:  # before anything else: nothing of an unauthenticated request is used
-            self._reply(identity, str(request_id), "fail", {"type": "AuthenticationError", "message": (
+            self._reply(identity, request_id, "fail", {"type": "AuthenticationError", "message": (
                 "the request does not carry this cluster's secret; clients read it from the server's state "
                 "directory on the cluster (owner-only), so only the cluster's user can call its server"
             )})
@@ -664,8 +666,9 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    asyncio.run(Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
-                       results_days=args.results_days, expose=expose, tls_files=tls_files).serve())
+    server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
+                    results_days=args.results_days, expose=expose, tls_files=tls_files)
+    uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
 
 
 if __name__ == "__main__":
