@@ -40,6 +40,7 @@ from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
+from rh_core.heap import keep_freed_memory
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
@@ -656,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="days a kept result lives before it is deleted")
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+    keep_freed_memory()
     executor = PluginHost().executor(args.executor)(**parse_options(args.option))
     expose = None
     if args.expose:

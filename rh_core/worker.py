@@ -19,6 +19,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
+from rh_core.heap import keep_freed_memory
 from rh_core.plugin_types import Outcome, Task
 from rh_core.runner import Runner
 from rh_core.serialize import OUT_OF_BAND_MIN
@@ -107,6 +108,7 @@ def _die_with_parent() -> None:
 def main(link_fd: str, log_endpoint: str) -> None:
     server_pid = os.getppid()
     _die_with_parent()
+    keep_freed_memory()
     link = Link(int(link_fd))
     runner = Runner(log_endpoint)
     link.send(("ready",))
