@@ -12,28 +12,9 @@ from collections.abc import Callable, Sequence
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
-# Plain ints: arithmetic on pyzmq's enum flags builds enum objects, a few µs every time.
-_POLLIN, _NOBLOCK, _SNDMORE, _EVENTS = int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS)
+from rh_core.client import recv_frames, send_frames
 
-
-def send_frames(socket: zmq.Socket, frames: Sequence, flags: int = 0) -> None:
-    """``socket.send_multipart(frames, flags, copy=False)`` without pyzmq's per-frame Python layer,
-    which costs more than libzmq's own send (frames under ``socket.copy_threshold`` are still copied)."""
-    send, more = _BaseSocket.send, flags | _SNDMORE
-    for frame in frames[:-1]:
-        send(socket, frame, more, False)
-    send(socket, frames[-1], flags, False)
-
-
-def recv_frames(socket: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
-    """``socket.recv_multipart(flags, copy=False)`` without pyzmq's per-frame Python layer."""
-    recv = _BaseSocket.recv
-    frame = recv(socket, flags, False)
-    frames = [frame]
-    while frame.more:
-        frame = recv(socket, 0, False)
-        frames.append(frame)
-    return frames
+_POLLIN, _NOBLOCK, _EVENTS = int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.EVENTS)  # plain ints: see rh_core.client
 
 
 class Channel:

@@ -35,6 +35,41 @@ def write_log(stream: str, text: bytes) -> None:
     target.flush()
 
 
+# pyzmq's send_multipart/recv_multipart wrap every frame in Python and do arithmetic on enum flags,
+# which costs more than libzmq's own send; these call its Cython layer with plain int flags.
+_SNDMORE = 2  # zmq.SNDMORE
+_zmq_socket: Any = None  # zmq.backend.Socket, imported on first use: `import rh_core` stays fast
+
+
+def _base_socket() -> Any:
+    global _zmq_socket
+    if _zmq_socket is None:
+        from zmq.backend import Socket
+
+        _zmq_socket = Socket
+    return _zmq_socket
+
+
+def send_frames(socket: Any, frames: Sequence, flags: int = 0) -> None:
+    """``socket.send_multipart(frames, flags, copy=False)`` without pyzmq's per-frame Python layer
+    (frames under ``socket.copy_threshold`` bytes are still copied)."""
+    send, more = _base_socket().send, flags | _SNDMORE
+    for frame in frames[:-1]:
+        send(socket, frame, more, False)
+    send(socket, frames[-1], flags, False)
+
+
+def recv_frames(socket: Any, flags: int = 0) -> list:
+    """``socket.recv_multipart(flags, copy=False)`` without pyzmq's per-frame Python layer."""
+    recv = _base_socket().recv
+    frame = recv(socket, flags, False)
+    frames = [frame]
+    while frame.more:
+        frame = recv(socket, 0, False)
+        frames.append(frame)
+    return frames
+
+
 SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
 
 
@@ -83,8 +118,6 @@ class Connection:
         """
         import orjson
         import zmq
-
-        from rh_core.channel import recv_frames, send_frames
 
         socket = self._socket()
         request_id = next(self._request_ids)
