@@ -75,15 +75,10 @@ class ProcessExecutor:
                 "environments": sorted(name or "default" for name in self._pools)}
 
     async def start(self, context: ServerContext) -> None:
+        # The default pool's workers start now, while the server opens for clients: calls that
+        # arrive first wait for them, so a cold start pays for the two start-ups side by side.
         self._context = context
-        pool = self._pool(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(pool.ready), WORKER_START_TIMEOUT)
-        except TimeoutError:
-            raise WorkerDiedError(
-                f"{self.num_workers - len(pool.idle)} of {self.num_workers} worker processes did not report "
-                f"ready within {WORKER_START_TIMEOUT} s; see the server log"
-            ) from None
+        self._pool(None)
 
     def _pool(self, env_name: str | None) -> _Pool:
         """The pool of an environment, started on first use."""
@@ -92,7 +87,15 @@ class ProcessExecutor:
             pool = self._pools[env_name] = _Pool(self._context.environment(env_name), self.num_workers)
             for _ in range(pool.size):
                 self._spawn(pool)
+            asyncio.get_running_loop().call_later(WORKER_START_TIMEOUT, self._check_started, pool)
         return pool
+
+    def _check_started(self, pool: _Pool) -> None:
+        if not pool.ready.done():
+            self._pool_failed(pool, WorkerDiedError(
+                f"{pool.size - len(pool.idle)} of {pool.size} worker processes of {pool.label} did not report "
+                f"ready within {WORKER_START_TIMEOUT} s; see the server log"
+            ))
 
     def _spawn(self, pool: _Pool) -> None:
         worker_id = f"{os.getpid()}-w{next(self._ids)}"  # unique across server restarts
