@@ -35,3 +35,46 @@ def test_a_forged_descriptor_cannot_name_a_path():
 
     with pytest.raises(ValueError, match="malformed"):
         shm.attach(shm._MAGIC + b"../../etc/passwd:10")
+
+
+def test_the_worker_link_carries_small_and_large_buffers_and_refuses_anything_but_data():
+    import pickle
+    import socket
+    import threading
+
+    from rh_core.serialize import OUT_OF_BAND_MIN
+    from rh_core.worker import Link
+
+    ours, theirs = socket.socketpair()
+    sender, receiver = Link(ours.detach()), Link(theirs.detach())
+    large = bytes(range(256)) * (OUT_OF_BAND_MIN // 128)  # out of band: sent after the pickle
+    message = ("done", "ok", True, [b"small", pickle.PickleBuffer(large), {"key": [1, 2.5, None]}])
+    writer = threading.Thread(target=sender.send, args=(message,))  # 128 KiB: more than a socket buffer
+    writer.start()
+    assert receiver.receive() == ("done", "ok", True, [b"small", large, {"key": [1, 2.5, None]}])
+    writer.join()
+
+    class Exploit:  # what a hostile worker could send: unpickling it would call os.system
+        def __reduce__(self):
+            import os
+
+            return os.system, ("touch /tmp/rh-should-not-exist",)
+
+    sender._connection.send_bytes(pickle.dumps(("done", Exploit())))
+    with pytest.raises(pickle.UnpicklingError, match="plain data only, not posix.system"):
+        receiver.receive()
+    sender.close()
+    with pytest.raises(EOFError):
+        receiver.receive()
+
+
+def test_a_worker_that_writes_garbage_to_its_link_is_replaced_and_the_server_stays_up(process_cluster):
+    import rh_core as rh
+    from rh_core.errors import WorkerDiedError
+    from rh_core.testing import functions as fns
+
+    garble = rh.function(fns.write_to_link).to(process_cluster)
+    with pytest.raises(WorkerDiedError, match="killed by signal SIGKILL"):
+        garble(b"\x00\x00\x00\x05hello")  # a length-prefixed message that is no pickle
+    add = rh.function(fns.add).to(process_cluster)
+    assert add(1, 2) == 3

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import itertools
 import os
+import pickle
 import signal
 import socket
 from typing import Any
@@ -167,13 +168,15 @@ class ProcessExecutor:
     def _on_readable(self, worker: _Worker) -> None:
         # One message per call: the loop calls again while more is waiting.
         try:
-            self._on_message(worker, worker.link.receive())
-        except (EOFError, OSError):
+            message = worker.link.receive()
+        except (EOFError, OSError, pickle.UnpicklingError):
             # The worker is gone (its watcher reports it) or wrote something unreadable: either way
             # it cannot be trusted with another task.
             asyncio.get_running_loop().remove_reader(worker.link.fileno())
             if worker.process.returncode is None:
                 worker.process.kill()
+            return
+        self._on_message(worker, message)
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "done":
