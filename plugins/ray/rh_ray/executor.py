@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import ipaddress
@@ -15,15 +16,16 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rh_core.cluster import KEEP_RAY_FILE
 from rh_core.errors import RhError, WorkerDiedError
-from rh_core.plugin_types import CoroutineExecutor, Outcome, ServerContext, Task
+from rh_core.plugin_types import CoroutineExecutor, Environment, Outcome, ServerContext, Task
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -46,6 +48,8 @@ HEAD_DIR = "ray-head"
 DEFAULT_NODE_TIMEOUT_S = 30.0
 _HEALTH_CHECK_FAILURES = 5  # Ray's default health_check_failure_threshold, kept
 CODE_CHECK_TTL = 1.0  # how often the synced code a task imports is re-read before copying it to other nodes
+INSTALL_RECORD = "installed.json"  # in an environment's root (rh_core.envs); every install rewrites it
+INTERPRETER_CHECK_TIMEOUT = 120.0
 
 
 def _set_ray_env_defaults() -> None:
@@ -168,27 +172,58 @@ def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str 
     return runner
 
 
-def unpack_code(path: str, fingerprint: str, archive: bytes) -> str:
+def unpack_copy(path: str, fingerprint: str, archive: bytes, fingerprint_of: Callable[[str], str],
+                check: Callable[[], None] | None = None) -> str:
     """On another node: make ``path`` hold the tree in ``archive`` (a tar of the head's ``path``),
-    unless it already holds files with ``fingerprint`` (a shared file system). Returns what it did."""
-    from rh_core.workdir import fingerprint as fingerprint_of
-
+    unless ``fingerprint_of(path)`` there already gives ``fingerprint`` (a shared file system: then
+    those are the head's own files, left untouched); then run ``check``. Returns what it did."""
     if os.path.isdir(path) and fingerprint_of(path) == fingerprint:
-        return "present"
-    parent = os.path.dirname(path.rstrip("/"))
-    os.makedirs(parent, exist_ok=True)
-    fresh = f"{path}.rh-new-{secrets.token_hex(4)}"
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        # The "data" filter (Python 3.11.4+) refuses links and paths that leave the target.
-        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(fresh, **extra)
-    # Swap whole trees, so an import on this node sees the old code or the new, never a mix.
-    old = f"{path}.rh-old-{secrets.token_hex(4)}"
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(path, old)
-    os.rename(fresh, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return "copied"
+        done = "present"
+    else:
+        os.makedirs(os.path.dirname(path.rstrip("/")), exist_ok=True)
+        fresh = f"{path}.rh-new-{secrets.token_hex(4)}"
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            # The "tar" filter (Python 3.11.4+) keeps paths inside the target but, unlike "data", keeps
+            # absolute symlinks: a venv's bin/python links to its base interpreter.
+            extra = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+            tar.extractall(fresh, **extra)
+        # Swap whole trees, so a process on this node sees the old files or the new, never a mix.
+        old = f"{path}.rh-old-{secrets.token_hex(4)}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, old)
+        os.rename(fresh, path)
+        shutil.rmtree(old, ignore_errors=True)
+        done = "copied"
+    if check is not None:
+        check()
+    return done
+
+
+def environment_fingerprint(root: str) -> str:
+    """What identifies an environment's contents: a hash of its install record (empty when nothing
+    was installed yet), which every install rewrites with a new timestamp."""
+    try:
+        with open(os.path.join(root, INSTALL_RECORD), "rb") as record:
+            return hashlib.sha256(record.read()).hexdigest()
+    except FileNotFoundError:
+        return "nothing-installed"
+
+
+def check_interpreter_runs_rh(python: str) -> None:
+    """On another node: the environment's ``python`` starts there and imports rh_core, which it takes
+    from the rh runtime (the server's site-packages) through the venv's ``.pth`` file."""
+    try:
+        done = subprocess.run([python, "-c", "import rh_core"], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=INTERPRETER_CHECK_TIMEOUT)
+        problem = None if done.returncode == 0 else done.stderr.strip()[-1500:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    if problem is not None:
+        raise RhError(
+            f"the environment's interpreter {python} cannot run rh here: {problem}. It needs the head's base "
+            f"Python ({os.path.realpath(python)}) and rh's runtime at the same paths as on the head; bootstrap "
+            "every machine of the cluster with the same python3 and the same remote_dir (SSH user and home)"
+        )
 
 
 def _ray_node_id() -> str:
@@ -224,8 +259,10 @@ class RayExecutor(CoroutineExecutor):
     Call options ``num_cpus``, ``num_gpus``, ``resources`` and ``memory`` become Ray task options.
     Live logs go to the server's log endpoint, an ``ipc://`` socket on the server's machine; tasks
     on other nodes reach it through a relay this executor listens with on the head's node address.
-    Code sent by reference (a synced working directory) is copied to the other nodes before a task
-    that needs it is submitted.
+    Code sent by reference (a synced working directory) and named environments (installed on the head)
+    are copied to the other nodes, at the same paths, before a task that needs them is submitted; an
+    environment works on a node only if that node has the head's base Python and rh runtime at the
+    same paths, as machines bootstrapped alike do.
     """
 
     name = "ray"
@@ -262,7 +299,8 @@ class RayExecutor(CoroutineExecutor):
         self._node_addresses: dict[str, str] = {}  # Ray node id -> IP, of every node seen
         self._counted_at = 0.0
         self._remotes: dict[str, Any] = {}  # Ray task options -> the remote function with them
-        self._code: CodeCopies | None = None
+        self._code_copies: NodeCopies | None = None  # only while Ray may span machines
+        self._environment_copies: NodeCopies | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -299,7 +337,11 @@ class RayExecutor(CoroutineExecutor):
             node_ip = self._node_addresses.get(self._node_id or "")
             if node_ip:
                 self._relay = LogRelay(node_ip, self._log_endpoint)
-            self._code = CodeCopies(ray)
+            from rh_core.workdir import fingerprint as code_fingerprint
+
+            self._code_copies = NodeCopies(ray, "code", code_fingerprint, ttl=CODE_CHECK_TTL)
+            # Read every time: a call right after an install must find the new environment on every node.
+            self._environment_copies = NodeCopies(ray, "environment", environment_fingerprint)
 
     def _start_head(self, context: ServerContext) -> dict[str, Any]:
         """Start this server's Ray head, or find the one an earlier server left running for it."""
@@ -406,18 +448,13 @@ class RayExecutor(CoroutineExecutor):
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
         options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
+        env = None
         if task.env is not None:
-            # A named environment: Ray starts workers of its interpreter, with its PATH (only on the
-            # head node, where the server installed it).
+            # A named environment: Ray starts workers of its interpreter, with its PATH.
             env = await asyncio.to_thread(self._context.environment, task.env)
             options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
         remote = self._remote_with(options)
-        path = (task.header.get("function_ref") or {}).get("path")
-        if path and self._code is not None:
-            # Code sent by reference was synced to the head only: Ray may run this task elsewhere.
-            self._refresh()
-            await self._code.copy_to(path, [node for node in self._alive_nodes if node != self._node_id],
-                                     self._node_addresses)
+        await self._copy_to_other_nodes(task, env)
         relay = self._relay.endpoint if self._relay is not None else None
         try:
             ref = remote.remote(self._log_endpoint, _detached(task), self._node_id, relay)
@@ -453,6 +490,20 @@ class RayExecutor(CoroutineExecutor):
         except errors.RayError as exc:
             raise RhError(f"Ray could not run the call: {type(exc).__name__}: {exc}") from exc
         return Outcome(status=status, frames=frames, logged=logged)
+
+    async def _copy_to_other_nodes(self, task: Task, env: Environment | None) -> None:
+        """Code sent by reference was synced to the head only, and named environments are installed
+        there only, but Ray may run the task on any node: every other node gets them first."""
+        code = (task.header.get("function_ref") or {}).get("path")
+        if self._code_copies is None or self._environment_copies is None or not (code or env):
+            return
+        self._refresh()
+        others = [node for node in self._alive_nodes if node != self._node_id]
+        if code:
+            await self._code_copies.copy_to(code, others, self._node_addresses)
+        if env is not None:
+            await self._environment_copies.copy_to(env.root, others, self._node_addresses,
+                                                   check=functools.partial(check_interpreter_runs_rh, env.python))
 
     def _remote_with(self, options: dict[str, Any]) -> Any:
         """The remote function with these Ray options; building one costs ~0.15 ms, so they are kept."""
@@ -533,55 +584,80 @@ class LogRelay:
         self._context.destroy(linger=0)
 
 
-class CodeCopies:
-    """Keeps the code a task imports by reference (a directory the client synced to the head) on every
-    other Ray node, at the same path: a tar of it goes to each node that lacks this version.
+class NodeCopies:
+    """Keeps directories of the head on every other Ray node, at the same path: a tar of one goes to
+    each node that lacks its current version. Serves the code a task imports by reference (a directory
+    the client synced to the head) and named environments (installed by the server on the head).
 
-    The directory is re-read at most every CODE_CHECK_TTL seconds; a node gets it again only when its
-    fingerprint (names, sizes, mtimes) changed since the last copy there.
+    A directory's version is ``fingerprint(path)``, re-read at most every ``ttl`` seconds and worked out
+    on the node too, so a node that shares the head's file system is sent nothing. A node gets each
+    version once. One that died meanwhile is logged and skipped (Ray schedules nothing more there); one
+    where unpacking or the copy's check failed fails every call needing that version, with the cause,
+    without copying again until the version changes or the server restarts.
     """
 
-    def __init__(self, ray: ModuleType):
+    def __init__(self, ray: ModuleType, kind: str, fingerprint: Callable[[str], str], ttl: float = 0.0):
         self._ray = ray
-        self._unpack = ray.remote(num_cpus=0, max_retries=0)(unpack_code)  # runs even while every CPU is busy
+        self._kind = kind  # what logs and errors call the directory: "code", "environment"
+        self._fingerprint_of = fingerprint
+        self._ttl = ttl
+        self._unpack = ray.remote(num_cpus=0, max_retries=0)(unpack_copy)  # runs even while every CPU is busy
         self._locks: dict[str, asyncio.Lock] = {}
         self._read: dict[str, tuple[float, str]] = {}  # path -> (when read, fingerprint)
-        self._copied: dict[tuple[str, str], str] = {}  # (path, node id) -> fingerprint copied there
+        # (path, node id) -> (fingerprint sent there, the error it met or None)
+        self._sent: dict[tuple[str, str], tuple[str, RhError | None]] = {}
 
-    async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str]) -> None:
+    async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str],
+                      check: Callable[[], None] | None = None) -> None:
+        """Give every node in ``nodes`` the current version of ``path``; ``check`` (picklable) runs on
+        each node afterwards and raises when the copy is of no use there."""
         if not nodes:
             return
         lock = self._locks.setdefault(path, asyncio.Lock())
         async with lock:  # the items of one map arrive together: one copy serves them all
             fingerprint = await self._fingerprint(path)
-            missing = [node for node in nodes if self._copied.get((path, node)) != fingerprint]
-            if not missing:
-                return
-            archive = await asyncio.to_thread(_tar_of, path)
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            missing = [node for node in nodes if self._sent.get((path, node), ("", None))[0] != fingerprint]
+            if missing:
+                await self._send(path, fingerprint, missing, addresses, check)
+            for node in nodes:
+                version, error = self._sent.get((path, node), ("", None))
+                if version == fingerprint and error is not None:
+                    raise error
 
-            refs = [self._unpack.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                    .remote(path, fingerprint, archive) for node in missing]
-            for node, ref in zip(missing, refs):
-                try:
-                    done = await ref
-                except self._ray.exceptions.RayError as exc:  # a node going away: Ray schedules nothing more there
-                    logger.warning("could not copy %s to Ray node %s: %s", path, addresses.get(node, node), exc)
-                    continue
-                self._copied[(path, node)] = fingerprint
-                logger.info("code %s on Ray node %s: %s", path, addresses.get(node, node), done)
+    async def _send(self, path: str, fingerprint: str, nodes: list[str], addresses: dict[str, str],
+                    check: Callable[[], None] | None) -> None:
+        # In Ray's object store once, however many nodes read it.
+        archive = await asyncio.to_thread(lambda: self._ray.put(_tar_of(path)))
+        affinity = self._ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        refs = [self._unpack.options(scheduling_strategy=affinity(node, soft=False))
+                .remote(path, fingerprint, archive, self._fingerprint_of, check) for node in nodes]
+        for node, ref in zip(nodes, refs):
+            where = addresses.get(node, node)
+            try:
+                done = await ref
+            except self._ray.exceptions.RayTaskError as exc:  # unpack_copy or the check raised there
+                cause = getattr(exc, "cause", None) or exc
+                self._sent[(path, node)] = (fingerprint, RhError(
+                    f"could not put the {self._kind} {path} on Ray node {where}, where Ray may run this call: "
+                    f"{cause}. Calls that need this {self._kind} fail until it changes or the server restarts; "
+                    "fix that machine or take it out of the cluster"
+                ))
+            except self._ray.exceptions.RayError as exc:  # a node going away: Ray schedules nothing more there
+                logger.warning("could not copy %s to Ray node %s: %s", path, where, exc)
+            else:
+                self._sent[(path, node)] = (fingerprint, None)
+                logger.info("%s %s on Ray node %s: %s", self._kind, path, where, done)
 
     async def _fingerprint(self, path: str) -> str:
-        from rh_core.workdir import fingerprint
-
         read_at, value = self._read.get(path, (0.0, ""))
-        if time.monotonic() - read_at > CODE_CHECK_TTL:
-            value = await asyncio.to_thread(fingerprint, path)
+        if time.monotonic() - read_at >= self._ttl:
+            value = await asyncio.to_thread(self._fingerprint_of, path)
             self._read[path] = (time.monotonic(), value)
         return value
 
 
 def _tar_of(path: str) -> bytes:
+    """A gzipped tar of the tree at ``path``, its symlinks kept as links (tarfile does not follow them)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         tar.add(path, arcname=".")

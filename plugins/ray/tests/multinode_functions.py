@@ -6,6 +6,7 @@ Imports nothing that the cluster's venv lacks (pytest, say): the Ray workers imp
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 
@@ -13,6 +14,15 @@ def hostname_and_module_file(seconds: float) -> tuple[str, str]:
     """Where this ran, and which copy of this module it ran from."""
     time.sleep(seconds)
     return socket.gethostname(), __file__
+
+
+def where_and_version(distribution: str, seconds: float) -> tuple[str, str, str]:
+    """Where this ran, in which interpreter, and which version of ``distribution`` that interpreter has
+    (read from its metadata each time: a reused worker may have imported an older one)."""
+    from importlib.metadata import version
+
+    time.sleep(seconds)
+    return socket.gethostname(), sys.executable, version(distribution)
 
 
 def ray_node_ids() -> list[str]:

@@ -1,6 +1,7 @@
 """Ray across machines: a BYO cluster of two network-namespace hosts (netns_hosts.py), where the head's
 server starts a Ray head and the other host joins it as a Ray worker node; plus the worker-node
-plumbing (joining, stopping only our processes) without Ray or namespaces.
+plumbing (joining, stopping only our processes, copying code and environments to the other nodes)
+without Ray or namespaces.
 
 The slow tests share one module-scoped cluster: wheels, a venv with Ray, a Ray head and a worker node
 take 1-2 minutes on 2 cores. Each host has its own remote dir (state, synced code, Ray node) except
@@ -10,9 +11,11 @@ code as the head's install.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ import pytest
 import multinode_functions
 import netns_hosts
 import rh_core as rh
-from rh_ray import plugin, worker_node
+from rh_ray import executor, plugin, worker_node
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +265,130 @@ def test_node_dirs_are_per_address_so_a_shared_home_keeps_nodes_apart():
     assert worker_node.node_dir("/r", "..") == "/r/ray-nodes/__"
 
 
+class FakeRay:
+    """What NodeCopies uses of Ray. Each node is a directory standing for that machine's file system
+    (``/`` for one that shares the head's); its tasks run in this process, in a thread."""
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+        class RayTaskError(RayError):
+            def __init__(self, cause: BaseException):
+                super().__init__(f"task failed: {cause}")
+                self.cause = cause
+
+    util = types.SimpleNamespace(scheduling_strategies=types.SimpleNamespace(
+        NodeAffinitySchedulingStrategy=lambda node, soft: node))
+
+    def __init__(self, roots: dict[str, Path], dead: tuple[str, ...] = ()):
+        self.roots, self.dead = roots, dead
+        self.unpacked: list[tuple[str, str]] = []  # (node, what unpack_copy did there, or "failed")
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def remote(self, **_options: Any):
+        return lambda function: types.SimpleNamespace(options=lambda scheduling_strategy: types.SimpleNamespace(
+            remote=lambda path, *rest: self._run(scheduling_strategy, function, path, *rest)))
+
+    async def _run(self, node: str, function, path: str, *rest: Any) -> Any:
+        if node in self.dead:
+            raise self.exceptions.RayError(f"node {node} is dead")
+        try:
+            done = await asyncio.to_thread(function, os.path.join(self.roots[node], path.lstrip("/")), *rest)
+        except Exception as exc:
+            self.unpacked.append((node, "failed"))
+            raise self.exceptions.RayTaskError(exc) from exc
+        self.unpacked.append((node, done))
+        return done
+
+
+def fake_environment(root: Path, installed: dict[str, Any]) -> Path:
+    """An environment's root as rh_core.envs lays it out, with a venv whose python links to this one."""
+    (root / "venv" / "bin").mkdir(parents=True)
+    (root / "venv" / "bin" / "python").symlink_to(sys.executable)
+    (root / "installed.json").write_text(json.dumps(installed))
+    return root
+
+
+def copy_environment(copies: executor.NodeCopies, root: Path, nodes: list[str], check=None) -> None:
+    asyncio.run(copies.copy_to(str(root), nodes, {node: f"10.0.0.{i}" for i, node in enumerate(nodes, 2)}, check))
+
+
+def test_an_environment_goes_to_each_other_node_once_per_install_with_its_links(tmp_path):
+    root = fake_environment(tmp_path / "head" / "envs" / "x", {"pkg==1": {}})
+    ray = FakeRay({"n2": tmp_path / "n2", "n3": tmp_path / "n3"})
+    copies = executor.NodeCopies(ray, "environment", executor.environment_fingerprint)
+    copy_environment(copies, root, ["n2", "n3"])
+    assert ray.unpacked == [("n2", "copied"), ("n3", "copied")]
+    for node in ("n2", "n3"):
+        copy = tmp_path / node / str(root).lstrip("/")
+        assert os.readlink(copy / "venv" / "bin" / "python") == sys.executable, "the venv's link was not kept"
+        assert json.loads((copy / "installed.json").read_text()) == {"pkg==1": {}}
+    copy_environment(copies, root, ["n2", "n3"])
+    assert len(ray.unpacked) == 2, "an unchanged environment was copied again"
+    (root / "installed.json").write_text(json.dumps({"pkg==2": {}}))  # what an install does
+    copy_environment(copies, root, ["n2", "n3"])
+    assert ray.unpacked[2:] == [("n2", "copied"), ("n3", "copied")]
+    assert json.loads((tmp_path / "n3" / str(root).lstrip("/") / "installed.json").read_text()) == {"pkg==2": {}}
+
+
+def test_a_node_sharing_the_heads_files_is_left_alone(tmp_path):
+    root = fake_environment(tmp_path / "envs" / "x", {"pkg==1": {}})
+    before = os.stat(root).st_ino, sorted(os.listdir(tmp_path / "envs"))
+    ray = FakeRay({"shared": Path("/")})
+    copy_environment(executor.NodeCopies(ray, "environment", executor.environment_fingerprint), root, ["shared"])
+    assert ray.unpacked == [("shared", "present")]
+    assert (os.stat(root).st_ino, sorted(os.listdir(tmp_path / "envs"))) == before
+
+
+def test_the_items_of_one_map_make_one_copy(tmp_path):
+    root = fake_environment(tmp_path / "head" / "envs" / "x", {})
+    ray = FakeRay({"n2": tmp_path / "n2"})
+    copies = executor.NodeCopies(ray, "environment", executor.environment_fingerprint)
+
+    async def many_calls() -> None:
+        await asyncio.gather(*(copies.copy_to(str(root), ["n2"], {}) for _ in range(8)))
+
+    asyncio.run(many_calls())
+    assert ray.unpacked == [("n2", "copied")]
+
+
+def _refuse(python: str) -> None:
+    raise rh.RhError(f"{python} cannot run rh here")
+
+
+def test_a_node_that_cannot_use_a_copy_fails_the_calls_until_it_changes_and_a_dead_one_is_skipped(tmp_path, caplog):
+    root = fake_environment(tmp_path / "head" / "envs" / "x", {"pkg==1": {}})
+    ray = FakeRay({"n2": tmp_path / "n2", "n3": tmp_path / "n3"}, dead=("n3",))
+    copies = executor.NodeCopies(ray, "environment", executor.environment_fingerprint)
+    check = functools.partial(_refuse, "/env/python")
+    with caplog.at_level(logging.WARNING, logger="rh_ray.executor"):
+        with pytest.raises(rh.RhError) as info:
+            copy_environment(copies, root, ["n2", "n3"], check)
+    assert f"could not put the environment {root} on Ray node 10.0.0.2" in str(info.value)
+    assert "/env/python cannot run rh here" in str(info.value)
+    assert "could not copy" in caplog.text and "10.0.0.3" in caplog.text and "node n3 is dead" in caplog.text
+    with pytest.raises(rh.RhError, match="cannot run rh here"):
+        copy_environment(copies, root, ["n2"], check)
+    assert ray.unpacked == [("n2", "failed")], "a failed node was sent the same version again"
+    (root / "installed.json").write_text(json.dumps({"pkg==2": {}}))
+    copy_environment(copies, root, ["n2"])
+    assert ray.unpacked[1:] == [("n2", "copied")]
+
+
+def test_the_interpreter_check_names_what_the_node_lacks(tmp_path):
+    executor.check_interpreter_runs_rh(sys.executable)  # this Python imports rh_core
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to("/nonexistent/base/python3")
+    with pytest.raises(rh.RhError) as info:
+        executor.check_interpreter_runs_rh(str(tmp_path / "bin" / "python"))
+    message = str(info.value)
+    assert "cannot run rh here" in message and "the head's base Python (/nonexistent/base/python3)" in message
+    assert "same remote_dir" in message
+
+
 # -------------------------------------------------------------------------------------------------
 # Two hosts, one Ray
 
@@ -402,6 +530,31 @@ def test_a_function_sent_by_reference_runs_on_the_worker_node_too(cluster, hosts
     assert path.startswith(f"{remote_dir}/sync/") and path.endswith("/plugins/ray/tests/multinode_functions.py")
     for host in made.hosts:
         assert made.host_path(host, path).is_file(), f"{path} is missing on {host.name}"
+
+
+@pytest.mark.slow
+def test_a_named_env_is_copied_to_the_worker_node_and_kept_up_to_date(cluster, hosts, tmp_path):
+    pytest.importorskip("rh_pip", reason="installing into an environment needs the rh-pip plugin")
+    from rh_core.testing.packages import build_wheel
+
+    made, remote_dir = hosts
+    head, worker = made.hosts
+    env_root = f"{remote_dir}/server/envs/multinode-env"
+    python = f"{env_root}/venv/bin/python"
+    for version in ("1.5", "1.6"):  # the second install must reach the worker node too
+        build_wheel(str(tmp_path / version), "rhtest-multinode-env", version)
+        requirement = rh.package(name=f"rhtest-multinode-env=={version}", install_method="pip",
+                                 find_links=str(tmp_path / version), no_index=True)
+        f = rh.function(multinode_functions.where_and_version).to(
+            cluster, env=rh.env("multinode-env", [requirement]))
+        results = f.map(["rhtest-multinode-env"] * 16, [0.5] * 16)
+        assert {host for host, _, _ in results} == {"h1", "h2"}
+        assert {(interpreter, found) for _, interpreter, found in results} == {(python, version)}
+    # Each host has a remote dir of its own: h2 ran the env from its own copy, links and all.
+    copy = made.host_path(worker, env_root)
+    assert copy != made.host_path(head, env_root)
+    assert (copy / "installed.json").read_text() == (made.host_path(head, env_root) / "installed.json").read_text()
+    assert (copy / "venv" / "bin" / "python").is_symlink()
 
 
 @pytest.mark.slow
