@@ -348,12 +348,15 @@ class RemoteCluster(Cluster):
             remote_wheels = transport.sync_directory(wheelhouse.path)
             requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
             pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
-            self._run_checked(
-                transport,
-                f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
-                f"{pip} {requirements} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
-                "installing rh_core", address,
-            )
+            if probe["venv_build"] is None:  # no venv yet, or a half-made one: one pip run into a new one
+                pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
+                install = (f"python3 -m venv --clear --without-pip {venv} && {venv}/bin/python {pip_from_wheel} "
+                           f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)} pip {requirements}")
+            else:  # another build: our distributions are replaced even where their version is the same
+                install = (f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
+                           f"{pip} {requirements}")
+            self._run_checked(transport, f"{install} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
+                              "installing rh_core", address)
         return wheelhouse.build_id
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:

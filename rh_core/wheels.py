@@ -21,11 +21,15 @@ import attrs
 from rh_core.errors import RhError
 
 
+WHEELHOUSE_FORMAT = "2"  # bumped when what a wheelhouse holds changes (2: pip's wheel)
+
+
 @attrs.frozen(kw_only=True)
 class Wheelhouse:
     path: str
     requirements: tuple[str, ...]  # e.g. ("rh-core==0.1.0", "rh-ray==0.1.0")
     build_id: str  # changes whenever any shipped distribution's code changes
+    pip_wheel: str  # the file name of pip's wheel in ``path``: a new venv runs pip straight from it
 
 
 def _installed(name: str) -> importlib.metadata.Distribution:
@@ -98,14 +102,17 @@ def _repack(dist: importlib.metadata.Distribution, directory: str) -> None:
 def build_wheelhouse(distribution_names: list[str], cache_root: str) -> Wheelhouse:
     """Wheels for the named installed distributions and all their dependencies, cached by content."""
     dists = [_installed(name) for name in distribution_names]
-    build_id = hashlib.sha256("".join(_fingerprint(d) for d in dists).encode()).hexdigest()[:16]
+    fingerprints = WHEELHOUSE_FORMAT + "".join(_fingerprint(d) for d in dists)
+    build_id = hashlib.sha256(fingerprints.encode()).hexdigest()[:16]
     requirements = tuple(f"{d.metadata['Name']}=={d.version}" for d in dists)
     path = os.path.join(cache_root, build_id)
     done_marker = os.path.join(path, ".complete")
     if os.path.exists(done_marker):
-        return Wheelhouse(path=path, requirements=requirements, build_id=build_id)
+        return Wheelhouse(path=path, requirements=requirements, build_id=build_id, pip_wheel=_pip_wheel_in(path))
     os.makedirs(path, exist_ok=True)
-    targets = []
+    # pip's own wheel too: a new venv made without pip (skipping ensurepip's separate pip run, and
+    # working where a distribution leaves ensurepip out) installs pip and everything else in one run.
+    targets = [f"pip=={importlib.metadata.version('pip')}"]
     for dist in dists:
         source = _editable_source(dist)
         if source is not None:
@@ -121,4 +128,9 @@ def build_wheelhouse(distribution_names: list[str], cache_root: str) -> Wheelhou
             f"`{' '.join(command)}` failed:\n{done.stderr[-3000:]}"
         )
     open(done_marker, "w").close()
-    return Wheelhouse(path=path, requirements=requirements, build_id=build_id)
+    return Wheelhouse(path=path, requirements=requirements, build_id=build_id, pip_wheel=_pip_wheel_in(path))
+
+
+def _pip_wheel_in(path: str) -> str:
+    (name,) = [name for name in os.listdir(path) if name.startswith("pip-") and name.endswith(".whl")]
+    return name
