@@ -78,3 +78,19 @@ def test_a_worker_that_writes_garbage_to_its_link_is_replaced_and_the_server_sta
         garble(b"\x00\x00\x00\x05hello")  # a length-prefixed message that is no pickle
     add = rh.function(fns.add).to(process_cluster)
     assert add(1, 2) == 3
+
+
+def test_a_worker_whose_message_stops_half_way_is_replaced_within_seconds(process_cluster):
+    import time
+
+    import rh_core as rh
+    from rh_core.builtin.process_pool import LINK_STALL_SECONDS
+    from rh_core.errors import WorkerDiedError
+    from rh_core.testing import functions as fns
+
+    garble = rh.function(fns.write_to_link).to(process_cluster)
+    started = time.monotonic()
+    with pytest.raises(WorkerDiedError):
+        garble(b"\x00\x00\x03\xe8" + b"x" * 10)  # promises 1,000 bytes, sends 10, then hangs
+    assert time.monotonic() - started < LINK_STALL_SECONDS + 5
+    assert rh.function(fns.add).to(process_cluster)(1, 2) == 3

@@ -17,6 +17,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 from typing import Any
 
 from rh_core.errors import WorkerDiedError
@@ -24,6 +25,7 @@ from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
 from rh_core.worker import Link, task_message
 
 WORKER_START_TIMEOUT = 60.0
+LINK_STALL_SECONDS = 5  # how long a message to or from a worker may stop half-way (see _start_and_watch)
 
 
 class _Worker:
@@ -106,6 +108,11 @@ class ProcessExecutor:
 
     async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
         ours, theirs = socket.socketpair()
+        # The server reads and writes its end blocking, in its event loop: a worker whose message
+        # stops half-way (it hangs, or wrote a broken one) fails the read or write after this long.
+        stall_limit = struct.pack("ll", LINK_STALL_SECONDS, 0)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, stall_limit)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, stall_limit)
         try:
             process = await asyncio.create_subprocess_exec(
                 pool.env.python, "-m", "rh_core.worker", str(theirs.fileno()), self._context.log_endpoint,
@@ -221,7 +228,9 @@ class ProcessExecutor:
             try:
                 worker.link.send(task_message(task))
             except OSError:
-                pass  # the worker died just now: its watcher fails this call and replaces it
+                # It died just now, or stopped reading: its watcher fails this call and replaces it.
+                if worker.process.returncode is None:
+                    worker.process.kill()
 
     def _on_settled(self, worker: _Worker, future: asyncio.Future) -> None:
         if future.cancelled() and worker.current is future:
