@@ -37,6 +37,11 @@ class _Worker:
         self.generation = pool.generation
         self.current: asyncio.Future[Outcome] | None = None  # the outcome of the task it runs now
 
+    def kill(self) -> None:
+        """Kill its process if it still runs; its watcher then fails its call and replaces it."""
+        if self.process.returncode is None:
+            self.process.kill()
+
 
 class _Pool:
     """The workers of one environment and the tasks waiting for them."""
@@ -169,8 +174,7 @@ class ProcessExecutor:
         if self._pools.get(pool.env.name) is pool:
             del self._pools[pool.env.name]
         for worker in list(pool.workers):
-            if worker.process.returncode is None:
-                worker.process.kill()
+            worker.kill()
 
     def _on_readable(self, worker: _Worker) -> None:
         # One message per call: the loop calls again while more is waiting.
@@ -180,8 +184,7 @@ class ProcessExecutor:
             # The worker is gone (its watcher reports it) or wrote something unreadable: either way
             # it cannot be trusted with another task.
             asyncio.get_running_loop().remove_reader(worker.link.fileno())
-            if worker.process.returncode is None:
-                worker.process.kill()
+            worker.kill()
             return
         self._on_message(worker, message)
 
@@ -229,22 +232,19 @@ class ProcessExecutor:
                 worker.link.send(task_message(task))
             except OSError:
                 # It died just now, or stopped reading: its watcher fails this call and replaces it.
-                if worker.process.returncode is None:
-                    worker.process.kill()
+                worker.kill()
 
     def _on_settled(self, worker: _Worker, future: asyncio.Future) -> None:
         if future.cancelled() and worker.current is future:
             # Timed out or abandoned while running: the worker is still busy with it, so it goes.
             worker.current = None
-            if worker.process.returncode is None:
-                worker.process.kill()
+            worker.kill()
 
     async def stop(self) -> None:
         self._stopping = True
         workers = list(self._workers)
         for worker in workers:
-            if worker.process.returncode is None:
-                worker.process.kill()
+            worker.kill()
         for worker in workers:
             await worker.process.wait()
         for watcher in list(self._watchers):
