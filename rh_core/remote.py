@@ -347,12 +347,13 @@ class RemoteCluster(Cluster):
             venv = shlex.quote(f"{probe['root']}/venv")
             remote_wheels = transport.sync_directory(wheelhouse.path)
             requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-            pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
+            install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
             if probe["venv_build"] is None:  # no venv yet, or a half-made one: one pip run into a new one
                 pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
-                install = (f"python3 -m venv --clear --without-pip {venv} && {venv}/bin/python {pip_from_wheel} "
-                           f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)} pip {requirements}")
+                install = (f"python3 -m venv --clear --without-pip {venv} && "
+                           f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
             else:  # another build: our distributions are replaced even where their version is the same
+                pip = f"{venv}/bin/python -m pip {install_from_wheels}"
                 install = (f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
                            f"{pip} {requirements}")
             self._run_checked(transport, f"{install} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
