@@ -34,7 +34,9 @@ def _bytes_from_buffer(buffer: memoryview | bytes) -> bytes:
     # object (rh_core.shm reads segments into bytes) that object is the result, with no copy.
     if isinstance(buffer, memoryview) and type(buffer.obj) is bytes and buffer.nbytes == len(buffer.obj):
         return buffer.obj
-    return bytes(buffer)
+    from rh_core.heap import bytes_from
+
+    return bytes_from(buffer)
 
 
 class _LargeBytes:

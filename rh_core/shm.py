@@ -1,26 +1,150 @@
 """Large buffers through shared memory when client, server and workers share a machine.
 
-A buffer of at least ``SHARE_MIN`` bytes is written to a file in ``/dev/shm`` and replaced by a
-small descriptor frame; the receiver maps the file, unlinks it (the segment now lives as long as
-its mapping) and hands pickle a view of it. That skips the socket copies of a large frame through
-the server. Files are named ``rh-<server pid>-<random>``, so a server can sweep what calls that
-never arrived left behind.
+A buffer of at least ``SHARE_MIN`` bytes is written to a segment, a file in ``/dev/shm``, and
+replaced by a small descriptor frame naming the segment, the buffer's size and a one-time token.
+The receiver copies the buffer out into a new ``bytes`` object and, from then on, owns the segment:
+it keeps it mapped and writes its own next large buffer into it. A 100 MiB echo thus passes one
+segment back and forth, and every copy lands in memory that is already mapped. Filling fresh pages
+costs this project's VMs four to six times as much as the copy itself (BENCHMARKS.md, "Bulk").
+
+Each process keeps up to ``KEPT_BYTES`` of segments it owns for reuse, and as much again of
+mappings of segments it passed on (so one that comes back is still mapped). Segments are named
+``rh-<server pid>-<random>``. A process removes those it owns when it exits, or when it sends a
+buffer to another server; a server removes all of its own when it stops, and those of servers that
+died when it starts.
 """
 
 from __future__ import annotations
 
+import atexit
+import mmap
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from rh_core.heap import bytes_from
+
 SHARE_MIN = 1024 * 1024
+KEPT_BYTES = 256 * 2**20
 SHM_DIR = "/dev/shm"
 _MAGIC = b"\x00rh-shm\x00"
+_HEADER = 4096  # the token, then the buffer from the next page on
+_TOKEN_BYTES = 16
+_CAPACITY_STEP = 2**20  # new segments hold their buffer rounded up to this, so sizes close by reuse them
 
 
 def prefix_for(server_pid: int) -> str:
     return f"rh-{server_pid}-"
+
+
+class _Segment:
+    __slots__ = ("name", "mapping", "capacity")
+
+    def __init__(self, name: str, mapping: mmap.mmap):
+        self.name = name
+        self.mapping = mapping
+        self.capacity = len(mapping) - _HEADER
+
+    def close(self) -> None:
+        self.mapping.close()
+
+
+def _map(name: str, size: int | None = None) -> _Segment:
+    """Map the segment ``name``; with ``size``, create it first, to hold that many bytes."""
+    path = os.path.join(SHM_DIR, name)
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if size is not None else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if size is not None:
+            os.ftruncate(fd, _HEADER + size)
+        return _Segment(name, mmap.mmap(fd, 0))
+    except BaseException:
+        if size is not None:
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _unlink(segment: _Segment) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, segment.name))
+    except OSError:
+        pass
+    segment.close()
+
+
+class _Segments:
+    """The segments this process owns and has not sent (``owned``), and those it sent, still mapped
+    (``lent``); each least recently used first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owned: OrderedDict[str, _Segment] = OrderedDict()
+        self.lent: OrderedDict[str, _Segment] = OrderedDict()
+
+    def take(self, prefix: str, size: int) -> _Segment:
+        """An owned segment that fits ``size`` bytes (the smallest), or a new one. Segments of other
+        servers are let go: a process works with one server at a time, and a server that stopped
+        has removed them."""
+        with self.lock:
+            for name in [name for name in self.owned if not name.startswith(prefix)]:
+                _unlink(self.owned.pop(name))
+            for name in [name for name in self.lent if not name.startswith(prefix)]:
+                self.lent.pop(name).close()
+            fitting = [s for s in self.owned.values() if s.capacity >= size and s.name.startswith(prefix)]
+            if fitting:
+                return self.owned.pop(min(fitting, key=lambda s: s.capacity).name)
+        capacity = -(-size // _CAPACITY_STEP) * _CAPACITY_STEP
+        return _map(f"{prefix}{uuid.uuid4().hex}", capacity)
+
+    def lend(self, segment: _Segment) -> None:
+        with self.lock:
+            self.lent[segment.name] = segment
+            for evicted in _beyond_budget(self.lent):
+                evicted.close()  # its receiver owns the file now
+
+    def receive(self, name: str) -> _Segment:
+        with self.lock:
+            segment = self.lent.pop(name, None)
+        return segment if segment is not None else _map(name)
+
+    def keep(self, segment: _Segment) -> None:
+        with self.lock:
+            self.owned[segment.name] = segment
+            for evicted in _beyond_budget(self.owned):
+                _unlink(evicted)
+
+    def remove_owned(self) -> None:
+        with self.lock:
+            while self.owned:
+                _unlink(self.owned.popitem()[1])
+
+
+def _beyond_budget(segments: OrderedDict[str, _Segment]) -> list[_Segment]:
+    """Pop least recently used segments until the rest hold at most ``KEPT_BYTES``."""
+    evicted = []
+    total = sum(s.capacity for s in segments.values())
+    while total > KEPT_BYTES:
+        segment = segments.popitem(last=False)[1]
+        total -= segment.capacity
+        evicted.append(segment)
+    return evicted
+
+
+_segments = _Segments()
+atexit.register(lambda: _segments.remove_owned())
+
+
+def _forget_segments_after_fork() -> None:
+    global _segments
+    _segments = _Segments()  # the parent still owns them; the child must not reuse or remove them
+
+
+os.register_at_fork(after_in_child=_forget_segments_after_fork)
 
 
 def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
@@ -31,22 +155,20 @@ def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
     shared = [frames[0]]
     for frame in frames[1:]:
         view = memoryview(frame).cast("B")
-        if view.nbytes < SHARE_MIN:
+        size = view.nbytes
+        if size < SHARE_MIN:
             shared.append(frame)
             continue
-        name = f"{prefix}{uuid.uuid4().hex}"
         try:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            segment = _segments.take(prefix, size)
         except OSError:
             shared.append(frame)  # no usable /dev/shm: send it inline
             continue
-        try:
-            written = 0
-            while written < view.nbytes:
-                written += os.write(fd, view[written:])
-        finally:
-            os.close(fd)
-        shared.append(_MAGIC + f"{name}:{view.nbytes}".encode())
+        token = os.urandom(_TOKEN_BYTES)
+        segment.mapping[_HEADER:_HEADER + size] = view
+        segment.mapping[:_TOKEN_BYTES] = token
+        _segments.lend(segment)
+        shared.append(_MAGIC + f"{segment.name}:{size}:{token.hex()}".encode())
     return shared
 
 
@@ -56,33 +178,35 @@ def is_descriptor(frame: Any) -> bool:
 
 
 def attach(frame: Any) -> bytes:
-    """Read the segment a descriptor names, and remove it.
+    """Copy the buffer a descriptor names into a new ``bytes`` object, and take over its segment.
 
-    One copy, straight into a ``bytes`` object: pickle rebuilds a large ``bytes`` from it without
-    copying again, and NumPy arrays view it (read-only) in place.
+    Pickle rebuilds a large ``bytes`` from the result without copying again, and NumPy arrays view
+    it (read-only) in place. A descriptor is good for one read: its token is cleared then.
     """
-    name, _, size_text = bytes(memoryview(frame)[len(_MAGIC):]).decode().rpartition(":")
-    if "/" in name or not name.startswith("rh-"):
-        raise ValueError(f"malformed shared-memory descriptor {name!r}")
-    path = os.path.join(SHM_DIR, name)
-    size = int(size_text)
-    fd = os.open(path, os.O_RDONLY)
+    fields = bytes(memoryview(frame)[len(_MAGIC):]).decode(errors="replace").split(":")
+    if len(fields) != 3 or "/" in fields[0] or not fields[0].startswith("rh-") or not fields[1].isdigit():
+        raise ValueError(f"malformed shared-memory descriptor {':'.join(fields)!r}")
+    name, size, token = fields[0], int(fields[1]), bytes.fromhex(fields[2])
     try:
-        os.unlink(path)
-        data = os.read(fd, size)
-        if len(data) < size:  # a single read stops near 2 GiB
-            parts = [data]
-            while sum(map(len, parts)) < size:
-                parts.append(os.read(fd, size - sum(map(len, parts))))
-            data = b"".join(parts)
-    finally:
-        os.close(fd)
+        segment = _segments.receive(name)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"shared-memory segment {name} is gone: the server that owned it stopped, or the buffer "
+            "was already read; call again"
+        ) from None
+    if segment.mapping[:_TOKEN_BYTES] != token or size > segment.capacity:
+        segment.close()
+        raise ValueError(f"shared-memory segment {name} no longer holds this buffer: it was read before")
+    with memoryview(segment.mapping)[_HEADER:_HEADER + size] as buffer:
+        data = bytes_from(buffer)
+    segment.mapping[:_TOKEN_BYTES] = bytes(_TOKEN_BYTES)
+    _segments.keep(segment)
     return data
 
 
 def sweep(server_pid: int | None = None) -> None:
-    """Remove segments left behind by calls that failed before their receiver mapped them: those of
-    ``server_pid``, or (without it) those of every server that no longer runs."""
+    """Remove the segments of ``server_pid``, or (without it) those of every server that no longer
+    runs."""
     from rh_core.cluster import pid_alive
 
     try:
@@ -99,4 +223,3 @@ def sweep(server_pid: int | None = None) -> None:
                 os.unlink(os.path.join(SHM_DIR, name))
             except OSError:
                 pass
-

@@ -1,0 +1,143 @@
+"""Shared-memory segments: reused between calls, read once, bounded, and removed by their owner."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rh_core import shm
+
+MIB = 2**20
+
+
+@pytest.fixture
+def prefix():
+    """A prefix of a server pid that does not exist, and the check that its segments are gone."""
+    prefix = shm.prefix_for(2**22 + os.getpid())
+    yield prefix
+    shm._segments.remove_owned()
+    leftover = _segments_named(prefix)
+    shm.sweep(2**22 + os.getpid())
+    assert leftover == []
+
+
+def _segments_named(prefix):
+    return sorted(name for name in os.listdir(shm.SHM_DIR) if name.startswith(prefix))
+
+
+def test_a_buffer_goes_through_a_segment_that_the_receiver_reuses_for_its_reply(prefix):
+    data = os.urandom(3 * MIB)
+    _, descriptor = shm.share([b"pickle", data], prefix)
+    assert shm.is_descriptor(descriptor) and len(descriptor) < 256
+    (name,) = _segments_named(prefix)
+    assert shm.attach(descriptor) == data
+    for _ in range(3):  # a reply and the next call, as an echo does: one segment, back and forth
+        _, descriptor = shm.share([b"pickle", data[::-1]], prefix)
+        assert shm.attach(descriptor) == data[::-1]
+    assert _segments_named(prefix) == [name]
+    assert list(shm._segments.owned) == [name]
+
+
+def test_small_buffers_and_frames_without_a_prefix_stay_inline(prefix):
+    small, large = b"x" * (shm.SHARE_MIN - 1), b"y" * shm.SHARE_MIN
+    assert shm.share([b"pickle", small], prefix) == [b"pickle", small]
+    assert shm.share([b"pickle", large], None) == [b"pickle", large]
+    assert _segments_named(prefix) == []
+
+
+def test_a_descriptor_is_good_for_one_read(prefix):
+    _, descriptor = shm.share([b"pickle", b"z" * (2 * MIB)], prefix)
+    shm.attach(descriptor)
+    with pytest.raises(ValueError, match="no longer holds this buffer: it was read before"):
+        shm.attach(descriptor)
+
+
+def test_a_forged_descriptor_cannot_name_a_path():
+    with pytest.raises(ValueError, match="malformed"):
+        shm.attach(shm._MAGIC + b"../../etc/passwd:10:00")
+    with pytest.raises(ValueError, match="malformed"):
+        shm.attach(shm._MAGIC + b"rh-1-2:10")
+
+
+def test_a_descriptor_of_a_removed_segment_says_so(prefix):
+    _, descriptor = shm.share([b"pickle", b"z" * (2 * MIB)], prefix)
+    shm._segments.lent.clear()  # as a receiver in another process sees it
+    shm.sweep(2**22 + os.getpid())
+    with pytest.raises(FileNotFoundError, match="is gone"):
+        shm.attach(descriptor)
+
+
+def test_owned_segments_beyond_the_budget_are_removed(prefix, monkeypatch):
+    monkeypatch.setattr(shm, "KEPT_BYTES", 5 * MIB)
+    descriptors = [shm.share([b"p", bytes([i]) * (2 * MIB)], prefix)[1] for i in range(4)]
+    assert len(_segments_named(prefix)) == 4  # in flight: nobody may remove them
+    assert sum(s.capacity for s in shm._segments.lent.values()) <= 5 * MIB  # mappings of the rest closed
+    for i, descriptor in enumerate(descriptors):
+        assert shm.attach(descriptor) == bytes([i]) * (2 * MIB)
+    assert len(_segments_named(prefix)) == 2  # 2 MiB each: two fit in 5 MiB
+    assert len(shm._segments.owned) == 2
+
+
+def test_a_forked_child_neither_reuses_nor_removes_its_parents_segments(prefix):
+    _, descriptor = shm.share([b"p", b"a" * (2 * MIB)], prefix)
+    shm.attach(descriptor)
+    (name,) = shm._segments.owned
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not shm._segments.owned else 1)  # and no atexit: os._exit skips it anyway
+    assert os.waitpid(pid, 0)[1] == 0
+    assert _segments_named(prefix) == [name]
+
+
+def test_a_process_removes_the_segments_it_owns_when_it_exits_and_leaves_those_in_flight(prefix):
+    script = textwrap.dedent(f"""
+        from rh_core import shm
+        _, descriptor = shm.share([b"p", b"q" * (2 * 2**20)], {prefix!r})
+        assert shm.attach(descriptor) == b"q" * (2 * 2**20)  # now owned: reused for the next buffer
+        _, in_flight = shm.share([b"p", b"r" * (3 * 2**20)], {prefix!r})
+        print(len(shm._segments.owned), in_flight.hex())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    owned_at_exit, in_flight = out.split()
+    assert owned_at_exit == "1"  # 2 MiB: too small for the second buffer, which got a new segment
+    assert len(_segments_named(prefix)) == 1  # the owned one is gone; the one in flight waits
+    assert shm.attach(bytes.fromhex(in_flight)) == b"r" * (3 * MIB)
+
+
+def test_large_received_bytes_are_copies_marked_for_huge_pages():
+    import ctypes
+
+    from rh_core.heap import bytes_from
+
+    data = os.urandom(3 * MIB)
+    copy = bytes_from(memoryview(data)[1:])
+    assert type(copy) is bytes and copy == data[1:]
+    assert bytes_from(memoryview(b"small")) == b"small"
+    address = ctypes.cast(ctypes.c_char_p(copy), ctypes.c_void_p).value
+    flags = _memory_flags_at(address)
+    if _huge_pages_on_request():
+        assert "hg" in flags, f"the copy's memory is not marked for huge pages: {flags}"
+
+
+def _memory_flags_at(address):
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    inside = False
+    with open(f"/proc/{os.getpid()}/smaps") as smaps:
+        for line in smaps:
+            first = line.split(" ", 1)[0]
+            if "-" in first and not first.endswith(":"):
+                start, end = (int(part, 16) for part in first.split("-"))
+                inside = start <= address < end
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _huge_pages_on_request():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
