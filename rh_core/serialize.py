@@ -30,8 +30,10 @@ def python_version() -> str:
 
 
 def _bytes_from_buffer(buffer: memoryview | bytes) -> bytes:
-    # pickle hands out-of-band buffers over as read-only memoryviews; when one views a whole bytes
-    # object (rh_core.shm reads segments into bytes) that object is the result, with no copy.
+    # A buffer that is a bytes object (rh_core.shm reads segments into bytes), or a memoryview of a
+    # whole one, is the result, with no copy.
+    if type(buffer) is bytes:
+        return buffer
     if isinstance(buffer, memoryview) and type(buffer.obj) is bytes and buffer.nbytes == len(buffer.obj):
         return buffer.obj
     from rh_core.heap import bytes_from

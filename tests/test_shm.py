@@ -141,3 +141,12 @@ def _huge_pages_on_request():
             return "[never]" not in f.read()
     except OSError:
         return False
+
+
+def test_a_received_bytes_buffer_becomes_the_value_without_another_copy():
+    from rh_core import serialize
+
+    stream, _ = serialize.dumps(os.urandom(3 * MIB), [])
+    received = os.urandom(3 * MIB)  # what shm.attach returns: a bytes object of its own
+    assert serialize.loads([stream, received]) is received
+    assert serialize.loads([stream, memoryview(received)]) is received
