@@ -87,6 +87,7 @@ class Server:
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self.calls = 0
+        self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
 
@@ -120,9 +121,8 @@ class Server:
         self._sweep_run_logs()
         self._expire_results()
         self._write_state()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopped.set)
+            self._loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
         if self.tls is not None:
             self._front_door.close()
@@ -209,7 +209,7 @@ class Server:
         (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
         if self._reply_outcomes(identity, request_id, [outcome]):
             return
-        kept = asyncio.get_running_loop().create_future()
+        kept = self._loop.create_future()
         kept.set_result(outcome)
         self._results[task.key] = kept
         self._spill(task.key, kept)
@@ -328,13 +328,12 @@ class Server:
         """Submit a task; the returned future always resolves to an Outcome, after the call's
         timeout is applied, executor failures are turned into ``err`` outcomes, and the call's
         last log lines have gone out."""
-        loop = asyncio.get_running_loop()
-        final: asyncio.Future[Outcome] = loop.create_future()
+        final: asyncio.Future[Outcome] = self._loop.create_future()
         running = self.executor.submit(task)
         self._running[task.key] = (running, final)
         final.add_done_callback(lambda _: self._running.pop(task.key, None))
         timeout = task.options.get("timeout")
-        timer = loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
+        timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
 
         def settle(running: asyncio.Future) -> None:
             if timer is not None:
@@ -364,8 +363,8 @@ class Server:
 
     def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
         """Run ``then`` once the end-of-logs marker of ``key`` arrived (or after a short wait)."""
-        ended = self._log_ends.setdefault(key, asyncio.get_running_loop().create_future())
-        timer = asyncio.get_running_loop().call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
+        ended = self._log_ends.setdefault(key, self._loop.create_future())
+        timer = self._loop.call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
 
         def done(_):
             timer.cancel()
@@ -378,7 +377,7 @@ class Server:
         """Keep a finished result on disk too (in the results thread), so it outlives a restart."""
         if self._results.get(key) is not final:  # released meanwhile
             return
-        asyncio.get_running_loop().run_in_executor(self._disk, self._save_result, key, final.result())
+        self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
 
     def _save_result(self, key: str, outcome: Outcome) -> None:
         try:
@@ -526,7 +525,7 @@ class Server:
         key = key.decode()
         run_key = run_key_of(key)
         if stream == b"eof":
-            ended = self._log_ends.setdefault(key, asyncio.get_running_loop().create_future())
+            ended = self._log_ends.setdefault(key, self._loop.create_future())
             if not ended.done():
                 ended.set_result(None)
             if not any(run_key_of(k) == run_key for k in self._running if k != key):
