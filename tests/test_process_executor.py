@@ -89,3 +89,21 @@ def test_a_worker_whose_message_stops_half_way_is_replaced_within_seconds(proces
         garble(b"\x00\x00\x03\xe8" + b"x" * 10)  # promises 1,000 bytes, sends 10, then hangs
     assert time.monotonic() - started < LINK_STALL_SECONDS + 5
     assert rh.function(fns.add).to(process_cluster)(1, 2) == 3
+
+
+def test_large_buffers_from_many_threads_each_come_back_intact(process_cluster):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    echo = rh.function(fns.echo).to(process_cluster)
+    buffers = [os.urandom(1024 * 1024 + 4096 * i) for i in range(8)]  # sizes differ: segments are shared out
+
+    def echo_repeatedly(data: bytes) -> bool:
+        return all(echo(data) == data for _ in range(10))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(echo_repeatedly, buffers))
+    assert echo.map(buffers) == buffers
