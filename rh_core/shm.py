@@ -6,6 +6,8 @@ The receiver copies the buffer out into a new ``bytes`` object and, from then on
 it keeps it mapped and writes its own next large buffer into it. A 100 MiB echo thus passes one
 segment back and forth, and every copy lands in memory that is already mapped. Filling fresh pages
 costs this project's VMs four to six times as much as the copy itself (BENCHMARKS.md, "Bulk").
+Large buffers that go one way only (large arguments, small results) gain nothing yet: the sender
+makes a new segment each time, and the receiver keeps what it received, up to its budget.
 
 Each process keeps up to ``KEPT_BYTES`` of segments it owns for reuse, and as much again of
 mappings of segments it passed on (so one that comes back is still mapped). Segments are named
