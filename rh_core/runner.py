@@ -133,26 +133,28 @@ class Runner:
                     resolved[key] = serialize.loads(outcome.frames)
                 return resolved[key]
 
-            arguments = serialize.loads(task.arguments, resolve_ref)
+            with shm.noting_received() as received:
+                arguments = serialize.loads(task.arguments, resolve_ref)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         if task.header.get("mode") == "map":
-            return self._run_map(fn, arguments, task.header.get("shm_prefix"))
+            return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
         try:
             args, kwargs = arguments
             result = fn(*args, **kwargs)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        return _pack_result(result, task.header.get("shm_prefix"))
+        return _pack_result(result, task.header.get("shm_prefix"), received)
 
-    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None) -> Outcome:
+    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None,
+                 received: list[str]) -> Outcome:
         results: list[tuple[str, Any]] = []
         for args, kwargs in items:
             try:
                 results.append(("ok", fn(*args, **kwargs)))
             except Exception as exc:
                 results.append(("err", _picklable_error(exc)))
-        return _pack_result(results, shm_prefix)
+        return _pack_result(results, shm_prefix, received)
 
 
 def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
@@ -164,9 +166,15 @@ def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
-def _pack_result(result: Any, shm_prefix: str | None = None) -> Outcome:
+def _pack_result(result: Any, shm_prefix: str | None = None, received: Sequence[str] = ()) -> Outcome:
+    """The ``ok`` outcome of ``result``. With ``shm_prefix`` (the caller alone reads this reply, on
+    this machine) large buffers go through shared memory, and the segments of ``received`` that the
+    result did not reuse go back to the caller."""
     try:
-        return Outcome(status="ok", frames=shm.share(serialize.dumps(result, container_depth=3), shm_prefix))
+        frames = shm.share(serialize.dumps(result, container_depth=3), shm_prefix)
+        if shm_prefix is not None:
+            frames += shm.returning(received)
+        return Outcome(status="ok", frames=frames)
     except Exception as exc:
         error = serialize.SerializationError(
             f"the function returned a {type(result).__name__} that cannot be sent back: {exc}. "

@@ -145,7 +145,14 @@ def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = N
         return pickle.loads(frames[0])  # the common case: no buffers, no refs to resolve
     from rh_core import shm
 
-    buffers = [shm.attach(frame) if shm.is_descriptor(frame) else frame for frame in frames[1:]]
+    buffers = []
+    for frame in frames[1:]:
+        if shm.is_descriptor(frame):
+            buffers.append(shm.attach(frame))
+        elif shm.is_return(frame):
+            shm.take_back(frame)  # a segment handed back for reuse; no buffer of this value
+        else:
+            buffers.append(frame)
     token = _ref_resolver.set(resolve_ref)
     try:
         return pickle.loads(frames[0], buffers=buffers)

@@ -6,8 +6,9 @@ The receiver copies the buffer out into a new ``bytes`` object and, from then on
 it keeps it mapped and writes its own next large buffer into it. A 100 MiB echo thus passes one
 segment back and forth, and every copy lands in memory that is already mapped. Filling fresh pages
 costs this project's VMs four to six times as much as the copy itself (BENCHMARKS.md, "Bulk").
-Large buffers that go one way only (large arguments, small results) gain nothing yet: the sender
-makes a new segment each time, and the receiver keeps what it received, up to its budget.
+When the receiver is a worker whose result did not need a segment it received (large arguments,
+a small result), the result hands the segment back to the caller (``returning``/``take_back``),
+so buffers that go one way reuse segments too.
 
 Each process keeps up to ``KEPT_BYTES`` of segments it owns for reuse, and as much again of
 mappings of segments it passed on (so one that comes back is still mapped). Segments are named
@@ -19,12 +20,14 @@ died when it starts.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import mmap
 import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rh_core.heap import bytes_from
@@ -33,8 +36,11 @@ SHARE_MIN = 1024 * 1024
 KEPT_BYTES = 256 * 2**20
 SHM_DIR = "/dev/shm"
 _MAGIC = b"\x00rh-shm\x00"
-_HEADER = 4096  # the token, then the buffer from the next page on
+_RETURN_MAGIC = b"\x00rh-shm-return\x00"
+_HEADER = 4096  # two tokens, then the buffer from the next page on
 _TOKEN_BYTES = 16
+_BUFFER_TOKEN = slice(0, _TOKEN_BYTES)  # set while a buffer in the segment waits for its reader
+_RETURN_TOKEN = slice(_TOKEN_BYTES, 2 * _TOKEN_BYTES)  # set while the segment is handed back
 _CAPACITY_STEP = 2**20  # new segments hold their buffer rounded up to this, so sizes close by reuse them
 
 
@@ -168,7 +174,7 @@ def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
             continue
         token = os.urandom(_TOKEN_BYTES)
         segment.mapping[_HEADER:_HEADER + size] = view
-        segment.mapping[:_TOKEN_BYTES] = token
+        segment.mapping[_BUFFER_TOKEN] = token
         _segments.lend(segment)
         shared.append(_MAGIC + f"{segment.name}:{size}:{token.hex()}".encode())
     return shared
@@ -185,10 +191,7 @@ def attach(frame: Any) -> bytes:
     Pickle rebuilds a large ``bytes`` from the result without copying again, and NumPy arrays view
     it (read-only) in place. A descriptor is good for one read: its token is cleared then.
     """
-    fields = bytes(memoryview(frame)[len(_MAGIC):]).decode(errors="replace").split(":")
-    if len(fields) != 3 or "/" in fields[0] or not fields[0].startswith("rh-") or not fields[1].isdigit():
-        raise ValueError(f"malformed shared-memory descriptor {':'.join(fields)!r}")
-    name, size, token = fields[0], int(fields[1]), bytes.fromhex(fields[2])
+    name, size, token = _parse(frame, _MAGIC, with_size=True)
     try:
         segment = _segments.receive(name)
     except FileNotFoundError:
@@ -196,14 +199,80 @@ def attach(frame: Any) -> bytes:
             f"shared-memory segment {name} is gone: the server that owned it stopped, or the buffer "
             "was already read; call again"
         ) from None
-    if segment.mapping[:_TOKEN_BYTES] != token or size > segment.capacity:
+    if segment.mapping[_BUFFER_TOKEN] != token or size > segment.capacity:
         segment.close()
         raise ValueError(f"shared-memory segment {name} no longer holds this buffer: it was read before")
     with memoryview(segment.mapping)[_HEADER:_HEADER + size] as buffer:
         data = bytes_from(buffer)
-    segment.mapping[:_TOKEN_BYTES] = bytes(_TOKEN_BYTES)
+    segment.mapping[_BUFFER_TOKEN] = bytes(_TOKEN_BYTES)
     _segments.keep(segment)
+    received = _received.get()
+    if received is not None:
+        received.append(name)
     return data
+
+
+_received: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("rh_shm_received", default=None)
+
+
+@contextlib.contextmanager
+def noting_received() -> Iterator[list[str]]:
+    """A list that collects the names of the segments :func:`attach` takes over inside the block."""
+    names: list[str] = []
+    token = _received.set(names)
+    try:
+        yield names
+    finally:
+        _received.reset(token)
+
+
+def returning(names: Sequence[str]) -> list[bytes]:
+    """Frames that hand the segments ``names`` back to the process that sent them, for each one this
+    process still owns (one its own reply reused is not). Sent with a reply only that one caller
+    reads, they let a caller that sends large arguments and gets small results reuse its segments."""
+    frames = []
+    for name in names:
+        with _segments.lock:
+            segment = _segments.owned.pop(name, None)
+        if segment is None:
+            continue
+        token = os.urandom(_TOKEN_BYTES)
+        segment.mapping[_RETURN_TOKEN] = token
+        _segments.lend(segment)
+        frames.append(_RETURN_MAGIC + f"{name}:{token.hex()}".encode())
+    return frames
+
+
+def is_return(frame: Any) -> bool:
+    view = memoryview(frame)
+    return view.nbytes < 256 and bytes(view[: len(_RETURN_MAGIC)]) == _RETURN_MAGIC
+
+
+def take_back(frame: Any) -> None:
+    """Own the segment a :func:`returning` frame hands back (once: its token is cleared then)."""
+    name, _, token = _parse(frame, _RETURN_MAGIC, with_size=False)
+    try:
+        segment = _segments.receive(name)
+    except FileNotFoundError:
+        return  # removed meanwhile (its server stopped): nothing to reuse
+    if segment.mapping[_RETURN_TOKEN] != token:
+        segment.close()  # taken back already, by this process or another
+        return
+    segment.mapping[_RETURN_TOKEN] = bytes(_TOKEN_BYTES)
+    _segments.keep(segment)
+
+
+def _parse(frame: Any, magic: bytes, with_size: bool) -> tuple[str, int, bytes]:
+    """``(name, size, token)`` of a descriptor or return frame (size 0 for the latter)."""
+    fields = bytes(memoryview(frame)[len(magic):]).decode(errors="replace").split(":")
+    if not with_size:
+        fields.insert(1, "0")
+    try:
+        if len(fields) != 3 or "/" in fields[0] or not fields[0].startswith("rh-") or not fields[1].isdigit():
+            raise ValueError
+        return fields[0], int(fields[1]), bytes.fromhex(fields[2])
+    except ValueError:
+        raise ValueError(f"malformed shared-memory descriptor {':'.join(fields)!r}") from None
 
 
 def sweep(server_pid: int | None = None) -> None:

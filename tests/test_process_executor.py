@@ -91,6 +91,19 @@ def test_a_worker_whose_message_stops_half_way_is_replaced_within_seconds(proces
     assert rh.function(fns.add).to(process_cluster)(1, 2) == 3
 
 
+def test_large_arguments_with_small_results_reuse_one_segment(own_cluster):
+    import os
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    length = rh.function(fns.length).to(own_cluster)
+    for i in range(4):
+        assert length(os.urandom(3 * 1024 * 1024 - i)) == 3 * 1024 * 1024 - i
+    # each result handed the argument's segment back: the next argument went into it
+    assert len([name for name in os.listdir("/dev/shm") if name.startswith(own_cluster.shm_prefix)]) == 1
+
+
 def test_large_buffers_from_many_threads_each_come_back_intact(process_cluster):
     import os
     from concurrent.futures import ThreadPoolExecutor

@@ -40,6 +40,40 @@ def test_a_buffer_goes_through_a_segment_that_the_receiver_reuses_for_its_reply(
     assert list(shm._segments.owned) == [name]
 
 
+def test_a_segment_the_receiver_did_not_reuse_goes_back_to_its_sender_once(prefix):
+    # One process plays both sides: the sender lends, the "worker" takes over and hands back.
+    data = os.urandom(3 * MIB)
+    _, descriptor = shm.share([b"pickle", data], prefix)
+    (name,) = _segments_named(prefix)
+    with shm.noting_received() as received:
+        assert shm.attach(descriptor) == data
+    assert received == [name]
+    (handed_back,) = shm.returning(received)
+    assert shm.is_return(handed_back) and not shm.is_descriptor(handed_back)
+    assert name not in shm._segments.owned  # the receiver gave it up
+    assert shm.returning(received) == []  # and cannot hand it back twice
+    shm.take_back(handed_back)
+    assert list(shm._segments.owned) == [name]
+    _, again = shm.share([b"pickle", data[::-1]], prefix)  # the sender reuses it
+    assert _segments_named(prefix) == [name]
+    assert shm.attach(again) == data[::-1]
+    owner = shm._segments.owned.pop(name)  # as if another process owned it now
+    shm.take_back(handed_back)  # that token was used: nobody else may take the segment
+    assert name not in shm._segments.owned
+    shm._unlink(owner)
+
+
+def test_a_handed_back_segment_is_taken_while_loading_a_value(prefix):
+    from rh_core import serialize
+
+    _, descriptor = shm.share([b"pickle", b"a" * (2 * MIB)], prefix)
+    with shm.noting_received() as received:
+        shm.attach(descriptor)
+    stream, *buffers = serialize.dumps(b"small result", [])
+    assert serialize.loads([stream, *buffers, *shm.returning(received)]) == b"small result"
+    assert list(shm._segments.owned) == received
+
+
 def test_small_buffers_and_frames_without_a_prefix_stay_inline(prefix):
     small, large = b"x" * (shm.SHARE_MIN - 1), b"y" * shm.SHARE_MIN
     assert shm.share([b"pickle", small], prefix) == [b"pickle", small]
