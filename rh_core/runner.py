@@ -168,13 +168,12 @@ def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
 
 def _pack_result(result: Any, shm_prefix: str | None = None, received: Sequence[str] = ()) -> Outcome:
     """The ``ok`` outcome of ``result``. With ``shm_prefix`` (the caller alone reads this reply, on
-    this machine) large buffers go through shared memory, and the segments of ``received`` that the
-    result did not reuse go back to the caller."""
+    this machine) large buffers go through shared memory. The segments of ``received`` that the
+    result did not reuse go back to whoever reads the result first, on this machine (elsewhere the
+    frame names a file that is not there, and is ignored)."""
     try:
         frames = shm.share(serialize.dumps(result, container_depth=3), shm_prefix)
-        if shm_prefix is not None:
-            frames += shm.returning(received)
-        return Outcome(status="ok", frames=frames)
+        return Outcome(status="ok", frames=frames + shm.returning(received))
     except Exception as exc:
         error = serialize.SerializationError(
             f"the function returned a {type(result).__name__} that cannot be sent back: {exc}. "

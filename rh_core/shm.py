@@ -227,9 +227,10 @@ def noting_received() -> Iterator[list[str]]:
 
 
 def returning(names: Sequence[str]) -> list[bytes]:
-    """Frames that hand the segments ``names`` back to the process that sent them, for each one this
-    process still owns (one its own reply reused is not). Sent with a reply only that one caller
-    reads, they let a caller that sends large arguments and gets small results reuse its segments."""
+    """Frames that hand the segments ``names`` back, for each one this process still owns (one its
+    own reply reused is not). Sent with a result, they let a caller that sends large arguments and
+    gets small results reuse its segments; the first process to load them takes them (a one-time
+    token), and one on another machine finds no such file and ignores them."""
     frames = []
     for name in names:
         with _segments.lock:

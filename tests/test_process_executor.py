@@ -100,6 +100,8 @@ def test_large_arguments_with_small_results_reuse_one_segment(own_cluster):
     length = rh.function(fns.length).to(own_cluster)
     for i in range(4):
         assert length(os.urandom(3 * 1024 * 1024 - i)) == 3 * 1024 * 1024 - i
+    for i in range(2):  # a kept result hands it back when fetched
+        assert rh.get(length.remote(os.urandom(3 * 1024 * 1024 - i))) == 3 * 1024 * 1024 - i
     # each result handed the argument's segment back: the next argument went into it
     assert len([name for name in os.listdir("/dev/shm") if name.startswith(own_cluster.shm_prefix)]) == 1
 

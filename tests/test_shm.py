@@ -184,3 +184,14 @@ def test_a_received_bytes_buffer_becomes_the_value_without_another_copy():
     received = os.urandom(3 * MIB)  # what shm.attach returns: a bytes object of its own
     assert serialize.loads([stream, received]) is received
     assert serialize.loads([stream, memoryview(received)]) is received
+
+
+def test_a_handed_back_segment_that_is_not_on_this_machine_is_ignored(prefix):
+    _, descriptor = shm.share([b"pickle", b"b" * (2 * MIB)], prefix)
+    with shm.noting_received() as received:
+        shm.attach(descriptor)
+    (handed_back,) = shm.returning(received)
+    shm._segments.lent.clear()  # another machine has no mapping, and no such file:
+    shm.sweep(2**22 + os.getpid())
+    shm.take_back(handed_back)
+    assert not shm._segments.owned
