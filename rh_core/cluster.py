@@ -335,7 +335,13 @@ def split_parts(reply: Reply):
 
 def decode_outcome(status: str, frames) -> Any:
     if status == "ok":
-        return serialize.loads(frames)
+        received: list[str] = []
+        value = serialize.loads(frames, received=received)
+        if received:
+            from rh_core import shm
+
+            shm.hand_back_later(received)  # with the next call, for the worker's next large result
+        return value
     raise serialize.loads_exception(frames)
 
 

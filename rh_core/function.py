@@ -177,12 +177,13 @@ class Function(Generic[P, R]):
     @staticmethod
     def _share(system: Cluster, header: dict[str, Any], frames: list) -> list:
         """Move large buffers to shared memory when the cluster is this machine, and ask the same of
-        the result (except for .remote(): a kept result may be fetched more than once)."""
+        the result (except for .remote(): a kept result may be fetched more than once). Segments
+        the last results came in go back with these frames, for the worker to reuse."""
         prefix = system.shm_prefix
         if prefix is None:
             return frames
         header["shm"] = header["mode"] != "remote"
-        return shm.share(frames, prefix)
+        return shm.share(frames, prefix) + shm.due_returns()
 
     def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
         system, _ = self._placed()

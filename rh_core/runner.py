@@ -133,8 +133,8 @@ class Runner:
                     resolved[key] = serialize.loads(outcome.frames)
                 return resolved[key]
 
-            with shm.noting_received() as received:
-                arguments = serialize.loads(task.arguments, resolve_ref)
+            received: list[str] = []  # segments of large arguments: what the result does not reuse goes back
+            arguments = serialize.loads(task.arguments, resolve_ref, received)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         if task.header.get("mode") == "map":

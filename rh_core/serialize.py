@@ -139,8 +139,10 @@ def dumps(obj: Any, ref_keys: list[str] | None = None, *, container_depth: int =
     return [stream, *buffers]
 
 
-def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = None) -> Any:
-    """Inverse of :func:`dumps`; ``resolve_ref`` turns a ref key found inside into its value."""
+def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = None,
+          received: list[str] | None = None) -> Any:
+    """Inverse of :func:`dumps`; ``resolve_ref`` turns a ref key found inside into its value, and
+    ``received`` collects the shared-memory segments taken over (see :mod:`rh_core.shm`)."""
     if len(frames) == 1 and resolve_ref is None and _ref_resolver.get() is None:
         return pickle.loads(frames[0])  # the common case: no buffers, no refs to resolve
     from rh_core import shm
@@ -148,7 +150,7 @@ def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = N
     buffers = []
     for frame in frames[1:]:
         if shm.is_descriptor(frame):
-            buffers.append(shm.attach(frame))
+            buffers.append(shm.attach(frame, received))
         elif shm.is_return(frame):
             shm.take_back(frame)  # a segment handed back for reuse; no buffer of this value
         else:

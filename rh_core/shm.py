@@ -6,9 +6,9 @@ The receiver copies the buffer out into a new ``bytes`` object and, from then on
 it keeps it mapped and writes its own next large buffer into it. A 100 MiB echo thus passes one
 segment back and forth, and every copy lands in memory that is already mapped. Filling fresh pages
 costs this project's VMs four to six times as much as the copy itself (BENCHMARKS.md, "Bulk").
-When the receiver is a worker whose result did not need a segment it received (large arguments,
-a small result), the result hands the segment back to the caller (``returning``/``take_back``),
-so buffers that go one way reuse segments too.
+Buffers that go one way reuse segments too. A worker's result hands back the segments of the
+call's arguments that it did not reuse (large arguments, a small result); a caller's next call
+hands back the segments of the last result (small arguments, large results). See ``returning``.
 
 Each process keeps up to ``KEPT_BYTES`` of segments it owns for reuse, and as much again of
 mappings of segments it passed on (so one that comes back is still mapped). Segments are named
@@ -20,14 +20,12 @@ died when it starts.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import contextvars
 import mmap
 import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rh_core.heap import bytes_from
@@ -93,6 +91,7 @@ class _Segments:
         self.lock = threading.Lock()
         self.owned: OrderedDict[str, _Segment] = OrderedDict()
         self.lent: OrderedDict[str, _Segment] = OrderedDict()
+        self.due: list[str] = []  # owned segments to hand back with the next call (hand_back_later)
 
     def take(self, prefix: str, size: int) -> _Segment:
         """An owned segment that fits ``size`` bytes (the smallest), or a new one. Segments of other
@@ -185,8 +184,9 @@ def is_descriptor(frame: Any) -> bool:
     return view.nbytes < 256 and bytes(view[: len(_MAGIC)]) == _MAGIC
 
 
-def attach(frame: Any) -> bytes:
-    """Copy the buffer a descriptor names into a new ``bytes`` object, and take over its segment.
+def attach(frame: Any, received: list[str] | None = None) -> bytes:
+    """Copy the buffer a descriptor names into a new ``bytes`` object, and take over its segment
+    (its name is appended to ``received``).
 
     Pickle rebuilds a large ``bytes`` from the result without copying again, and NumPy arrays view
     it (read-only) in place. A descriptor is good for one read: its token is cleared then.
@@ -206,24 +206,9 @@ def attach(frame: Any) -> bytes:
         data = bytes_from(buffer)
     segment.mapping[_BUFFER_TOKEN] = bytes(_TOKEN_BYTES)
     _segments.keep(segment)
-    received = _received.get()
     if received is not None:
         received.append(name)
     return data
-
-
-_received: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("rh_shm_received", default=None)
-
-
-@contextlib.contextmanager
-def noting_received() -> Iterator[list[str]]:
-    """A list that collects the names of the segments :func:`attach` takes over inside the block."""
-    names: list[str] = []
-    token = _received.set(names)
-    try:
-        yield names
-    finally:
-        _received.reset(token)
 
 
 def returning(names: Sequence[str]) -> list[bytes]:
@@ -242,6 +227,20 @@ def returning(names: Sequence[str]) -> list[bytes]:
         _segments.lend(segment)
         frames.append(_RETURN_MAGIC + f"{name}:{token.hex()}".encode())
     return frames
+
+
+def hand_back_later(names: Sequence[str]) -> None:
+    """Remember segments taken over with a result (``names``), to hand back with the next call's
+    arguments (:func:`due_returns`): a worker whose results are large reuses them then."""
+    with _segments.lock:
+        _segments.due.extend(names)
+
+
+def due_returns() -> list[bytes]:
+    """Return frames for the remembered segments this process still owns (see :func:`returning`)."""
+    with _segments.lock:
+        names, _segments.due = _segments.due, []
+    return returning(names)
 
 
 def is_return(frame: Any) -> bool:

@@ -106,6 +106,19 @@ def test_large_arguments_with_small_results_reuse_one_segment(own_cluster):
     assert len([name for name in os.listdir("/dev/shm") if name.startswith(own_cluster.shm_prefix)]) == 1
 
 
+def test_small_arguments_with_large_results_reuse_one_segment(own_cluster):
+    import os
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    filled = rh.function(fns.filled).to(own_cluster)
+    for i in range(4):
+        assert filled(3 * 1024 * 1024 - i, i) == bytes([i]) * (3 * 1024 * 1024 - i)
+    # each call handed the last result's segment back: the worker's next result went into it
+    assert len([name for name in os.listdir("/dev/shm") if name.startswith(own_cluster.shm_prefix)]) == 1
+
+
 def test_large_buffers_from_many_threads_each_come_back_intact(process_cluster):
     import os
     from concurrent.futures import ThreadPoolExecutor

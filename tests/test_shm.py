@@ -45,8 +45,8 @@ def test_a_segment_the_receiver_did_not_reuse_goes_back_to_its_sender_once(prefi
     data = os.urandom(3 * MIB)
     _, descriptor = shm.share([b"pickle", data], prefix)
     (name,) = _segments_named(prefix)
-    with shm.noting_received() as received:
-        assert shm.attach(descriptor) == data
+    received = []
+    assert shm.attach(descriptor, received) == data
     assert received == [name]
     (handed_back,) = shm.returning(received)
     assert shm.is_return(handed_back) and not shm.is_descriptor(handed_back)
@@ -67,8 +67,8 @@ def test_a_handed_back_segment_is_taken_while_loading_a_value(prefix):
     from rh_core import serialize
 
     _, descriptor = shm.share([b"pickle", b"a" * (2 * MIB)], prefix)
-    with shm.noting_received() as received:
-        shm.attach(descriptor)
+    received = []
+    shm.attach(descriptor, received)
     stream, *buffers = serialize.dumps(b"small result", [])
     assert serialize.loads([stream, *buffers, *shm.returning(received)]) == b"small result"
     assert list(shm._segments.owned) == received
@@ -188,10 +188,24 @@ def test_a_received_bytes_buffer_becomes_the_value_without_another_copy():
 
 def test_a_handed_back_segment_that_is_not_on_this_machine_is_ignored(prefix):
     _, descriptor = shm.share([b"pickle", b"b" * (2 * MIB)], prefix)
-    with shm.noting_received() as received:
-        shm.attach(descriptor)
+    received = []
+    shm.attach(descriptor, received)
     (handed_back,) = shm.returning(received)
     shm._segments.lent.clear()  # another machine has no mapping, and no such file:
     shm.sweep(2**22 + os.getpid())
     shm.take_back(handed_back)
     assert not shm._segments.owned
+
+
+def test_segments_of_a_result_go_back_with_the_next_call_unless_an_argument_reused_them(prefix):
+    first = [shm.share([b"p", bytes([i]) * (2 * MIB)], prefix)[1] for i in range(2)]  # two results
+    received = []
+    for descriptor in first:
+        shm.attach(descriptor, received)
+    shm.hand_back_later(received)
+    _, argument = shm.share([b"p", b"c" * (2 * MIB)], prefix)  # the next call's large argument reuses one
+    handed_back = shm.due_returns()
+    assert len(handed_back) == 1 and shm.due_returns() == []
+    shm.take_back(handed_back[0])  # as the worker does (one process plays both sides)
+    shm.attach(argument)
+    assert len(shm._segments.owned) == 2 and len(_segments_named(prefix)) == 2

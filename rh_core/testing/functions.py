@@ -86,6 +86,10 @@ def length(data):
     return len(data)
 
 
+def filled(size, byte=0):
+    return bytes([byte]) * size
+
+
 def unpicklable_result():
     import threading
 
