@@ -201,7 +201,7 @@ class Function(Generic[P, R]):
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":
-                item_outcomes = serialize.loads(frames)
+                item_outcomes = decode_outcome(status, frames)
             else:  # the whole chunk failed, e.g. its worker died
                 error = serialize.loads_exception(frames)
                 item_outcomes = [("err", (error, "")) for _ in chunk]

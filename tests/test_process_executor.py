@@ -115,6 +115,8 @@ def test_small_arguments_with_large_results_reuse_one_segment(own_cluster):
     filled = rh.function(fns.filled).to(own_cluster)
     for i in range(4):
         assert filled(3 * 1024 * 1024 - i, i) == bytes([i]) * (3 * 1024 * 1024 - i)
+    assert filled.map([3 * 1024 * 1024], [9]) == [bytes([9]) * 3 * 1024 * 1024]  # a map's results too
+    assert filled(3 * 1024 * 1024, 5) == bytes([5]) * 3 * 1024 * 1024
     # each call handed the last result's segment back: the worker's next result went into it
     assert len([name for name in os.listdir("/dev/shm") if name.startswith(own_cluster.shm_prefix)]) == 1
 
