@@ -175,13 +175,12 @@ def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
         segment.mapping[_HEADER:_HEADER + size] = view
         segment.mapping[_BUFFER_TOKEN] = token
         _segments.lend(segment)
-        shared.append(_MAGIC + f"{segment.name}:{size}:{token.hex()}".encode())
+        shared.append(_frame(_MAGIC, segment.name, size, token))
     return shared
 
 
 def is_descriptor(frame: Any) -> bool:
-    view = memoryview(frame)  # real out-of-band buffers are at least 64 KiB: only tiny frames qualify
-    return view.nbytes < 256 and bytes(view[: len(_MAGIC)]) == _MAGIC
+    return _starts_with(frame, _MAGIC)
 
 
 def attach(frame: Any, received: list[str] | None = None) -> bytes:
@@ -191,7 +190,7 @@ def attach(frame: Any, received: list[str] | None = None) -> bytes:
     Pickle rebuilds a large ``bytes`` from the result without copying again, and NumPy arrays view
     it (read-only) in place. A descriptor is good for one read: its token is cleared then.
     """
-    name, size, token = _parse(frame, _MAGIC, with_size=True)
+    name, size, token = _parse(frame, _MAGIC)
     try:
         segment = _segments.receive(name)
     except FileNotFoundError:
@@ -225,7 +224,7 @@ def returning(names: Sequence[str]) -> list[bytes]:
         token = os.urandom(_TOKEN_BYTES)
         segment.mapping[_RETURN_TOKEN] = token
         _segments.lend(segment)
-        frames.append(_RETURN_MAGIC + f"{name}:{token.hex()}".encode())
+        frames.append(_frame(_RETURN_MAGIC, name, segment.capacity, token))
     return frames
 
 
@@ -244,13 +243,12 @@ def due_returns() -> list[bytes]:
 
 
 def is_return(frame: Any) -> bool:
-    view = memoryview(frame)
-    return view.nbytes < 256 and bytes(view[: len(_RETURN_MAGIC)]) == _RETURN_MAGIC
+    return _starts_with(frame, _RETURN_MAGIC)
 
 
 def take_back(frame: Any) -> None:
     """Own the segment a :func:`returning` frame hands back (once: its token is cleared then)."""
-    name, _, token = _parse(frame, _RETURN_MAGIC, with_size=False)
+    name, _, token = _parse(frame, _RETURN_MAGIC)
     try:
         segment = _segments.receive(name)
     except FileNotFoundError:
@@ -262,11 +260,19 @@ def take_back(frame: Any) -> None:
     _segments.keep(segment)
 
 
-def _parse(frame: Any, magic: bytes, with_size: bool) -> tuple[str, int, bytes]:
-    """``(name, size, token)`` of a descriptor or return frame (size 0 for the latter)."""
+def _frame(magic: bytes, name: str, size: int, token: bytes) -> bytes:
+    """A descriptor (``size``: the buffer's) or return frame (``size``: the segment's capacity)."""
+    return magic + f"{name}:{size}:{token.hex()}".encode()
+
+
+def _starts_with(frame: Any, magic: bytes) -> bool:
+    view = memoryview(frame)  # real out-of-band buffers are at least 64 KiB: only tiny frames qualify
+    return view.nbytes < 256 and bytes(view[: len(magic)]) == magic
+
+
+def _parse(frame: Any, magic: bytes) -> tuple[str, int, bytes]:
+    """``(name, size, token)`` of a frame made by :func:`_frame`."""
     fields = bytes(memoryview(frame)[len(magic):]).decode(errors="replace").split(":")
-    if not with_size:
-        fields.insert(1, "0")
     try:
         if len(fields) != 3 or "/" in fields[0] or not fields[0].startswith("rh-") or not fields[1].isdigit():
             raise ValueError
