@@ -45,7 +45,7 @@ STACKS = {  # key -> column title, in column order
     "byo": "rh_core BYO over SSH (loopback)",
     "rawray": "raw Ray",
     "zmq": "pyzmq floor",
-    "relay": "pyzmq two-hop floor",
+    "relay": "two-hop floor (unix sockets)",
 }
 RUN_ORDER = ("zmq", "relay", "process", "byo", "ray", "rawray")  # cheapest first: a broken setup shows early
 NA = "n/a"
@@ -199,8 +199,9 @@ class RawRayStack:
 
 
 class ZmqStack:
-    """The bare pyzmq floor: one hop to a server process, or (``relay_workers``) two, through a
-    relay to worker processes, the shape of rh_core's ``process`` executor."""
+    """The bare floors: one hop to a server process through pyzmq, or (``relay_workers``) two over
+    unix sockets, through a relay to worker processes: the shape of a local call to rh_core's
+    ``process`` executor."""
 
     map = None  # a bare round trip has no map
 

@@ -1,12 +1,15 @@
-"""The floors of the RPC stack rh_core uses: bare pyzmq round trips, one hop and two.
+"""The floors of the wire rh_core uses: bare round trips, one hop through pyzmq and two over unix sockets.
 
 One hop (``python bench/zmq_floor.py``): a separate server process receives a pickled
-``(function, args)`` (pickle protocol 5, large ``bytes`` out of band as their own frames,
-``copy=False``), calls the function in-process and returns the pickled result the same way.
+``(function, args)`` over pyzmq (pickle protocol 5, large ``bytes`` out of band as their own
+frames, ``copy=False``), calls the function in-process and returns the pickled result the same
+way: the floor of a client on another machine, which reaches the server through ZeroMQ.
 
-Two hops (``python bench/zmq_floor.py relay WORKERS``): the shape of rh_core's ``process``
-executor with nothing else: a relay process passes each request, unopened, to an idle worker
-process over a socket pair and the worker's reply back to its client. No envelope, no authentication, no liveness
+Two hops (``python bench/zmq_floor.py relay WORKERS``): the shape of a local call to rh_core's
+``process`` executor with nothing else: clients reach a relay process over a unix socket with
+``multiprocessing.connection`` framing (as rh_core's local clients reach its server's link
+socket), and the relay passes each request, unopened, to an idle worker process over a socket
+pair and the worker's reply back to its client. No envelope, no authentication, no liveness
 checks, no bookkeeping: whatever rh_core costs above these is its own overhead.
 
 Either server prints its port on stdout; a message ``[b"stop"]`` ends it.
@@ -87,15 +90,17 @@ def relay(workers: int) -> None:
     """Pass requests to ``workers`` worker processes, one request per worker at a time. Clients
     reach the relay over a unix socket and the relay reaches each worker over a socket pair, as
     rh_core's local clients and its ``process`` executor's workers do."""
+    import select
     import tempfile
 
-    directory = tempfile.mkdtemp(prefix="rh-floor-")
-    front = zmq.Context.instance().socket(zmq.ROUTER)
-    front.setsockopt(zmq.LINGER, 0)
-    front.bind(f"ipc://{directory}/front.sock")
-    poller = zmq.Poller()
-    poller.register(front, zmq.POLLIN)
-    links: dict[int, Connection] = {}
+    path = os.path.join(tempfile.mkdtemp(prefix="rh-floor-"), "front.sock")
+    front = socket.socket(socket.AF_UNIX)
+    front.bind(path)
+    front.listen(128)
+    poller = select.poll()
+    poller.register(front.fileno(), select.POLLIN)
+    workers_by_fd: dict[int, Connection] = {}
+    clients: dict[int, Connection] = {}
     children = []
     for _ in range(workers):
         ours, theirs = socket.socketpair()
@@ -103,31 +108,40 @@ def relay(workers: int) -> None:
                                           str(theirs.fileno())], pass_fds=(theirs.fileno(),)))
         theirs.close()
         link = Connection(ours.detach())
-        links[link.fileno()] = link
-        poller.register(link.fileno(), zmq.POLLIN)
+        workers_by_fd[link.fileno()] = link
+        poller.register(link.fileno(), select.POLLIN)
     idle: list[Connection] = []
     waiting: list[list] = []
     announced = False
     while True:
         if not announced and len(idle) == workers:
-            sys.stdout.write(f"ipc://{directory}/front.sock\n")
+            sys.stdout.write(f"link://{path}\n")
             sys.stdout.flush()
             announced = True
-        for ready, _ in poller.poll():
-            if ready is front:
-                frames = front.recv_multipart(copy=False)
-                if len(frames) == 2 and frames[1].bytes == b"stop":
+        for fd, _ in poller.poll():
+            if fd == front.fileno():
+                client = Connection(front.accept()[0].detach())
+                clients[client.fileno()] = client
+                poller.register(client.fileno(), select.POLLIN)
+            elif fd in clients:
+                try:
+                    frames = receive_frames(clients[fd])
+                except EOFError:
+                    poller.unregister(fd)
+                    clients.pop(fd).close()
+                    continue
+                if frames == [b"stop"]:
                     for child in children:
                         child.kill()
-                    front.send_multipart([frames[0], b"stopped"])
+                    send_frames(clients[fd], [b"stopped"])
                     return
-                waiting.append(frames)
+                waiting.append([fd.to_bytes(4, "little"), *frames])
             else:  # [] when the worker is ready, or [client, *result]
-                link = links[ready]
+                link = workers_by_fd[fd]
                 frames = receive_frames(link)
                 idle.append(link)
                 if frames:
-                    front.send_multipart(frames, copy=False)
+                    send_frames(clients[int.from_bytes(frames[0], "little")], frames[1:])
             while idle and waiting:
                 send_frames(idle.pop(), waiting.pop(0))
 
@@ -160,7 +174,7 @@ def worker(fd: str) -> None:
 
 
 class FloorServer:
-    """Starts the server process; ``call`` is thread-safe (one DEALER socket per thread)."""
+    """Starts the server process; ``call`` is thread-safe (one socket per thread)."""
 
     def __init__(self, relay_workers: int = 0):
         """``relay_workers``: 0 for the one-hop server, else the two-hop relay with that many workers."""
@@ -172,37 +186,54 @@ class FloorServer:
         line = self.process.stdout.readline()
         if not line.strip():
             self.process.kill()
-            raise RuntimeError(f"pyzmq floor server did not start (exit code {self.process.wait()})")
+            raise RuntimeError(f"floor server did not start (exit code {self.process.wait()})")
         line = line.strip()
         self.address = line if "://" in line else f"tcp://127.0.0.1:{int(line)}"
         self._local = threading.local()
-        self._sockets: list[zmq.Socket] = []
+        self._sockets: list = []
         self._lock = threading.Lock()
 
-    def _socket(self) -> zmq.Socket:
-        socket = getattr(self._local, "socket", None)
-        if socket is None:
-            socket = zmq.Context.instance().socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.connect(self.address)
-            self._local.socket = socket
+    def _socket(self):
+        """This thread's pyzmq DEALER socket, or its ``Connection`` to a relay's unix socket."""
+        sock = getattr(self._local, "socket", None)
+        if sock is None:
+            if self.address.startswith("link://"):
+                unix = socket.socket(socket.AF_UNIX)
+                unix.connect(self.address[len("link://"):])
+                sock = Connection(unix.detach())
+            else:
+                sock = zmq.Context.instance().socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(self.address)
+            self._local.socket = sock
             with self._lock:
-                self._sockets.append(socket)
-        return socket
+                self._sockets.append(sock)
+        return sock
+
+    def _send(self, frames: list) -> None:
+        sock = self._socket()
+        if isinstance(sock, Connection):
+            send_frames(sock, frames)
+        else:
+            sock.send_multipart(frames, copy=False)
+
+    def _receive(self, timeout: float | None = None) -> list | None:
+        sock = self._socket()
+        if isinstance(sock, Connection):
+            return receive_frames(sock) if sock.poll(timeout) else None
+        if timeout is not None and not sock.poll(int(timeout * 1000)):
+            return None
+        return [frame.buffer for frame in sock.recv_multipart(copy=False)]
 
     def call(self, fn, *args):
-        socket = self._socket()
-        socket.send_multipart(dumps((fn, args)), copy=False)
-        reply = socket.recv_multipart(copy=False)
-        return loads([frame.buffer for frame in reply])
+        self._send(dumps((fn, args)))
+        return loads(self._receive())
 
     def stop(self) -> None:
         try:
             if self.process.poll() is None:
-                socket = self._socket()
-                socket.send_multipart([b"stop"])
-                if socket.poll(5000):
-                    socket.recv_multipart()
+                self._send([b"stop"])
+                self._receive(timeout=5)
                 self.process.wait(timeout=5)
         except Exception:
             pass
@@ -211,8 +242,8 @@ class FloorServer:
                 self.process.kill()
                 self.process.wait()
             with self._lock:
-                for socket in self._sockets:
-                    socket.close(linger=0)
+                for sock in self._sockets:
+                    sock.close(linger=0) if isinstance(sock, zmq.Socket) else sock.close()
                 self._sockets.clear()
             self._local = threading.local()
             if self.process.stdout is not None:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,8 +74,72 @@ def recv_frames(socket: Any, flags: int = 0) -> list:
 SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
 
 
+LINK_SCHEME = "link://"  # an address ``link:///path/to/link.sock``: the server's link socket (rh_core.link)
+
+
+class _ZmqCarrier:
+    """Messages through a ZeroMQ DEALER socket: to a server on another machine (through a tunnel or
+    TLS), or on this one when it has no link socket."""
+
+    def __init__(self, address: str):
+        import zmq  # here, not at module level: `import rh_core` stays fast
+
+        self._again = zmq.Again
+        self._socket = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # a receive gives up after a slice
+        self._socket.connect(address)
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
+        send_frames(self._socket, [envelope, *frames])
+
+    def receive(self) -> tuple[Any, list] | None:
+        """The next message as ``(envelope, frames)``, or None when none came within a slice."""
+        try:
+            message = recv_frames(self._socket)
+        except self._again:
+            return None
+        return message[0].buffer, [frame.buffer for frame in message[1:]]
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class _LinkCarrier:
+    """Messages over the server's link socket: a client on the server's own machine."""
+
+    def __init__(self, path: str):
+        import socket
+
+        from rh_core.link import Link
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        self._link = Link(sock.detach())
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
+        from rh_core.link import as_frame
+
+        self._link.send((envelope, [as_frame(frame) for frame in frames]))
+
+    def receive(self) -> tuple[Any, list] | None:
+        if not self._link.ready(POLL_SLICE_MS / 1000):
+            return None
+        return self._link.receive()
+
+    def close(self) -> None:
+        self._link.close()
+
+
 class Connection:
-    """Talks to one server address; ``liveness()`` returns why the server is gone, or None."""
+    """Talks to one server address; ``liveness()`` returns why the server is gone, or None.
+
+    Addresses are ZeroMQ's (``tcp://``, ``ipc://``) or ``link://`` followed by the path of a server's
+    link socket, which clients on the server's machine use (see :mod:`rh_core.link`)."""
 
     def __init__(self, address: str, liveness: Callable[[], str | None], secret: str | None = None):
         self.address = address
@@ -82,25 +147,38 @@ class Connection:
         self._secret = secret or ""
         self._local = threading.local()
         self._closed = False
-        self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own socket
+        self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own carrier
 
-    def _socket(self) -> Any:
-        socket = getattr(self._local, "socket", None)
-        if socket is None:
-            import zmq  # here, not at module level: `import rh_core` stays fast
+    def _carrier(self) -> _ZmqCarrier | _LinkCarrier:
+        carrier = getattr(self._local, "carrier", None)
+        if carrier is None or self._local.pid != os.getpid():  # none yet, or the parent's (after fork)
+            if self.address.startswith(LINK_SCHEME):
+                carrier = _LinkCarrier(self.address[len(LINK_SCHEME):])
+            else:
+                carrier = _ZmqCarrier(self.address)
+            self._local.carrier, self._local.pid = carrier, os.getpid()
+        return carrier
 
-            socket = zmq.Context.instance().socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # a receive gives up after a slice: see request()
-            socket.connect(self.address)
-            self._local.socket = socket
-        return socket
+    def _drop_carrier(self) -> None:
+        carrier = getattr(self._local, "carrier", None)
+        if carrier is not None and self._local.pid == os.getpid():
+            carrier.close()
+        self._local.carrier = None
 
-    def _drop_socket(self) -> None:
-        socket = getattr(self._local, "socket", None)
-        if socket is not None:
-            socket.close(linger=0)
-            self._local.socket = None
+    def _why_closed(self) -> str:
+        """Why the server closed this thread's link: it died, mostly, which liveness tells within moments."""
+        deadline = time.monotonic() + 1.0
+        while (reason := self._liveness()) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return reason or "it closed the connection"
+
+    def _lost(self, op: str, reason: str) -> ConnectionLostError:
+        self._drop_carrier()
+        return ConnectionLostError(
+            f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
+            "The next call reconnects, or starts a new server; finished .remote() results are kept "
+            "on the cluster's disk and stay fetchable by key."
+        )
 
     def request(
         self,
@@ -117,44 +195,43 @@ class Connection:
         (None waits as long as the server lives).
         """
         import orjson
-        import zmq
 
-        socket = self._socket()
         request_id = next(self._request_ids)
         envelope = orjson.dumps({"id": request_id, "op": op, "auth": self._secret, **header})
-        send_frames(socket, [envelope, *frames])
+        try:
+            carrier = self._carrier()
+            carrier.send(envelope, frames)
+        except OSError as exc:  # a link socket nobody listens on, or closed: the server is gone
+            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost.sent = False  # the server reads a request whole before it acts on it
+            raise lost from None
         waited = 0.0
         while True:
             try:
-                reply = recv_frames(socket)
-            except zmq.Again:  # nothing within a slice: check on the server, then wait on
-                reply = None
+                reply = carrier.receive()
+            except (EOFError, OSError):
+                raise self._lost(op, self._why_closed()) from None
             if reply is not None:
-                fields = orjson.loads(reply[0].buffer)
+                fields = orjson.loads(reply[0])
                 if fields.get("id") != request_id:
                     continue  # a late reply to a request we gave up on
                 kind = fields.pop("kind")
                 if kind == "log":
-                    on_log(fields["stream"], reply[1].bytes)
+                    on_log(fields["stream"], bytes(reply[1][0]))
                     continue
                 if kind == "fail":
                     raise _rebuild_failure(fields)
-                return Reply(kind, fields, [frame.buffer for frame in reply[1:]])
+                return Reply(kind, fields, reply[1])
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
             if reason is not None:
-                self._drop_socket()
-                raise ConnectionLostError(
-                    f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
-                    "The next call reconnects, or starts a new server; finished .remote() results are kept "
-                    "on the cluster's disk and stay fetchable by key."
-                )
+                raise self._lost(op, reason)
             if timeout is not None and waited >= timeout:
-                self._drop_socket()  # its reply, if it ever comes, must not be read as another's
+                self._drop_carrier()  # its reply, if it ever comes, must not be read as another's
                 raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
 
     def close(self) -> None:
-        self._drop_socket()
+        self._drop_carrier()
 
 
 def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core import __version__, serialize
-from rh_core.client import Connection, Reply, read_secret
+from rh_core.client import LINK_SCHEME, Connection, Reply, read_secret
 from rh_core.errors import (
     ConnectionLostError,
     RhError,
@@ -95,13 +95,17 @@ class Cluster:
             return self._connection
 
     def request(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (), **kwargs) -> Reply:
-        """One request to the server; a lost server forgets the connection so the next call reconnects."""
+        """One request to the server; a lost server forgets the connection so the next call reconnects.
+        A request that never reached the server (it was gone before we wrote) goes to its
+        successor instead, started if need be."""
         connection = self.connection()
         try:
             return connection.request(op, header, frames, **kwargs)
-        except ConnectionLostError:
+        except ConnectionLostError as lost:
             self._forget_connection(connection)
-            raise
+            if lost.sent:
+                raise
+        return self.connection().request(op, header, frames, **kwargs)
 
     def _forget_connection(self, connection: Connection | None = None) -> None:
         with self._lock:
@@ -421,7 +425,7 @@ class LocalCluster(Cluster):
                 state = self._launch()
         self._server_pid = state["pid"]
         state = {**state, "secret": read_secret(self.state_dir)}
-        return state.get("local_endpoint") or f"tcp://127.0.0.1:{state['port']}", state
+        return LINK_SCHEME + state["link"], state  # the quickest way in for a client on the server's machine
 
     def _launch(self) -> dict[str, Any]:
         import subprocess

@@ -32,7 +32,12 @@ class VersionMismatchError(RhError):
 
 
 class ConnectionLostError(RhError, ConnectionError):
-    """The cluster's server stopped answering or died while a call was in flight."""
+    """The cluster's server stopped answering or died while a call was in flight.
+
+    ``sent`` is False when the request never reached the server (it was gone before the client
+    wrote), so sending it again cannot run anything twice."""
+
+    sent: bool = True
 
 
 class WorkerDiedError(RhError):

@@ -1,11 +1,14 @@
 """The cluster server: ``python -m rh_core.server --state-dir DIR [--executor NAME] [-o KEY=VALUE]``.
 
-It binds a ZeroMQ ROUTER socket on 127.0.0.1 (a free port), records pid, port, versions and
-executor in ``DIR/server.json``, and routes calls to its executor. The server never unpickles what
+It binds a ZeroMQ ROUTER socket on 127.0.0.1 (a free port) for clients on other machines (through
+an SSH tunnel or its TLS front door), listens on ``DIR/link.sock`` for clients on this machine
+(see :mod:`rh_core.link`), records pid, port, link, versions and executor in ``DIR/server.json``,
+and routes calls to its executor. The server never unpickles what
 clients send: arguments, functions and results pass through it as opaque frames, and only the
 workers load them.
 
-Every message is ``[envelope, *frames]`` where the envelope is a JSON object. Requests carry
+Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
+pickled tuple ``(envelope, [frames])``). Requests carry
 ``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
 op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` (zero or more, while a
 call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
@@ -24,12 +27,14 @@ import contextlib
 import hmac
 import json
 import os
+import pickle
 import secrets
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 import uvloop
@@ -41,6 +46,7 @@ from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.heap import keep_freed_memory
+from rh_core.link import Link, as_frame, bound_stalls
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
@@ -49,8 +55,62 @@ RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
+LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.link)
+CLIENT_STALL_SECONDS = 1  # how long the server waits on a link client that stopped mid-message, then drops it
+
+
 def encode(envelope: dict[str, Any]) -> bytes:
     return orjson.dumps(envelope)
+
+
+class Peer(Protocol):
+    """A connected client, as the server replies to it."""
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
+        """Send one reply; False when it cannot be delivered (the client is gone or stopped reading)."""
+
+
+class RouterPeer:
+    """A client reached through the ZeroMQ router: every client on another machine."""
+
+    __slots__ = ("_router", "_identity")
+
+    def __init__(self, router: Channel, identity: bytes):
+        self._router, self._identity = router, identity
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
+        try:
+            self._router.send([self._identity, envelope, *frames])
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):  # disconnected, or its queue is full
+                raise
+            return False
+        return True
+
+
+class LinkPeer:
+    """A client on this machine, connected to the server's link socket: each message is
+    ``(envelope, [frames])``, in both directions."""
+
+    def __init__(self, link: Link, on_close: Callable[[LinkPeer], None]):
+        self.link: Link | None = link
+        self._on_close = on_close
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
+        if self.link is None:
+            return False
+        try:
+            self.link.send((envelope, [as_frame(frame) for frame in frames]))
+        except OSError:  # gone, or not reading for STALL_SECONDS: the stream may end in half a message
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.link is not None:
+            self._on_close(self)
+            self.link.close()
+            self.link = None
 
 
 class Server:
@@ -75,9 +135,9 @@ class Server:
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
         self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._fifo_locks: dict[str, asyncio.Lock] = {}
-        self._log_routes: dict[str, tuple[bytes, str]] = {}  # task key -> (client identity, request id)
+        self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
         self._log_ends: dict[str, asyncio.Future[None]] = {}
-        self._followers: dict[str, list[tuple[bytes, str]]] = {}  # run key -> clients following its logs
+        self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
         self._run_logs: dict[str, Any] = {}  # run key -> its open log file
         self.runs_dir = os.path.join(self.state_dir, "runs")
@@ -88,6 +148,8 @@ class Server:
         self.started_at = time.time()
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
+        self.link_path: str | None = None  # the link socket clients on this machine use, once open
+        self._links: set[LinkPeer] = set()
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
 
@@ -110,13 +172,14 @@ class Server:
         # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
         self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
         router.bind(self.local_endpoint)
+        self._open_link_door()
         if self._expose is not None:
             await self._open_front_door()
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
         self._logs = Channel(logs, self._on_log)
         await self.executor.start(self)
-        self._router = Channel(router, self._on_request)
+        self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
         self._sweep_run_logs()
         self._expire_results()
@@ -127,6 +190,7 @@ class Server:
         if self.tls is not None:
             self._front_door.close()
         self._router.close()
+        self._close_link_door()
         await self.executor.stop()
         await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
         shm.sweep(os.getpid())
@@ -147,6 +211,7 @@ class Server:
             "pid": os.getpid(),
             "port": self.port,
             "local_endpoint": self.local_endpoint,
+            "link": self.link_path,
             "version": __version__,
             "build": os.environ.get("RH_BUILD_ID"),
             "node_address": os.environ.get("RH_NODE_ADDRESS"),
@@ -188,26 +253,20 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _reply(self, identity: bytes, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> bool:
+    def _reply(self, peer: Peer, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> bool:
         """Send a reply; False when it could not be delivered: the client has disconnected (it was
         killed, or its connection dropped) or has stopped reading (its queue is full)."""
-        try:
-            self._router.send([identity, encode({"id": request_id, "kind": kind, **fields}), *frames])
-        except zmq.ZMQError as exc:
-            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                raise
-            return False
-        return True
+        return peer.send(encode({"id": request_id, "kind": kind, **fields}), frames)
 
-    def _reply_outcomes(self, identity: bytes, request_id: str, outcomes: list[Outcome]) -> bool:
+    def _reply_outcomes(self, peer: Peer, request_id: str, outcomes: list[Outcome]) -> bool:
         parts = [[o.status, len(o.frames)] for o in outcomes]
         frames = [frame for o in outcomes for frame in o.frames]
-        return self._reply(identity, request_id, "result", {"parts": parts}, frames)
+        return self._reply(peer, request_id, "result", {"parts": parts}, frames)
 
-    def _deliver(self, identity: bytes, request_id: str, task: Task, outcome: Outcome) -> None:
+    def _deliver(self, peer: Peer, request_id: str, task: Task, outcome: Outcome) -> None:
         """Reply with a call's outcome; when its caller is gone, keep it as a result by the run's key
         (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
-        if self._reply_outcomes(identity, request_id, [outcome]):
+        if self._reply_outcomes(peer, request_id, [outcome]):
             return
         kept = self._loop.create_future()
         kept.set_result(outcome)
@@ -216,55 +275,118 @@ class Server:
         sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
                          f"cluster.get({task.key!r}) fetches it\n")
 
-    def _on_request(self, frames: list) -> None:
-        identity = frames[0].bytes
+    def _open_link_door(self) -> None:
+        """Listen on ``DIR/link.sock`` for clients on this machine (see :mod:`rh_core.link`)."""
+        path = os.path.join(self.state_dir, LINK_SOCKET)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a server that died
+        door = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            request = orjson.loads(frames[1].buffer)
+            door.bind(path)
+        except OSError as exc:
+            door.close()
+            raise ServerStartError(
+                f"cannot listen on {path}: {exc}. A Unix socket's path holds at most 107 bytes; "
+                "give the server a shorter --state-dir (RH_HOME for the local cluster)"
+            ) from None
+        door.listen(128)
+        door.setblocking(False)
+        self._door, self.link_path = door, path
+        self._loop.add_reader(door.fileno(), self._accept_links)
+
+    def _accept_links(self) -> None:
+        while True:
+            try:
+                connection, _ = self._door.accept()
+            except OSError:  # none left waiting
+                return
+            bound_stalls(connection, CLIENT_STALL_SECONDS)  # a client that stops mid-message, or stops reading
+            peer = LinkPeer(Link(connection.detach()), self._forget_link)
+            self._links.add(peer)
+            self._loop.add_reader(peer.link.fileno(), self._on_link_readable, peer)
+            # uvloop makes a watched descriptor non-blocking; a message is read whole once it
+            # starts arriving (the client writes it at once), so blocking reads are what we want.
+            os.set_blocking(peer.link.fileno(), True)
+
+    def _on_link_readable(self, peer: LinkPeer) -> None:
+        try:
+            message = peer.link.receive()
+        except (EOFError, OSError, pickle.UnpicklingError):  # gone, or wrote something unreadable
+            peer.close()
+            return
+        if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[1], list)
+                and all(isinstance(frame, bytes) for frame in message[1])):
+            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request message"})
+            return
+        envelope, frames = message
+        self._on_request(peer, envelope, frames)
+
+    def _forget_link(self, peer: LinkPeer) -> None:
+        self._links.discard(peer)
+        self._loop.remove_reader(peer.link.fileno())
+
+    def _close_link_door(self) -> None:
+        self._loop.remove_reader(self._door.fileno())
+        self._door.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.link_path)
+        for peer in list(self._links):
+            peer.close()
+
+    def _on_router_message(self, frames: list) -> None:
+        """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
+        envelope = frames[1].buffer if len(frames) > 1 else b""
+        self._on_request(RouterPeer(self._router, frames[0].bytes), envelope, frames[2:])
+
+    def _on_request(self, peer: Peer, envelope: Any, frames: list) -> None:
+        """Serve one request from ``peer``: its JSON ``envelope`` (a buffer) and the frames after it."""
+        try:
+            request = orjson.loads(envelope)
             request_id, op = request["id"], request["op"]
             authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
         except (IndexError, ValueError, KeyError, TypeError, AttributeError):
-            self._reply(identity, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
             return
         if not authenticated:  # before anything else: nothing of an unauthenticated request is used
-            self._reply(identity, request_id, "fail", {"type": "AuthenticationError", "message": (
+            self._reply(peer, request_id, "fail", {"type": "AuthenticationError", "message": (
                 "the request does not carry this cluster's secret; clients read it from the server's state "
                 "directory on the cluster (owner-only), so only the cluster's user can call its server"
             )})
             return
         # The two hot paths are answered without a coroutine: liveness pings and plain calls.
         if op == "ping":
-            self._reply(identity, request_id, "info", self.info())
+            self._reply(peer, request_id, "info", self.info())
         elif op == "call" and request.get("mode") == "call" and not request.get("refs"):
             try:
-                task = self._task(request, frames[2:])
+                task = self._task(request, frames)
             except Exception as exc:
-                self._fail(identity, request_id, exc)
+                self._fail(peer, request_id, exc)
                 return
             self.calls += 1
-            self._route_logs(task, identity, request_id)
+            self._route_logs(task, peer, request_id)
             future = self._start(task)
-            future.add_done_callback(lambda f: self._finish_call(identity, request_id, task, f))
+            future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
-            task = asyncio.ensure_future(self._handle(identity, request_id, op, request, frames[2:]))
+            task = asyncio.ensure_future(self._handle(peer, request_id, op, request, frames))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _finish_call(self, identity: bytes, request_id: str, task: Task, future: asyncio.Future) -> None:
+    def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
         self._log_routes.pop(task.key, None)
-        self._deliver(identity, request_id, task, future.result())
+        self._deliver(peer, request_id, task, future.result())
 
-    def _fail(self, identity: bytes, request_id: str, exc: Exception) -> None:
+    def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
         error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError)) else "ProtocolError"
-        self._reply(identity, request_id, "fail", {"type": error_type, "message": str(exc)})
+        self._reply(peer, request_id, "fail", {"type": error_type, "message": str(exc)})
 
-    async def _handle(self, identity: bytes, request_id: str, op: str, request: dict, frames: list) -> None:
+    async def _handle(self, peer: Peer, request_id: str, op: str, request: dict, frames: list) -> None:
         try:
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise ProtocolError(f"unknown operation {op!r}")
-            await handler(identity, request_id, request, frames)
+            await handler(peer, request_id, request, frames)
         except Exception as exc:
-            self._fail(identity, request_id, exc)
+            self._fail(peer, request_id, exc)
 
     def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
         check_call_request(request, len(frames))
@@ -280,28 +402,28 @@ class Server:
             env=request.get("env"),
         )
 
-    def _route_logs(self, task: Task, identity: bytes, request_id: str) -> None:
+    def _route_logs(self, task: Task, peer: Peer, request_id: str) -> None:
         if task.options.get("stream_logs"):
-            self._log_routes[task.key] = (identity, request_id)
+            self._log_routes[task.key] = (peer, request_id)
 
-    async def _op_shutdown(self, identity, request_id, request, frames) -> None:
-        self._reply(identity, request_id, "info", self.info())
+    async def _op_shutdown(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", self.info())
         self._stopped.set()
 
-    async def _op_call(self, identity, request_id, request, frames) -> None:
+    async def _op_call(self, peer, request_id, request, frames) -> None:
         self.calls += 1
         refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
         task = self._task(request, frames, refs)
         mode = request["mode"]
         if mode == "map":
-            await self._map(identity, request_id, task, request["chunks"])
+            await self._map(peer, request_id, task, request["chunks"])
             return
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
             final = self._results[task.key] = self._start(task)
             final.add_done_callback(lambda done: self._spill(task.key, done))
-            self._reply(identity, request_id, "ack", {"key": task.key})
+            self._reply(peer, request_id, "ack", {"key": task.key})
             return
-        self._route_logs(task, identity, request_id)
+        self._route_logs(task, peer, request_id)
         if mode == "enqueue":
             lock = self._fifo_locks.setdefault(request["fn_id"], asyncio.Lock())  # wakes waiters FIFO
             async with lock:
@@ -309,20 +431,20 @@ class Server:
         else:
             outcome = await self._start(task)
         self._log_routes.pop(task.key, None)
-        self._deliver(identity, request_id, task, outcome)
+        self._deliver(peer, request_id, task, outcome)
 
-    async def _map(self, identity: bytes, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
+    async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
             Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
                  arguments=chunk, refs=task.refs, options=task.options, env=task.env)
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
-            self._route_logs(chunk, identity, request_id)
+            self._route_logs(chunk, peer, request_id)
         outcomes = await asyncio.gather(*(self._start(chunk) for chunk in chunks))
         for chunk in chunks:
             self._log_routes.pop(chunk.key, None)
-        self._reply_outcomes(identity, request_id, list(outcomes))
+        self._reply_outcomes(peer, request_id, list(outcomes))
 
     def _start(self, task: Task) -> asyncio.Future[Outcome]:
         """Submit a task; the returned future always resolves to an Outcome, after the call's
@@ -410,7 +532,7 @@ class Server:
             )
         return await asyncio.shield(future)
 
-    async def _op_cancel(self, identity, request_id, request, frames) -> None:
+    async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
         for it gets :class:`RunCancelledError`."""
         key = request["key"]
@@ -427,17 +549,17 @@ class Server:
             if not final.done():
                 final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
             running.cancel()  # the executor stops the worker (or Ray task) running it
-        self._reply(identity, request_id, "info", {"cancelled": len(tasks)})
+        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
 
-    async def _op_runs(self, identity, request_id, request, frames) -> None:
+    async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
         running: dict[str, int] = {}
         for task_key in self._running:
             running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
         finished = sorted({key for key, future in self._results.items() if future.done()} | set(self._spilled.keys()))
-        self._reply(identity, request_id, "info", {"running": running, "finished": finished})
+        self._reply(peer, request_id, "info", {"running": running, "finished": finished})
 
-    async def _op_logs(self, identity, request_id, request, frames) -> None:
+    async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
         key = request["key"]
         path = self._run_log_path(key)
@@ -454,20 +576,20 @@ class Server:
         except FileNotFoundError:
             logged = b""
         if logged:
-            self._reply(identity, request_id, "log", {"stream": "stdout"}, [logged])
+            self._reply(peer, request_id, "log", {"stream": "stdout"}, [logged])
         if request.get("follow") and running:
             # Registered in the same loop step as the read above, so no line falls in between.
-            self._followers.setdefault(key, []).append((identity, request_id))
+            self._followers.setdefault(key, []).append((peer, request_id))
             try:
                 await asyncio.gather(*running)
                 await asyncio.sleep(0)  # let log lines already received go out first
             finally:
                 followers = self._followers.get(key, [])
-                if (identity, request_id) in followers:
-                    followers.remove((identity, request_id))
+                if (peer, request_id) in followers:
+                    followers.remove((peer, request_id))
                 if not followers:
                     self._followers.pop(key, None)
-        self._reply(identity, request_id, "info", {"running": bool(running) and not request.get("follow")})
+        self._reply(peer, request_id, "info", {"running": bool(running) and not request.get("follow")})
 
     def _sweep_run_logs(self) -> None:
         """Run logs are kept for RUN_LOG_DAYS days after their last line."""
@@ -480,7 +602,7 @@ class Server:
     def _run_log_path(self, key: str) -> str:
         return os.path.join(self.runs_dir, key.replace("/", "_") + ".log")
 
-    async def _op_install(self, identity, request_id, request, frames) -> None:
+    async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
         from rh_core.plugins import default_host
 
@@ -492,17 +614,17 @@ class Server:
             environment_changed = getattr(self.executor, "environment_changed", None)
             if environment_changed is not None:
                 environment_changed(name)
-        self._reply(identity, request_id, "info", {**done, "environment": env.describe()})
+        self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
 
-    async def _op_get(self, identity, request_id, request, frames) -> None:
+    async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = request["keys"], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
         except TimeoutError:
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
-        self._reply_outcomes(identity, request_id, list(outcomes))
+        self._reply_outcomes(peer, request_id, list(outcomes))
 
-    async def _op_status(self, identity, request_id, request, frames) -> None:
+    async def _op_status(self, peer, request_id, request, frames) -> None:
         states = {}
         for key in request["keys"]:
             future = self._results.get(key)
@@ -510,13 +632,13 @@ class Server:
                 states[key] = "done" if self._spilled.has(key) else "unknown"
             else:
                 states[key] = "done" if future.done() else "running"
-        self._reply(identity, request_id, "info", {"states": states})
+        self._reply(peer, request_id, "info", {"states": states})
 
-    async def _op_release(self, identity, request_id, request, frames) -> None:
+    async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in request["keys"]:
             self._results.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
-        self._reply(identity, request_id, "info", {})
+        self._reply(peer, request_id, "info", {})
 
     # --- logs ----------------------------------------------------------------------------------
 
@@ -532,12 +654,12 @@ class Server:
                 self._close_run_log(run_key)
             return
         self._keep(run_key, text)
-        for identity, request_id in self._followers.get(run_key, ()):
-            self._reply(identity, request_id, "log", {"stream": stream.decode()}, [text])
+        for peer, request_id in self._followers.get(run_key, ()):
+            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
         route = self._log_routes.get(key)
         if route is not None:
-            identity, request_id = route
-            self._reply(identity, request_id, "log", {"stream": stream.decode()}, [text])
+            peer, request_id = route
+            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
         else:
             sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
             sys.stderr.flush()

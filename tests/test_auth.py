@@ -11,6 +11,7 @@ import pickle
 import stat
 
 import pytest
+import zmq  # imported here: the forked other user cannot read this interpreter's packages
 
 import rh_core as rh
 from rh_core.testing import functions as fns
@@ -55,8 +56,6 @@ def as_other_user(action) -> dict:
 
 def forged_requests(port: int, marker: str, finished_key: str) -> dict:
     """What another user can try against the server's TCP port without the secret."""
-    import zmq
-
     context = zmq.Context()  # a new one: the parent's does not survive fork
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
@@ -90,19 +89,29 @@ def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
     assert rh.get(finished) == 3
     marker = str(tmp_path / "unpickled")
     os.chmod(tmp_path, 0o777)  # the other user could create the marker, were the payload ever unpickled
-    port = running_cluster.read_state()["port"]
+    state = running_cluster.read_state()
+    port, link = state["port"], state["link"]
 
     def attack():
+        import socket
+
         try:
             open(secret_file).read()
             read_secret = True
         except PermissionError:
             read_secret = False
-        return {"read_secret": read_secret, "replies": forged_requests(port, marker, finished.key)}
+        try:
+            socket.socket(socket.AF_UNIX).connect(link)
+            reached_link = True
+        except PermissionError:
+            reached_link = False
+        return {"read_secret": read_secret, "reached_link": reached_link,
+                "replies": forged_requests(port, marker, finished.key)}
 
     result = as_other_user(attack)
     assert "crashed" not in result, result
     assert result["read_secret"] is False
+    assert result["reached_link"] is False  # the link socket lives in the owner-only state directory
     for name, reply in result["replies"].items():
         assert reply is not None, f"{name}: no reply"
         assert reply["kind"] == "fail" and reply["type"] == "AuthenticationError", (name, reply)
@@ -112,10 +121,12 @@ def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
     assert rh.get(finished) == 3 and rh.function(fns.add).to(running_cluster)(2, 2) == 4
 
 
-def test_a_client_with_a_wrong_secret_gets_an_authentication_error(running_cluster):
-    from rh_core.client import Connection
+@pytest.mark.parametrize("way_in", ["zeromq", "link"])
+def test_a_client_with_a_wrong_secret_gets_an_authentication_error(running_cluster, way_in):
+    from rh_core.client import LINK_SCHEME, Connection
 
-    address = running_cluster.read_state()["local_endpoint"]
+    state = running_cluster.read_state()
+    address = state["local_endpoint"] if way_in == "zeromq" else LINK_SCHEME + state["link"]
     wrong = Connection(address, lambda: None, secret="not-the-secret")
     with pytest.raises(rh.AuthenticationError, match="does not carry this cluster's secret"):
         wrong.request("ping", {}, timeout=10)

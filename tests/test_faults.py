@@ -24,16 +24,24 @@ def test_server_killed_during_a_call_errors_within_seconds_and_next_call_restart
     assert own_cluster.status()["pid"] != pid
 
 
-def test_server_killed_between_calls_is_replaced_on_next_use(own_cluster):
+def test_server_killed_between_calls_is_replaced_by_the_next_call_which_succeeds(own_cluster):
     add = rh.function(fns.quiet_add).to(own_cluster)
     assert add(1, 1) == 2
     pid = own_cluster.status()["pid"]
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
-    with pytest.raises(rh.ConnectionLostError):
-        add(1, 2)  # the in-flight request had nowhere to go
-    assert add(1, 2) == 3
+    assert add(1, 2) == 3  # its request never reached the dead server: it went to a new one
     assert own_cluster.status()["pid"] != pid
+
+
+def test_a_server_restarted_by_another_process_between_calls_serves_the_next_call(own_cluster):
+    add = rh.function(fns.quiet_add).to(own_cluster)
+    assert add(1, 1) == 2
+    pid = own_cluster.status()["pid"]
+    other = rh.LocalCluster(state_dir=own_cluster.state_dir, executor_options={"num_workers": 1})
+    other.restart_server()  # as `rh server stop` and a new client in another process would
+    assert add(2, 2) == 4
+    assert own_cluster.status()["pid"] == other.status()["pid"] != pid
 
 
 def test_refs_of_a_dead_server_say_so(own_cluster):

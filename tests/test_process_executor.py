@@ -37,8 +37,8 @@ def test_the_worker_link_carries_small_and_large_buffers_and_refuses_anything_bu
     import socket
     import threading
 
+    from rh_core.link import Link
     from rh_core.serialize import OUT_OF_BAND_MIN
-    from rh_core.worker import Link
 
     ours, theirs = socket.socketpair()
     sender, receiver = Link(ours.detach()), Link(theirs.detach())
@@ -79,15 +79,15 @@ def test_a_worker_whose_message_stops_half_way_is_replaced_within_seconds(proces
     import time
 
     import rh_core as rh
-    from rh_core.builtin.process_pool import LINK_STALL_SECONDS
     from rh_core.errors import WorkerDiedError
+    from rh_core.link import STALL_SECONDS
     from rh_core.testing import functions as fns
 
     garble = rh.function(fns.write_to_link).to(process_cluster)
     started = time.monotonic()
     with pytest.raises(WorkerDiedError):
         garble(b"\x00\x00\x03\xe8" + b"x" * 10)  # promises 1,000 bytes, sends 10, then hangs
-    assert time.monotonic() - started < LINK_STALL_SECONDS + 5
+    assert time.monotonic() - started < STALL_SECONDS + 5
     assert rh.function(fns.add).to(process_cluster)(1, 2) == 3
 
 

@@ -17,15 +17,14 @@ import os
 import pickle
 import signal
 import socket
-import struct
 from typing import Any
 
 from rh_core.errors import WorkerDiedError
+from rh_core.link import Link, bound_stalls
 from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
-from rh_core.worker import Link, task_message
+from rh_core.worker import task_message
 
 WORKER_START_TIMEOUT = 60.0
-LINK_STALL_SECONDS = 5  # how long a message to or from a worker may stop half-way (see _start_and_watch)
 
 
 class _Worker:
@@ -113,11 +112,7 @@ class ProcessExecutor:
 
     async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
         ours, theirs = socket.socketpair()
-        # The server reads and writes its end blocking, in its event loop: a worker whose message
-        # stops half-way (it hangs, or wrote a broken one) fails the read or write after this long.
-        stall_limit = struct.pack("ll", LINK_STALL_SECONDS, 0)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, stall_limit)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, stall_limit)
+        bound_stalls(ours)  # a worker whose message stops half-way (it hangs, or wrote a broken one)
         try:
             process = await asyncio.create_subprocess_exec(
                 pool.env.python, "-m", "rh_core.worker", str(theirs.fileno()), self._context.log_endpoint,

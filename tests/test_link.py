@@ -1,0 +1,158 @@
+"""Clients on the server's machine reach it over its link socket (``DIR/link.sock``, see
+rh_core.link), everyone else through ZeroMQ. The link serves the same requests, and no client on it
+can stop the server: not one that writes garbage, nor one that stops reading its replies."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+import rh_core as rh
+from rh_core import serialize
+from rh_core.client import LINK_SCHEME, Connection, read_secret
+from rh_core.link import Link
+from rh_core.server import CLIENT_STALL_SECONDS
+from rh_core.testing import functions as fns
+
+
+def raw_link(cluster) -> Link:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(cluster.read_state()["link"])
+    return Link(sock.detach())
+
+
+def closed_by_server(link: Link, within: float = 10.0) -> bool:
+    """Whether the server closed ``link`` (reads end) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if link.ready(0.1):
+            try:
+                link.receive()
+            except (EOFError, OSError):
+                return True
+    return False
+
+
+def hung_up(link: Link) -> bool:
+    """Whether the server has closed its end of ``link``, without reading what it sent."""
+    poller = select.poll()
+    poller.register(link.fileno(), 0)  # hang-ups are always reported
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+def test_local_clients_use_the_link_and_both_ways_in_reach_one_server(running_cluster):
+    state = running_cluster.read_state()
+    assert state["link"] == os.path.join(running_cluster.state_dir, "link.sock")
+    assert running_cluster.connection().address == LINK_SCHEME + state["link"]
+    secret = read_secret(running_cluster.state_dir)
+    through_zeromq = Connection(state["local_endpoint"], lambda: None, secret=secret)
+    pids = {Connection(address, lambda: None, secret=secret).request("ping", {}, timeout=10).header["pid"]
+            for address in (state["local_endpoint"], LINK_SCHEME + state["link"])}
+    assert pids == {state["pid"]}
+    through_zeromq.close()
+    add = rh.function(fns.add).to(running_cluster)
+    assert add(1, 2) == 3 and rh.get(add.remote(2, 3)) == 5
+    assert add.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
+
+
+def test_the_link_socket_is_gone_after_the_server_stops(own_cluster):
+    own_cluster.connection()
+    path = own_cluster.read_state()["link"]
+    assert os.path.exists(path)
+    own_cluster.stop_server()
+    assert not os.path.exists(path)
+
+
+def test_garbage_on_the_link_closes_that_connection_and_the_server_serves_on(running_cluster):
+    garbled = raw_link(running_cluster)
+    garbled._connection.send_bytes(b"this is not a pickle")
+    assert closed_by_server(garbled)
+
+    class WouldRunCode:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/rh-link-should-not-exist",))
+
+    hostile = raw_link(running_cluster)
+    hostile._connection.send_bytes(pickle.dumps((b"{}", [WouldRunCode()])))
+    assert closed_by_server(hostile)
+    assert not os.path.exists("/tmp/rh-link-should-not-exist")
+    assert rh.function(fns.add).to(running_cluster)(2, 2) == 4
+
+
+@pytest.mark.parametrize("message", [("only one",), (b"{}", "not a list"), (b"{}", [1, 2]), ["a", "list"]])
+def test_a_malformed_link_message_gets_a_protocol_error_on_a_connection_that_stays_open(running_cluster, message):
+    link = raw_link(running_cluster)
+    link.send(message)
+    assert link.ready(10)
+    envelope, frames = link.receive()
+    reply = orjson.loads(envelope)
+    assert (reply["kind"], reply["type"]) == ("fail", "ProtocolError")
+    assert "malformed request message" in reply["message"]
+    secret = read_secret(running_cluster.state_dir)
+    link.send((orjson.dumps({"id": 7, "op": "ping", "auth": secret}), []))  # the same connection still serves
+    assert link.ready(10)
+    assert orjson.loads(link.receive()[0])["kind"] == "info"
+
+
+def test_a_client_that_stops_reading_is_dropped_its_result_kept_and_others_served_meanwhile(process_cluster):
+    running_cluster = process_cluster  # two workers: the chatty call takes one, the other client's calls the other
+    chatty = rh.function(fns.chatty).to(running_cluster)
+    header, function_frames = chatty._header("call", [], {"stream_logs": True})
+    arguments = serialize.dumps_arguments((40_000, 0), {}, [])  # ~4 MB of log replies: far beyond a socket buffer
+    secret = read_secret(running_cluster.state_dir)
+    deaf = raw_link(running_cluster)
+    deaf.send((orjson.dumps({"id": 1, "op": "call", "auth": secret, **header}),
+               [*function_frames, *arguments]))
+    add = rh.function(fns.quiet_add).to(running_cluster)
+    waits = []
+    deadline = time.monotonic() + 30
+    while not hung_up(deaf) and time.monotonic() < deadline:  # another client calls meanwhile
+        started = time.monotonic()
+        assert add(1, 1) == 2
+        waits.append(time.monotonic() - started)
+    assert hung_up(deaf), "the server kept a client that reads nothing for 30 s"
+    assert max(waits) < CLIENT_STALL_SECONDS + 1, max(waits)
+    # The deaf client's call went on; its result is kept under its key.
+    assert running_cluster.get(header["key"], timeout=60) == 40_000
+
+
+def test_a_forked_child_opens_its_own_link(running_cluster):
+    add = rh.function(fns.add).to(running_cluster)
+    assert add(1, 2) == 3  # this thread's link is open before the fork
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = 0 if [add(i, 1) for i in range(20)] == [i + 1 for i in range(20)] else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    results = [add(i, 2) for i in range(20)]  # the parent's link, used at the same time
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert results == [i + 2 for i in range(20)]
+
+
+def test_threads_have_links_of_their_own(running_cluster):
+    add = rh.function(fns.add).to(running_cluster)
+    failures = []
+
+    def calls(offset):
+        try:
+            if [add(i, offset) for i in range(50)] != [i + offset for i in range(50)]:
+                failures.append(offset)
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=calls, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
