@@ -37,6 +37,8 @@ class _Shipped:
     fn_id: str
     function_ref: serialize.FunctionRef | None
     pickled: bytes | None
+    function_ref_json: dict | None = attrs.field(  # sent with every call: made once
+        init=False, eq=False, default=attrs.Factory(lambda s: s.function_ref and s.function_ref.to_json(), takes_self=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -153,7 +155,7 @@ class Function(Generic[P, R]):
             "key": f"{self.name}-{os.urandom(8).hex()}",
             "mode": mode,
             "fn_id": shipped.fn_id,
-            "function_ref": shipped.function_ref.to_json() if shipped.function_ref else None,
+            "function_ref": shipped.function_ref_json,
             "n_fn": 0 if shipped.pickled is None else 1,
             "refs": sorted(set(ref_keys)),
             "options": options,

@@ -28,6 +28,7 @@ import hmac
 import json
 import os
 import pickle
+import resource
 import secrets
 import signal
 import socket
@@ -298,7 +299,12 @@ class Server:
         while True:
             try:
                 connection, _ = self._door.accept()
-            except OSError:  # none left waiting
+            except BlockingIOError:  # none left waiting
+                return
+            except OSError as exc:  # out of file descriptors: wait a moment rather than spin
+                sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
+                self._loop.remove_reader(self._door.fileno())
+                self._loop.call_later(1.0, self._loop.add_reader, self._door.fileno(), self._accept_links)
                 return
             bound_stalls(connection, CLIENT_STALL_SECONDS)  # a client that stops mid-message, or stops reading
             peer = LinkPeer(Link(connection.detach()), self._forget_link)
@@ -779,6 +785,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     keep_freed_memory()
+    # Each thread of each local client holds a connection, so allow as many as the system lets us.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # a hard limit the system will not grant as soft
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     executor = PluginHost().executor(args.executor)(**parse_options(args.option))
     expose = None
     if args.expose:

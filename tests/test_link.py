@@ -156,3 +156,41 @@ def test_threads_have_links_of_their_own(running_cluster):
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_more_local_clients_than_the_server_has_descriptors_are_all_served(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    state_dir = str(tmp_path / "state")
+    os.makedirs(state_dir, mode=0o700)
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(  # a server that may hold 200 descriptors, its workers' included
+        [sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, "-o", "num_workers=2"],
+        stdout=log, stderr=log, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)))
+    try:
+        cluster = rh.LocalCluster(state_dir=state_dir)
+        deadline = time.monotonic() + 30
+        while cluster.read_state() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        add = rh.function(fns.quiet_add).to(cluster)
+        results: dict[int, int] = {}
+        start = threading.Barrier(300)
+
+        def call(i):  # every thread connects at once and holds its link until it ends
+            start.wait()
+            results[i] = add(i, 1)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(300)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert results == {i: i + 1 for i in range(300)}
+        assert add(2, 2) == 4 and server.poll() is None
+        assert b"cannot accept a local client" in (tmp_path / "server.log").read_bytes()  # it did run out
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

@@ -85,6 +85,7 @@ class ProcessExecutor:
         # The default pool's workers start now, while the server opens for clients: calls that
         # arrive first wait for them, so a cold start pays for the two start-ups side by side.
         self._context = context
+        self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
         self._pool(None)
 
     def _pool(self, env_name: str | None) -> _Pool:
@@ -94,7 +95,7 @@ class ProcessExecutor:
             pool = self._pools[env_name] = _Pool(self._context.environment(env_name), self.num_workers)
             for _ in range(pool.size):
                 self._spawn(pool)
-            asyncio.get_running_loop().call_later(WORKER_START_TIMEOUT, self._check_started, pool)
+            self._loop.call_later(WORKER_START_TIMEOUT, self._check_started, pool)
         return pool
 
     def _check_started(self, pool: _Pool) -> None:
@@ -178,7 +179,7 @@ class ProcessExecutor:
         except (EOFError, OSError, pickle.UnpicklingError):
             # The worker is gone (its watcher reports it) or wrote something unreadable: either way
             # it cannot be trusted with another task.
-            asyncio.get_running_loop().remove_reader(worker.link.fileno())
+            self._loop.remove_reader(worker.link.fileno())
             worker.kill()
             return
         self._on_message(worker, message)
@@ -199,7 +200,7 @@ class ProcessExecutor:
         self._dispatch(pool)
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcome] = self._loop.create_future()
         pool = self._pool(task.env)
         pool.waiting.append((task, future))
         self._dispatch(pool)
