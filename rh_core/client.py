@@ -78,8 +78,8 @@ LINK_SCHEME = "link://"  # an address ``link:///path/to/link.sock``: the server'
 
 
 class _ZmqCarrier:
-    """Messages through a ZeroMQ DEALER socket: to a server on another machine (through a tunnel or
-    TLS), or on this one when it has no link socket."""
+    """Messages through a ZeroMQ DEALER socket: how clients on other machines reach the server
+    (through an SSH tunnel or TLS)."""
 
     def __init__(self, address: str):
         import zmq  # here, not at module level: `import rh_core` stays fast
