@@ -205,12 +205,18 @@ class Connection:
             lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
             lost.sent = False  # the server reads a request whole before it acts on it
             raise lost from None
+        except BaseException:  # interrupted (Ctrl-C) mid-message: the stream may end in half of it
+            self._drop_carrier()
+            raise
         waited = 0.0
         while True:
             try:
                 reply = carrier.receive()
             except (EOFError, OSError):
                 raise self._lost(op, self._why_closed()) from None
+            except BaseException:  # the same, while reading: the next request starts on a new one
+                self._drop_carrier()
+                raise
             if reply is not None:
                 fields = orjson.loads(reply[0])
                 if fields.get("id") != request_id:

@@ -194,3 +194,27 @@ def test_more_local_clients_than_the_server_has_descriptors_are_all_served(tmp_p
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_call_interrupted_while_it_waits_leaves_the_next_call_its_own_reply(running_cluster):
+    import signal
+
+    slow = rh.function(fns.sleep_then).to(running_cluster)
+    add = rh.function(fns.quiet_add).to(running_cluster)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            slow(1.0, "late")  # its reply comes after the interrupt, to a link already closed
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert add(1, 2) == 3  # not "late": this call reads its own reply
+    time.sleep(1.0)
+    assert add(2, 3) == 5
+    keys = running_cluster.runs()["finished"]
+    assert any(key.startswith("sleep_then") for key in keys)  # the interrupted call's result is kept
