@@ -18,13 +18,44 @@ OPS = ["ping", "call", "get", "status", "release", "runs", "logs", "cancel", "in
 MODES = ["call", "remote", "enqueue", "map", "other", None]
 
 
-@pytest.fixture
-def raw_socket(running_cluster):
-    import zmq
+class LinkSocket:
+    """The server's link socket with the three calls these tests make of a ZeroMQ socket."""
 
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(f"tcp://127.0.0.1:{running_cluster.read_state()['port']}")
+    def __init__(self, path: str):
+        import socket
+
+        from rh_core.link import Link
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        self.link = Link(sock.detach())
+
+    def send_multipart(self, frames: list) -> None:
+        self.link.send((frames[0], frames[1:]))
+
+    def poll(self, timeout_ms: int) -> bool:
+        return self.link.ready(timeout_ms / 1000)
+
+    def recv_multipart(self) -> list:
+        envelope, frames = self.link.receive()
+        return [envelope, *frames]
+
+    def close(self, linger: int = 0) -> None:
+        self.link.close()
+
+
+@pytest.fixture(params=["zeromq", "link"])
+def raw_socket(request, running_cluster):
+    """A raw connection to the server: through ZeroMQ (as a client on another machine) or over its
+    link socket (as one on its machine)."""
+    if request.param == "link":
+        socket = LinkSocket(running_cluster.read_state()["link"])
+    else:
+        import zmq
+
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(f"tcp://127.0.0.1:{running_cluster.read_state()['port']}")
     yield socket
     socket.close(linger=0)
 
