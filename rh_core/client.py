@@ -146,7 +146,6 @@ class Connection:
         self._liveness = liveness
         self._secret = secret or ""
         self._local = threading.local()
-        self._closed = False
         self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own carrier
 
     def _carrier(self) -> _ZmqCarrier | _LinkCarrier:
