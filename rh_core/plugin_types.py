@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
 
 import attrs
 
@@ -259,6 +259,10 @@ class Environment(Protocol):
     @property
     def variables(self) -> dict[str, str]:
         """Environment variables its processes run with (``PATH`` with its ``bin`` dirs first, ...)."""
+
+    def lock(self) -> ContextManager[None]:
+        """Held while packages are installed here; hold it to read the environment's files whole
+        (an executor copying the environment to another machine does)."""
 
     def run(self, argv: list[str], *, step: InstallStep, cwd: str | None = None,
             extra_env: dict[str, str] | None = None, redact: tuple[str, ...] = ()) -> str:

@@ -21,7 +21,7 @@ import sys
 import tarfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from rh_core.cluster import KEEP_RAY_FILE
 from rh_core.errors import RhError, WorkerDiedError
@@ -503,7 +503,8 @@ class RayExecutor(CoroutineExecutor):
             await self._code_copies.copy_to(code, others, self._node_addresses)
         if env is not None:
             await self._environment_copies.copy_to(env.root, others, self._node_addresses,
-                                                   check=functools.partial(check_interpreter_runs_rh, env.python))
+                                                   check=functools.partial(check_interpreter_runs_rh, env.python),
+                                                   hold=env.lock)
 
     def _remote_with(self, options: dict[str, Any]) -> Any:
         """The remote function with these Ray options; building one costs ~0.15 ms, so they are kept."""
@@ -608,9 +609,12 @@ class NodeCopies:
         self._sent: dict[tuple[str, str], tuple[str, RhError | None]] = {}
 
     async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str],
-                      check: Callable[[], None] | None = None) -> None:
+                      check: Callable[[], None] | None = None,
+                      hold: Callable[[], ContextManager[None]] | None = None) -> None:
         """Give every node in ``nodes`` the current version of ``path``; ``check`` (picklable) runs on
-        each node afterwards and raises when the copy is of no use there."""
+        each node afterwards and raises when the copy is of no use there. ``hold()``, when given, is
+        held while the version is read and the tar made (an environment's install lock), so a copy
+        never catches an install half-way."""
         if not nodes:
             return
         lock = self._locks.setdefault(path, asyncio.Lock())
@@ -618,16 +622,23 @@ class NodeCopies:
             fingerprint = await self._fingerprint(path)
             missing = [node for node in nodes if self._sent.get((path, node), ("", None))[0] != fingerprint]
             if missing:
-                await self._send(path, fingerprint, missing, addresses, check)
+                fingerprint = await self._send(path, missing, addresses, check, hold)
             for node in nodes:
                 version, error = self._sent.get((path, node), ("", None))
                 if version == fingerprint and error is not None:
                     raise error
 
-    async def _send(self, path: str, fingerprint: str, nodes: list[str], addresses: dict[str, str],
-                    check: Callable[[], None] | None) -> None:
-        # In Ray's object store once, however many nodes read it.
-        archive = await asyncio.to_thread(lambda: self._ray.put(_tar_of(path)))
+    async def _send(self, path: str, nodes: list[str], addresses: dict[str, str],
+                    check: Callable[[], None] | None, hold: Callable[[], ContextManager[None]] | None) -> str:
+        """Send the version of ``path`` there is now; returns its fingerprint (which the tar matches)."""
+        def snapshot() -> tuple[str, Any]:
+            with hold() if hold is not None else contextlib.nullcontext():
+                fingerprint = self._fingerprint_of(path)
+                archive = _tar_of(path)
+            return fingerprint, self._ray.put(archive)  # in Ray's object store once, however many nodes read it
+
+        fingerprint, archive = await asyncio.to_thread(snapshot)
+        self._read[path] = (time.monotonic(), fingerprint)
         affinity = self._ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
         refs = [self._unpack.options(scheduling_strategy=affinity(node, soft=False))
                 .remote(path, fingerprint, archive, self._fingerprint_of, check) for node in nodes]
@@ -647,6 +658,7 @@ class NodeCopies:
             else:
                 self._sent[(path, node)] = (fingerprint, None)
                 logger.info("%s %s on Ray node %s: %s", self._kind, path, where, done)
+        return fingerprint
 
     async def _fingerprint(self, path: str) -> str:
         read_at, value = self._read.get(path, (0.0, ""))

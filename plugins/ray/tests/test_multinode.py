@@ -355,6 +355,38 @@ def test_the_items_of_one_map_make_one_copy(tmp_path):
     assert ray.unpacked == [("n2", "copied")]
 
 
+def test_a_copy_waits_for_an_install_under_way_and_ships_it_whole(tmp_path):
+    import contextlib
+    import threading
+    import time
+
+    root = fake_environment(tmp_path / "head" / "envs" / "x", {"pkg==1": {}})
+    ray = FakeRay({"n2": tmp_path / "n2"})
+    copies = executor.NodeCopies(ray, "environment", executor.environment_fingerprint)
+    installing = threading.Lock()
+
+    @contextlib.contextmanager
+    def install_lock():
+        with installing:
+            yield
+
+    installing.acquire()  # an install is under way: half its files are there, its record not yet
+    (root / "venv" / "first_half.py").write_text("")
+    copier = threading.Thread(target=lambda: asyncio.run(copies.copy_to(str(root), ["n2"], {}, hold=install_lock)))
+    copier.start()
+    time.sleep(0.5)
+    assert ray.unpacked == [], "the environment was copied while an install held its lock"
+    (root / "venv" / "second_half.py").write_text("")
+    (root / "installed.json").write_text(json.dumps({"pkg==2": {}}))  # the install ends
+    installing.release()
+    copier.join(timeout=30)
+    copy = tmp_path / "n2" / str(root).lstrip("/")
+    assert (copy / "venv" / "second_half.py").exists()
+    assert json.loads((copy / "installed.json").read_text()) == {"pkg==2": {}}
+    copy_environment(copies, root, ["n2"])
+    assert ray.unpacked == [("n2", "copied")], "the copy was labelled with the version before the install"
+
+
 def _refuse(python: str) -> None:
     raise rh.RhError(f"{python} cannot run rh here")
 
