@@ -122,14 +122,12 @@ class _LinkCarrier:
         self._link = Link(sock.detach())
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
-        from rh_core.link import as_frame
-
-        self._link.send((envelope, [as_frame(frame) for frame in frames]))
+        self._link.send_envelope(envelope, frames)
 
     def receive(self) -> tuple[Any, list] | None:
         if not self._link.ready(POLL_SLICE_MS / 1000):
             return None
-        return self._link.receive()
+        return self._link.receive_envelope()
 
     def close(self) -> None:
         self._link.close()

@@ -10,14 +10,20 @@ ZeroMQ stays the protocol for every client on another machine.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import select
 import socket
 import struct
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rh_core.errors import ProtocolError
 from rh_core.serialize import OUT_OF_BAND_MIN
+
+if TYPE_CHECKING:
+    import asyncio
 
 STALL_SECONDS = 5  # how long a worker's message may stop half-way before the server gives up on it
 
@@ -74,6 +80,28 @@ class Link:
         # Pickle pulls one buffer from this iterator per out-of-band buffer it meets, and no more.
         large_buffers = iter(self._connection.recv_bytes, None)
         return _DataOnly(io.BytesIO(stream), buffers=large_buffers).load()
+
+    def send_envelope(self, envelope: bytes, frames: Sequence[Any]) -> None:
+        """Send a request or reply of the client protocol (see :mod:`rh_core.server`): its JSON
+        envelope and the frames after it."""
+        self.send((envelope, [as_frame(frame) for frame in frames]))
+
+    def receive_envelope(self) -> tuple[bytes, list[bytes]]:
+        """The next ``(envelope, frames)`` of the client protocol. Raises ProtocolError when a
+        message arrived whole but has another shape (the link can go on), and what :meth:`receive`
+        raises when it cannot be read."""
+        message = self.receive()
+        if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[1], list)
+                and all(isinstance(frame, bytes) for frame in message[1])):
+            raise ProtocolError("malformed request message")
+        return message
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_readable: Callable[..., None], *args: Any) -> None:
+        """Have ``loop`` call ``on_readable(*args)`` whenever a message starts arriving. uvloop makes a
+        watched descriptor non-blocking; it is set back, for a message is read whole once it starts
+        arriving (its writer sends it at once, and :func:`bound_stalls` bounds a stall)."""
+        loop.add_reader(self.fileno(), on_readable, *args)
+        os.set_blocking(self.fileno(), True)
 
     def ready(self, timeout: float) -> bool:
         """Whether a message has (started to) arrive, or the other end closed, waiting up to ``timeout`` seconds."""

@@ -47,7 +47,7 @@ from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.heap import keep_freed_memory
-from rh_core.link import Link, as_frame, bound_stalls
+from rh_core.link import Link, bound_stalls
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
@@ -101,7 +101,7 @@ class LinkPeer:
         if self.link is None:
             return False
         try:
-            self.link.send((envelope, [as_frame(frame) for frame in frames]))
+            self.link.send_envelope(envelope, frames)
         except OSError:  # gone, or not reading for STALL_SECONDS: the stream may end in half a message
             self.close()
             return False
@@ -309,22 +309,17 @@ class Server:
             bound_stalls(connection, CLIENT_STALL_SECONDS)  # a client that stops mid-message, or stops reading
             peer = LinkPeer(Link(connection.detach()), self._forget_link)
             self._links.add(peer)
-            self._loop.add_reader(peer.link.fileno(), self._on_link_readable, peer)
-            # uvloop makes a watched descriptor non-blocking; a message is read whole once it
-            # starts arriving (the client writes it at once), so blocking reads are what we want.
-            os.set_blocking(peer.link.fileno(), True)
+            peer.link.watch(self._loop, self._on_link_readable, peer)
 
     def _on_link_readable(self, peer: LinkPeer) -> None:
         try:
-            message = peer.link.receive()
+            envelope, frames = peer.link.receive_envelope()
         except (EOFError, OSError, pickle.UnpicklingError):  # gone, or wrote something unreadable
             peer.close()
             return
-        if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[1], list)
-                and all(isinstance(frame, bytes) for frame in message[1])):
-            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request message"})
+        except ProtocolError as exc:  # read whole, but not a request: say so, and read on
+            self._fail(peer, "", exc)
             return
-        envelope, frames = message
         self._on_request(peer, envelope, frames)
 
     def _forget_link(self, peer: LinkPeer) -> None:

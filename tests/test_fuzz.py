@@ -31,13 +31,13 @@ class LinkSocket:
         self.link = Link(sock.detach())
 
     def send_multipart(self, frames: list) -> None:
-        self.link.send((frames[0], frames[1:]))
+        self.link.send_envelope(frames[0], frames[1:])
 
     def poll(self, timeout_ms: int) -> bool:
         return self.link.ready(timeout_ms / 1000)
 
     def recv_multipart(self) -> list:
-        envelope, frames = self.link.receive()
+        envelope, frames = self.link.receive_envelope()
         return [envelope, *frames]
 
     def close(self, linger: int = 0) -> None:

@@ -128,13 +128,9 @@ class ProcessExecutor:
         worker = _Worker(worker_id, process, Link(ours.detach()), pool)
         self._workers.add(worker)
         pool.workers.add(worker)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(worker.link.fileno(), self._on_readable, worker)
-        # uvloop makes a watched descriptor non-blocking; a message is read whole once it starts
-        # arriving (the worker writes it at once), so blocking reads are what we want.
-        os.set_blocking(worker.link.fileno(), True)
+        worker.link.watch(self._loop, self._on_readable, worker)
         returncode = await process.wait()
-        loop.remove_reader(worker.link.fileno())
+        self._loop.remove_reader(worker.link.fileno())
         worker.link.close()
         self._workers.discard(worker)
         pool.workers.discard(worker)
