@@ -137,15 +137,18 @@ def start_remote_echo(transport: SSHTransport) -> int:
 def connect_retrying(host: str, port: int, timeout: float = 10.0) -> socket.socket:
     deadline = time.monotonic() + timeout
     while True:
-        conn = socket.create_connection((host, port), timeout=5)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = None
         try:
+            # The forward's listener may accept and then reset while the echo behind it starts.
+            conn = socket.create_connection((host, port), timeout=5)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sendall(b"x")
             if conn.recv(1) == b"x":
                 return conn
         except OSError:
             pass
-        conn.close()
+        if conn is not None:
+            conn.close()
         if time.monotonic() > deadline:
             raise TimeoutError(f"no echo through {host}:{port}")
         time.sleep(0.1)
