@@ -71,6 +71,23 @@ class RemoteError(RhError):
         super().__init__(f"{type_name}: {message}")
 
 
+class RemoteExitError(RhError):
+    """The function called ``sys.exit`` (or was interrupted) on the cluster. Raised in the caller
+    instead of exiting the caller's process; ``code`` is the exit code the function asked for."""
+
+    code: object = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RemoteExitError:
+        if isinstance(exc, SystemExit):
+            error = cls(f"the function called sys.exit({exc.code!r}) on the cluster; its worker goes on. "
+                        "Return a value or raise an exception to end a call early.")
+            error.code = exc.code
+        else:
+            error = cls(f"the function was interrupted on the cluster ({type(exc).__name__})")
+        return error
+
+
 class ProtocolError(RhError):
     """The server could not serve a request: malformed, unknown operation, or unknown result key."""
 

@@ -4,11 +4,18 @@ Every executor's workers use this: the process executor's worker processes and R
 The function's stdout and stderr (and so ``logging`` to them) are sent live to the server's log
 endpoint as ``[key, stream, text]``; after a task that printed anything an end-of-logs marker
 ``[key, b"eof", b""]`` follows, so the server can deliver every line before the result.
+
+A function may fork. A child that returns from the function (or raises, ``sys.exit`` included) into
+the runner exits there, before it can touch the worker's link or log socket: only the worker
+answers for its task. Output of such children goes to the worker's own stdout and stderr (the
+server log), never through the parent's ZeroMQ socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import sys
 import threading
@@ -20,7 +27,7 @@ import attrs
 import zmq
 
 from rh_core import serialize, shm
-from rh_core.errors import RemoteError
+from rh_core.errors import RemoteError, RemoteExitError
 from rh_core.plugin_types import Outcome, Task
 
 
@@ -36,6 +43,12 @@ class LogSender:
             self._socket.connect(endpoint)
         self.key: str | None = None
         self.sent = False
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def _forget_in_child(self) -> None:
+        # A ZeroMQ socket must not be used across fork; the child's lines go to its fallback stream.
+        # The socket object is kept (never closed here): closing it would touch the parent's context.
+        self.key, self._lock = None, threading.Lock()
 
     def send(self, stream: str, text: str) -> bool:
         key = self.key
@@ -91,6 +104,7 @@ class Runner:
 
     def __init__(self, log_endpoint: str | None):
         self.logs = LogSender(log_endpoint)
+        self._pid = os.getpid()
         self._functions: dict[str, Callable] = {}
         if not isinstance(sys.stdout, CallOutput):
             sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
@@ -141,7 +155,7 @@ class Runner:
             return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
         try:
             args, kwargs = arguments
-            result = fn(*args, **kwargs)
+            result = self._call(fn, args, kwargs)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         return _pack_result(result, task.header.get("shm_prefix"), received)
@@ -151,10 +165,40 @@ class Runner:
         results: list[tuple[str, Any]] = []
         for args, kwargs in items:
             try:
-                results.append(("ok", fn(*args, **kwargs)))
-            except Exception as exc:
+                results.append(("ok", self._call(fn, args, kwargs)))
+            except BaseException as exc:
                 results.append(("err", _picklable_error(exc)))
         return _pack_result(results, shm_prefix, received)
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Call the user's function. ``sys.exit`` (or another exit) inside it becomes an error for
+        the caller, never an exit of the worker or of the caller's process; a process the function
+        forked that comes back here ends at once."""
+        try:
+            return fn(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if os.getpid() == self._pid:
+                raise RemoteExitError.of(exc) from None
+            raise
+        finally:
+            if os.getpid() != self._pid:
+                _end_forked_child()
+
+
+def _end_forked_child() -> None:
+    """End a process the user's function forked that returned (or raised) into the runner, with
+    the exit code it asked for, before anything of the worker's runs in it."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        code = 0
+    elif isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:

@@ -7,6 +7,7 @@ server runs the executor under test (class scope or wider: starting a server cos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -227,6 +228,24 @@ class ExecutorContract:
         with pytest.raises(rh.WorkerDiedError):
             rh.function(fns.segfault).to(cluster)()
         assert rh.function(fns.quiet_add).to(cluster)(2, 3) == 5
+
+    def test_sys_exit_in_the_function_raises_in_the_caller_and_the_worker_goes_on(self, cluster):
+        leave = rh.function(fns.exit_with).to(cluster)
+        with pytest.raises(rh.RemoteExitError, match=r"sys.exit\(3\)") as info:
+            leave(3)
+        assert info.value.code == 3
+        results = leave.map([0, 5], return_exceptions=True)
+        assert [type(r) for r in results] == [rh.RemoteExitError] * 2 and results[1].code == 5
+        assert rh.function(fns.quiet_add).to(cluster)(2, 5) == 7
+
+    def test_a_forked_child_that_comes_back_never_answers_for_the_worker(self, cluster):
+        come_back = rh.function(fns.fork_and_come_back).to(cluster)
+        # The parent's result is its child's exit code: the child ended where it came back.
+        assert [come_back(how) for how in ("return", "exit", "raise")] == [0, 0, 1]
+        add = rh.function(fns.quiet_add).to(cluster)
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            results = list(pool.map(lambda i: add(i, 1000), range(40), timeout=60))
+        assert results == [i + 1000 for i in range(40)]
 
     # --- data ----------------------------------------------------------------------------------
 
