@@ -65,7 +65,11 @@ def _map(name: str, size: int | None = None) -> _Segment:
     fd = os.open(path, flags, 0o600)
     try:
         if size is not None:
-            os.ftruncate(fd, _HEADER + size)
+            # Reserve the memory now: a segment merely truncated to size is sparse, and writing
+            # past what /dev/shm holds (64 MiB in a Docker container) would kill us with SIGBUS.
+            # Here that is an OSError (ENOSPC), and the buffer goes through the socket instead.
+            # (macOS has neither posix_fallocate nor /dev/shm: opening the segment failed already.)
+            os.posix_fallocate(fd, 0, _HEADER + size)
         return _Segment(name, mmap.mmap(fd, 0))
     except BaseException:
         if size is not None:
@@ -156,7 +160,7 @@ os.register_at_fork(after_in_child=_forget_segments_after_fork)
 
 def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
     """Frames with every large buffer after the first moved to shared memory (when ``prefix`` is set
-    and ``/dev/shm`` is writable; otherwise the frames as they were)."""
+    and ``/dev/shm`` is writable and has room for it; otherwise the frames as they were)."""
     if prefix is None:
         return list(frames)
     shared = [frames[0]]
@@ -169,7 +173,7 @@ def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
         try:
             segment = _segments.take(prefix, size)
         except OSError:
-            shared.append(frame)  # no usable /dev/shm: send it inline
+            shared.append(frame)  # no usable /dev/shm, or no room left in it: send it inline
             continue
         token = os.urandom(_TOKEN_BYTES)
         segment.mapping[_HEADER:_HEADER + size] = view

@@ -209,3 +209,33 @@ def test_segments_of_a_result_go_back_with_the_next_call_unless_an_argument_reus
     shm.take_back(handed_back[0])  # as the worker does (one process plays both sides)
     shm.attach(argument)
     assert len(shm._segments.owned) == 2 and len(_segments_named(prefix)) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small /dev/shm in a private mount namespace needs root")
+def test_a_64_mib_dev_shm_as_in_docker_carries_100_mib_arguments_and_results(tmp_path):
+    # Docker gives containers a 64 MiB /dev/shm. In a private mount namespace of our own, a
+    # 64 MiB tmpfs hides the real one from this client, its server and the server's workers.
+    script = textwrap.dedent(f"""
+        import os, sys
+        import rh_core as rh
+        from rh_core.testing import functions as fns
+        assert os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize == 64 * 2**20
+        cluster = rh.LocalCluster(state_dir={str(tmp_path / "state")!r}, executor_options={{"num_workers": 2}})
+        try:
+            big = os.urandom(100 * 2**20)
+            assert rh.function(fns.echo).to(cluster)(big) == big            # argument and result
+            assert rh.function(fns.length).to(cluster)(big) == len(big)     # argument only
+            assert rh.function(fns.filled).to(cluster)(100 * 2**20, 7) == bytes([7]) * (100 * 2**20)
+            # Two 40 MiB buffers at once: one fits in /dev/shm, the other goes through the socket.
+            medium = [os.urandom(40 * 2**20), os.urandom(40 * 2**20)]
+            assert rh.function(fns.echo).to(cluster).map(medium) == medium
+            print("ok")
+        finally:
+            cluster.stop_server()
+    """)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-3000:])
