@@ -201,9 +201,14 @@ class Cluster:
         self._synced[local_path] = (stamp, remote)
         return remote
 
-    def sync_working_directory(self, local_path: str) -> str | None:
-        """The working directory's path on the cluster (see :meth:`sync_directory`)."""
-        return self.sync_directory(local_path)
+    def sync_working_directory(self, local_path: str) -> tuple[str, str] | None:
+        """Sync the working directory (see :meth:`sync_directory`); return its path on the cluster
+        and its version, which changes whenever one of its files does. None when the cluster takes
+        no files."""
+        remote = self.sync_directory(local_path)
+        if remote is None:
+            return None
+        return remote, self._synced[local_path][0]
 
     def install_packages(self, reqs: list[Any], env: Any = None) -> dict[str, Any]:
         """Install requirements (strings or :class:`rh_core.Package`) on the cluster, into its

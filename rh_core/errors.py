@@ -44,6 +44,11 @@ class WorkerDiedError(RhError):
     """The worker process running a call exited before returning a result."""
 
 
+class StaleCodeError(RhError):
+    """The cluster's copy of a function's module is not the source the function was sent with, so
+    the call was refused rather than run with other code."""
+
+
 class CallTimeoutError(RhError, TimeoutError):
     """A call ran longer than its ``timeout`` option; its worker was stopped."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -32,13 +33,19 @@ class broadcast:
 
 @attrs.frozen
 class _Shipped:
-    """How the function travels: by reference (``function_ref``) or by value (``pickled``)."""
+    """How the function travels: by reference (``function_ref``) or by value (``pickled``), and
+    where the code it imports lives on the cluster (``code``; None when the cluster takes no files,
+    or the function comes from an installed package)."""
 
     fn_id: str
     function_ref: serialize.FunctionRef | None
     pickled: bytes | None
-    function_ref_json: dict | None = attrs.field(  # sent with every call: made once
+    code: serialize.CodeOnCluster | None = None
+    # Sent with every call: made into JSON once.
+    function_ref_json: dict | None = attrs.field(
         init=False, eq=False, default=attrs.Factory(lambda s: s.function_ref and s.function_ref.to_json(), takes_self=True))
+    code_json: dict | None = attrs.field(
+        init=False, eq=False, default=attrs.Factory(lambda s: s.code and s.code.to_json(), takes_self=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -156,6 +163,7 @@ class Function(Generic[P, R]):
             "mode": mode,
             "fn_id": shipped.fn_id,
             "function_ref": shipped.function_ref_json,
+            "code": shipped.code_json,
             "n_fn": 0 if shipped.pickled is None else 1,
             "refs": sorted(set(ref_keys)),
             "options": options,
@@ -260,11 +268,13 @@ class Function(Generic[P, R]):
         ``code_dir`` is synced to the cluster, and the function is imported there from the synced
         counterpart of ``import_root``."""
         system.connection()
-        remote_dir = system.sync_working_directory(code_dir)
-        path = os.path.normpath(os.path.join(remote_dir, os.path.relpath(import_root, code_dir)))
         module, qualname = self.fn.__module__, self.fn.__qualname__
-        reference = serialize.FunctionRef(module=module, qualname=qualname, path=path)
-        return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None))
+        code = _code_on_cluster(system, code_dir, [import_root], code_dir, module)
+        if code is None:
+            raise RhError(f"cluster {system.name!r} takes no files, so the saved function {self.name!r} cannot "
+                          "be imported there; load it with dryrun=True and send it with .to() to travel by value")
+        reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+        return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None, code))
 
 
 def function(fn: Callable[P, R] | None = None, *, name: str | None = None, system: Cluster | None = None,
@@ -299,24 +309,56 @@ def _installed_roots() -> set[str]:
 
 
 def _ship(fn: Callable, system: Cluster) -> _Shipped:
-    if serialize.is_importable_by_reference(fn):
-        root = serialize.module_root(fn.__module__)
-        if root is not None:
-            real_root = os.path.realpath(root)
-            module, qualname = fn.__module__, fn.__qualname__
-            fn_id = f"{module}:{qualname}"
-            if real_root in _installed_roots():
-                return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname), None)
-            workdir = os.path.realpath(working_directory())
-            if real_root == workdir or real_root.startswith(workdir + os.sep):
-                remote_workdir = system.sync_working_directory(workdir)
-                if remote_workdir is not None:  # None: the cluster takes no files; send the code by value
-                    path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
-                    return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
+    """Decide how ``fn`` travels to ``system``, syncing the working directory when its code (or
+    code that a function sent by value imports) lives there."""
+    root = serialize.module_root(fn.__module__) if serialize.is_importable_by_reference(fn) else None
+    if root is not None and os.path.realpath(root) in _installed_roots():
+        module, qualname = fn.__module__, fn.__qualname__
+        return _Shipped(f"{module}:{qualname}", serialize.FunctionRef(module=module, qualname=qualname), None)
+    workdir = os.path.realpath(working_directory())
+    if root is not None and _inside(os.path.realpath(root), workdir):
+        module, qualname = fn.__module__, fn.__qualname__
+        code = _code_on_cluster(system, workdir, [root, *sys.path], os.getcwd(), module)
+        if code is not None:  # None: the cluster takes no files; send the code by value
+            reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+            return _Shipped(f"{module}:{qualname}", reference, None, code)
     import hashlib
 
     pickled = serialize.dumps_function(fn)
-    return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled)
+    # Functions from __main__ or a notebook import the user's modules too: the directory travels.
+    code = _code_on_cluster(system, workdir, sys.path, os.getcwd())
+    return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled, code)
+
+
+def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], cwd: str,
+                     module: str | None = None) -> serialize.CodeOnCluster | None:
+    """Sync ``local_root`` to ``system`` and say where its code is there: the ``import_paths`` and
+    ``cwd`` that lie inside it, mapped to the copy, and for a function sent by reference the digest
+    of its ``module``'s source. None when the cluster takes no files."""
+    synced = system.sync_working_directory(local_root)
+    if synced is None:
+        return None
+    remote_root, version = synced
+
+    def there(path: str) -> str:
+        return os.path.normpath(os.path.join(remote_root, os.path.relpath(path, local_root)))
+
+    paths: list[str] = []
+    for entry in import_paths:
+        real = os.path.realpath(entry or os.getcwd())  # "" on sys.path: the current directory
+        if _inside(real, local_root) and there(real) not in paths:
+            paths.append(there(real))
+    real_cwd = os.path.realpath(cwd)
+    digest = None
+    if module is not None:
+        digest = serialize.source_digest(sys.modules[module].__file__)
+    return serialize.CodeOnCluster(root=remote_root, version=version, paths=tuple(paths) or (remote_root,),
+                                   cwd=there(real_cwd) if _inside(real_cwd, local_root) else remote_root,
+                                   module=module, digest=digest)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory + os.sep)
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:

@@ -41,9 +41,11 @@ class Task:
 @attrs.frozen(kw_only=True)
 class Outcome:
     """What running a task produced: ``ok`` with the pickled result, or ``err`` with the pickled
-    exception and its traceback. The server never unpickles either."""
+    exception and its traceback; ``stale`` is an ``err`` whose call was refused before it ran because
+    the machine's copy of the code was not the caller's (an executor may copy the code there again
+    and retry it). The server never unpickles any of them."""
 
-    status: str  # "ok" | "err"
+    status: str  # "ok" | "err" | "stale"
     frames: Frames
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
 

@@ -214,6 +214,42 @@ class FunctionRef:
         return cls(**data)
 
 
+@attrs.frozen(kw_only=True)
+class CodeOnCluster:
+    """Where the caller's code lives on the cluster, and which version of it a call was sent with.
+
+    ``root`` is the working directory synced there (or the caller's own, on its own machine) and
+    ``version`` changes whenever one of its files does: a worker that imported modules from
+    ``root`` at another version forgets them and imports them again. ``paths`` are the caller's
+    ``sys.path`` entries inside the working directory, mapped there, and ``cwd`` the caller's
+    current directory, mapped there too. For a function sent by reference, ``digest`` is the
+    SHA-256 of its ``module``'s source as the caller read it: a worker that finds other source there
+    refuses the call (:class:`~rh_core.errors.StaleCodeError`) instead of running other code.
+    """
+
+    root: str
+    version: str
+    paths: tuple[str, ...]
+    cwd: str
+    module: str | None = None
+    digest: str | None = None
+
+    def to_json(self) -> dict:
+        return {**attrs.asdict(self), "paths": list(self.paths)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CodeOnCluster:
+        return cls(**{**data, "paths": tuple(data["paths"])})
+
+
+def source_digest(path: str) -> str:
+    """The SHA-256 of a source file, as :attr:`CodeOnCluster.digest` holds it."""
+    import hashlib
+
+    with open(path, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()
+
+
 def module_root(module_name: str) -> str | None:
     """The sys.path entry a module was imported from, or None if it has no file."""
     module = sys.modules.get(module_name)

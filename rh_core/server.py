@@ -394,8 +394,8 @@ class Server:
         n_fn = request["n_fn"]
         return Task(
             key=request["key"],
-            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "mode": "call",
-                    "shm_prefix": self._shm_prefix if request.get("shm") else None},
+            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
+                    "mode": "call", "shm_prefix": self._shm_prefix if request.get("shm") else None},
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},
@@ -711,6 +711,8 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("env", "an environment name or null")
     if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
         raise wrong("function_ref", "an object or null")
+    if request.get("code") is not None and not isinstance(request["code"], dict):
+        raise wrong("code", "an object or null")
     timeout = request.get("options", {}).get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")

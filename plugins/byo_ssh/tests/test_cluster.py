@@ -451,3 +451,33 @@ def test_plain_ssh_reaches_the_cluster_by_name_once_the_include_is_added(byo_clu
     removed = rh_command("ssh-config", "--remove")
     assert removed.returncode == 0 and "not included" in removed.stdout
     assert user_config.read_text() == theirs  # exactly as it was
+
+
+@pytest.mark.slow
+def test_a_function_from_main_imports_the_users_modules_on_the_host_and_sees_their_edits(byo_cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "greeting.txt").write_text("hello from a relative path")
+    script = textwrap.dedent("""
+        import json, sys
+        from rh_core.cluster import from_config
+        import rh_core as rh
+
+        def main_fn():
+            import gen
+            with open("data/greeting.txt") as f:
+                return gen.VALUE, f.read()
+
+        print(json.dumps(rh.function(main_fn).to(from_config(json.loads(sys.argv[1])))()))
+    """)
+    for value in ("first", "second"):
+        (project / "gen.py").write_text(f"VALUE = {value!r}\n")
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(byo_cluster.config())], cwd=project,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout) == [value, "hello from a relative path"]
