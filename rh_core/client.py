@@ -111,7 +111,7 @@ class _LinkCarrier:
     def __init__(self, path: str):
         import socket
 
-        from rh_core.link import Link
+        from rh_core.link import ClientLink
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -119,7 +119,7 @@ class _LinkCarrier:
         except OSError:
             sock.close()
             raise
-        self._link = Link(sock.detach())
+        self._link = ClientLink(sock)
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
         self._link.send_envelope(envelope, frames)

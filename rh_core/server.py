@@ -47,7 +47,7 @@ from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.heap import keep_freed_memory
-from rh_core.link import Link, bound_stalls
+from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 
@@ -57,7 +57,10 @@ LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.link)
-CLIENT_STALL_SECONDS = 1  # how long the server waits on a link client that stopped mid-message, then drops it
+CLIENT_STALL_SECONDS = 1  # how long a link client may take none of its replies before it is dropped
+#: Descriptors kept free of link clients, for workers, log files and ZeroMQ's own (libzmq aborts
+#: the process when it cannot get one): a quarter of the limit, at least this many.
+RESERVED_DESCRIPTORS = 64
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
@@ -87,31 +90,6 @@ class RouterPeer:
                 raise
             return False
         return True
-
-
-class LinkPeer:
-    """A client on this machine, connected to the server's link socket: each message is
-    ``(envelope, [frames])``, in both directions."""
-
-    def __init__(self, link: Link, on_close: Callable[[LinkPeer], None]):
-        self.link: Link | None = link
-        self._on_close = on_close
-
-    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
-        if self.link is None:
-            return False
-        try:
-            self.link.send_envelope(envelope, frames)
-        except OSError:  # gone, or not reading for STALL_SECONDS: the stream may end in half a message
-            self.close()
-            return False
-        return True
-
-    def close(self) -> None:
-        if self.link is not None:
-            self._on_close(self)
-            self.link.close()
-            self.link = None
 
 
 class Server:
@@ -150,7 +128,10 @@ class Server:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
         self.link_path: str | None = None  # the link socket clients on this machine use, once open
-        self._links: set[LinkPeer] = set()
+        self._links: set[ServerLinkProtocol] = set()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
+        self._accepting = False
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
 
@@ -293,41 +274,49 @@ class Server:
         door.listen(128)
         door.setblocking(False)
         self._door, self.link_path = door, path
-        self._loop.add_reader(door.fileno(), self._accept_links)
+        self._accept_again()
+
+    def _accept_again(self) -> None:
+        if not self._accepting and self._door.fileno() >= 0:
+            self._accepting = True
+            self._loop.add_reader(self._door.fileno(), self._accept_links)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self._loop.remove_reader(self._door.fileno())
 
     def _accept_links(self) -> None:
         while True:
+            if len(self._links) >= self._link_capacity:  # more wait in the door's backlog until some leave
+                sys.stderr.write(f"rh server: {len(self._links)} local clients are connected, the most its "
+                                 "descriptors allow; others wait until one leaves\n")
+                self._stop_accepting()
+                return
             try:
                 connection, _ = self._door.accept()
             except BlockingIOError:  # none left waiting
                 return
             except OSError as exc:  # out of file descriptors: wait a moment rather than spin
                 sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
-                self._loop.remove_reader(self._door.fileno())
-                self._loop.call_later(1.0, self._loop.add_reader, self._door.fileno(), self._accept_links)
+                self._stop_accepting()
+                self._loop.call_later(1.0, self._accept_again)
                 return
-            bound_stalls(connection, CLIENT_STALL_SECONDS)  # a client that stops mid-message, or stops reading
-            peer = LinkPeer(Link(connection.detach()), self._forget_link)
+            connection.setblocking(False)
+            peer = ServerLinkProtocol(self._check_request, self._serve, self._forget_link, CLIENT_STALL_SECONDS)
             self._links.add(peer)
-            peer.link.watch(self._loop, self._on_link_readable, peer)
+            connecting = asyncio.ensure_future(
+                self._loop.connect_accepted_socket(lambda peer=peer: peer, sock=connection))
+            self._tasks.add(connecting)
+            connecting.add_done_callback(self._tasks.discard)
 
-    def _on_link_readable(self, peer: LinkPeer) -> None:
-        try:
-            envelope, frames = peer.link.receive_envelope()
-        except (EOFError, OSError, pickle.UnpicklingError):  # gone, or wrote something unreadable
-            peer.close()
-            return
-        except ProtocolError as exc:  # read whole, but not a request: say so, and read on
-            self._fail(peer, "", exc)
-            return
-        self._on_request(peer, envelope, frames)
-
-    def _forget_link(self, peer: LinkPeer) -> None:
+    def _forget_link(self, peer: ServerLinkProtocol) -> None:
         self._links.discard(peer)
-        self._loop.remove_reader(peer.link.fileno())
+        if len(self._links) < self._link_capacity and not self._stopped.is_set():
+            self._accept_again()
 
     def _close_link_door(self) -> None:
-        self._loop.remove_reader(self._door.fileno())
+        self._stop_accepting()
         self._door.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.link_path)
@@ -336,24 +325,33 @@ class Server:
 
     def _on_router_message(self, frames: list) -> None:
         """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
-        envelope = frames[1].buffer if len(frames) > 1 else b""
-        self._on_request(RouterPeer(self._router, frames[0].bytes), envelope, frames[2:])
+        peer = RouterPeer(self._router, frames[0].bytes)
+        request = self._check_request(peer, frames[1].buffer if len(frames) > 1 else b"")
+        if request is not None:
+            self._serve(peer, request, frames[2:])
 
-    def _on_request(self, peer: Peer, envelope: Any, frames: list) -> None:
-        """Serve one request from ``peer``: its JSON ``envelope`` (a buffer) and the frames after it."""
+    def _check_request(self, peer: Peer, envelope: Any) -> dict[str, Any] | None:
+        """The request in ``envelope`` (JSON) when it is well formed and carries the secret; else
+        None, after a ``fail`` reply saying why. Nothing of a refused request is used."""
         try:
             request = orjson.loads(envelope)
-            request_id, op = request["id"], request["op"]
+            if not isinstance(request, dict) or "id" not in request or "op" not in request:
+                raise ValueError("not a request")
             authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
         except (IndexError, ValueError, KeyError, TypeError, AttributeError):
             self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
-            return
-        if not authenticated:  # before anything else: nothing of an unauthenticated request is used
-            self._reply(peer, request_id, "fail", {"type": "AuthenticationError", "message": (
+            return None
+        if not authenticated:
+            self._reply(peer, request["id"], "fail", {"type": "AuthenticationError", "message": (
                 "the request does not carry this cluster's secret; clients read it from the server's state "
                 "directory on the cluster (owner-only), so only the cluster's user can call its server"
             )})
-            return
+            return None
+        return request
+
+    def _serve(self, peer: Peer, request: dict[str, Any], frames: list) -> None:
+        """Serve one authenticated request from ``peer``, with the frames after its envelope."""
+        request_id, op = request["id"], request["op"]
         # The two hot paths are answered without a coroutine: liveness pings and plain calls.
         if op == "ping":
             self._reply(peer, request_id, "info", self.info())
