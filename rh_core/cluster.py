@@ -28,6 +28,7 @@ from rh_core.errors import (
     ServerStartError,
     VersionMismatchError,
 )
+from rh_core.processes import is_live_server, pid_alive
 
 if TYPE_CHECKING:
     import subprocess
@@ -411,7 +412,7 @@ class LocalCluster(Cluster):
                 state = json.load(file)
         except (OSError, ValueError):
             return None
-        return state if pid_alive(state.get("pid")) else None
+        return state if isinstance(state, dict) and is_live_server(state) else None
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -570,23 +571,6 @@ def from_config(config: dict[str, Any]) -> Cluster:
 
         return RemoteCluster(**config)
     raise ValueError(f"unknown cluster kind {kind!r} in {config}; valid kinds: local, remote")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we have
 
 
 def tail(path: str, lines: int = 30) -> str:

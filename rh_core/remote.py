@@ -56,6 +56,9 @@ def read(path):
 state = read(rh + "/server/server.json")
 try:
     state = json.loads(state); os.kill(state["pid"], 0)
+    if state.get("process_start"):  # the pid is that server's, not a later process's
+        with open("/proc/%d/stat" % state["pid"]) as f:
+            assert f.read().rpartition(")")[2].split()[19] == state["process_start"]
 except Exception:
     state = None
 print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,

@@ -50,9 +50,11 @@ from rh_core.heap import keep_freed_memory
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
+from rh_core.processes import process_start_time
 
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
+STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
@@ -166,6 +168,7 @@ class Server:
         self._sweep_run_logs()
         self._expire_results()
         self._write_state()
+        self._watch_state_dir(os.stat(self.state_dir))
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
@@ -188,9 +191,24 @@ class Server:
         bound = self._front_door.sockets[0].getsockname()[1]
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
+    def _watch_state_dir(self, first: os.stat_result) -> None:
+        """Stop when the state directory is deleted or replaced: clients find a server only through
+        it, so a server without it could never be reached or stopped again (an orphan)."""
+        try:
+            now = os.stat(self.state_dir)
+            gone = (now.st_dev, now.st_ino) != (first.st_dev, first.st_ino)
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            sys.stderr.write(f"rh server: its state directory {self.state_dir} was deleted or replaced; stopping\n")
+            self._stopped.set()
+            return
+        self._loop.call_later(STATE_DIR_CHECK_SECONDS, self._watch_state_dir, first)
+
     def info(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "process_start": process_start_time(os.getpid()),
             "port": self.port,
             "local_endpoint": self.local_endpoint,
             "link": self.link_path,
@@ -779,6 +797,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="days a kept result lives before it is deleted")
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+    # Its own directory, not the starter's: a server outlives the shell that started it, and a
+    # working directory deleted meanwhile would fail every pip or git run it makes.
+    args.state_dir = os.path.abspath(args.state_dir)
+    os.chdir(args.state_dir)
     keep_freed_memory()
     # Each thread of each local client holds a connection, so allow as many as the system lets us.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -288,7 +288,7 @@ def _parse(frame: Any, magic: bytes) -> tuple[str, int, bytes]:
 def sweep(server_pid: int | None = None) -> None:
     """Remove the segments of ``server_pid``, or (without it) those of every server that no longer
     runs."""
-    from rh_core.cluster import pid_alive
+    from rh_core.processes import pid_alive
 
     try:
         names = os.listdir(SHM_DIR)
