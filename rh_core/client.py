@@ -2,7 +2,9 @@
 
 Each thread gets its own DEALER socket, so threads never wait on each other. While a reply is
 outstanding the client polls in short slices and asks the cluster whether its server is still
-alive, so a dead server is reported within seconds instead of hanging.
+alive, so a dead server is reported within seconds instead of hanging; every
+``HEARTBEAT_SECONDS`` (sooner for a call with a timeout) it also pings the server, so a server that
+lives but does not answer (stopped with SIGSTOP, wedged) is reported too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from rh_core import errors
 from rh_core.errors import ConnectionLostError, RhError
 
 POLL_SLICE_MS = 500
+#: While a request waits for its reply, how often the client makes sure the server still answers
+#: (a ping on a connection of its own): a stopped or wedged server is reported, never waited on.
+HEARTBEAT_SECONDS = 30.0
+PING_TIMEOUT = 5.0  # how long such a ping may take before the server counts as not answering
 
 
 class Reply:
@@ -185,11 +191,14 @@ class Connection:
         *,
         on_log: Callable[[str, bytes], None] = write_log,
         timeout: float | None = None,
+        check_after: float = HEARTBEAT_SECONDS,
     ) -> Reply:
         """Send one request and wait for its final reply, passing log replies to ``on_log``.
 
         ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
-        (None waits as long as the server lives).
+        (None waits as long as the server lives). After ``check_after`` seconds without the
+        reply, and every ``HEARTBEAT_SECONDS`` after that, the server must answer a ping, or the
+        request fails with :class:`ConnectionLostError`.
         """
         import orjson
 
@@ -227,11 +236,38 @@ class Connection:
                 return Reply(kind, fields, reply[1])
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
+            if reason is None and waited >= check_after:
+                check_after = waited + HEARTBEAT_SECONDS
+                if not self._answers_ping():
+                    reason = (f"it does not answer: no reply to a ping within {PING_TIMEOUT:g} s after "
+                              f"{waited:.0f} s of waiting. Its process lives, but is stopped (SIGSTOP, a "
+                              "debugger) or stuck; look at its log, or restart it")
             if reason is not None:
                 raise self._lost(op, reason)
             if timeout is not None and waited >= timeout:
                 self._drop_carrier()  # its reply, if it ever comes, must not be read as another's
                 raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
+
+    def _answers_ping(self) -> bool:
+        """Whether the server answers a ping within ``PING_TIMEOUT``, on a connection of its own."""
+        import orjson
+
+        try:
+            carrier = _LinkCarrier(self.address[len(LINK_SCHEME):]) if self.address.startswith(LINK_SCHEME) \
+                else _ZmqCarrier(self.address)
+        except OSError:
+            return False
+        try:
+            carrier.send(orjson.dumps({"id": "heartbeat", "op": "ping", "auth": self._secret}), [])
+            deadline = time.monotonic() + PING_TIMEOUT
+            while time.monotonic() < deadline:
+                if carrier.receive() is not None:
+                    return True
+            return False
+        except (OSError, EOFError, errors.ProtocolError):
+            return False
+        finally:
+            carrier.close()
 
     def close(self) -> None:
         self._drop_carrier()

@@ -178,7 +178,7 @@ class Function(Generic[P, R]):
         arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
         header, function_frames = self._header(mode, ref_keys, options)
         arguments = self._share(system, header, arguments)
-        reply = system.request("call", header, [*function_frames, *arguments])
+        reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
         if reply.kind == "ack":
             return Ref(reply.header["key"], system)
         ((status, frames),) = split_parts(reply)
@@ -207,7 +207,8 @@ class Function(Generic[P, R]):
         header, function_frames = self._header("map", ref_keys, options)
         chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
-        reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)])
+        reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
+                               check_after=_check_after(options))
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":
@@ -359,6 +360,15 @@ def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + os.sep)
+
+
+def _check_after(options: dict[str, Any]) -> float:
+    """When a call waiting for its reply first makes sure the server still answers: soon after its
+    timeout, by which the server should have reported it, or at the usual heartbeat."""
+    from rh_core.client import HEARTBEAT_SECONDS
+
+    timeout = options.get("timeout")
+    return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:

@@ -261,3 +261,18 @@ def test_a_record_whose_pid_now_belongs_to_another_process_is_never_signalled(ow
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_stopped_server_fails_a_call_with_a_timeout_within_seconds_saying_it_does_not_answer(own_cluster):
+    slow = rh.function(fns.sleep_then).to(own_cluster)
+    assert slow(0, "warm") == "warm"
+    pid = own_cluster.status()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(rh.ConnectionLostError, match="does not answer"):
+            slow.options(timeout=3)(1, "never")
+        assert time.monotonic() - started < 15
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert slow(0, "after") == "after"  # resumed, it serves again
