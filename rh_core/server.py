@@ -42,6 +42,7 @@ import uvloop
 import zmq
 
 from rh_core import __version__, results, serialize, shm
+from rh_core.call_gate import CallGate
 from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
@@ -115,7 +116,8 @@ class Server:
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
         self._results: dict[str, asyncio.Future[Outcome]] = {}
-        self._fifo_locks: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
+        self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
         self._log_ends: dict[str, asyncio.Future[None]] = {}
         self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
@@ -441,12 +443,7 @@ class Server:
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
         self._route_logs(task, peer, request_id)
-        if mode == "enqueue":
-            lock = self._fifo_locks.setdefault(request["fn_id"], asyncio.Lock())  # wakes waiters FIFO
-            async with lock:
-                outcome = await self._start(task)
-        else:
-            outcome = await self._start(task)
+        outcome = await self._start(task, exclusive=mode == "enqueue")
         self._log_routes.pop(task.key, None)
         self._deliver(peer, request_id, task, outcome)
 
@@ -463,14 +460,49 @@ class Server:
             self._log_routes.pop(chunk.key, None)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
-    def _start(self, task: Task) -> asyncio.Future[Outcome]:
-        """Submit a task; the returned future always resolves to an Outcome, after the call's
-        timeout is applied, executor failures are turned into ``err`` outcomes, and the call's
-        last log lines have gone out."""
+    def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
+        """Submit a task (``exclusive``: an enqueued call, which runs alone; see
+        :mod:`rh_core.call_gate`); the returned future always resolves to an Outcome, after the
+        call's timeout is applied, executor failures are turned into ``err`` outcomes, and the
+        call's last log lines have gone out."""
         final: asyncio.Future[Outcome] = self._loop.create_future()
+        final.add_done_callback(lambda _: self._running.pop(task.key, None))
+        fn_id = task.header["fn_id"]
+        gate = self._gates.get(fn_id)
+        if gate is None and not exclusive:  # the common case: nothing of this function is enqueued
+            self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
+            final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
+            self._submit(task, final)
+            return final
+        if gate is None:
+            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0))
+        self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
+        ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
+        final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
+        return final
+
+    def _ungated_call_finished(self, fn_id: str) -> None:
+        left = self._calls_running[fn_id] - 1
+        if left:
+            self._calls_running[fn_id] = left
+        else:
+            del self._calls_running[fn_id]
+        gate = self._gates.get(fn_id)
+        if gate is not None:  # it ran when the gate was made, and counts there
+            gate.plain_finished()
+            self._forget_gate_when_idle(fn_id, gate)
+
+    def _leave_gate(self, fn_id: str, gate: CallGate, ticket: Any) -> None:
+        gate.leave(ticket)
+        self._forget_gate_when_idle(fn_id, gate)
+
+    def _forget_gate_when_idle(self, fn_id: str, gate: CallGate) -> None:
+        if gate.idle and self._gates.get(fn_id) is gate:
+            del self._gates[fn_id]
+
+    def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
         running = self.executor.submit(task)
         self._running[task.key] = (running, final)
-        final.add_done_callback(lambda _: self._running.pop(task.key, None))
         timeout = task.options.get("timeout")
         timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
 
@@ -492,7 +524,6 @@ class Server:
                 final.set_result(outcome)
 
         running.add_done_callback(settle)
-        return final
 
     def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
         error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")

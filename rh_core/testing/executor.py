@@ -131,6 +131,29 @@ class ExecutorContract:
         for (_, _, end), (_, start, _) in zip(intervals, intervals[1:]):
             assert start >= end - 0.01  # no overlap
 
+    def test_an_enqueued_call_never_runs_beside_any_other_call_of_its_function(self, cluster):
+        record = rh.function(fns.record_interval).to(cluster)
+        results = {}
+
+        def call(tag):
+            how = record.enqueue if tag.startswith("q") else record
+            results[tag] = how(0.4, tag)
+
+        threads = []
+        for tag in ("p0", "p1", "q0", "p2", "q1", "p3"):  # plain calls before, between and after
+            thread = threading.Thread(target=call, args=(tag,))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(60)
+        assert sorted(results) == ["p0", "p1", "p2", "p3", "q0", "q1"]
+        for tag in ("q0", "q1"):
+            _, start, end = results[tag]
+            overlapping = [other for other, (_, s, e) in results.items() if other != tag and s < end - 0.01 and e > start + 0.01]
+            assert overlapping == [], f"{tag} ran beside {overlapping}: {results}"
+        assert results["q0"][1] < results["q1"][1]  # in arrival order
+
     def test_map_zips_and_keeps_input_order(self, cluster):
         add = rh.function(fns.quiet_add).to(cluster)
         assert add.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
