@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
@@ -18,7 +19,7 @@ from rh_core.workdir import working_directory
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory")
+CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory", "cancel_on_interrupt")
 CHUNKS_PER_WORKER = 4
 
 
@@ -86,7 +87,9 @@ class Function(Generic[P, R]):
 
     def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
-        ``num_gpus``, ``resources``, ``memory`` (the last four reach executors that schedule, like Ray)."""
+        ``num_gpus``, ``resources``, ``memory`` (these four reach executors that schedule, like Ray),
+        and ``cancel_on_interrupt`` (default True: Ctrl-C on a waiting call cancels its run on the
+        cluster; False keeps it running, and says how to fetch or cancel it)."""
         unknown = sorted(set(options) - set(CALL_OPTIONS))
         if unknown:
             raise TypeError(f"unknown call option(s) {', '.join(unknown)}; valid options: {', '.join(CALL_OPTIONS)}")
@@ -178,7 +181,8 @@ class Function(Generic[P, R]):
         arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
         header, function_frames = self._header(mode, ref_keys, options)
         arguments = self._share(system, header, arguments)
-        reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
+        with _interruptible(system, header["key"], options):
+            reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
         if reply.kind == "ack":
             return Ref(reply.header["key"], system)
         ((status, frames),) = split_parts(reply)
@@ -207,8 +211,9 @@ class Function(Generic[P, R]):
         header, function_frames = self._header("map", ref_keys, options)
         chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
-        reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
-                               check_after=_check_after(options))
+        with _interruptible(system, header["key"], options):
+            reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
+                                   check_after=_check_after(options))
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":
@@ -360,6 +365,23 @@ def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + os.sep)
+
+
+@contextlib.contextmanager
+def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterator[None]:
+    """Ctrl-C while waiting for run ``key`` cancels the run on the cluster (what the user meant:
+    stop it), unless the call said ``cancel_on_interrupt=False``; then the run goes on, and the
+    user is told how to reach it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if options.get("cancel_on_interrupt", True):
+            with contextlib.suppress(Exception):  # finished meanwhile, or never reached the server
+                system.cancel(key)
+        else:
+            sys.stderr.write(f"rh: run {key} goes on on cluster {system.name!r}: cluster.get({key!r}) fetches its "
+                             f"result, `rh cancel {system.name} {key}` stops it\n")
+        raise
 
 
 def _check_after(options: dict[str, Any]) -> float:

@@ -240,7 +240,8 @@ def test_a_call_interrupted_while_it_waits_leaves_the_next_call_its_own_reply(ru
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         with pytest.raises(KeyboardInterrupt):
-            slow(1.0, "late")  # its reply comes after the interrupt, to a link already closed
+            # Kept running: its reply comes after the interrupt, to a link already closed.
+            slow.options(cancel_on_interrupt=False)(1.0, "late")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -249,3 +250,26 @@ def test_a_call_interrupted_while_it_waits_leaves_the_next_call_its_own_reply(ru
     assert add(2, 3) == 5
     keys = running_cluster.runs()["finished"]
     assert any(key.startswith("sleep_then") for key in keys)  # the interrupted call's result is kept
+
+
+def test_ctrl_c_on_a_waiting_call_cancels_its_run_on_the_cluster(running_cluster):
+    import signal
+
+    slow = rh.function(fns.sleep_then).to(running_cluster)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        for call in (lambda: slow(60, "never"), lambda: slow.map([60, 60], ["never", "never"])):
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                call()
+            assert time.monotonic() - started < 5
+            assert running_cluster.runs()["running"] == {}  # cancelled there, not left running
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert slow(0, "next") == "next"
