@@ -143,7 +143,9 @@ class Transport(Protocol):
         """
 
     def close_forward(self, remote_port: int) -> None:
-        """Close the tunnel to ``remote_port``, if one is open."""
+        """Let go of the tunnel to ``remote_port``: it closes when every :meth:`forward` that
+        returned it has been matched by a ``close_forward`` (the cluster's own tunnel to its server
+        must outlive a user's tunnel to the same port)."""
 
     def shell_command(self) -> list[str]:
         """The argv of an interactive shell on the machine (``ssh ...`` for remote ones)."""

@@ -154,6 +154,15 @@ class RemoteCluster(Cluster):
     def _setup_dir(self) -> str:
         return self.remote_dir
 
+    def run(self, commands: list[str] | str, *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands on the head machine, with the cluster's Python environment (where
+        functions run) first on ``PATH``: ``pip install x`` installs there, ``python`` is its python."""
+        if isinstance(commands, str):
+            commands = [commands]
+        venv = remote_shell_path(f"{self.remote_dir.rstrip('/')}/venv")
+        prefix = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; '
+        return self.transport.run([prefix + command for command in commands], stream_logs=stream_logs)
+
     def down(self) -> None:
         """Stop the server and let the provisioner take the machines down (machines it reports
         stopped or down have no server to stop, and are not started for it)."""

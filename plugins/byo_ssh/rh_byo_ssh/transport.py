@@ -242,6 +242,7 @@ class SSHTransport:
         self._remote_rsync: bool | None = None
         self._system_ssh_broken: str | None = None
         self._forwards: dict[int, _MuxForward | _ChannelForward] = {}
+        self._forward_users: dict[int, int] = {}  # remote port -> forward() calls not yet closed
         self._masters: list[_Master] = []  # the ssh ControlMaster carrying the system tunnels (0 or 1)
         self.last_sync: SyncStats | None = None
         # The ssh master runs in its own session: stop it when this object is collected or the
@@ -316,6 +317,7 @@ class SSHTransport:
         with self._forward_lock:
             current = self._forwards.get(remote_port)
             if current is not None and current.alive() and local_port in (None, current.address[1]):
+                self._forward_users[remote_port] = self._forward_users.get(remote_port, 0) + 1
                 return current.address
             previous_port = local_port or (current.address[1] if current is not None else None)
             if current is not None:
@@ -348,12 +350,21 @@ class SSHTransport:
                     "cannot listen there; free it or leave local_port out to get a free port"
                 )
             self._forwards[remote_port] = forward
+            self._forward_users[remote_port] = self._forward_users.get(remote_port, 0) + 1
             return forward.address
 
     def close_forward(self, remote_port: int) -> None:
-        """Close the tunnel to ``remote_port``, if one is open."""
+        """Let go of the tunnel to ``remote_port``: it closes once every :meth:`forward` that
+        returned it has been matched by a close (a user's tunnel to the server's port never closes
+        the cluster's own)."""
+        remote_port = int(remote_port)
         with self._forward_lock:
-            forward = self._forwards.pop(int(remote_port), None)
+            users = self._forward_users.get(remote_port, 0) - 1
+            if users > 0:
+                self._forward_users[remote_port] = users
+                return
+            self._forward_users.pop(remote_port, None)
+            forward = self._forwards.pop(remote_port, None)
         if forward is not None:
             forward.close()
 
@@ -406,6 +417,7 @@ class SSHTransport:
         with self._forward_lock:
             forwards = list(self._forwards.values())
             self._forwards.clear()
+            self._forward_users.clear()
             masters = list(self._masters)
             self._masters.clear()
         for forward in forwards:

@@ -481,3 +481,23 @@ def test_a_function_from_main_imports_the_users_modules_on_the_host_and_sees_the
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads(done.stdout) == [value, "hello from a relative path"]
+
+
+@pytest.mark.slow
+def test_closing_a_users_tunnel_to_the_servers_port_keeps_the_clusters_own(byo_cluster):
+    add = rh.function(fns.quiet_add).to(byo_cluster)
+    assert add(1, 1) == 2
+    server_port = byo_cluster.status()["port"]
+    with byo_cluster.ssh_tunnel(server_port) as tunnel:  # the same port the cluster's calls go through
+        assert tunnel.remote_port == server_port
+    assert add(2, 2) == 4  # its close let go of the shared tunnel, and did not close it
+
+
+@pytest.mark.slow
+def test_pip_in_cluster_run_is_the_pip_of_the_environment_functions_run_in(byo_cluster):
+    add = rh.function(fns.quiet_add).to(byo_cluster)
+    assert add(1, 1) == 2
+    (code, out, err), = byo_cluster.run(["pip --version && python -c 'import sys; print(sys.executable)'"])
+    assert code == 0, err
+    venv = f"{byo_cluster.remote_dir}/venv"
+    assert f"{venv}/lib/" in out and f"{venv}/bin/python" in out
