@@ -42,6 +42,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("log_level", str, "WARNING", f"level of rh_core's loggers in the `rh` command: {', '.join(LOG_LEVELS)}"),
     Key("results_max_mb", int, 2048, "disk space on a cluster for .remote() results kept across server restarts"),
     Key("results_days", int, 7, "days a kept .remote() result lives on the cluster before it is deleted"),
+    Key("results_memory_mb", int, 256, "memory on a cluster for kept .remote() results; beyond it they are read from disk"),
     Key("conda_channels", list, None, "default conda channels: a list, or comma-separated on the command line"),
     Key("store.backend", str, None, "the shared (@/) store's backend: s3, dir, or a store plugin's name"),
     Key("store.bucket", str, None, "s3 backend: the bucket"),
@@ -306,4 +307,5 @@ def describe() -> list[dict[str, Any]]:
 def server_arguments() -> list[str]:
     """The ``python -m rh_core.server`` options that come from this config file."""
     settings = current()
-    return ["--results-max-mb", str(settings.get("results_max_mb")), "--results-days", str(settings.get("results_days"))]
+    return ["--results-max-mb", str(settings.get("results_max_mb")), "--results-days", str(settings.get("results_days")),
+            "--results-memory-mb", str(settings.get("results_memory_mb"))]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hmac
@@ -98,6 +99,7 @@ class RouterPeer:
 class Server:
     def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0,
                  results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS,
+                 results_memory_mb: int = results.DEFAULT_MEMORY_MB,
                  expose: tuple[str, int] | None = None, tls_files: tuple[str, str] | None = None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ServerStartError(
@@ -112,6 +114,10 @@ class Server:
         # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
         # not stall the event loop, and a release queued after a save deletes what it wrote.
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
+        # Kept results also on disk, in memory too until they pass this budget (oldest go first):
+        # unfetched results must not grow the server without bound.
+        self._results_memory_budget = results_memory_mb * 2**20
+        self._saved_in_memory: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
@@ -228,6 +234,7 @@ class Server:
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "state_dir": self.state_dir,
             **self._spilled.describe(),
+            "results_in_memory_bytes": self._kept_bytes_in_memory(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
         }
 
@@ -544,18 +551,36 @@ class Server:
         ended.add_done_callback(done)
 
     def _spill(self, key: str, final: asyncio.Future) -> None:
-        """Keep a finished result on disk too (in the results thread), so it outlives a restart."""
+        """Keep a finished result on disk too (in the results thread), so it outlives a restart;
+        once there, memory holds it only within the results memory budget."""
         if self._results.get(key) is not final:  # released meanwhile
             return
-        self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
+        saving = self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
+        saving.add_done_callback(lambda saved: saved.result() and self._saved(key, final))
 
-    def _save_result(self, key: str, outcome: Outcome) -> None:
+    def _save_result(self, key: str, outcome: Outcome) -> bool:
         try:
             why_not = self._spilled.save(key, outcome)
         except OSError as exc:  # a full disk must not cost the result: it stays in memory
             why_not = f"result {key} is not kept on disk: {exc}"
         if why_not:
             sys.stderr.write(f"rh server: {why_not}\n")
+        return why_not is None
+
+    def _kept_bytes_in_memory(self) -> int:
+        return sum(_outcome_bytes(future.result()) for future in self._results.values() if future.done())
+
+    def _saved(self, key: str, final: asyncio.Future) -> None:
+        """``key`` is on disk: beyond the memory budget, the oldest results on disk leave memory
+        (``_outcome`` reads them from disk when asked)."""
+        if self._results.get(key) is not final:
+            return
+        self._saved_in_memory[key] = _outcome_bytes(final.result())
+        total = sum(self._saved_in_memory.values())
+        while total > self._results_memory_budget and self._saved_in_memory:
+            oldest, size = self._saved_in_memory.popitem(last=False)
+            self._results.pop(oldest, None)
+            total -= size
 
     def _expire_results(self) -> None:
         def expired(done: concurrent.futures.Future) -> None:
@@ -685,6 +710,7 @@ class Server:
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in request["keys"]:
             self._results.pop(key, None)
+            self._saved_in_memory.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(peer, request_id, "info", {})
 
@@ -736,6 +762,10 @@ class Server:
         if not self._log_write_warned:
             self._log_write_warned = True
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
+
+
+def _outcome_bytes(outcome: Outcome) -> int:
+    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
 
 def check_call_request(request: dict, frame_count: int) -> None:
@@ -826,6 +856,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="disk space for .remote() results kept across restarts")
     parser.add_argument("--results-days", type=float, default=results.DEFAULT_DAYS,
                         help="days a kept result lives before it is deleted")
+    parser.add_argument("--results-memory-mb", type=int, default=results.DEFAULT_MEMORY_MB,
+                        help="memory for kept results that are on disk too; beyond it they are read from disk")
     args = parser.parse_args(argv)
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     # Its own directory, not the starter's: a server outlives the shell that started it, and a
@@ -848,7 +880,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tls-cert and --tls-key go together")
     tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
     server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
-                    results_days=args.results_days, expose=expose, tls_files=tls_files)
+                    results_days=args.results_days, results_memory_mb=args.results_memory_mb,
+                    expose=expose, tls_files=tls_files)
     uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
 
 
