@@ -120,6 +120,25 @@ class Cluster:
         return None
 
     @property
+    def python_version(self) -> str:
+        """The ``major.minor`` Python version the cluster's server runs (connecting if needed)."""
+        self.connection()
+        return str(self._info.get("python"))
+
+    def check_by_value(self, what: str) -> None:
+        """Raise :class:`VersionMismatchError` unless code pickled by value here (``what``) can be
+        loaded on the cluster: cloudpickle's code objects only load in the same Python minor version."""
+        ours = serialize.python_version()
+        if self.python_version != ours:
+            raise VersionMismatchError(
+                f"{what} travels by value (pickled with its code), and code pickled by Python {ours} here cannot be "
+                f"loaded by Python {self.python_version} on cluster {self.name!r}. Move it to a module file in your "
+                f"working directory (not __main__, a notebook cell, a lambda or a closure) so it travels by reference, "
+                f"or run Python {self.python_version} here, or give the cluster Python {ours} (`python{ours}` on the "
+                f"PATH of its SSH sessions is preferred when it is there)."
+            )
+
+    @property
     def parallelism(self) -> int:
         self.connection()
         return int(self._info.get("parallelism", 1))
@@ -323,12 +342,16 @@ class Tunnel:
 
 
 def check_versions(cluster: Cluster, info: dict[str, Any]) -> None:
-    ours = serialize.python_version()
-    if info.get("python") != ours:
+    """Refuse a server whose Python cannot read what this client sends: older than
+    :data:`~rh_core.wheels.MIN_CLUSTER_PYTHON`. Another minor version is fine for functions sent by
+    reference and for data; a function sent by value is checked when it is sent
+    (:meth:`Cluster.check_by_value`)."""
+    theirs = str(info.get("python") or "")
+    major, _, minor = theirs.partition(".")
+    if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 10):
         raise VersionMismatchError(
-            f"this client runs Python {ours} but the server of cluster {cluster.name!r} runs Python "
-            f"{info.get('python')}; functions and arguments pickled by one cannot be trusted in the other. "
-            f"Use Python {info.get('python')} here, or restart the cluster's server with Python {ours}."
+            f"the server of cluster {cluster.name!r} runs Python {theirs or '(unknown)'}; rh_core needs 3.10 or "
+            "later there. Restart the cluster's server with a newer Python."
         )
 
 

@@ -315,6 +315,7 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
                     return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
     import hashlib
 
+    system.check_by_value(f"function {getattr(fn, '__qualname__', fn)!r}")
     pickled = serialize.dumps_function(fn)
     return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shlex
 import threading
 import time
@@ -17,14 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rh_core import serialize
+from rh_core import progress, serialize
 from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
+from rh_core.wheels import MIN_CLUSTER_PYTHON, PROBE_PLATFORM, Platform
 
 if TYPE_CHECKING:
     from rh_core.client import Connection
     from rh_core.status import ClusterStatus
+
+logger = logging.getLogger(__name__)
 
 #: A connection unused this long is checked before the next request: the machines behind it may
 #: have been stopped meanwhile (an on-demand cluster's autostop).
@@ -43,12 +47,11 @@ def remote_shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-# Run with the host's python3; prints what bootstrap needs to know in one round trip.
-_PROBE = r"""
+# Run with the venv's python when there is one, else the host's python3; prints what bootstrap needs
+# to know in one round trip: the machine's platform, the Pythons on its PATH, the venv and the server.
+_PROBE = PROBE_PLATFORM + r"""
 import json, os, shutil, sys
 rh = os.path.expanduser(sys.argv[1])
-if sys.argv[2:] and sys.argv[2] != "%d.%d" % sys.version_info[:2]:
-    sys.exit(3)  # the venv's python is not the client's version: the caller asks python3
 def read(path):
     try:
         with open(path) as f: return f.read().strip()
@@ -58,7 +61,14 @@ try:
     state = json.loads(state); os.kill(state["pid"], 0)
 except Exception:
     state = None
-print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
+pythons = {}
+for minor in range(20, 9, -1):
+    found = shutil.which("python3.%d" % minor)
+    if found: pythons["3.%d" % minor] = found
+found = shutil.which("python3")
+if found and os.path.realpath(found) == os.path.realpath(sys.executable):
+    pythons.setdefault("%d.%d" % sys.version_info[:2], found)
+print(json.dumps({**rh_platform(), "executable": sys.executable, "pythons": pythons, "python3": found,
                   "root": rh, "server": state, "secret": read(rh + "/server/secret"),
                   "venv_build": read(rh + "/venv/rh-build-id"), "rsync": bool(shutil.which("rsync"))}))
 """
@@ -120,6 +130,7 @@ class RemoteCluster(Cluster):
     _server_state: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
     _bootstrap_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _last_request_at: float = attrs.field(default=0.0, init=False, repr=False)
+    _head_probe: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
 
     # --- machines ------------------------------------------------------------------------------
 
@@ -307,92 +318,135 @@ class RemoteCluster(Cluster):
             raise ServerStartError(f"{what} failed on {self._where(address)} (exit {code}): {(err or out)[-2000:]}")
         return out
 
-    def _probe(self, transport=None, address: str | None = None) -> dict[str, Any]:
-        """One round trip: a machine's Python version, rsync, venv build and running server."""
+    def _probe(self, transport=None, address: str | None = None, *, host_python: bool = False) -> dict[str, Any]:
+        """One round trip: a machine's platform and Pythons, rsync, venv build and running server.
+        Run by the venv's python when there is one (it skips shims such as pyenv's, ~0.3 s, and is
+        what the server runs), else, or with ``host_python``, by the host's ``python3``."""
         transport = transport or self.transport
         address = address or self.cluster_info.head
-        ours = serialize.python_version()
-        # The venv's python when it is there and ours: it skips shims (pyenv's costs ~0.3 s) and
-        # is what the server runs; python3 otherwise.
         root = self.remote_dir
         venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
         probe = f"-c {shlex.quote(_PROBE)} {shlex.quote(root)}"
-        (code, out, err), = transport.run([f"{venv} {probe} {ours} 2>/dev/null || python3 {probe}"])
+        command = f"python3 {probe}" if host_python else f"{venv} {probe} 2>/dev/null || python3 {probe}"
+        (code, out, err), = transport.run([command])
         if code != 0:
             raise ServerStartError(
                 f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
                 "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
             )
-        probe = json.loads(out.strip().splitlines()[-1])
-        if probe["python"] != ours:
-            raise VersionMismatchError(
-                f"this client runs Python {ours} but python3 on {self._where(address)} is Python {probe['python']}; "
-                f"install Python {ours} there, or run the client with Python {probe['python']}"
-            )
-        return probe
+        return json.loads(out.strip().splitlines()[-1])
 
-    def install_runtime(self, address: str) -> str:
+    def _choose_python(self, probe: dict[str, Any], address: str, prefer: str) -> tuple[str, str]:
+        """The interpreter a new venv on ``address`` is made from, as ``(version, path)``: Python
+        ``prefer`` when the machine has it (functions sent by value need the client's minor
+        version), else its ``python3`` when new enough, else the newest Python 3.10+ on its PATH."""
+        pythons: dict[str, str] = probe["pythons"]
+        usable = {v: path for v, path in pythons.items() if _minor(v) >= MIN_CLUSTER_PYTHON}
+        if prefer in usable:
+            return prefer, usable[prefer]
+        python3 = next((v for v, path in usable.items() if path == probe["python3"]), None)
+        if python3 is not None:
+            return python3, usable[python3]
+        if usable:
+            newest = max(usable, key=_minor)
+            return newest, usable[newest]
+        floor = "%d.%d" % MIN_CLUSTER_PYTHON
+        found = ", ".join(f"Python {v} ({path})" for v, path in sorted(pythons.items(), key=lambda i: _minor(i[0])))
+        raise VersionMismatchError(
+            f"{self._where(address)} has no Python {floor} or later on the PATH of its SSH sessions (found: "
+            f"{found or 'none'}); rh_core's server needs {floor}+. Install one there, e.g. `apt-get install -y "
+            f"python3.{MIN_CLUSTER_PYTHON[1] + 2}` (Ubuntu: the deadsnakes PPA) or `uv python install {prefer}`"
+        )
+
+    def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
         """Make sure ``address`` has the client's rh_core and executor plugin in its venv; return that
-        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes."""
+        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes
+        (which pass ``prefer_python``, the head's version: Ray needs one Python on every node)."""
         transport = self.transport_to(address)
         probe = self._probe(transport, address)
-        self._ensure_venv(transport, address, probe)
+        self._ensure_venv(transport, address, probe, prefer_python=prefer_python)
         return f"{probe['root']}/venv/bin/python"
 
-    def _ensure_venv(self, transport, address: str, probe: dict[str, Any]) -> str:
-        from rh_core.wheels import build_wheelhouse
+    def _ensure_venv(self, transport, address: str, probe: dict[str, Any], *,
+                     prefer_python: str | None = None) -> str:
+        """Install the client's build into ``<remote_dir>/venv`` on ``address`` unless it is there;
+        returns the build id."""
+        from rh_core.wheels import build_own_wheels, resolve_wheelhouse
 
-        wheelhouse = build_wheelhouse(self._distributions(), f"{rh_home()}/wheels")
-        if probe["venv_build"] != wheelhouse.build_id:
-            venv = shlex.quote(f"{probe['root']}/venv")
+        distributions = self._distributions()
+        cache = f"{rh_home()}/wheels"
+        build_id = build_own_wheels(distributions, cache).build_id
+        if probe["venv_build"] == build_id:
+            return build_id
+        if probe["executable"].startswith(f"{probe['root']}/venv/"):  # ask python3 which Pythons there are
+            probe = {**self._probe(transport, address, host_python=True), "venv_python": probe["python"]}
+        version, interpreter = self._choose_python(probe, address, prefer_python or serialize.python_version())
+        target = Platform.from_probe({**probe, "python": version})
+        with progress.step(logger, "wheels", f"for {target.describe()}"):
+            wheelhouse = resolve_wheelhouse(distributions, target, cache)
+        venv = shlex.quote(f"{probe['root']}/venv")
+        with progress.step(logger, "ship wheels", self._where(address)):
             remote_wheels = transport.sync_directory(wheelhouse.path)
-            requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-            install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
-            if probe["venv_build"] is None:  # no venv yet, or a half-made one: one pip run into a new one
-                pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
-                install = (f"python3 -m venv --clear --without-pip {venv} && "
-                           f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
-            else:  # another build: our distributions are replaced even where their version is the same
-                pip = f"{venv}/bin/python -m pip {install_from_wheels}"
-                install = (f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
-                           f"{pip} {requirements}")
-            self._run_checked(transport, f"{install} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
-                              "installing rh_core", address)
-        return wheelhouse.build_id
+        requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
+        install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
+        if probe.get("venv_python") == version and probe["venv_build"] is not None:
+            # Another build in a venv of the same Python: our distributions are replaced even where
+            # their version is the same; dependencies already there stay.
+            pip = f"{venv}/bin/python -m pip {install_from_wheels}"
+            install = f"{pip} --force-reinstall --no-deps {requirements} && {pip} {requirements}"
+        else:  # no venv yet, a half-made one, or one of another Python: one pip run into a new one
+            pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
+            install = (f"{shlex.quote(interpreter)} -m venv --clear --without-pip {venv} && "
+                       f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
+        with progress.step(logger, "install", f"rh_core into {probe['root']}/venv (Python {version})"):
+            self._run_checked(transport, f"{install} && echo {build_id} > {venv}/rh-build-id",
+                              f"installing rh_core (wheels for {target.describe()})", address)
+        return build_id
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
             head = self.cluster_info.head
             prepare_forward = getattr(self.transport, "prepare_forward", None)
             if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
-                prepare_forward()
-            probe = self._probe()
+                with progress.step(logger, "connect", self._where(head)):
+                    prepare_forward()
+            with progress.step(logger, "probe", self._where(head)):
+                probe = self._probe()
+            self._head_probe = probe
             build_id = self._ensure_venv(self.transport, head, probe)
             state, secret = probe["server"], probe["secret"]
             if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
-                from rh_core.config import server_arguments
-
-                argv = ["--executor", self.executor, *server_arguments()]
-                for key, value in self.executor_options.items():
-                    argv += ["-o", f"{key}={json.dumps(value)}"]
-                old_pid = state["pid"] if state else 0
-                command = " ".join(shlex.quote(part) for part in [
-                    f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
-                    build_id, head, str(old_pid), *argv])
-                started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
-                                     .strip().splitlines()[-1])
-                if not started["ok"]:
-                    raise ServerStartError(
-                        f"the server on {self._where(head)} exited with code {started['code']} while starting; "
-                        f"its log ends with:\n{started['log']}"
-                    )
-                state, secret = started["state"], started["secret"]
-            host, port = self.transport.forward(state["port"])
+                with progress.step(logger, "start server", f"{self.executor} executor on {self._where(head)}"):
+                    state, secret = self._start_server(probe, build_id, state)
+            with progress.step(logger, "tunnel", f"to port {state['port']} on {self._where(head)}"):
+                host, port = self.transport.forward(state["port"])
             # The secret came over the authenticated transport; it is kept in memory only.
             state = {**state, "secret": secret}
             self._server_state = state
             self._address = f"tcp://{host}:{port}"
             return self._address, state
+
+    def _start_server(self, probe: dict[str, Any], build_id: str, old: dict[str, Any] | None
+                      ) -> tuple[dict[str, Any], str]:
+        """Start the server on the head (replacing ``old``); its state and secret."""
+        from rh_core.config import server_arguments
+
+        head = self.cluster_info.head
+        argv = ["--executor", self.executor, *server_arguments()]
+        for key, value in self.executor_options.items():
+            argv += ["-o", f"{key}={json.dumps(value)}"]
+        old_pid = old["pid"] if old else 0
+        command = " ".join(shlex.quote(part) for part in [
+            f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
+            build_id, head, str(old_pid), *argv])
+        started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
+                             .strip().splitlines()[-1])
+        if not started["ok"]:
+            raise ServerStartError(
+                f"the server on {self._where(head)} exited with code {started['code']} while starting; "
+                f"its log ends with:\n{started['log']}"
+            )
+        return started["state"], started["secret"]
 
     def _liveness(self) -> str | None:
         from rh_core.client import ping
@@ -486,6 +540,11 @@ class RemoteCluster(Cluster):
         self._last_status = ClusterStatus(name=shown, kind=self.provisioner, machines=machines, server=server,
                                           explanation=explanation)
         return self._last_status
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
 
 
 def cluster(
