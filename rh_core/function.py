@@ -10,6 +10,7 @@ import attrs
 
 from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
+from rh_core.compat import add_note
 from rh_core.errors import RhError
 from rh_core.ref import Ref
 from rh_core.workdir import working_directory
@@ -216,7 +217,7 @@ class Function(Generic[P, R]):
                     exc.__cause__ = serialize.RemoteTraceback(tb)
                 index = len(results)
                 if not return_exceptions:
-                    exc.add_note(f"(raised by map item {index} of {len(items)})")
+                    add_note(exc, f"(raised by map item {index} of {len(items)})")
                     raise exc
                 results.append(exc)
         return results

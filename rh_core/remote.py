@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 import threading
 import time
@@ -20,9 +21,17 @@ import attrs
 
 from rh_core import progress, serialize
 from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
+from rh_core.compat import add_note
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
-from rh_core.wheels import MIN_CLUSTER_PYTHON, PROBE_PLATFORM, Platform
+from rh_core.wheels import (
+    MIN_CLUSTER_PYTHON,
+    PROBE_PLATFORM,
+    OwnWheels,
+    Platform,
+    build_own_wheels,
+    resolve_wheelhouse,
+)
 
 if TYPE_CHECKING:
     from rh_core.client import Connection
@@ -61,16 +70,33 @@ try:
     state = json.loads(state); os.kill(state["pid"], 0)
 except Exception:
     state = None
-pythons = {}
-for minor in range(20, 9, -1):
-    found = shutil.which("python3.%d" % minor)
-    if found: pythons["3.%d" % minor] = found
-found = shutil.which("python3")
-if found and os.path.realpath(found) == os.path.realpath(sys.executable):
-    pythons.setdefault("%d.%d" % sys.version_info[:2], found)
-print(json.dumps({**rh_platform(), "executable": sys.executable, "pythons": pythons, "python3": found,
+def choose_python(prefer):
+    # The venv's interpreter: Python `prefer` when the machine has it (functions sent by value need
+    # the client's minor version), else python3 when new enough, else the newest 3.10+. Each is run
+    # once: a name on the PATH may be a shim that does not work (pyenv's, for inactive versions).
+    import subprocess
+    names = ["python" + prefer, "python3"] + ["python3.%d" % m for m in range(20, 9, -1)]
+    found, seen = [], set()
+    for name in names:
+        path = shutil.which(name)
+        if not path or path in seen: continue
+        seen.add(path)
+        try:
+            said = subprocess.run([path, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if not said: continue
+        found.append({"name": name, "path": path, "version": said})
+        if tuple(map(int, said.split("."))) >= (3, 10) and (name != "python" + prefer or said == prefer):
+            return found[-1], found
+    return None, found
+venv_build = read(rh + "/venv/rh-build-id")
+# argv: root [build prefer]: with a build the venv does not hold, find the interpreter for a new one.
+chosen, pythons = choose_python(sys.argv[3]) if sys.argv[2:] and sys.argv[2] != venv_build else (None, [])
+print(json.dumps({**rh_platform(), "executable": sys.executable, "chosen": chosen, "pythons": pythons,
                   "root": rh, "server": state, "secret": read(rh + "/server/secret"),
-                  "venv_build": read(rh + "/venv/rh-build-id"), "rsync": bool(shutil.which("rsync"))}))
+                  "venv_build": venv_build, "rsync": bool(shutil.which("rsync"))}))
 """
 
 # Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
@@ -318,17 +344,19 @@ class RemoteCluster(Cluster):
             raise ServerStartError(f"{what} failed on {self._where(address)} (exit {code}): {(err or out)[-2000:]}")
         return out
 
-    def _probe(self, transport=None, address: str | None = None, *, host_python: bool = False) -> dict[str, Any]:
-        """One round trip: a machine's platform and Pythons, rsync, venv build and running server.
+    def _probe(self, transport=None, address: str | None = None, *, build_id: str | None = None,
+               prefer_python: str | None = None) -> dict[str, Any]:
+        """One round trip: a machine's platform, rsync, venv build and running server; when its venv
+        does not hold ``build_id``, also the interpreter for a new one (``prefer_python`` first).
         Run by the venv's python when there is one (it skips shims such as pyenv's, ~0.3 s, and is
-        what the server runs), else, or with ``host_python``, by the host's ``python3``."""
+        what the server runs), else by the host's ``python3``."""
         transport = transport or self.transport
         address = address or self.cluster_info.head
         root = self.remote_dir
         venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
-        probe = f"-c {shlex.quote(_PROBE)} {shlex.quote(root)}"
-        command = f"python3 {probe}" if host_python else f"{venv} {probe} 2>/dev/null || python3 {probe}"
-        (code, out, err), = transport.run([command])
+        args = [root] + ([build_id, prefer_python or serialize.python_version()] if build_id else [])
+        probe = f"-c {shlex.quote(_PROBE)} {' '.join(shlex.quote(arg) for arg in args)}"
+        (code, out, err), = transport.run([f"{venv} {probe} 2>/dev/null || python3 {probe}"])
         if code != 0:
             raise ServerStartError(
                 f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
@@ -336,26 +364,13 @@ class RemoteCluster(Cluster):
             )
         return json.loads(out.strip().splitlines()[-1])
 
-    def _choose_python(self, probe: dict[str, Any], address: str, prefer: str) -> tuple[str, str]:
-        """The interpreter a new venv on ``address`` is made from, as ``(version, path)``: Python
-        ``prefer`` when the machine has it (functions sent by value need the client's minor
-        version), else its ``python3`` when new enough, else the newest Python 3.10+ on its PATH."""
-        pythons: dict[str, str] = probe["pythons"]
-        usable = {v: path for v, path in pythons.items() if _minor(v) >= MIN_CLUSTER_PYTHON}
-        if prefer in usable:
-            return prefer, usable[prefer]
-        python3 = next((v for v, path in usable.items() if path == probe["python3"]), None)
-        if python3 is not None:
-            return python3, usable[python3]
-        if usable:
-            newest = max(usable, key=_minor)
-            return newest, usable[newest]
+    def _no_python_error(self, probe: dict[str, Any], address: str, prefer: str) -> VersionMismatchError:
         floor = "%d.%d" % MIN_CLUSTER_PYTHON
-        found = ", ".join(f"Python {v} ({path})" for v, path in sorted(pythons.items(), key=lambda i: _minor(i[0])))
-        raise VersionMismatchError(
-            f"{self._where(address)} has no Python {floor} or later on the PATH of its SSH sessions (found: "
-            f"{found or 'none'}); rh_core's server needs {floor}+. Install one there, e.g. `apt-get install -y "
-            f"python3.{MIN_CLUSTER_PYTHON[1] + 2}` (Ubuntu: the deadsnakes PPA) or `uv python install {prefer}`"
+        found = ", ".join(f"{p['name']} is Python {p['version']}" for p in probe["pythons"]) or "none that runs"
+        return VersionMismatchError(
+            f"{self._where(address)} has no Python {floor} or later on the PATH of its SSH sessions ({found}); "
+            f"rh_core's server needs {floor}+. Install one there, e.g. `apt-get install -y python3.{MIN_CLUSTER_PYTHON[1] + 2}`"
+            f" (Ubuntu 20.04: the deadsnakes PPA) or `uv python install {prefer}`, then call again"
         )
 
     def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
@@ -363,33 +378,32 @@ class RemoteCluster(Cluster):
         venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes
         (which pass ``prefer_python``, the head's version: Ray needs one Python on every node)."""
         transport = self.transport_to(address)
-        probe = self._probe(transport, address)
-        self._ensure_venv(transport, address, probe, prefer_python=prefer_python)
+        build_id = self._own_wheels().build_id
+        probe = self._probe(transport, address, build_id=build_id, prefer_python=prefer_python)
+        self._ensure_venv(transport, address, probe, build_id)
         return f"{probe['root']}/venv/bin/python"
 
-    def _ensure_venv(self, transport, address: str, probe: dict[str, Any], *,
-                     prefer_python: str | None = None) -> str:
-        """Install the client's build into ``<remote_dir>/venv`` on ``address`` unless it is there;
-        returns the build id."""
-        from rh_core.wheels import build_own_wheels, resolve_wheelhouse
+    def _own_wheels(self) -> OwnWheels:
+        return build_own_wheels(self._distributions(), f"{rh_home()}/wheels")
 
-        distributions = self._distributions()
-        cache = f"{rh_home()}/wheels"
-        build_id = build_own_wheels(distributions, cache).build_id
+    def _ensure_venv(self, transport, address: str, probe: dict[str, Any], build_id: str) -> None:
+        """Install the client's build ``build_id`` into ``<remote_dir>/venv`` on ``address`` unless
+        it is there, from wheels resolved here for the machine's platform (see :meth:`_probe`)."""
         if probe["venv_build"] == build_id:
-            return build_id
-        if probe["executable"].startswith(f"{probe['root']}/venv/"):  # ask python3 which Pythons there are
-            probe = {**self._probe(transport, address, host_python=True), "venv_python": probe["python"]}
-        version, interpreter = self._choose_python(probe, address, prefer_python or serialize.python_version())
+            return
+        if probe["chosen"] is None:
+            raise self._no_python_error(probe, address, serialize.python_version())
+        version, interpreter = probe["chosen"]["version"], probe["chosen"]["path"]
         target = Platform.from_probe({**probe, "python": version})
         with progress.step(logger, "wheels", f"for {target.describe()}"):
-            wheelhouse = resolve_wheelhouse(distributions, target, cache)
+            wheelhouse = resolve_wheelhouse(self._distributions(), target, f"{rh_home()}/wheels")
         venv = shlex.quote(f"{probe['root']}/venv")
-        with progress.step(logger, "ship wheels", self._where(address)):
+        with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
             remote_wheels = transport.sync_directory(wheelhouse.path)
         requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
         install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
-        if probe.get("venv_python") == version and probe["venv_build"] is not None:
+        in_venv = probe["executable"].startswith(f"{probe['root']}/venv/")
+        if in_venv and probe["python"] == version and probe["venv_build"] is not None:
             # Another build in a venv of the same Python: our distributions are replaced even where
             # their version is the same; dependencies already there stay.
             pip = f"{venv}/bin/python -m pip {install_from_wheels}"
@@ -401,7 +415,6 @@ class RemoteCluster(Cluster):
         with progress.step(logger, "install", f"rh_core into {probe['root']}/venv (Python {version})"):
             self._run_checked(transport, f"{install} && echo {build_id} > {venv}/rh-build-id",
                               f"installing rh_core (wheels for {target.describe()})", address)
-        return build_id
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
@@ -410,10 +423,11 @@ class RemoteCluster(Cluster):
             if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
                 with progress.step(logger, "connect", self._where(head)):
                     prepare_forward()
+            build_id = self._own_wheels().build_id
             with progress.step(logger, "probe", self._where(head)):
-                probe = self._probe()
+                probe = self._probe(build_id=build_id)
             self._head_probe = probe
-            build_id = self._ensure_venv(self.transport, head, probe)
+            self._ensure_venv(self.transport, head, probe, build_id)
             state, secret = probe["server"], probe["secret"]
             if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
                 with progress.step(logger, "start server", f"{self.executor} executor on {self._where(head)}"):
@@ -542,11 +556,6 @@ class RemoteCluster(Cluster):
         return self._last_status
 
 
-def _minor(version: str) -> tuple[int, int]:
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
-
-
 def cluster(
     name: str | None = None,
     *,
@@ -598,7 +607,7 @@ def cluster(
         try:
             return load_cluster(name, dryrun=dryrun, store=store)
         except ResourceNotFoundError as exc:
-            exc.add_note("To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
+            add_note(exc, "To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
                          "you have, or rh.cluster(name=..., instance_type='A100:1') to launch them.")
             raise
     raise TypeError(

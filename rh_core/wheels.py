@@ -3,10 +3,14 @@ resolved on the client for the cluster's OS, architecture, libc and Python.
 
 Our own distributions become pure-Python wheels (built from the source tree for editable installs,
 repacked from the installed files otherwise). Their dependencies, and any requirements a user ships
-to a cluster without index access, are resolved with ``pip download --platform ... --python-version
-... --only-binary=:all:``: pip is on every client already, its resolver is the one that installs
-them on the cluster, and it takes several ``--platform`` tags at once (uv would resolve faster but
-has no download command and would be one more binary on every client).
+to a cluster without index access, are resolved in two steps, each by the tool that gets it right:
+
+- **uv resolves** (``uv pip compile --python-version --python-platform``): it evaluates environment
+  markers for the *cluster's* Python. pip's ``--python-version`` only filters wheel tags and keeps
+  judging markers by the client's interpreter, so a 3.11 client resolving for a 3.10 cluster left out
+  ``typing-extensions``, which cryptography needs below 3.11 (the 3.10 host test showed it).
+- **pip downloads** exactly that list (``pip download --no-deps --platform ... --only-binary=:all:``)
+  into a pool of wheels per platform, with pip's own index settings and cache, and copies it out.
 """
 
 from __future__ import annotations
@@ -115,6 +119,23 @@ class Platform:
                 f"cannot tell which C library the cluster machine ({self.describe()}) has, so no binary "
                 "wheel can be chosen for it; install glibc's `getconf` there or use a glibc or musl Linux")
         return tags
+
+    def uv_platform(self) -> str:
+        """uv's ``--python-platform`` for this machine: the newest glibc target uv knows that is not
+        newer than the machine's (uv knows manylinux 2.17, 2.28 and 2.31 to 2.40)."""
+        self.pip_platforms()  # refuses what is not Linux with a known libc
+        if self.machine not in ("x86_64", "aarch64"):
+            raise WheelhouseError(
+                f"wheels for {self.describe()} cannot be resolved here (uv resolves for x86_64 and aarch64 Linux "
+                "only); install rh_core on that machine yourself, or use an x86_64 or aarch64 machine")
+        if self.libc == "musl":
+            return f"{self.machine}-unknown-linux-musl"
+        minor = _version_pair(self.libc_version)[1]
+        known = [m for m in (17, 28, *range(31, 41)) if m <= minor]
+        if not known:
+            raise WheelhouseError(f"{self.describe()}: glibc {self.libc_version} is older than any wheel tag "
+                                  "(manylinux2014 needs glibc 2.17); use a newer machine image")
+        return f"{self.machine}-manylinux_2_{known[-1]}"
 
     def pip_arguments(self) -> list[str]:
         """``pip download`` options that make pip choose wheels for this platform, not the client's."""
@@ -255,10 +276,6 @@ def _repack(dist: importlib.metadata.Distribution, directory: str) -> None:
         wheel.writestr(record, "\n".join(record_lines + [f"{record},,"]) + "\n")
 
 
-def _canonical(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
 def build_own_wheels(distribution_names: Sequence[str], cache_root: str) -> OwnWheels:
     """Pure-Python wheels of the named installed distributions (no dependencies), cached by content."""
     dists = [_installed(name) for name in distribution_names]
@@ -285,7 +302,7 @@ def _build_own(dists: list[importlib.metadata.Distribution], path: str, requirem
                 sources.append(source)
         if sources:
             command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", path, *sources]
-            _run_pip(command, f"building the wheels of {', '.join(requirements)}")
+            _run_tool(command, f"building the wheels of {', '.join(requirements)}")
         open(os.path.join(path, ".complete"), "w").close()
 
 
@@ -315,40 +332,48 @@ def client_pins(names: Sequence[str]) -> list[str]:
     return pins
 
 
-def download_for_platform(requirements: Sequence[str], platform: Platform, dest: str, *, what: str,
-                          find_links: Sequence[str] = (), constraints: Sequence[str] = (),
-                          use_index: bool = True, cwd: str | None = None) -> None:
-    """``pip download`` of ``requirements`` (pip arguments: names, wheel paths, ``-r FILE``) and all
-    their dependencies as wheels for ``platform`` into ``dest``; ``use_index=False`` takes them only
-    from ``find_links`` folders."""
-    os.makedirs(dest, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="rh-constraints-") as pinned:
-        pinned.write("\n".join(constraints) + "\n")
-        pinned.flush()
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", dest,
-                   *platform.pip_arguments(), "--constraint", pinned.name]
-        for folder in find_links:
-            command += ["--find-links", folder]
-        if not use_index:
-            command.append("--no-index")
-        _run_pip([*command, *requirements], f"{what} for {platform.describe()}", cwd=cwd)
+def resolve_for_platform(requirements: Sequence[str], platform: Platform, dest: str, pool: str, *, what: str,
+                         constraints: Sequence[str] = (), cwd: str | None = None) -> None:
+    """Resolve ``requirements`` (lines of a requirements file: names, wheel paths, ``-r FILE``) and
+    all their dependencies for ``platform``, and put exactly those wheels into ``dest``, by way of
+    ``pool``, a folder of wheels kept for the platform: what it holds is not downloaded again."""
+    os.makedirs(pool, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rh-resolve-") as scratch:
+        wanted = os.path.join(scratch, "requirements.in")
+        with open(wanted, "w") as file:
+            file.write("\n".join(requirements) + "\n")
+        pinned_constraints = os.path.join(scratch, "constraints.txt")
+        with open(pinned_constraints, "w") as file:
+            file.write("\n".join(constraints) + "\n")
+        pinned = os.path.join(scratch, "pinned.txt")
+        compile_command = [_uv(), "pip", "compile", wanted, "--output-file", pinned, "--quiet", "--no-header",
+                           "--no-annotate", "--python-version", platform.python, "--python-platform",
+                           platform.uv_platform(), "--only-binary", ":all:", "--constraint", pinned_constraints,
+                           "--find-links", pool]
+        offline = subprocess.run([*compile_command, "--offline"], capture_output=True, text=True, cwd=cwd)
+        if offline.returncode != 0:  # something is in neither the pool nor uv's cache: ask the index
+            _run_tool(compile_command, f"{what} for {platform.describe()}", cwd=cwd)
+        download = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    *platform.pip_arguments(), "--find-links", pool, "--requirement", pinned]
+        from_pool = subprocess.run([*download, "--no-index", "--dest", dest], capture_output=True, text=True, cwd=cwd)
+        if from_pool.returncode != 0:
+            _run_tool([*download, "--dest", pool], f"downloading the wheels {what} needs for {platform.describe()}",
+                      cwd=cwd)
+            _run_tool([*download, "--no-index", "--dest", dest], f"{what}: copying wheels", cwd=cwd)
 
 
-def download_through_pool(requirements: Sequence[str], platform: Platform, dest: str, pool: str, *, what: str,
-                          constraints: Sequence[str] = (), cwd: str | None = None) -> None:
-    """:func:`download_for_platform` into ``dest`` by way of ``pool``, a folder of wheels kept for
-    ``platform``: what the pool holds is taken from it without asking an index, and what it lacks
-    is downloaded into it first. ``dest`` then holds exactly the wheels ``requirements`` need."""
+def _uv() -> str:
+    """The uv executable: the ``uv`` distribution's (a dependency of rh-byo-ssh), else one on the PATH."""
     try:
-        download_for_platform(requirements, platform, dest, what=what, find_links=[pool], constraints=constraints,
-                              use_index=False, cwd=cwd)
-        return
-    except WheelhouseError:
-        pass  # something is not in the pool yet
-    download_for_platform(requirements, platform, pool, what=what, find_links=[pool], constraints=constraints,
-                          cwd=cwd)
-    download_for_platform(requirements, platform, dest, what=what, find_links=[pool], constraints=constraints,
-                          use_index=False, cwd=cwd)
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
+    found = shutil.which("uv")
+    if found is None:
+        raise WheelhouseError("resolving wheels for a cluster's platform needs uv: `pip install uv`")
+    return found
 
 
 def resolve_wheelhouse(distribution_names: Sequence[str], platform: Platform, cache_root: str) -> Wheelhouse:
@@ -369,8 +394,8 @@ def _resolve(own: OwnWheels, platform: Platform, path: str, pool: str) -> None:
     targets.append(f"pip=={importlib.metadata.version('pip')}")
     staging = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".staging-")
     try:
-        download_through_pool(targets, platform, staging, pool, constraints=client_pins(ALWAYS_PINNED),
-                              what=f"resolving the wheels of {', '.join(own.requirements)}")
+        resolve_for_platform(targets, platform, staging, pool, constraints=client_pins(ALWAYS_PINNED),
+                             what=f"resolving the wheels of {', '.join(own.requirements)}")
         for name in own.files:  # copies of our wheels in the pool would shadow a later build's
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(pool, name))
@@ -381,13 +406,14 @@ def _resolve(own: OwnWheels, platform: Platform, path: str, pool: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run_pip(command: list[str], what: str, cwd: str | None = None) -> None:
+def _run_tool(command: list[str], what: str, cwd: str | None = None) -> None:
     done = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
         # pip's warnings (an unreachable extra index, say) are noise next to the error that matters.
         said = "\n".join(line for line in done.stderr.splitlines() if line.strip() and not line.startswith("WARNING:"))
         said = said[-3000:]
-        raise WheelhouseError(f"{what} failed: `{' '.join(command[:4])} ...` said:\n{said}")
+        tool = "uv" if command[0] != sys.executable else "pip"
+        raise WheelhouseError(f"{what} failed; {tool} said:\n{said}")
 
 
 def _pip_wheel_in(path: str) -> str:

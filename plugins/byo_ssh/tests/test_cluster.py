@@ -159,6 +159,7 @@ def test_ssh_tunnel_reaches_a_port_on_the_head(byo_cluster, tmp_path):
 
 
 def test_shell_command_is_a_working_ssh(byo_cluster):
+    byo_cluster.run(["true"])  # connects, recording the host key (trust_new_host) that plain ssh checks
     command = byo_cluster.transport.shell_command()
     assert command[0] == "ssh"
     import subprocess

@@ -14,6 +14,7 @@ import sysconfig
 from typing import Any
 
 from rh_core.cluster import Cluster
+from rh_core.compat import file_digest
 from rh_core.errors import InstallError
 from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
 
@@ -28,7 +29,7 @@ def _digest(*paths: str) -> str:
         if os.path.isfile(path):
             digest.update(path.encode() + b"\0")
             with open(path, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+                digest.update(file_digest(f, "sha256").digest())
     return digest.hexdigest()[:16]
 
 
