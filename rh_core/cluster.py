@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from rh_core.plugins import PluginHost
     from rh_core.status import ClusterStatus
+    from rh_core.wheels import Platform
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 #: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
@@ -137,6 +138,12 @@ class Cluster:
                 f"or run Python {self.python_version} here, or give the cluster Python {ours} (`python{ours}` on the "
                 f"PATH of its SSH sessions is preferred when it is there)."
             )
+
+    def offline_platform(self) -> Platform | None:
+        """The platform of a cluster that reaches no package index, for which installers resolve
+        requirements here and ship them as wheels (:func:`rh_core.wheels.resolve_requirements`);
+        None when the cluster installs from an index itself, as this machine does."""
+        return None
 
     @property
     def parallelism(self) -> int:

@@ -30,6 +30,7 @@ from rh_core.wheels import (
     OwnWheels,
     Platform,
     build_own_wheels,
+    cache_root,
     resolve_wheelhouse,
 )
 
@@ -99,6 +100,22 @@ print(json.dumps({**rh_platform(), "executable": sys.executable, "chosen": chose
                   "venv_build": venv_build, "rsync": bool(shutil.which("rsync"))}))
 """
 
+# Run with the server's python: exit 0 and print "reachable" when the package index its pip uses answers.
+_INDEX_CHECK = r"""
+import os, subprocess, sys, urllib.request
+index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
+said = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+for line in said.splitlines():
+    key, _, value = line.partition("=")
+    if key.endswith(".index-url"):
+        index = value.strip().strip("'\"")
+try:
+    urllib.request.urlopen(index.rstrip("/") + "/pip/", timeout=5).close()
+except Exception as exc:
+    print("%s: %s" % (index, exc)); sys.exit(1)
+print("reachable")
+"""
+
 # Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
 # its state file, printing it, or the log's tail when the server dies first.
 _START = r"""
@@ -157,6 +174,7 @@ class RemoteCluster(Cluster):
     _bootstrap_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _last_request_at: float = attrs.field(default=0.0, init=False, repr=False)
     _head_probe: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
+    _reaches_index: bool | None = attrs.field(default=None, init=False, repr=False)
 
     # --- machines ------------------------------------------------------------------------------
 
@@ -282,6 +300,7 @@ class RemoteCluster(Cluster):
             self._transport.close()
             self._transport = None
         self._synced.clear()  # new or restarted machines may not have what was synced to the old ones
+        self._reaches_index = None
 
     def _provisioner(self) -> Any:
         return self.host.provisioner(self.provisioner)()
@@ -383,8 +402,25 @@ class RemoteCluster(Cluster):
         self._ensure_venv(transport, address, probe, build_id)
         return f"{probe['root']}/venv/bin/python"
 
+    def offline_platform(self) -> Platform | None:
+        """The head's platform when its server's Python reaches no package index (asked once per
+        machine: the index its pip is configured with, else PyPI), else None."""
+        self.connection()
+        if self._reaches_index is None:
+            python = shlex.quote(str(self._info.get("python_executable") or "python3"))
+            with progress.step(logger, "index check", self._where(self.cluster_info.head)):
+                (code, out, _), = self.transport.run([f"{python} -c {shlex.quote(_INDEX_CHECK)}"])
+            self._reaches_index = code == 0 and out.strip().endswith("reachable")
+            if not self._reaches_index:
+                logger.info("%s reaches no package index (%s): requirements are resolved here and shipped",
+                            self._where(self.cluster_info.head), out.strip()[-300:])
+        if self._reaches_index:
+            return None
+        probe = self._head_probe or self._probe()
+        return Platform.from_probe({**probe, "python": self._info.get("python") or probe["python"]})
+
     def _own_wheels(self) -> OwnWheels:
-        return build_own_wheels(self._distributions(), f"{rh_home()}/wheels")
+        return build_own_wheels(self._distributions(), cache_root())
 
     def _ensure_venv(self, transport, address: str, probe: dict[str, Any], build_id: str) -> None:
         """Install the client's build ``build_id`` into ``<remote_dir>/venv`` on ``address`` unless
@@ -396,7 +432,7 @@ class RemoteCluster(Cluster):
         version, interpreter = probe["chosen"]["version"], probe["chosen"]["path"]
         target = Platform.from_probe({**probe, "python": version})
         with progress.step(logger, "wheels", f"for {target.describe()}"):
-            wheelhouse = resolve_wheelhouse(self._distributions(), target, f"{rh_home()}/wheels")
+            wheelhouse = resolve_wheelhouse(self._distributions(), target, cache_root())
         venv = shlex.quote(f"{probe['root']}/venv")
         with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
             remote_wheels = transport.sync_directory(wheelhouse.path)

@@ -276,13 +276,13 @@ def _repack(dist: importlib.metadata.Distribution, directory: str) -> None:
         wheel.writestr(record, "\n".join(record_lines + [f"{record},,"]) + "\n")
 
 
-def build_own_wheels(distribution_names: Sequence[str], cache_root: str) -> OwnWheels:
+def build_own_wheels(distribution_names: Sequence[str], cache: str) -> OwnWheels:
     """Pure-Python wheels of the named installed distributions (no dependencies), cached by content."""
     dists = [_installed(name) for name in distribution_names]
     fingerprints = WHEELHOUSE_FORMAT + "".join(_fingerprint(d) for d in dists)
     build_id = hashlib.sha256(fingerprints.encode()).hexdigest()[:16]
     requirements = tuple(f"{d.metadata['Name']}=={d.version}" for d in dists)
-    path = os.path.join(cache_root, build_id, "own")
+    path = os.path.join(cache, build_id, "own")
     with _exclusive(path):
         _build_own(dists, path, requirements)
     files = tuple(sorted(name for name in os.listdir(path) if name.endswith(".whl")))
@@ -376,14 +376,14 @@ def _uv() -> str:
     return found
 
 
-def resolve_wheelhouse(distribution_names: Sequence[str], platform: Platform, cache_root: str) -> Wheelhouse:
+def resolve_wheelhouse(distribution_names: Sequence[str], platform: Platform, cache: str) -> Wheelhouse:
     """Our distributions and all their dependencies as wheels for ``platform``, pip's own included.
     Cached per build and platform; dependency wheels are kept across builds in a pool per platform."""
-    own = build_own_wheels(distribution_names, cache_root)
-    path = os.path.join(cache_root, own.build_id, platform.tag)
+    own = build_own_wheels(distribution_names, cache)
+    path = os.path.join(cache, own.build_id, platform.tag)
     with _exclusive(path):
         if not os.path.exists(os.path.join(path, ".complete")):
-            _resolve(own, platform, path, os.path.join(cache_root, "pool", platform.tag))
+            _resolve(own, platform, path, os.path.join(cache, "pool", platform.tag))
     return Wheelhouse(path=path, requirements=own.requirements, build_id=own.build_id,
                       pip_wheel=_pip_wheel_in(path), platform=platform)
 
@@ -404,6 +404,35 @@ def _resolve(own: OwnWheels, platform: Platform, path: str, pool: str) -> None:
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def cache_root() -> str:
+    """Where wheels resolved for clusters are kept: ``$RH_HOME/wheels``."""
+    from rh_core.cluster import rh_home
+
+    return os.path.join(rh_home(), "wheels")
+
+
+def resolve_requirements(lines: Sequence[str], platform: Platform, *, digest: str = "", cwd: str | None = None) -> str:
+    """A folder holding wheels for ``platform`` of requirement ``lines`` (as in a requirements file,
+    ``-r FILE`` included) and all their dependencies, for a cluster that reaches no index: it installs
+    them with ``pip install --no-index --find-links``. Cached by the lines, ``digest`` (of the files
+    they name) and the platform."""
+    key = hashlib.sha256("\0".join([platform.tag, digest, *lines]).encode()).hexdigest()[:16]
+    path = os.path.join(cache_root(), "reqs", key)
+    with _exclusive(path):
+        if not os.path.exists(os.path.join(path, ".complete")):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            staging = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".staging-")
+            try:
+                resolve_for_platform(lines, platform, staging, os.path.join(cache_root(), "pool", platform.tag),
+                                     constraints=client_pins(ALWAYS_PINNED), cwd=cwd,
+                                     what=f"resolving {' '.join(lines)}")
+                open(os.path.join(staging, ".complete"), "w").close()
+                os.replace(staging, path)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def _run_tool(command: list[str], what: str, cwd: str | None = None) -> None:
