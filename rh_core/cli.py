@@ -124,12 +124,12 @@ def progress(message: str) -> Iterator[None]:
 
 
 def configure_logging() -> None:
-    """Apply the config file's ``log_level`` to this command's logging (on stderr)."""
-    import logging
-
+    """This command's log lines on stderr: rh_core's (and its plugins') at the config file's
+    ``log_level``; other libraries' (paramiko's, say) only from WARNING up."""
     from rh_core import config
+    from rh_core.progress import show_logs
 
-    logging.basicConfig(level=config.current().log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    show_logs(config.current().log_level.upper())
 
 
 def load_cluster(name: str | None, *, dryrun: bool = True) -> Cluster:

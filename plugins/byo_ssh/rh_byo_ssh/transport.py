@@ -49,9 +49,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# paramiko logs connection failures at ERROR level; we raise them as errors with a fix instead, so
-# keep its records away from Python's last-resort stderr handler (an app's own handlers still see them).
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def _quiet_paramiko() -> None:
+    """Keep paramiko's log lines (INFO for every connection, ERROR with a traceback for failures we
+    raise as SSHErrors naming the cause and the fix) off the user's stderr, unless they asked for
+    them: a level they set on the ``paramiko`` logger is left alone."""
+    paramiko_logger = logging.getLogger("paramiko")
+    if paramiko_logger.level == logging.NOTSET:
+        paramiko_logger.setLevel(logging.CRITICAL)
+    paramiko_logger.addHandler(logging.NullHandler())  # never Python's last-resort handler either
 
 KEEPALIVE_SECONDS = 15
 DEFAULT_REMOTE_ROOT = "~/.rh"  # synced directories go to <remote_root>/sync
@@ -197,6 +204,7 @@ class SSHTransport:
         use_system_ssh: bool = True,
         remote_root: str = DEFAULT_REMOTE_ROOT,
     ) -> None:
+        _quiet_paramiko()
         if "@" in host:
             host_user, host = host.rsplit("@", 1)
             user = user or host_user
