@@ -445,13 +445,15 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"name": r.name, "distribution": r.distribution, "version": r.version,
                                 "hooks": list(r.hooks), "error": r.error} for r in rows]))
-        return
-    for row in rows:
-        click.echo(f"{row.name}  ({row.distribution} {row.version})")
-        if row.error:
-            click.echo(f"    FAILED TO LOAD: {row.error}")
-        for hook in row.hooks:
-            click.echo(f"    {hook}")
+    else:
+        for row in rows:
+            click.echo(f"{row.name}  ({row.distribution} {row.version})")
+            if row.error:
+                click.echo(f"    FAILED TO LOAD: {row.error}")
+            for hook in row.hooks:
+                click.echo(f"    {hook}")
+    if any(row.error for row in rows):  # scripts and CI notice a broken plugin
+        sys.exit(1)
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ def test_provider_names_a_provisioner_or_its_alias(fake_sky):
     host = rh.default_host()
     for provider in ("gcp", "aws", "kubernetes", "cheapest", "sky"):
         assert host.provisioner(provider) is SkyProvisioner
-    with pytest.raises(UnknownNameError, match=r"unknown provisioner 'gpc'; valid provisioners: .*gcp"):
+    with pytest.raises(UnknownNameError, match=r"unknown provisioner 'gpc'; did you mean 'gcp'.*; valid provisioners: .*gcp"):
         rh.cluster(name="x", instance_type="A100:1", provider="gpc")
 
 
