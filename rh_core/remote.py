@@ -592,6 +592,29 @@ class RemoteCluster(Cluster):
         return self._last_status
 
 
+#: The ``ssh_creds`` keys, which people also pass to ``rh.cluster`` itself by mistake.
+SSH_CREDS_KEYS = ("ssh_user", "ssh_private_key", "ssh_port", "password", "passphrase", "known_hosts",
+                  "trust_new_host", "use_agent", "connect_timeout")
+
+
+def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, provider: str | None) -> None:
+    """Machines you bring take no options beyond ``ips`` and ``ssh_creds``: any other keyword would
+    be silently ignored (``ssh_port=2222`` would connect to port 22), so it is an error."""
+    if instance_type is not None or provider is not None:
+        raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
+                        "ones: pass one or the other")
+    if not options:
+        return
+    creds = {key: value for key, value in options.items() if key in SSH_CREDS_KEYS}
+    if creds:
+        raise TypeError(
+            f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in ssh_creds: "
+            f"rh.cluster(ips=[...], ssh_creds={creds!r})")
+    raise TypeError(
+        f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
+        "ips, ssh_creds, executor, executor_options")
+
+
 def cluster(
     name: str | None = None,
     *,
@@ -618,10 +641,11 @@ def cluster(
     when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
     """
     if ips:
+        _refuse_byo_options(options, instance_type, provider)
         return RemoteCluster(
             name=name or f"byo-{ips[0]}",
             provisioner="byo",
-            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {}), **options},
+            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {})},
             executor=executor,
             executor_options=dict(executor_options or {}),
         )

@@ -203,8 +203,12 @@ class SSHTransport:
         ssh_config: str | os.PathLike[str] | None = None,
         use_system_ssh: bool = True,
         remote_root: str = DEFAULT_REMOTE_ROOT,
+        option_names: dict[str, str] | None = None,
     ) -> None:
         _quiet_paramiko()
+        # How errors name an option: as the caller wrote it (the byo provisioner maps private_key to
+        # ssh_creds['ssh_private_key']), else as this class's own keyword argument.
+        self._option_names = dict(option_names or {})
         if "@" in host:
             host_user, host = host.rsplit("@", 1)
             user = user or host_user
@@ -229,8 +233,8 @@ class SSHTransport:
             if not os.path.isfile(private_key):
                 raise SSHAuthError(
                     f"ssh {user or getpass.getuser()}@{host}: private key {private_key} does not exist; "
-                    f"pass private_key= the path of a key whose public half is in ~/.ssh/authorized_keys "
-                    f"on {host}"
+                    f"set {self._named('private_key')} to the path of a key whose public half is in "
+                    f"~/.ssh/authorized_keys on {host}"
                 )
         self._explicit_key = private_key
         target = self._resolve_hop(host, user=user, port=port if port != 22 else None, keys=private_key)
@@ -446,6 +450,12 @@ class SSHTransport:
     def _where(self) -> str:
         return f"ssh {self._chain[-1].label}"
 
+    def _named(self, option: str, assign: str = "") -> str:
+        """An option as the caller spelled it: ``ssh_creds['ssh_port']`` for a BYO cluster, ``port=``;
+        ``assign="="`` ends either with ``=``, for a value to follow."""
+        named = self._option_names.get(option)
+        return named + assign if named else f"{option}="
+
     def _transport(self) -> paramiko.Transport:
         """The target's active paramiko transport; connects (again) when there is none."""
         with self._lock:
@@ -492,9 +502,10 @@ class SSHTransport:
                         continue
                     raise SSHHostKeyError(
                         f"{self._where()}: cannot read the known hosts file {path} ({_describe(exc)}); "
-                        f"fix the line it names, or pass known_hosts= another file"
+                        f"fix the line it names, or set {self._named('known_hosts')} to another file"
                     ) from exc
-        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, self._where()))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, self._where(),
+                                                          self._named("trust_new_host", "=")))
         timeout = self._connect_timeout
         started = time.monotonic()
         try:
@@ -559,8 +570,16 @@ class SSHTransport:
             )
         if isinstance(exc, paramiko.PasswordRequiredException):
             return SSHAuthError(
-                f"{where}: the private key {_keys_text(hop.keys) or 'found'} is encrypted; pass "
-                f"passphrase=..., or add the key to your ssh-agent (`ssh-add KEY`)"
+                f"{where}: the private key {_keys_text(hop.keys) or 'found'} is encrypted; set "
+                f"{self._named('passphrase')}, or add the key to your ssh-agent (`ssh-add KEY`)"
+            )
+        if self._passphrase is not None and isinstance(exc, paramiko.SSHException) and any(
+            said in str(exc) for said in ("checkints do not match", "Invalid key", "bad decrypt", "Bad decrypt")
+        ):
+            return SSHAuthError(
+                f"{where}: the passphrase given ({self._named('passphrase')}) does not unlock the private key "
+                f"{_keys_text(hop.keys) or 'found'} ({_describe(exc)}); check it, e.g. with "
+                f"`ssh-keygen -y -f {_keys_text(hop.keys) or 'KEY'}`"
             )
         if isinstance(exc, paramiko.AuthenticationException) or (
             isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc)
@@ -569,13 +588,13 @@ class SSHTransport:
             return SSHAuthError(
                 f"{where}: the server refused authentication as {hop.user!r} ({_describe(exc)}); "
                 f"tried {tried}. Check that the public half of one of these keys is in "
-                f"~{hop.user}/.ssh/authorized_keys on {hop.hostname}, or pass private_key= (and user= "
-                f"if {hop.user!r} is the wrong account)"
+                f"~{hop.user}/.ssh/authorized_keys on {hop.hostname}, or set {self._named('private_key')} "
+                f"(and {self._named('user')} if {hop.user!r} is the wrong account)"
             )
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
             return SSHConnectError(
                 f"{where}: connection refused on {hop.hostname}:{hop.port}: the port is closed. Check that "
-                f"sshd runs on the machine and listens on port {hop.port} (pass port= or set Port in the ssh config)"
+                f"sshd runs on the machine and listens on port {hop.port} (set {self._named('port')}, or Port in the ssh config)"
             )
         if isinstance(exc, socket.gaierror):
             return SSHConnectError(
@@ -586,7 +605,7 @@ class SSHTransport:
             return SSHConnectError(
                 f"{where}: no SSH answer from {hop.hostname}:{hop.port} within {timeout} ({_describe(exc)}). "
                 f"Check that the machine is up, that the address and port are right and that no firewall "
-                f"drops the traffic, or raise connect_timeout="
+                f"drops the traffic, or raise {self._named('connect_timeout')}"
             )
         if isinstance(exc, EOFError) or isinstance(exc, paramiko.SSHException):
             return SSHConnectError(
@@ -978,10 +997,11 @@ class SSHTransport:
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Rejects unknown host keys with a message saying how to trust them, or appends them when trusted."""
 
-    def __init__(self, known_hosts: str, trust: bool, where: str):
+    def __init__(self, known_hosts: str, trust: bool, where: str, trust_option: str):
         self._known_hosts = known_hosts
         self._trust = trust
         self._where = where
+        self._trust_option = trust_option
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         path = self._known_hosts
@@ -990,7 +1010,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"{self._where}: the host key of {hostname} is not known "
                 f"({key.get_name()} {_fingerprint(key)}; not in {path}). To trust it, check that this "
                 f"fingerprint is the machine's (`ssh-keygen -lf /etc/ssh/ssh_host_*.pub` there), then "
-                f"connect once with trust_new_host=True, which adds it to {path}"
+                f"connect once with {self._trust_option}True, which adds it to {path}"
             )
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
