@@ -160,7 +160,7 @@ def ls_command(folder: str, long_format: bool, as_json: bool) -> None:
         rows = []
         for entry in names.ls(folder):
             kind = "folder" if entry.endswith("/") else None
-            if long_format and kind is None:
+            if (long_format or as_json) and kind is None:  # JSON readers get the kind, never null
                 try:
                     kind = names.describe(entry)["kind"]
                 except names.ResourceFormatError as exc:

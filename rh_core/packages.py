@@ -88,13 +88,14 @@ class Env:
     """A named, isolated environment on a cluster, with the requirements it holds."""
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
-    reqs: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    # A list, as the user passes it (hash=False: a list cannot be hashed, and the name identifies an env).
+    reqs: list[Any] = attrs.field(factory=list, converter=list, hash=False)
 
 
 def env(name: str, reqs: Iterable[Any] | None = None) -> Env:
     """A named environment: its own interpreter environment on each cluster it is used on.
     Functions sent with ``.to(cluster, env=...)`` run there."""
-    return Env(name, tuple(reqs or ()))
+    return Env(name, list(reqs or ()))
 
 
 def env_name(environment: Env | str | None) -> str | None:
