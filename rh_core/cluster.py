@@ -217,12 +217,15 @@ class Cluster:
         """Make a local folder present on the cluster and return its path there; a tree unchanged
         since the last sync from this process is not looked at again remotely. None when the
         cluster takes no files (functions then travel by value)."""
-        from rh_core.workdir import fingerprint
+        from rh_core.config import current
+        from rh_core.workdir import listing, warn_if_large
 
-        stamp = fingerprint(local_path)
+        listed = listing(local_path)
+        stamp = listed.fingerprint()
         known = self._synced.get(local_path)
         if known is not None and known[0] == stamp:
             return known[1]
+        warn_if_large(local_path, listed, current().get("sync_warn_mb"))
         remote = self.transport.sync_directory(local_path)
         self._synced[local_path] = (stamp, remote)
         return remote

@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 import paramiko
+from rh_core import workdir
 from rh_core.errors import RhError
+from rh_core.workdir import Listing
 
 __all__ = [
     "SSHAuthError",
@@ -149,15 +151,6 @@ class SyncStats:
     uploaded: int
     deleted: int
     files: int
-
-
-@dataclasses.dataclass
-class _Listing:
-    """The local files to mirror (relative POSIX paths with their lstat) and the directories holding them."""
-
-    files: dict[str, os.stat_result]
-    dirs: set[str]
-    from_git: bool
 
 
 # -------------------------------------------------------------------------------------------------
@@ -290,8 +283,8 @@ class SSHTransport:
         With the default ``remote_root`` that is ``~/.rh/sync/<name>-<hash>``, ``<name>`` being the
         directory's name and ``<hash>`` a short hash of its absolute local path.
 
-        In a git work tree only the files git would keep are sent (``git ls-files --cached
-        --others --exclude-standard``). Files unchanged in size and mtime are not sent again, and
+        Which files travel is :func:`rh_core.workdir.listing`'s rule: in a git work tree those git
+        keeps (``.gitignore`` respected), elsewhere all but what an ``.rhignore`` excludes. Files unchanged in size and mtime are not sent again, and
         files gone locally are deleted there. rsync over the system ssh is used when both ends
         have rsync and key authentication is in use; SFTP otherwise. :attr:`last_sync` tells
         which, and how many files moved.
@@ -301,7 +294,7 @@ class SSHTransport:
             raise SSHSyncError(f"{self._where()}: cannot sync {source}: it is not a local directory")
         digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
         name = f"{_safe_name(os.path.basename(source) or 'root')}-{digest}"
-        listing = _local_listing(source)
+        listing = workdir.listing(source)  # the one rule for which files travel
         with self._sync_lock:
             stats = None
             if self._system_ssh_usable() and shutil.which("rsync") and self._remote_has_rsync():
@@ -778,7 +771,7 @@ class SSHTransport:
             self._remote_rsync = "@rh-rsync@" in out and self._remote_home is not None
         return self._remote_rsync
 
-    def _rsync(self, source: str, listing: _Listing, name: str) -> SyncStats:
+    def _rsync(self, source: str, listing: Listing, name: str) -> SyncStats:
         assert self._remote_home is not None
         remote = self._sync_path(self._remote_home, name)
         target = self._chain[-1]
@@ -789,7 +782,7 @@ class SSHTransport:
             f"--rsync-path=mkdir -p {shlex.quote(remote)} && rsync",
         ]  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="rh-rsync-") as scratch:
-            if listing.from_git:
+            if listing.filtered:
                 # The exact list as include rules, everything else excluded *and deleted* on the
                 # machine: --files-from cannot delete, a filter list can.
                 rules = os.path.join(scratch, "rules")
@@ -832,7 +825,7 @@ class SSHTransport:
             assert self._sftp is not None
             return self._sftp
 
-    def _sftp_sync(self, transport: paramiko.Transport, source: str, listing: _Listing, name: str) -> SyncStats:
+    def _sftp_sync(self, transport: paramiko.Transport, source: str, listing: Listing, name: str) -> SyncStats:
         sftp = self._sftp_client(transport)
         home = self._remote_home or sftp.normalize(".")
         self._remote_home = home
@@ -1103,63 +1096,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "dir"
 
 
-def _git_files(source: str) -> list[str] | None:
-    """Files git would keep in ``source`` (tracked plus untracked-not-ignored), or None outside git."""
-    if shutil.which("git") is None:
-        return None
-    probe = subprocess.run(
-        ["git", "-C", source, "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
-    )
-    if probe.returncode != 0 or probe.stdout.strip() != "true":
-        return None
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=source, capture_output=True
-    )
-    if listed.returncode != 0:
-        raise SSHSyncError(
-            f"cannot list the files of the git work tree {source}: "
-            f"{listed.stderr.decode('utf-8', 'replace').strip()}; fix the repository or sync a plain directory"
-        )
-    return [path for path in listed.stdout.decode("utf-8", "surrogateescape").split("\0") if path]
-
-
-def _local_listing(source: str) -> _Listing:
-    files: dict[str, os.stat_result] = {}
-    dirs: set[str] = set()
-    git_files = _git_files(source)
-    if git_files is not None:
-        for rel in git_files:
-            if rel.endswith("/"):  # a nested repository git does not descend into
-                continue
-            try:
-                info = os.lstat(os.path.join(source, rel))
-            except FileNotFoundError:  # deleted in the work tree, not yet in the index
-                continue
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                files[rel] = info
-        for rel in files:
-            parent = posixpath.dirname(rel)
-            while parent and parent not in dirs:
-                dirs.add(parent)
-                parent = posixpath.dirname(parent)
-        return _Listing(files, dirs, from_git=True)
-    for top, dirnames, filenames in os.walk(source):
-        rel_top = os.path.relpath(top, source).replace(os.sep, "/")
-        prefix = "" if rel_top == "." else rel_top + "/"
-        for dirname in list(dirnames):
-            path = os.path.join(top, dirname)
-            if os.path.islink(path):  # a link to a directory travels as a link
-                dirnames.remove(dirname)
-                files[prefix + dirname] = os.lstat(path)
-            else:
-                dirs.add(prefix + dirname)
-        for filename in filenames:
-            info = os.lstat(os.path.join(top, filename))
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                files[prefix + filename] = info
-    return _Listing(files, dirs, from_git=False)
-
-
 def _rsync_escape(path: str) -> str:
     # rsync treats a pattern literally unless it holds a wildcard; then backslash escapes.
     if any(char in path for char in "*?["):
@@ -1167,7 +1103,7 @@ def _rsync_escape(path: str) -> str:
     return path
 
 
-def _rsync_rules(listing: _Listing) -> bytes:
+def _rsync_rules(listing: Listing) -> bytes:
     rules = [f"+ /{_rsync_escape(rel)}/" for rel in sorted(listing.dirs)]
     rules += [f"+ /{_rsync_escape(rel)}" for rel in sorted(listing.files)]
     rules.append("- *")
