@@ -75,6 +75,18 @@ class Cluster:
         """A JSON-safe description from which :func:`from_config` rebuilds this cluster elsewhere."""
         raise NotImplementedError
 
+    def up(self) -> Cluster:
+        """Bring the machines up (where the kind of cluster has machines to start) and the server."""
+        raise NotImplementedError
+
+    def down(self) -> None:
+        """Stop the server, and let the machines go where the kind of cluster started them."""
+        raise NotImplementedError
+
+    def restart_server(self, restart_ray: bool = True) -> None:
+        """Stop the server and start a new one (see the subclasses for ``restart_ray``)."""
+        raise NotImplementedError
+
     @property
     def host(self) -> PluginHost:
         from rh_core.plugins import default_host

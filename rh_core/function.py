@@ -95,7 +95,7 @@ class Function(Generic[P, R]):
             return self.fn(*args, **kwargs)
         return self._call("call", args, kwargs, options)
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref[R]:
         """Start the call and return a :class:`Ref` at once; the result stays on the cluster."""
         options = self._take_call_options(kwargs)
         return self._call("remote", args, kwargs, options)

@@ -15,7 +15,7 @@ import shlex
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
@@ -437,7 +437,8 @@ class RemoteCluster(Cluster):
         with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
             remote_wheels = transport.sync_directory(wheelhouse.path)
         requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-        install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
+        # --no-compile: bytecode is written on first import instead, which halves the install (BENCHMARKS.md).
+        install_from_wheels = f"install --quiet --no-compile --no-index --find-links {shlex.quote(remote_wheels)}"
         in_venv = probe["executable"].startswith(f"{probe['root']}/venv/")
         if in_venv and probe["python"] == version and probe["venv_build"] is not None:
             # Another build in a venv of the same Python: our distributions are replaced even where
@@ -613,6 +614,21 @@ def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, prov
     raise TypeError(
         f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
         "ips, ssh_creds, executor, executor_options")
+
+
+@overload
+def cluster(name: str | None = None, *, ips: list[str], ssh_creds: dict[str, Any] | None = None,
+            executor: str = "process", executor_options: dict[str, Any] | None = None) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, instance_type: str, provider: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, provider: str, instance_type: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str, *, dryrun: bool = False, store: dict[str, Any] | None = None) -> Cluster: ...
+@overload
+def cluster(name: str | None = None, *, address: str, tls_fingerprint: str, secret: str = "") -> Cluster: ...
 
 
 def cluster(
