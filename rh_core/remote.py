@@ -1,8 +1,9 @@
 """Clusters on other machines: brought up by a provisioner plugin, reached through a transport plugin.
 
-Bootstrap works over any transport: probe the head for ``python3``, install the client's exact
-rh_core and plugins into ``~/.rh/venv`` there from shipped wheels, start the server detached, and
-reach its port through ``transport.forward``. A server started from another build is replaced.
+Bootstrap works over any transport: probe the head (its platform and Pythons, in one round trip),
+install the client's exact rh_core and plugins into ``~/.rh/venv`` there from wheels resolved on
+the client for that platform (:mod:`rh_core.wheels`), start the server detached, and reach its port
+through ``transport.forward``. A server started from another build is replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, overload
 import attrs
 
 from rh_core import progress, serialize
-from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
+from rh_core.cluster import KEEP_RAY_FILE, Cluster
 from rh_core.compat import add_note
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo

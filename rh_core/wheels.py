@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import platform as platform_module
-import re
 import shutil
 import subprocess
 import sys
