@@ -40,6 +40,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("default_provider", str, None, "provider for on-demand clusters when rh.cluster() names none"),
     Key("default_autostop_mins", int, 30, "idle minutes before an on-demand cluster stops; -1 never"),
     Key("log_level", str, "WARNING", f"level of rh_core's loggers in the `rh` command: {', '.join(LOG_LEVELS)}"),
+    Key("sync_warn_mb", int, 100, "warn before syncing a working directory larger than this (MB; -1 never)"),
     Key("results_max_mb", int, 2048, "disk space on a cluster for .remote() results kept across server restarts"),
     Key("results_days", int, 7, "days a kept .remote() result lives on the cluster before it is deleted"),
     Key("results_memory_mb", int, 256, "memory on a cluster for kept .remote() results; beyond it they are read from disk"),

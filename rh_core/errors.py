@@ -14,10 +14,10 @@ class PluginError(RhError):
 class UnknownNameError(PluginError, KeyError):
     """A plugin-provided thing (executor, transport, ...) was asked for by a name nobody registered."""
 
-    def __init__(self, kind: str, name: str, valid: list[str]):
+    def __init__(self, kind: str, name: str, valid: list[str], hint: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         choices = ", ".join(self.valid) or "none are installed"
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {choices}")
+        super().__init__(f"unknown {kind} {name!r}{'; ' + hint if hint else ''}; valid {kind}s: {choices}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]

@@ -12,6 +12,7 @@ import attrs
 
 from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
+from rh_core.compat import add_note
 from rh_core.errors import RhError
 from rh_core.ref import Ref
 from rh_core.workdir import working_directory
@@ -104,7 +105,7 @@ class Function(Generic[P, R]):
             return self.fn(*args, **kwargs)
         return self._call("call", args, kwargs, options)
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref[R]:
         """Start the call and return a :class:`Ref` at once; the result stays on the cluster."""
         options = self._take_call_options(kwargs)
         return self._call("remote", args, kwargs, options)
@@ -230,7 +231,7 @@ class Function(Generic[P, R]):
                     exc.__cause__ = serialize.RemoteTraceback(tb)
                 index = len(results)
                 if not return_exceptions:
-                    exc.add_note(f"(raised by map item {index} of {len(items)})")
+                    add_note(exc, f"(raised by map item {index} of {len(items)})")
                     raise exc
                 results.append(exc)
         return results
@@ -330,6 +331,7 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
             return _Shipped(f"{module}:{qualname}", reference, None, code)
     import hashlib
 
+    system.check_by_value(f"function {getattr(fn, '__qualname__', fn)!r}")
     pickled = serialize.dumps_function(fn)
     # Functions from __main__ or a notebook import the user's modules too: the directory travels.
     code = _code_on_cluster(system, workdir, sys.path, os.getcwd())

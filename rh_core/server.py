@@ -693,7 +693,7 @@ class Server:
         keys, timeout = request["keys"], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
         self._reply_outcomes(peer, request_id, list(outcomes))
 

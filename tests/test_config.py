@@ -146,3 +146,11 @@ def test_rh_config_exit_codes(home):
     newer = run_rh("config", "get")
     assert newer.returncode == 4 and "config format 9" in newer.stderr
     assert (home / "config.yaml").read_text() == "format: 9\n"
+
+
+def test_an_envs_reqs_are_the_list_the_user_passed():
+    import rh_core as rh
+
+    env = rh.env("train", reqs=["numpy>=2", "pip:rich"])
+    assert env.reqs == ["numpy>=2", "pip:rich"] and isinstance(env.reqs, list)
+    assert hash(env) == hash(rh.env("train", reqs=["other"]))  # still usable as a key, by its name

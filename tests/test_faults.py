@@ -54,13 +54,16 @@ def test_refs_of_a_dead_server_say_so(own_cluster):
     assert finished.result() == 3  # finished results are kept on disk (tests/test_results.py)
 
 
-def test_python_version_mismatch_names_both_versions(own_cluster, monkeypatch):
+def test_a_client_of_another_python_minor_calls_by_reference_and_is_told_why_not_by_value(own_cluster, monkeypatch):
     own_cluster.status()  # the server runs our Python
     monkeypatch.setattr(serialize, "python_version", lambda: "3.99")
     other_client = rh.LocalCluster(name="mismatched", state_dir=own_cluster.state_dir)
     ours = f"{os.sys.version_info.major}.{os.sys.version_info.minor}"
-    with pytest.raises(rh.VersionMismatchError, match=rf"Python 3\.99 .* runs Python {ours}"):
-        other_client.connection()
+    assert rh.function(fns.quiet_add).to(other_client)(2, 3) == 5  # by reference: module and name
+    with pytest.raises(rh.VersionMismatchError,
+                       match=rf"travels by value .* Python 3\.99 here .* Python {ours} on cluster 'mismatched'. "
+                             r"Move it to a module file"):
+        rh.function(lambda x: x).to(other_client)
 
 
 def test_server_that_cannot_start_reports_its_log(tmp_path):

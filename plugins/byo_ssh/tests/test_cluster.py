@@ -103,6 +103,33 @@ def test_wrong_key_names_host_and_user(sshd, tmp_path):
         cluster.connection()
     message = str(info.value)
     assert sshd.host in message and sshd.user in message
+    # The fix is given in the user's own words (ssh_creds keys), not the transport's option names.
+    assert "ssh_creds['ssh_private_key']" in message and "private_key=" not in message
+
+
+def test_a_wrong_key_passphrase_says_so(sshd, tmp_path):
+    import subprocess
+
+    key = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "the right one", "-f", str(key)], check=True)
+    with open(sshd.authorized_keys, "a") as authorized:
+        authorized.write((tmp_path / "locked_key.pub").read_text())
+    creds = ssh_creds(sshd, tmp_path, ssh_private_key=str(key), passphrase="a wrong one", use_agent=False)
+    cluster = rh.cluster(ips=[sshd.host], ssh_creds=creds)
+    with pytest.raises(rh.RhError, match=r"the passphrase given \(ssh_creds\['passphrase'\]\) does not unlock the "
+                                         rf"private key {key}"):
+        cluster.connection()
+    right = rh.cluster(ips=[sshd.host], ssh_creds={**creds, "passphrase": "the right one"})
+    assert right.run(["echo unlocked"])[0][1].strip() == "unlocked"
+    right.transport.close()
+
+
+def test_a_keyword_rh_cluster_does_not_take_is_refused_not_ignored(sshd):
+    with pytest.raises(TypeError, match=r"ssh_port= as its own keyword.*belong in ssh_creds: "
+                                        r"rh.cluster\(ips=\[...\], ssh_creds=\{'ssh_port': 2222\}\)"):
+        rh.cluster(ips=[sshd.host], ssh_port=2222)
+    with pytest.raises(TypeError, match="unknown keyword.*gpus; for machines you bring it takes name, ips, ssh_creds"):
+        rh.cluster(ips=[sshd.host], ssh_creds={}, gpus=1)
 
 
 def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
@@ -159,6 +186,7 @@ def test_ssh_tunnel_reaches_a_port_on_the_head(byo_cluster, tmp_path):
 
 
 def test_shell_command_is_a_working_ssh(byo_cluster):
+    byo_cluster.run(["true"])  # connects, recording the host key (trust_new_host) that plain ssh checks
     command = byo_cluster.transport.shell_command()
     assert command[0] == "ssh"
     import subprocess

@@ -72,7 +72,7 @@ class FakeCluster:
         self.install_error = install_error
         self.commands: list[tuple[str, str]] = []
 
-    def install_runtime(self, address: str) -> str:
+    def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
         if self.install_error is not None:
             raise self.install_error
         return "/home/u/.rh/venv/bin/python"
