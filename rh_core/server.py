@@ -57,6 +57,7 @@ from rh_core.processes import process_start_time
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
+SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
@@ -144,6 +145,7 @@ class Server:
         self._accepting = False
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
+        self._shm_sweep: asyncio.TimerHandle | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -341,6 +343,20 @@ class Server:
         self._links.discard(peer)
         if len(self._links) < self._link_capacity and not self._stopped.is_set():
             self._accept_again()
+        if self._shm_prefix is not None and self._shm_sweep is None:
+            # The client may have been killed with shared-memory segments of its own: once the
+            # dust settles, remove those whose owner is gone (in a thread: it opens each one).
+            self._shm_sweep = self._loop.call_later(SHM_SWEEP_DELAY, self._sweep_orphaned_segments)
+
+    def _sweep_orphaned_segments(self) -> None:
+        self._shm_sweep = None
+
+        def done(removed: asyncio.Future) -> None:
+            if removed.result():
+                sys.stderr.write(f"rh server: removed {len(removed.result())} shared-memory segments of clients that "
+                                 "are gone\n")
+
+        self._loop.run_in_executor(None, shm.sweep_orphans, self._shm_prefix).add_done_callback(done)
 
     def _close_link_door(self) -> None:
         self._stop_accepting()
