@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -120,6 +120,19 @@ class Cluster:
             if lost.sent:
                 raise
         return self.connection().request(op, header, frames, **kwargs)
+
+    def stream(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (),
+               **kwargs) -> Generator[Reply, None, Reply]:
+        """A request whose ``item`` replies are yielded as they come (see :meth:`Connection.stream`);
+        returns the final reply. Lost servers are handled as in :meth:`request`."""
+        connection = self.connection()
+        try:
+            return (yield from connection.stream(op, header, frames, **kwargs))
+        except ConnectionLostError as lost:
+            self._forget_connection(connection)
+            if lost.sent:
+                raise
+        return (yield from self.connection().stream(op, header, frames, **kwargs))
 
     def _forget_connection(self, connection: Connection | None = None) -> None:
         with self._lock:

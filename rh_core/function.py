@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
 from rh_core import serialize, shm
+from rh_core.client import Reply
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.compat import add_note
 from rh_core.errors import RhError
@@ -64,6 +66,10 @@ class Function(Generic[P, R]):
         default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
         init=False, repr=False,
     )
+    # A generator function (plain or async): calls stream its items back as they are produced.
+    _streams: bool = attrs.field(
+        default=attrs.Factory(lambda self: _is_generator_function(self.fn), takes_self=True), init=False, repr=False,
+    )
 
     # --- placing -------------------------------------------------------------------------------
 
@@ -99,10 +105,16 @@ class Function(Generic[P, R]):
     # --- calling -------------------------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run on the cluster and return the result (locally when not sent anywhere)."""
+        """Run on the cluster and return the result (locally when not sent anywhere).
+
+        An ``async def`` function is awaited on the cluster. A generator function (plain or async)
+        returns an iterator whose items come from the cluster as the generator yields them there;
+        leaving the loop early cancels the run (``cancel_on_interrupt=False``: it runs on)."""
         options = self._take_call_options(kwargs)
         if self.system is None:
             return self.fn(*args, **kwargs)
+        if self._streams:
+            return self._stream(args, kwargs, options)  # type: ignore[return-value]
         return self._call("call", args, kwargs, options)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref[R]:
@@ -115,11 +127,16 @@ class Function(Generic[P, R]):
         options = self._take_call_options(kwargs)
         return self._call("enqueue", args, kwargs, options)
 
-    async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call without blocking the event loop."""
+    def acall(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call without blocking the event loop: ``await f.acall(x)``; for a generator function
+        (plain or async), ``async for item in f.acall(x)``."""
         import asyncio
 
-        return await asyncio.to_thread(self.__call__, *args, **kwargs)
+        if self.system is None and (inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)):
+            return self.fn(*args, **kwargs)  # not sent anywhere: the function's own coroutine or generator
+        if self._streams:
+            return _iterate_in_threads(self.__call__(*args, **kwargs))
+        return asyncio.to_thread(self.__call__, *args, **kwargs)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """Call once per item of the zipped ``iterables``, in parallel; results in input order.
@@ -177,17 +194,21 @@ class Function(Generic[P, R]):
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
+        reply = self._request(mode, args, kwargs, options)
+        if reply.kind == "ack":
+            return Ref(reply.header["key"], self.system)
+        ((status, frames),) = split_parts(reply)
+        return decode_outcome(status, frames)
+
+    def _request(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Reply:
+        """Send one call (``mode``: call, remote, enqueue, create) and return the server's reply."""
         system, _ = self._placed()
         ref_keys: list[str] = []
         arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
         header, function_frames = self._header(mode, ref_keys, options)
         arguments = self._share(system, header, arguments)
         with _interruptible(system, header["key"], options):
-            reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
-        if reply.kind == "ack":
-            return Ref(reply.header["key"], system)
-        ((status, frames),) = split_parts(reply)
-        return decode_outcome(status, frames)
+            return system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
 
     @staticmethod
     def _share(system: Cluster, header: dict[str, Any], frames: list) -> list:
@@ -199,6 +220,31 @@ class Function(Generic[P, R]):
             return frames
         header["shm"] = header["mode"] != "remote"
         return shm.share(frames, prefix) + shm.due_returns()
+
+    def _stream(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Iterator[Any]:
+        """Start streaming a generator's items: the arguments are checked now (an unpicklable one is
+        named at once), the call is made when the first item is asked for, as a generator's body runs."""
+        ref_keys: list[str] = []
+        arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
+        header, function_frames = self._header("call", ref_keys, options)
+        header["stream"] = True
+        return self._stream_items(header, function_frames, arguments, options)
+
+    def _stream_items(self, header: dict[str, Any], function_frames: list, arguments: list,
+                      options: dict[str, Any]) -> Generator[Any, None, Any]:
+        system, _ = self._placed()
+        arguments = self._share(system, header, arguments)
+        replies = system.stream("call", header, [*function_frames, *arguments], check_after=_check_after(options))
+        with _interruptible(system, header["key"], options), contextlib.closing(replies):
+            while True:
+                try:
+                    reply = next(replies)
+                except StopIteration as end:
+                    final = end.value
+                    break
+                yield serialize.loads(reply.frames)
+        ((status, frames),) = split_parts(final)
+        return decode_outcome(status, frames)  # what the generator returned, or its error
 
     def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
         system, _ = self._placed()
@@ -373,17 +419,31 @@ def _inside(path: str, directory: str) -> bool:
 def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterator[None]:
     """Ctrl-C while waiting for run ``key`` cancels the run on the cluster (what the user meant:
     stop it), unless the call said ``cancel_on_interrupt=False``; then the run goes on, and the
-    user is told how to reach it."""
+    user is told how to reach it. Leaving a generator's items early (``GeneratorExit``) is the same."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GeneratorExit) as stop:
         if options.get("cancel_on_interrupt", True):
             with contextlib.suppress(Exception):  # finished meanwhile, or never reached the server
                 system.cancel(key)
-        else:
+        elif isinstance(stop, KeyboardInterrupt):
             sys.stderr.write(f"rh: run {key} goes on on cluster {system.name!r}: cluster.get({key!r}) fetches its "
                              f"result, `rh cancel {system.name} {key}` stops it\n")
         raise
+
+
+async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """An iterator that blocks, read without blocking the event loop: each item is waited for in a thread."""
+    import asyncio
+
+    end = object()
+    try:
+        while (item := await asyncio.to_thread(next, items, end)) is not end:
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)  # left early: the run is cancelled, as for a plain loop
 
 
 def _check_after(options: dict[str, Any]) -> float:
@@ -395,9 +455,11 @@ def _check_after(options: dict[str, Any]) -> float:
     return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
 
 
-def _has_parameter(fn: Callable, name: str) -> bool:
-    import inspect
+def _is_generator_function(fn: Callable) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
+
+def _has_parameter(fn: Callable, name: str) -> bool:
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -10,8 +10,9 @@ workers load them.
 Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
 pickled tuple ``(envelope, [frames])``). Requests carry
 ``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
-op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` (zero or more, while a
-call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
+op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
+streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
+sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
 
 Remote bootstrap sets two environment variables for it: ``RH_BUILD_ID`` (which shipped wheels it
 runs) and ``RH_NODE_ADDRESS`` (the address the cluster's other machines reach this one at, for
@@ -126,6 +127,7 @@ class Server:
         self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
+        self._item_routes: dict[str, tuple[Peer, str]] = {}  # task key -> the client reading its items
         self._log_ends: dict[str, asyncio.Future[None]] = {}
         self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
@@ -405,7 +407,7 @@ class Server:
                 self._fail(peer, request_id, exc)
                 return
             self.calls += 1
-            self._route_logs(task, peer, request_id)
+            self._route_replies(task, peer, request_id)
             future = self._start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
@@ -414,7 +416,7 @@ class Server:
             task.add_done_callback(self._tasks.discard)
 
     def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
-        self._log_routes.pop(task.key, None)
+        self._unroute_replies(task)
         self._deliver(peer, request_id, task, future.result())
 
     def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
@@ -433,10 +435,12 @@ class Server:
     def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
         check_call_request(request, len(frames))
         n_fn = request["n_fn"]
+        header = {"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
+                  "mode": request["mode"], "shm_prefix": self._shm_prefix if request.get("shm") else None,
+                  "stream": request.get("stream", False)}
         return Task(
             key=request["key"],
-            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
-                    "mode": "call", "shm_prefix": self._shm_prefix if request.get("shm") else None},
+            header=header,
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},
@@ -444,9 +448,17 @@ class Server:
             env=request.get("env"),
         )
 
-    def _route_logs(self, task: Task, peer: Peer, request_id: str) -> None:
+    def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
+        """Send what the task's worker sends while it runs to its caller: log lines when it asked for
+        them, and a generator's items when it reads them one by one."""
         if task.options.get("stream_logs"):
             self._log_routes[task.key] = (peer, request_id)
+        if task.header["stream"]:
+            self._item_routes[task.key] = (peer, request_id)
+
+    def _unroute_replies(self, task: Task) -> None:
+        self._log_routes.pop(task.key, None)
+        self._item_routes.pop(task.key, None)
 
     async def _op_shutdown(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", self.info())
@@ -465,9 +477,9 @@ class Server:
             final.add_done_callback(lambda done: self._spill(task.key, done))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
-        self._route_logs(task, peer, request_id)
+        self._route_replies(task, peer, request_id)
         outcome = await self._start(task, exclusive=mode == "enqueue")
-        self._log_routes.pop(task.key, None)
+        self._unroute_replies(task)
         self._deliver(peer, request_id, task, outcome)
 
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
@@ -477,10 +489,10 @@ class Server:
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
-            self._route_logs(chunk, peer, request_id)
+            self._route_replies(chunk, peer, request_id)
         outcomes = await asyncio.gather(*(self._start(chunk) for chunk in chunks))
         for chunk in chunks:
-            self._log_routes.pop(chunk.key, None)
+            self._unroute_replies(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
@@ -733,8 +745,13 @@ class Server:
     # --- logs ----------------------------------------------------------------------------------
 
     def _on_log(self, frames: list) -> None:
-        key, stream, text = (frame.bytes for frame in frames)
-        key = key.decode()
+        key, stream = frames[0].bytes.decode(), frames[1].bytes
+        if stream == b"item":  # one item of a generator, pickled: straight on to the caller reading them
+            route = self._item_routes.get(key)
+            if route is not None:
+                self._reply(route[0], route[1], "item", {}, frames[2:])
+            return
+        text = frames[2].bytes
         run_key = run_key_of(key)
         if stream == b"eof":
             ended = self._log_ends.setdefault(key, self._loop.create_future())
@@ -780,6 +797,9 @@ class Server:
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
+CALL_MODES = ("call", "remote", "enqueue", "map")
+
+
 def _outcome_bytes(outcome: Outcome) -> int:
     return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
@@ -792,6 +812,8 @@ def check_call_request(request: dict, frame_count: int) -> None:
 
     if not isinstance(request.get("key"), str) or not request["key"]:
         raise wrong("key", "a non-empty string")
+    if request.get("mode") not in CALL_MODES:
+        raise wrong("mode", f"one of {', '.join(CALL_MODES)}")
     if not isinstance(request.get("fn_id"), str):
         raise wrong("fn_id", "a string")
     if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
@@ -806,6 +828,8 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("function_ref", "an object or null")
     if request.get("code") is not None and not isinstance(request["code"], dict):
         raise wrong("code", "an object or null")
+    if not isinstance(request.get("stream", False), bool):
+        raise wrong("stream", "true or false")
     timeout = request.get("options", {}).get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")

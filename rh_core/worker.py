@@ -4,7 +4,7 @@ The executor talks to each of its workers over a socket pair it made when it spa
 (a :class:`rh_core.link.Link`).
 
 The worker says ``("ready",)``, then runs one task at a time, answering each with
-``("done", status, logged, frames)``.
+``("done", key, status, logged, frames)``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def task_from(message: tuple) -> Task:
                 refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs})
 
 
-def done_message(outcome: Outcome) -> tuple:
-    return ("done", outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
+def done_message(key: str, outcome: Outcome) -> tuple:
+    return ("done", key, outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
 
 
 def _die_with_parent() -> None:
@@ -61,7 +61,8 @@ def main(link_fd: str, log_endpoint: str) -> None:
             message = link.receive()
         except EOFError:
             return  # the executor closed its end: it is stopping
-        link.send(done_message(runner.run(task_from(message))))
+        task = task_from(message)
+        link.send(done_message(task.key, runner.run(task)))
 
 
 if __name__ == "__main__":

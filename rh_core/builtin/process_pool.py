@@ -199,7 +199,7 @@ class ProcessExecutor:
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "done":
-            _, status, logged, frames = message
+            _, _, status, logged, frames = message
             current, worker.current = worker.current, None
             if current is not None and not current.done():
                 current.set_result(Outcome(status=status, frames=frames, logged=logged))

@@ -204,6 +204,71 @@ class ExecutorContract:
         assert (value, awaited) == ("called", "awaited")
         assert ticks >= 10
 
+    # --- every kind of function ----------------------------------------------------------------
+
+    def test_an_async_function_is_awaited_on_the_cluster(self, cluster):
+        add = rh.function(fns.async_add).to(cluster)
+        assert add(1, 2) == 3
+        assert asyncio.run(add.acall(2, 3)) == 5
+        assert rh.get(add.remote(3, 4)) == 7
+        assert add.map([1, 2, 3], [10, 20, 30]) == [11, 22, 33]
+        with pytest.raises(rh.RemoteExitError) as info:
+            rh.function(fns.async_exit).to(cluster)(4)
+        assert info.value.code == 4
+
+    def test_a_generators_items_arrive_as_they_are_made_with_its_logs(self, cluster, capfd):
+        count = rh.function(fns.count_up).to(cluster)
+        started = time.monotonic()
+        items, arrived, printed = [], [], []
+        iterator = count(4, 0.5, stream_logs=True)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration as end:
+                returned = end.value
+                break
+            arrived.append(time.monotonic() - started)
+            printed.append(capfd.readouterr().out)
+            items.append(item)
+        assert items == [0, 1, 2, 3] and returned == "counted 4"
+        # Live: the first item came while the generator still had 1.5 s of work to do.
+        assert arrived[-1] - arrived[0] > 1.0, arrived
+        # In order with the function's output: "making i" was printed here before item i arrived.
+        assert all(f"making {i}" in printed[i] for i in range(4)), printed
+
+    def test_a_generators_items_stream_to_async_for_and_an_async_generators_too(self, cluster):
+        count = rh.function(fns.count_up).to(cluster)
+        acount = rh.function(fns.async_count_up).to(cluster)
+
+        async def main():
+            return [x async for x in count.acall(3)], [x async for x in acount.acall(3, 0.01)]
+
+        assert asyncio.run(main()) == ([0, 1, 2], [0, 1, 2])
+        assert list(acount(3)) == [0, 1, 2]
+
+    def test_a_generator_that_fails_raises_after_the_items_it_made(self, cluster):
+        items = []
+        with pytest.raises(ValueError, match="failed after 2 items"):
+            for item in rh.function(fns.count_then_fail).to(cluster)(2):
+                items.append(item)
+        assert items == [0, 1]
+
+    def test_a_generators_items_come_back_as_a_list_where_nobody_streams_them(self, cluster):
+        count = rh.function(fns.count_up).to(cluster)
+        assert rh.get(count.remote(3)) == [0, 1, 2]
+        assert count.map([2, 3]) == [[0, 1], [0, 1, 2]]
+        assert rh.function(fns.async_count_up).to(cluster).map([2]) == [[0, 1]]
+
+    def test_leaving_a_generator_early_cancels_its_run(self, cluster):
+        from rh_core.testing.fixtures import wait_for
+
+        for item in rh.function(fns.count_up).to(cluster)(1000, 0.05):
+            if item == 2:
+                break
+        wait_for(lambda: not cluster.runs()["running"], 15, "the abandoned generator's run still runs",
+                 lambda: str(cluster.runs()))
+        assert rh.function(fns.quiet_add).to(cluster)(1, 1) == 2
+
     # --- options -------------------------------------------------------------------------------
 
     def test_options_do_not_steal_the_functions_keywords(self, cluster):

@@ -155,3 +155,38 @@ def start_child_then_sleep(pid_file, seconds):
     with open(pid_file, "w") as f:
         f.write(str(child.pid))
     time.sleep(seconds)
+
+
+async def async_add(a, b):
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+async def async_exit(code):
+    import sys
+
+    sys.exit(code)
+
+
+def count_up(n, delay=0.0):
+    """Yield 0 .. n-1, printing ``making i`` before each, ``delay`` seconds apart; returns ``"counted n"``."""
+    for i in range(n):
+        print(f"making {i}", flush=True)
+        time.sleep(delay)
+        yield i
+    return f"counted {n}"
+
+
+async def async_count_up(n, delay=0.0):
+    import asyncio
+
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+def count_then_fail(n):
+    yield from range(n)
+    raise ValueError(f"failed after {n} items")
