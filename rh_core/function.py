@@ -62,6 +62,8 @@ class Function(Generic[P, R]):
     env: str | None = None  # the named environment on the cluster it runs in
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
+    # A method of a remote instance (rh_core.modules): {"name", "id", "method"}; its calls go there.
+    _instance: dict[str, Any] | None = attrs.field(default=None, alias="instance", repr=False)
     _takes_stream_logs: bool = attrs.field(
         default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
         init=False, repr=False,
@@ -191,6 +193,8 @@ class Function(Generic[P, R]):
         }
         if self.env is not None:
             header["env"] = self.env
+        if self._instance is not None:
+            header["instance"] = self._instance
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:

@@ -31,7 +31,14 @@ import attrs
 import zmq
 
 from rh_core import serialize, shm
-from rh_core.errors import RemoteError, RemoteExitError, RhError, StaleCodeError
+from rh_core.errors import (
+    InstanceNotFoundError,
+    RemoteError,
+    RemoteExitError,
+    RhError,
+    RunCancelledError,
+    StaleCodeError,
+)
 from rh_core.plugin_types import Outcome, Task
 
 
@@ -153,11 +160,23 @@ class Runner:
         self._verified: dict[str, str] = {}  # module -> the source digest it was imported with
         self._cwd: str | None = None
         self._loop: Any = None  # an asyncio loop, made when a coroutine first needs one
+        # A runner of a remote instance (a worker of its own) holds it, and runs its coroutines on
+        # a loop of its own in a thread of its own, so that calls running at once share it.
+        self.instance: Any = None
+        self._instance_name = ""
+        self._instance_digest: str | None = None  # the source digest of the class's module at creation
+        self._instance_loop: Any = None
+        self._awaiting: dict[str, Any] = {}  # call key -> its coroutine on that loop
+        self._streaming: set[str] = set()  # calls sending a generator's items now
+        self._stopping: set[str] = set()  # ... of which these stop before the next item
         if not isinstance(sys.stdout, CallOutput):
             sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
             sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
 
     def function(self, header: dict[str, Any], function_frame: Any) -> Callable:
+        instance = header.get("instance")
+        if instance is not None and header.get("mode") != "create":
+            return self._method(instance, header.get("code"))
         code = header.get("code")
         if code is not None:
             self._use_code(code)
@@ -246,11 +265,16 @@ class Runner:
             received: list[str] = []  # segments of large arguments: what the result does not reuse goes back
             arguments = serialize.loads(task.arguments, resolve_ref, received)
         except StaleCodeError as exc:
-            return Outcome(status="stale", frames=serialize.dumps_exception(exc))
+            # "stale": the code may be copied there again and the call retried; not so an instance's.
+            stale = "err" if task.header.get("instance") else "stale"
+            return Outcome(status=stale, frames=serialize.dumps_exception(exc))
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        if task.header.get("mode") == "map":
+        mode = task.header.get("mode")
+        if mode == "map":
             return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
+        if mode == "create":
+            return self._create(fn, arguments, task.header)
         try:
             args, kwargs = arguments
             result = self._call(fn, args, kwargs)
@@ -307,7 +331,10 @@ class Runner:
 
     def _await(self, awaitable: Awaitable[Any]) -> Any:
         """Run an awaitable of the user's to its end on this runner's event loop (one per runner,
-        kept between calls, so what a call leaves on it, a client session say, serves the next)."""
+        kept between calls, so what a call leaves on it, a client session say, serves the next).
+        An instance's runs on the instance's loop, where :meth:`cancel` can stop it."""
+        if self.instance is not None:
+            return self._await_on_instance_loop(awaitable)
         if self._loop is None:
             import asyncio  # here: a worker that never meets a coroutine starts without it
 
@@ -317,8 +344,20 @@ class Runner:
     def _stream(self, generator: Any) -> Any:
         """Send each item a generator yields to the caller as it comes (see :meth:`LogSender.send_item`);
         return what a plain generator returns at its end."""
+        key = self.logs.current() or ""
+        self._streaming.add(key)
+        try:
+            return self._send_items(key, generator)
+        finally:
+            self._streaming.discard(key)
+            self._stopping.discard(key)
+
+    def _send_items(self, key: str, generator: Any) -> Any:
         index = 0
         while True:
+            if key in self._stopping:
+                _close(generator, self._await)
+                raise RunCancelledError(f"run {key} was cancelled after {index} items")
             with self._user_code():
                 try:
                     if isinstance(generator, types.AsyncGeneratorType):
@@ -344,6 +383,80 @@ class Runner:
             if isinstance(generator, types.AsyncGeneratorType):
                 return self._await(_collect(generator))
             return list(generator)
+
+
+    # --- remote instances ----------------------------------------------------------------------
+
+    def _create(self, cls: Callable, arguments: Any, header: dict[str, Any]) -> Outcome:
+        """Run the constructor of a remote instance; this runner holds the instance from then on."""
+        try:
+            args, kwargs = arguments
+            instance = self._call(cls, args, kwargs)
+        except BaseException as exc:
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        self.instance, self._instance_name = instance, header["instance"]["name"]
+        self._instance_digest = (header.get("code") or {}).get("digest")
+        return _pack_result(None)
+
+    def _method(self, instance: dict[str, Any], code: dict[str, Any] | None) -> Callable:
+        """The bound method a call on the instance names. The instance keeps running its class as it
+        was when it was made: a caller that sent other source for the class's module is refused."""
+        if self.instance is None:
+            raise InstanceNotFoundError(f"this worker holds no instance {instance.get('name')!r}")
+        digest = (code or {}).get("digest")
+        if digest is not None and self._instance_digest is not None and digest != self._instance_digest:
+            raise StaleCodeError(
+                f"instance {self._instance_name!r} runs {type(self.instance).__qualname__} as module "
+                f"{code.get('module') if code else '?'} was when it was created, and the caller's copy of that "
+                "module has changed since. The call was refused, not run; release the instance (m.release()) "
+                "and create it anew to run the new code"
+            )
+        return getattr(self.instance, instance["method"])
+
+    def _await_on_instance_loop(self, awaitable: Awaitable[Any]) -> Any:
+        import asyncio
+        import concurrent.futures
+
+        if self._instance_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="rh-instance-loop", daemon=True).start()
+            self._instance_loop = loop
+        key = self.logs.current()
+        future = asyncio.run_coroutine_threadsafe(_as_call(key, awaitable), self._instance_loop)
+        if key is not None:
+            self._awaiting[key] = future
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise RunCancelledError(f"run {key} was cancelled") from None
+        finally:
+            if key is not None:
+                self._awaiting.pop(key, None)
+
+    def cancel(self, key: str) -> bool:
+        """Stop call ``key`` of an instance where that leaves the instance as it is: a coroutine is
+        cancelled on the instance's loop, a generator stops before its next item. False when the
+        call runs the user's code in a plain method, which only ending the process stops (or when
+        it is not running here)."""
+        stoppable = False
+        if key in self._streaming:
+            self._stopping.add(key)
+            stoppable = True
+        future = self._awaiting.get(key)
+        if future is not None:
+            future.cancel()
+            stoppable = True
+        return stoppable
+
+
+async def _as_call(key: str | None, awaitable: Awaitable[Any]) -> Any:
+    """Await a call's coroutine on an instance's loop: its output is the call's (the task it runs in
+    has a context of its own), and an exit inside it is the caller's error, as in :meth:`Runner._call`."""
+    _call_key.set(key)
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RemoteExitError.of(exc) from None
 
 
 _GENERATORS = (types.GeneratorType, types.AsyncGeneratorType)

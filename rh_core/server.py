@@ -9,8 +9,8 @@ workers load them.
 
 Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
 pickled tuple ``(envelope, [frames])``). Requests carry
-``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
-op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
+``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``cancel``,
+``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
 streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
 sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
 
@@ -50,6 +50,7 @@ from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.heap import keep_freed_memory
+from rh_core.instances import Instances, check_instance_field, spec_of
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
@@ -136,6 +137,7 @@ class Server:
         self._log_write_warned = False
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
+        self.instances = Instances(executor)
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self.calls = 0
@@ -438,6 +440,10 @@ class Server:
         header = {"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
                   "mode": request["mode"], "shm_prefix": self._shm_prefix if request.get("shm") else None,
                   "stream": request.get("stream", False)}
+        if "instance" in request:  # the constructor of a remote instance, or a call of its methods
+            if request["mode"] != "create":
+                self.instances.check(request["instance"])
+            header["instance"] = request["instance"]
         return Task(
             key=request["key"],
             header=header,
@@ -469,6 +475,9 @@ class Server:
         refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
         task = self._task(request, frames, refs)
         mode = request["mode"]
+        if mode == "create":
+            await self._create_instance(peer, request_id, task)
+            return
         if mode == "map":
             await self._map(peer, request_id, task, request["chunks"])
             return
@@ -504,13 +513,16 @@ class Server:
         final.add_done_callback(lambda _: self._running.pop(task.key, None))
         fn_id = task.header["fn_id"]
         gate = self._gates.get(fn_id)
-        if gate is None and not exclusive:  # the common case: nothing of this function is enqueued
+        if gate is None and not exclusive and "instance" not in task.header:
+            # The common case: nothing of this function is enqueued, and it is no instance's method.
             self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
             final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
             self._submit(task, final)
             return final
         if gate is None:
-            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0))
+            instance = task.header.get("instance")
+            limit = self.instances.concurrency(instance) if instance and task.header["mode"] != "create" else None
+            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0), limit=limit)
         self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
         ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
         final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
@@ -536,7 +548,10 @@ class Server:
             del self._gates[fn_id]
 
     def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
-        running = self.executor.submit(task)
+        if task.header["mode"] == "create":
+            running = self.executor.start_instance(task, spec_of(task.header["instance"]))
+        else:
+            running = self.executor.submit(task)
         self._running[task.key] = (running, final)
         timeout = task.options.get("timeout")
         timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
@@ -742,6 +757,38 @@ class Server:
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(peer, request_id, "info", {})
 
+    # --- remote instances (rh.module) ---------------------------------------------------------
+
+    async def _create_instance(self, peer: Peer, request_id: str, task: Task) -> None:
+        """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
+        constructor runs as a call does: with its timeout, cancel and output."""
+        async def construct(task: Task) -> Outcome:
+            self._route_replies(task, peer, request_id)
+            try:
+                return await self._start(task)
+            finally:
+                self._unroute_replies(task)
+
+        instance_id, created, failed = await self.instances.get_or_create(task, construct)
+        if failed is not None:
+            self._reply_outcomes(peer, request_id, [failed])
+        else:
+            self._reply(peer, request_id, "info", {"instance_id": instance_id, "created": created})
+
+    def instance_ended(self, instance_id: str, reason: str) -> None:
+        """From the executor (:class:`~rh_core.plugin_types.ServerContext`): an instance's process is gone."""
+        self.instances.ended(instance_id, reason)
+
+    async def _op_release_instance(self, peer, request_id, request, frames) -> None:
+        """End an instance (``m.release()``): its process stops; calls it runs fail."""
+        name, instance_id = request.get("name"), request.get("instance_id")
+        released = isinstance(name, str) and await self.instances.release(name, instance_id)
+        self._reply(peer, request_id, "info", {"released": released})
+
+    async def _op_instances(self, peer, request_id, request, frames) -> None:
+        """The remote instances on this cluster (see :meth:`Instances.describe`)."""
+        self._reply(peer, request_id, "info", {"instances": self.instances.describe()})
+
     # --- logs ----------------------------------------------------------------------------------
 
     def _on_log(self, frames: list) -> None:
@@ -797,7 +844,7 @@ class Server:
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
-CALL_MODES = ("call", "remote", "enqueue", "map")
+CALL_MODES = ("call", "remote", "enqueue", "map", "create")
 
 
 def _outcome_bytes(outcome: Outcome) -> int:
@@ -830,6 +877,8 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("code", "an object or null")
     if not isinstance(request.get("stream", False), bool):
         raise wrong("stream", "true or false")
+    if "instance" in request or request["mode"] == "create":
+        check_instance_field(request.get("instance"), request["mode"])
     timeout = request.get("options", {}).get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")

@@ -190,3 +190,53 @@ async def async_count_up(n, delay=0.0):
 def count_then_fail(n):
     yield from range(n)
     raise ValueError(f"failed after {n} items")
+
+
+class Counter:
+    """A remote class for the contract tests: state that lives between calls."""
+
+    def __init__(self, start=0):
+        self.count = start
+        self.config = {"start": start}
+        print(f"counter starts at {start}", flush=True)
+
+    def incr(self, by=1):
+        print(f"adding {by}", flush=True)
+        self.count += by
+        return self.count
+
+    @property
+    def doubled(self):
+        return self.count * 2
+
+    def pid(self):
+        return os.getpid()
+
+    def record(self, seconds, tag):
+        start = time.time()
+        time.sleep(seconds)
+        return (tag, start, time.time())
+
+    async def incr_later(self, seconds, by=1):
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        self.count += by
+        return self.count
+
+    async def loop_id(self):
+        import asyncio
+
+        return id(asyncio.get_running_loop())
+
+    def count_up(self, n, delay=0.0):
+        for i in range(n):
+            time.sleep(delay)
+            yield self.count + i
+
+    def fail(self, message):
+        raise CustomError(message)
+
+    def die(self):
+        os._exit(3)
+

@@ -1,0 +1,52 @@
+"""Remote classes on the process executor: what only this executor can show (its processes).
+Everything executor-independent is in the ExecutorContract (rh_core/testing/executor.py)."""
+
+import os
+import signal
+
+import pytest
+
+import rh_core as rh
+from rh_core.processes import pid_alive
+from rh_core.testing import functions as fns
+from rh_core.testing.fixtures import wait_for
+
+
+def test_an_instance_runs_in_a_process_of_its_own_that_ends_with_the_server(running_cluster):
+    m = rh.module(fns.Counter).to(running_cluster, name="own")()
+    pid = m.pid()
+    status = running_cluster.status()
+    assert pid not in status["executor_workers"]  # not one of the pool's workers
+    assert status["executor_instances"] == ["own"]
+    assert rh.function(fns.quiet_add).to(running_cluster)(1, 2) == 3  # the pool serves calls beside it
+    running_cluster.stop_server()
+    wait_for(lambda: not pid_alive(pid), 10, f"the instance's process {pid} outlived its server")
+
+
+def test_an_instance_killed_between_calls_says_how_on_the_next_call(running_cluster):
+    Counter = rh.module(fns.Counter).to(running_cluster, name="victim")
+    m = Counter(1)
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: running_cluster.request("instances", {}).header["instances"]["victim"]["ended"], 10,
+             "the server did not notice the instance's process died")
+    with pytest.raises(rh.InstanceDiedError, match=f"pid {pid}.*SIGKILL.*state is gone"):
+        m.incr()
+    assert Counter(5).incr() == 6  # created anew when asked, with a fresh state
+
+
+def test_a_method_call_on_an_instance_that_is_not_there_is_refused_naming_it(running_cluster):
+    m = rh.module(fns.Counter).to(running_cluster, name="gone")()
+    m.release()
+    with pytest.raises(rh.InstanceNotFoundError, match="no instance 'gone'.*released"):
+        m.count_up(3).__next__()  # a streaming call is refused the same way
+
+
+def test_instance_names_are_checked_before_anything_is_sent():
+    with pytest.raises(ValueError, match="instance name 'a/b' is not usable"):
+        rh.module(fns.Counter, name="a/b")
+    with pytest.raises(ValueError, match="max_concurrency must be a positive integer"):
+        rh.module(fns.Counter, max_concurrency=0)
+    with pytest.raises(TypeError, match="rh.module takes a class"):
+        rh.module(fns.add)
+
