@@ -176,6 +176,13 @@ class Cluster:
         self.connection()
         return int(self._info.get("parallelism", 1))
 
+    def __reduce__(self) -> tuple:
+        """A cluster passed as an argument (or inside a function handle, :meth:`Function.__reduce__`)
+        travels as its description and is rebuilt where it lands; there, a process on the machine
+        of the cluster's own server reaches that server directly (a function calling its own cluster)."""
+        server = {key: self._info.get(key) for key in ("state_dir", "pid", "process_start")} if self._info else None
+        return reached_from_here, (self.config(), server)
+
     # --- results -------------------------------------------------------------------------------
 
     def get(self, key: str, timeout: float | None = None) -> Any:
@@ -629,6 +636,19 @@ def from_config(config: dict[str, Any]) -> Cluster:
 
         return RemoteCluster(**config)
     raise ValueError(f"unknown cluster kind {kind!r} in {config}; valid kinds: local, remote")
+
+
+def reached_from_here(config: dict[str, Any], server: dict[str, Any] | None) -> Cluster:
+    """The cluster of ``config`` (see :meth:`Cluster.__reduce__`), as this process reaches it: the
+    server on this machine when ``server`` (its state dir, pid and start time) names one that runs
+    here, else as :func:`from_config` rebuilds it."""
+    if server and isinstance(server.get("state_dir"), str):
+        here_too = LocalCluster(name=str(config.get("name", "here")), state_dir=server["state_dir"])
+        state = here_too.read_state()
+        if state is not None and (state.get("pid"), state.get("process_start")) == (server.get("pid"),
+                                                                                   server.get("process_start")):
+            return here_too
+    return from_config(config)
 
 
 def tail(path: str, lines: int = 30) -> str:

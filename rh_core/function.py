@@ -64,13 +64,15 @@ class Function(Generic[P, R]):
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
     # A method of a remote instance (rh_core.modules): {"name", "id", "method"}; its calls go there.
     _instance: dict[str, Any] | None = attrs.field(default=None, alias="instance", repr=False)
+    # Read from fn's signature; given when fn is a stand-in (a handle to a function sent elsewhere).
     _takes_stream_logs: bool = attrs.field(
         default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
-        init=False, repr=False,
+        alias="takes_stream_logs", repr=False,
     )
     # A generator function (plain or async): calls stream its items back as they are produced.
     _streams: bool = attrs.field(
-        default=attrs.Factory(lambda self: _is_generator_function(self.fn), takes_self=True), init=False, repr=False,
+        default=attrs.Factory(lambda self: _is_generator_function(self.fn), takes_self=True),
+        alias="streams", repr=False,
     )
 
     # --- placing -------------------------------------------------------------------------------
@@ -302,6 +304,18 @@ class Function(Generic[P, R]):
         where = self.system.name if self.system is not None else "not sent"
         return f"<Function {self.name} on {where}>"
 
+    def __reduce__(self) -> tuple:
+        """Passed as an argument (to a function on a cluster, say), a function sent to a cluster
+        arrives as a handle to the same function there: calling it calls it on that cluster, which
+        may be the one the receiver runs on (see :meth:`Cluster.__reduce__`). What travels is how
+        to reach it, never the connection; the code itself is not needed where the handle lands."""
+        if self.system is None or self._shipped is None:
+            return _unplaced, (self.fn, self.name, self.call_options)
+        fields = {"fn": _SentElsewhere(self.name, self.system.name), "name": self.name, "system": self.system,
+                  "env": self.env, "call_options": self.call_options, "shipped": self._shipped,
+                  "instance": self._instance, "takes_stream_logs": self._takes_stream_logs, "streams": self._streams}
+        return _handle, (fields,)
+
     # --- names (rh_core.names) -----------------------------------------------------------------
 
     def save(self, name: str | None = None, *, overwrite: bool = False,
@@ -332,6 +346,25 @@ class Function(Generic[P, R]):
                           "be imported there; load it with dryrun=True and send it with .to() to travel by value")
         reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
         return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None, code))
+
+
+class _SentElsewhere:
+    """Stands in for the code of a function that a handle calls on its cluster (:meth:`Function.__reduce__`)."""
+
+    def __init__(self, name: str, cluster: str):
+        self.__name__, self._cluster = name, cluster
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RhError(f"{self.__name__!r} is a handle to a function on cluster {self._cluster!r}; its code is not "
+                      "here. Call the handle itself, which runs it there")
+
+
+def _handle(fields: dict[str, Any]) -> Function:
+    return Function(**fields)
+
+
+def _unplaced(fn: Callable, name: str, call_options: dict[str, Any]) -> Function:
+    return Function(fn=fn, name=name, call_options=call_options)
 
 
 def function(fn: Callable[P, R] | None = None, *, name: str | None = None, system: Cluster | None = None,

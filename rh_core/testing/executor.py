@@ -426,6 +426,19 @@ class ExecutorContract:
         finally:
             g.release()
 
+    def test_a_function_or_an_instance_handed_to_a_function_is_called_where_it_lives(self, cluster):
+        add = rh.function(fns.add).to(cluster)
+        call_it = rh.function(fns.call_it).to(cluster)
+        assert call_it(add, 2, 3) == 5  # a handle: no lock, no connection travels
+        assert rh.get(call_it.remote(add, 4, 5)) == 9
+        m = rh.module(fns.Counter).to(cluster, name=self._name("handed"))(10)
+        try:
+            assert call_it(m.incr, 5) == 15
+            assert rh.function(fns.call_method).to(cluster)(m, "incr", 1) == 16
+            assert m.count == 16  # the same state, reached from the cluster
+        finally:
+            m.release()
+
     # --- options -------------------------------------------------------------------------------
 
     def test_options_do_not_steal_the_functions_keywords(self, cluster):

@@ -240,3 +240,12 @@ class Counter:
     def die(self):
         os._exit(3)
 
+
+def call_it(fn, *args, **kwargs):
+    """Calls what it was handed: a function (or a remote instance's method) sent to a cluster."""
+    return fn(*args, **kwargs)
+
+
+def call_method(instance, method, *args):
+    """Calls a method of a remote instance it was handed."""
+    return getattr(instance, method)(*args)
