@@ -29,6 +29,7 @@ from rh_core.errors import (
     VersionMismatchError,
 )
 from rh_core.processes import is_live_server, pid_alive
+from rh_core.ref import Ref
 
 if TYPE_CHECKING:
     import subprocess
@@ -194,6 +195,19 @@ class Cluster:
         reply = self.request("get", {"keys": keys, "timeout": timeout}, timeout=wait)
         return [decode_outcome(status, frames) for status, frames in split_parts(reply)]
 
+    def put(self, key: str, obj: Any) -> Ref[Any]:
+        """Keep ``obj`` on the cluster under ``key``, beside call results: ``cluster.get(key)`` from
+        any process returns it, and the returned ref passed to a function on this cluster hands it
+        the object without sending it again. Putting under a key again replaces the object; it
+        expires and is released as results are (``cluster.release([key])``)."""
+        ref_keys: list[str] = []
+        frames = serialize.dumps(obj, ref_keys, container_depth=3)
+        if ref_keys:
+            raise TypeError(f"cluster.put keeps plain objects, and this one holds refs to results ({', '.join(ref_keys)}); "
+                            "fetch them first (rh.get) or pass the refs to a function instead")
+        self.request("put", {"key": key}, frames)
+        return Ref(key, self)
+
     def run_states(self, keys: list[str]) -> dict[str, str]:
         return self.request("status", {"keys": keys}).header["states"]
 
@@ -226,6 +240,12 @@ class Cluster:
         """Stop run ``key`` (a call, a ``.remote()`` or a whole map) on the cluster; whoever waits
         for its result gets :class:`rh_core.RunCancelledError`."""
         self.request("cancel", {"key": key})
+
+    def cancel_all(self) -> list[str]:
+        """Stop every run on the cluster (calls, ``.remote()`` runs, maps, also other clients');
+        whoever waits for one gets :class:`rh_core.RunCancelledError`. Remote instances live on
+        (``release()`` ends one). Returns the keys of the runs stopped."""
+        return list(self.request("cancel_all", {}).header["cancelled"])
 
     def is_up(self) -> bool:
         try:

@@ -9,8 +9,8 @@ workers load them.
 
 Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
 pickled tuple ``(envelope, [frames])``). Requests carry
-``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``cancel``,
-``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
+``id`` and ``op`` (``ping``, ``call``, ``get``, ``put``, ``status``, ``release``, ``cancel``,
+``cancel_all``, ``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
 streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
 sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
 
@@ -52,7 +52,7 @@ from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelle
 from rh_core.heap import keep_freed_memory
 from rh_core.instances import Instances, check_instance_field, spec_of
 from rh_core.link_server import ServerLinkProtocol
-from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
+from rh_core.plugin_types import NAME_PATTERN, Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 from rh_core.processes import process_start_time
 
@@ -659,13 +659,22 @@ class Server:
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
             )
-        error = RunCancelledError(f"run {key} was cancelled")
-        for task_key in tasks:
+        self._cancel_tasks(tasks)
+        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
+
+    async def _op_cancel_all(self, peer, request_id, request, frames) -> None:
+        """Stop every run on the cluster (``cluster.cancel_all()``); remote instances live on."""
+        runs = sorted({run_key_of(k) for k in self._running})
+        self._cancel_tasks(list(self._running))
+        self._reply(peer, request_id, "info", {"cancelled": runs})
+
+    def _cancel_tasks(self, task_keys: list[str]) -> None:
+        for task_key in task_keys:
             running, final = self._running[task_key]
             if not final.done():
+                error = RunCancelledError(f"run {run_key_of(task_key)} was cancelled")
                 final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
             running.cancel()  # the executor stops the worker (or Ray task) running it
-        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
 
     async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
@@ -749,6 +758,23 @@ class Server:
             else:
                 states[key] = "done" if future.done() else "running"
         self._reply(peer, request_id, "info", {"states": states})
+
+    async def _op_put(self, peer, request_id, request, frames) -> None:
+        """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
+        kept: ``cluster.get`` and refs reach it, it expires with results, ``release`` drops it."""
+        key = request.get("key")
+        if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key):
+            raise ProtocolError(f"cannot keep an object under {key!r}: a key must match {NAME_PATTERN.pattern} "
+                                "(letters, digits, _ . : -), e.g. 'weights' or 'run-1:config'")
+        if any(run_key_of(task_key) == key for task_key in self._running):
+            raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
+        # Copied: the frames may be views of a receive buffer, and this outlives the request.
+        outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
+        self._saved_in_memory.pop(key, None)
+        kept = self._results[key] = self._loop.create_future()
+        kept.set_result(outcome)
+        self._spill(key, kept)
+        self._reply(peer, request_id, "info", {"key": key})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in request["keys"]:
