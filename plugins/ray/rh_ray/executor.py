@@ -352,7 +352,9 @@ class RayExecutor(CoroutineExecutor):
         # be idempotent. A dead worker is reported as WorkerDiedError instead.
         self._remote = ray.remote(max_retries=0)(run_in_worker)
         # Never restarted: a restarted actor would hold a fresh instance, and state loss must not be silent.
-        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(InstanceActor)
+        # Its cancel runs in a group of its own (Ray takes concurrency groups only here, not in .options()).
+        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0,
+                                       concurrency_groups={"control": 1})(InstanceActor)
         self._counted_at = 0.0
         self._refresh()
         if not self.same_machine:
@@ -515,8 +517,7 @@ class RayExecutor(CoroutineExecutor):
         relay = self._relay.endpoint if self._relay is not None else None
         try:
             actor = self._actor_class.options(
-                name=f"rh-{spec.name}-{spec.id}", max_concurrency=spec.max_concurrency,
-                concurrency_groups={"control": 1}, **options,
+                name=f"rh-{spec.name}-{spec.id}", max_concurrency=spec.max_concurrency, **options,
             ).remote(self._log_endpoint, self._node_id, relay)
         except (TypeError, ValueError) as exc:
             raise RhError(f"Ray rejected the options {options} for instance {spec.name!r}: {exc}") from exc
