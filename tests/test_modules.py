@@ -50,3 +50,21 @@ def test_instance_names_are_checked_before_anything_is_sent():
     with pytest.raises(TypeError, match="rh.module takes a class"):
         rh.module(fns.add)
 
+
+def test_the_counter_example_runs_on_rh_here(tmp_path):
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "counter.py")
+    try:
+        out = subprocess.run([sys.executable, example], env={**os.environ, "RH_HOME": str(home)},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for line in ("c.incr() = 11", "with stream_logs: 16", "acall: 22", "reached by name: True count 22",
+                     "a method handed to a function on the cluster: 25", "released: True",
+                     "a call after release says so: no instance 'counter'"):
+            assert line in out.stdout, out.stdout
+        assert out.stdout.count("the constructor runs once, on the cluster") == 1
+    finally:
+        rh.LocalCluster(state_dir=str(home / "local")).stop_server()
