@@ -200,10 +200,11 @@ class Cluster:
         any process returns it, and the returned ref passed to a function on this cluster hands it
         the object without sending it again. Putting under a key again replaces the object; it
         expires and is released as results are (``cluster.release([key])``)."""
-        ref_keys: list[str] = []
-        frames = serialize.dumps(obj, ref_keys, container_depth=3)
-        if ref_keys:
-            raise TypeError(f"cluster.put keeps plain objects, and this one holds refs to results ({', '.join(ref_keys)}); "
+        refs: list[Ref] = []
+        frames = serialize.dumps(obj, refs, container_depth=3)
+        if refs:
+            raise TypeError(f"cluster.put keeps plain objects, and this one holds refs to results "
+                            f"({', '.join(ref.key for ref in refs)}); "
                             "fetch them first (rh.get) or pass the refs to a function instead")
         self.request("put", {"key": key}, frames)
         return Ref(key, self)

@@ -231,9 +231,9 @@ class Function(Generic[P, R]):
     def _stream(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Iterator[Any]:
         """Start streaming a generator's items: the arguments are checked now (an unpicklable one is
         named at once), the call is made when the first item is asked for, as a generator's body runs."""
-        ref_keys: list[str] = []
-        arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
-        header, function_frames = self._header("call", ref_keys, options)
+        refs: list[Ref] = []
+        arguments = serialize.dumps_arguments(args, kwargs, refs)
+        header, function_frames = self._header("call", refs, options)
         header["stream"] = True
         return self._stream_items(header, function_frames, arguments, options)
 
