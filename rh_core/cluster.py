@@ -242,6 +242,11 @@ class Cluster:
         for its result gets :class:`rh_core.RunCancelledError`."""
         self.request("cancel", {"key": key})
 
+    def instances(self) -> dict[str, dict[str, Any]]:
+        """The remote instances (``rh.module``) on the cluster, by name: ``id`` (this incarnation),
+        ``max_concurrency``, ``env``, and ``ended`` (why its process is gone, None while it lives)."""
+        return dict(self.request("instances", {}).header["instances"])
+
     def cancel_all(self) -> list[str]:
         """Stop every run on the cluster (calls, ``.remote()`` runs, maps, also other clients');
         whoever waits for one gets :class:`rh_core.RunCancelledError`. Remote instances live on

@@ -28,7 +28,7 @@ def test_an_instance_killed_between_calls_says_how_on_the_next_call(running_clus
     m = Counter(1)
     pid = m.pid()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: running_cluster.request("instances", {}).header["instances"]["victim"]["ended"], 10,
+    wait_for(lambda: running_cluster.instances()["victim"]["ended"], 10,
              "the server did not notice the instance's process died")
     with pytest.raises(rh.InstanceDiedError, match=f"pid {pid}.*SIGKILL.*state is gone"):
         m.incr()

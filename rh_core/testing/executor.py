@@ -369,7 +369,7 @@ class ExecutorContract:
         Counter = rh.module(fns.Counter).to(cluster, name=self._name("broken"))
         with pytest.raises(TypeError):
             Counter(1, 2, 3)
-        assert Counter.name not in cluster.request("instances", {}).header["instances"]
+        assert Counter.name not in cluster.instances()
         assert Counter(1).incr() == 2
         Counter().release()
 
