@@ -244,7 +244,7 @@ class Cluster:
 
     def instances(self) -> dict[str, dict[str, Any]]:
         """The remote instances (``rh.module``) on the cluster, by name: ``id`` (this incarnation),
-        ``max_concurrency``, ``env``, and ``ended`` (why its process is gone, None while it lives)."""
+        ``class``, ``max_concurrency``, ``env``, and ``ended`` (why its process is gone, None while it lives)."""
         return dict(self.request("instances", {}).header["instances"])
 
     def cancel_all(self) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from rh_core.errors import InstanceDiedError, InstanceNotFoundError, ProtocolError
+from rh_core.errors import InstanceDiedError, InstanceNotFoundError, ProtocolError, RhError
 from rh_core.plugin_types import NAME_PATTERN, Executor, InstanceSpec, Outcome, Task
 
 
@@ -23,6 +23,7 @@ from rh_core.plugin_types import NAME_PATTERN, Executor, InstanceSpec, Outcome, 
 class _Record:
     spec: InstanceSpec
     env: str | None
+    class_name: str | None  # the class's qualified name, as the creating client gave it
     ended: str | None = None  # why its process is gone, once it is
 
 
@@ -40,14 +41,18 @@ class Instances:
         constructor is not run again, whatever the arguments), else ``start(task)`` runs the
         constructor: ``(id, True, None)`` once it succeeded, ``(id, False, outcome)`` when it failed."""
         spec = spec_of(task.header["instance"])
+        class_name = task.header["instance"].get("class")
         async with self._creating.setdefault(spec.name, asyncio.Lock()):
             record = self._records.get(spec.name)
             if record is not None and record.ended is None:
+                if class_name and record.class_name and class_name != record.class_name:
+                    raise RhError(f"instance {spec.name!r} on this cluster is a {record.class_name}, not a "
+                                  f"{class_name}; give this one another name, or release that one first")
                 return record.spec.id, False, None
             outcome = await start(task)
             if outcome.status != "ok":
                 return spec.id, False, outcome
-            self._records[spec.name] = _Record(spec=spec, env=task.env)
+            self._records[spec.name] = _Record(spec=spec, env=task.env, class_name=class_name)
             return spec.id, True, None
 
     def check(self, instance: dict[str, Any]) -> None:
@@ -89,8 +94,9 @@ class Instances:
         return True
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """name -> id, concurrency, environment, and why it ended (None while it lives)."""
-        return {name: {"id": r.spec.id, "max_concurrency": r.spec.max_concurrency, "env": r.env, "ended": r.ended}
+        """name -> id, class, concurrency, environment, and why it ended (None while it lives)."""
+        return {name: {"id": r.spec.id, "class": r.class_name, "max_concurrency": r.spec.max_concurrency, "env": r.env,
+                       "ended": r.ended}
                 for name, r in self._records.items()}
 
 
@@ -107,6 +113,8 @@ def check_instance_field(instance: Any, mode: str) -> None:
         raise ProtocolError(f"malformed call request: 'instance' must name an instance ({NAME_PATTERN.pattern}) "
                             f"and its id, got {instance!r}")
     if mode == "create":
+        if not isinstance(instance.get("class", ""), str):
+            raise ProtocolError(f"malformed call request: an instance's 'class' must be its class's name, got {instance!r}")
         concurrency = instance.get("max_concurrency")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ProtocolError(f"malformed call request: max_concurrency must be a positive integer, got {concurrency!r}")

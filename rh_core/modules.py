@@ -76,7 +76,8 @@ class Module(Generic[T]):
             raise RhError(f"class {self.cls.__qualname__!r} is not on a cluster yet: use "
                           "rh.module(cls).to(cluster, name=...) first")
         name = self.name or f"{self.cls.__name__}-{os.urandom(4).hex()}"
-        target = {"name": name, "id": os.urandom(8).hex(), "max_concurrency": self.max_concurrency}
+        target = {"name": name, "id": os.urandom(8).hex(), "max_concurrency": self.max_concurrency,
+                  "class": f"{self.cls.__module__}.{self.cls.__qualname__}"}
         options = constructor._take_call_options(kwargs)
         reply = attrs.evolve(constructor, instance=target)._request("create", args, kwargs, options)
         if reply.kind != "info":

@@ -42,6 +42,15 @@ def test_a_method_call_on_an_instance_that_is_not_there_is_refused_naming_it(run
         m.count_up(3).__next__()  # a streaming call is refused the same way
 
 
+def test_a_name_taken_by_an_instance_of_another_class_is_refused(running_cluster):
+    m = rh.module(fns.Counter).to(running_cluster, name="taken")()
+    with pytest.raises(rh.RhError, match="'taken' on this cluster is a rh_core.testing.functions.Counter, not a "
+                                         "rh_core.testing.functions.CustomError; give this one another name"):
+        rh.module(fns.CustomError).to(running_cluster, name="taken")()
+    assert running_cluster.instances()["taken"]["class"] == "rh_core.testing.functions.Counter"
+    assert m.incr() == 1
+
+
 def test_instance_names_are_checked_before_anything_is_sent():
     with pytest.raises(ValueError, match="instance name 'a/b' is not usable"):
         rh.module(fns.Counter, name="a/b")
