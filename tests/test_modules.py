@@ -51,6 +51,18 @@ def test_a_name_taken_by_an_instance_of_another_class_is_refused(running_cluster
     assert m.incr() == 1
 
 
+def test_module_options_reach_the_constructor_and_the_methods(running_cluster, capfd):
+    with pytest.raises(rh.RhError, match="not on a cluster yet: call .to"):
+        rh.module(fns.Counter).options(stream_logs=True)
+    Loud = rh.module(fns.Counter).to(running_cluster, name="loud").options(stream_logs=True)
+    m = Loud(3)
+    assert m.incr(2) == 5
+    out = capfd.readouterr().out
+    assert "counter starts at 3" in out and "adding 2" in out
+    with pytest.raises(TypeError, match="unknown call option"):
+        Loud.options(colour="red")
+
+
 def test_instance_names_are_checked_before_anything_is_sent():
     with pytest.raises(ValueError, match="instance name 'a/b' is not usable"):
         rh.module(fns.Counter, name="a/b")
