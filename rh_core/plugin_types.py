@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkab
 
 import attrs
 
+from rh_core.errors import RhError
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -157,6 +159,20 @@ class CoroutineExecutor:
         import asyncio
 
         return asyncio.ensure_future(self.run(task))
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """Remote instances need a process (or actor) of their own per instance: an executor that
+        has none says so. Override with :meth:`stop_instance` to run them (see :class:`Executor`)."""
+        import asyncio
+
+        refused: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        refused.set_exception(RhError(
+            f"the {getattr(self, 'name', type(self).__name__)!r} executor runs no remote instances (rh.module); "
+            "start the cluster's server with the process or ray executor"))
+        return refused
+
+    async def stop_instance(self, instance_id: str) -> None:
+        """Nothing to stop where no instance runs."""
 
 
 # -------------------------------------------------------------------------------------------------

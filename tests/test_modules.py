@@ -89,3 +89,18 @@ def test_the_counter_example_runs_on_rh_here(tmp_path):
         assert out.stdout.count("the constructor runs once, on the cluster") == 1
     finally:
         rh.LocalCluster(state_dir=str(home / "local")).stop_server()
+
+
+def test_an_executor_without_instances_refuses_them_saying_so():
+    import asyncio
+
+    from rh_core.plugin_types import CoroutineExecutor, InstanceSpec
+
+    class Plain(CoroutineExecutor):
+        name = "plain"
+
+    async def start():
+        return await Plain().start_instance(None, InstanceSpec(name="a", id="b"))
+
+    with pytest.raises(rh.RhError, match="'plain' executor runs no remote instances"):
+        asyncio.run(start())
