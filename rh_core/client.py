@@ -113,10 +113,13 @@ class _LinkCarrier:
 
         from rh_core.link import Link
 
+        from rh_core.files import check_socket_peer
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
-        except OSError:
+            check_socket_peer(sock, path)
+        except BaseException:
             sock.close()
             raise
         self._link = Link(sock.detach())
@@ -256,12 +259,12 @@ def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, A
 
 
 def read_secret(state_dir: str) -> str | None:
-    """The secret of the server whose state directory is ``state_dir`` (on this machine)."""
-    try:
-        with open(os.path.join(state_dir, SECRET_FILE)) as f:
-            return f.read().strip() or None
-    except FileNotFoundError:
-        return None
+    """The secret of the server whose state directory is ``state_dir`` (on this machine); one that
+    is not ours alone raises :class:`rh_core.errors.UntrustedPathError`."""
+    from rh_core.files import read_private
+
+    secret = read_private(os.path.join(state_dir, SECRET_FILE), secret=True)
+    return (secret or b"").decode().strip() or None
 
 
 def _rebuild_failure(header: dict[str, Any]) -> Exception:

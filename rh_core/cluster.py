@@ -28,6 +28,7 @@ from rh_core.errors import (
     ServerStartError,
     VersionMismatchError,
 )
+from rh_core.files import open_private, private_directory, read_private
 
 if TYPE_CHECKING:
     import subprocess
@@ -400,17 +401,17 @@ class LocalCluster(Cluster):
         return os.path.join(self.state_dir, "server.log")
 
     def read_state(self) -> dict[str, Any] | None:
-        """The running server's record, or None when no live server has one."""
+        """The running server's record, or None when no live server has one. A record that is not
+        ours alone raises :class:`UntrustedPathError`: another user may have planted it."""
         try:
-            with open(self.state_file) as file:
-                state = json.load(file)
+            state = json.loads(read_private(self.state_file) or b"null")
         except (OSError, ValueError):
             return None
-        return state if pid_alive(state.get("pid")) else None
+        return state if isinstance(state, dict) and pid_alive(state.get("pid")) else None
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        with open(os.path.join(self.state_dir, "start.lock"), "w") as lock:
+        private_directory(self.state_dir)  # ours, closed to others, before anything in it is trusted
+        with os.fdopen(open_private(os.path.join(self.state_dir, "start.lock"), os.O_RDWR | os.O_CREAT)) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time across processes
             state = self.read_state()
             if state is not None and state.get("version") != __version__:
@@ -436,7 +437,7 @@ class LocalCluster(Cluster):
                    "--executor", self.executor or "process", *server_arguments()]
         for key, value in self.executor_options.items():
             command += ["-o", f"{key}={json.dumps(value)}"]
-        log = open(self.log_file, "ab")
+        log = os.fdopen(open_private(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         started = time.monotonic()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -502,8 +503,8 @@ class LocalCluster(Cluster):
             actors and objects, and the new server joins it. Other executors ignore it.
         """
         if not restart_ray:
-            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            open(os.path.join(self.state_dir, KEEP_RAY_FILE), "w").close()
+            private_directory(self.state_dir)
+            os.close(open_private(os.path.join(self.state_dir, KEEP_RAY_FILE), os.O_WRONLY | os.O_CREAT))
         self.stop_server()
         self.connection()
 

@@ -118,3 +118,8 @@ class ConfigValueError(ConfigError, ValueError):
 
 class AuthenticationError(RhError):
     """A request to a cluster server did not carry the cluster's secret."""
+
+
+class UntrustedPathError(RhError):
+    """A state file or folder (a server's secret, record, lock or socket, or the folder holding
+    them) belongs to another user or may be written by others, so it is not used."""

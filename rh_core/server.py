@@ -45,7 +45,15 @@ from rh_core import __version__, results, serialize, shm
 from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
-from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
+from rh_core.errors import (
+    CallTimeoutError,
+    ProtocolError,
+    RhError,
+    RunCancelledError,
+    ServerStartError,
+    UntrustedPathError,
+)
+from rh_core.files import open_private, private_directory, read_private, write_atomically
 from rh_core.heap import keep_freed_memory
 from rh_core.link import Link, bound_stalls
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
@@ -231,12 +239,7 @@ class Server:
         }
 
     def _write_state(self) -> None:
-        path = os.path.join(self.state_dir, STATE_FILE)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump(self.info(), file)
-        os.replace(temporary, path)
+        write_atomically(os.path.join(self.state_dir, STATE_FILE), json.dumps(self.info()))
 
     def _remove_state(self) -> None:
         path = os.path.join(self.state_dir, STATE_FILE)
@@ -724,17 +727,16 @@ def check_call_request(request: dict, frame_count: int) -> None:
 
 def load_or_create_secret(state_dir: str) -> str:
     """The server's secret, created owner-only on first start and kept across restarts, so clients
-    that have it keep working after a restart."""
+    that have it keep working after a restart. One that is not ours alone is refused
+    (:class:`UntrustedPathError`): whoever planted or read it could call us."""
     path = os.path.join(state_dir, SECRET_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:  # exclusively: of two servers starting at once, one makes it and the other reads it
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, secret=True)
     except FileExistsError:
-        os.chmod(path, 0o600)
-        with open(path) as f:
-            secret = f.read().strip()
-        if secret:
-            return secret
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        existing = (read_private(path, secret=True) or b"").decode().strip()
+        if existing:
+            return existing
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC, secret=True)  # empty: its maker died before writing
     secret = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
@@ -778,7 +780,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-days", type=float, default=results.DEFAULT_DAYS,
                         help="days a kept result lives before it is deleted")
     args = parser.parse_args(argv)
-    os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+    try:
+        private_directory(args.state_dir)  # before anything goes into it: the secret, logs, results
+    except UntrustedPathError as exc:
+        sys.exit(f"rh server: {exc}")
     keep_freed_memory()
     # Each thread of each local client holds a connection, so allow as many as the system lets us.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -796,7 +801,10 @@ def main(argv: list[str] | None = None) -> None:
     tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
     server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
                     results_days=args.results_days, expose=expose, tls_files=tls_files)
-    uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
+    try:
+        uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
+    except UntrustedPathError as exc:  # a state file someone else planted: say so, without a traceback
+        sys.exit(f"rh server: {exc}")
 
 
 if __name__ == "__main__":

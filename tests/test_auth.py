@@ -16,8 +16,6 @@ import zmq  # imported here: the forked other user cannot read this interpreter'
 import rh_core as rh
 from rh_core.testing import functions as fns
 
-NOBODY = 65534
-
 
 class WouldRunCode:
     """Unpickling this creates the marker file: proof that a payload was (or was not) unpickled."""
@@ -27,31 +25,6 @@ class WouldRunCode:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def as_other_user(action) -> dict:
-    """Run ``action()`` in a forked child that has become the user ``nobody``; its JSON result."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to another local user needs root")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the other user
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            result = action()
-        except BaseException as exc:  # reported to the parent, which fails the test with it
-            result = {"crashed": repr(exc)}
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
 
 
 def forged_requests(port: int, marker: str, finished_key: str) -> dict:
@@ -80,15 +53,14 @@ def forged_requests(port: int, marker: str, finished_key: str) -> dict:
     return replies
 
 
-def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
+def test_another_local_user_cannot_call_list_or_read(running_cluster, other_user):
     state_dir = running_cluster.state_dir
     secret_file = os.path.join(state_dir, "secret")
     assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
     finished = rh.function(fns.add).to(running_cluster).remote(1, 2)
     assert rh.get(finished) == 3
-    marker = str(tmp_path / "unpickled")
-    os.chmod(tmp_path, 0o777)  # the other user could create the marker, were the payload ever unpickled
+    marker = str(other_user.home / "unpickled")  # the other user could create it, were the payload ever unpickled
     state = running_cluster.read_state()
     port, link = state["port"], state["link"]
 
@@ -108,7 +80,7 @@ def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
         return {"read_secret": read_secret, "reached_link": reached_link,
                 "replies": forged_requests(port, marker, finished.key)}
 
-    result = as_other_user(attack)
+    result = other_user.fork(attack)
     assert "crashed" not in result, result
     assert result["read_secret"] is False
     assert result["reached_link"] is False  # the link socket lives in the owner-only state directory
