@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from rh_core.errors import ConfigError, ConfigValueError
+from rh_core.files import write_atomically
 
 #: The newest config file format this rh_core reads (``format:`` at the top of the file).
 CONFIG_FORMAT = 1
@@ -289,11 +290,7 @@ def _write(path: str, values: Mapping[str, Any]) -> None:
     body = yaml.safe_dump({"format": CONFIG_FORMAT, **values}, sort_keys=False, default_flow_style=False)
     text = "# rh_core settings; `rh config get` lists every key with its meaning.\n" + body
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    write_atomically(path, text, 0o600)
 
 
 def describe() -> list[dict[str, Any]]:

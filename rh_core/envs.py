@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from rh_core.errors import InstallError
+from rh_core.files import write_atomically
 from rh_core.plugin_types import InstallStep
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -163,10 +164,7 @@ class ClusterEnvironment:
         options = {k: v for k, v in step.options.items() if k not in step.secret_options}
         record[identity] = {"method": step.method, "requirement": step.requirement, "options": options,
                             "slot": slot, "installed_at": time.time()}
-        temporary = self.record_path + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        os.replace(temporary, self.record_path)
+        write_atomically(self.record_path, json.dumps(record, indent=1, sort_keys=True), 0o600)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

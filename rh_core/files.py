@@ -175,7 +175,3 @@ def write_atomically(path: str, data: bytes | str | Iterable[bytes | memoryview]
         if dir_fd is None:
             os.close(folder_fd)
 
-
-def is_temporary(name: str) -> bool:
-    """Whether ``name`` is one of :func:`write_atomically`'s temporary files (left by a crash)."""
-    return name.startswith(".") and name.endswith(".tmp")

@@ -522,6 +522,7 @@ def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:
     import io
     import shutil
     import tarfile
+    import tempfile
 
     from rh_core.cluster import rh_home
 
@@ -537,8 +538,7 @@ def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:
         raise ResourceFormatError(f"the code of {where} ({source.location(str(code['archive']))}) is {state}; "
                                   f"save the function again with overwrite=True")
     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    unpacking = f"{target}.{os.getpid()}.tmp"
-    os.mkdir(unpacking, 0o700)
+    unpacking = tempfile.mkdtemp(prefix=f".{digest[:32]}.", suffix=".tmp", dir=os.path.dirname(target))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             tar.extractall(unpacking, filter="data")  # refuses absolute paths, '..' and links leaving the folder
