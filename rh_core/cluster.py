@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from rh_core.errors import (
     VersionMismatchError,
 )
 from rh_core.files import open_private, private_directory, read_private
+from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
     import subprocess
@@ -40,6 +42,10 @@ SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 #: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
 #: that stops next leaves its Ray running for the next server, which removes the file.
 KEEP_RAY_FILE = "keep-ray"
+
+
+#: What a cluster rebuilt from a config (a saved record) may be called.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 
 def rh_home() -> str:
@@ -277,7 +283,9 @@ class Cluster:
              store: dict[str, Any] | None = None) -> Cluster:
         """Save this cluster's config under ``name`` (``~/x``, ``@/x``; default ``~/<its name>``).
 
-        Credentials (passwords, passphrases) are left out. Saving over an existing name needs
+        Credentials (passwords, passphrases) and one-time settings (``trust_new_host``) are left
+        out; in a shared store (``@/``), so are paths outside your home (each loader uses their
+        own state folder, keys and known hosts). Saving over an existing name needs
         ``overwrite=True``; ``store`` replaces the config file's shared store for this call.
         """
         from rh_core.names import save
@@ -365,7 +373,7 @@ class LocalCluster(Cluster):
     name: str = "here"
     _state_dir: str | None = attrs.field(default=None, alias="state_dir")
     executor: str | None = None
-    executor_options: dict[str, Any] = attrs.field(factory=dict)
+    executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     _server_pid: int | None = attrs.field(default=None, init=False, repr=False)
     _child: subprocess.Popen | None = attrs.field(default=None, init=False, repr=False)
 
@@ -558,6 +566,10 @@ class LocalCluster(Cluster):
 def from_config(config: dict[str, Any]) -> Cluster:
     """Rebuild a cluster from :meth:`Cluster.config` (in another process, say)."""
     config = dict(config)
+    name = config.get("name")
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        # Plugins build file names (and cloud resource names) from it: '../x' must not reach them.
+        raise ValueError(f"cluster name {name!r} is not a plain name of at most 200 letters, digits, '_', '.' and '-'")
     kind = config.pop("kind", None)
     if kind == "local":
         return LocalCluster(**config)

@@ -21,6 +21,7 @@ from rh_core import serialize
 from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
+from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
     from rh_core.client import Connection
@@ -110,9 +111,9 @@ class RemoteCluster(Cluster):
 
     name: str
     provisioner: str = "byo"
-    spec: dict[str, Any] = attrs.field(factory=dict)
+    spec: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     executor: str = "process"
-    executor_options: dict[str, Any] = attrs.field(factory=dict)
+    executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     remote_dir: str = REMOTE_HOME
     _cluster_info: ClusterInfo | None = attrs.field(default=None, init=False, repr=False)
     _transport: Any = attrs.field(default=None, init=False, repr=False)

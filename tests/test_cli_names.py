@@ -176,7 +176,7 @@ def test_a_failing_shared_store_exits_4_naming_it(home, tmp_path):
 
 
 @pytest.mark.slow
-def test_byo_cluster_from_the_shared_store_end_to_end(home, tmp_path, sshd, dir_store, code_dir):
+def test_byo_cluster_from_the_shared_store_end_to_end(home, tmp_path, sshd, ssh_home, dir_store, code_dir):
     write_config(dir_store)
     byo_cluster(sshd, tmp_path, name="loopback").save("@/machines/loopback")
     try:
