@@ -182,11 +182,15 @@ def parse_record(data: bytes, where: str) -> dict[str, Any]:
     """Check and parse a stored resource; ``where`` (its path or URL) goes into every error."""
     import yaml
 
+    from rh_core.config import parse_yaml
+
     untouched = "it was left untouched: fix it by hand, or replace it with save(..., overwrite=True)"
     try:
-        record = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        record = parse_yaml(data)
     except yaml.YAMLError as exc:
         raise ResourceFormatError(f"{where} is not valid YAML ({exc}); {untouched}") from None
+    except ValueError as exc:
+        raise ResourceFormatError(f"{where} {exc}; {untouched}") from None
     if not isinstance(record, dict):
         raise ResourceFormatError(f"{where} does not hold a saved resource (a mapping); {untouched}")
     version = record.get("format")

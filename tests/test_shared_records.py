@@ -199,3 +199,18 @@ def test_a_function_record_cannot_import_from_outside_its_saved_code(team_store,
         f.write(text.replace("archive: .code/team/embed.tar.gz", "archive: ../../etc/passwd"))
     with pytest.raises(ResourceFormatError, match="not in the store's .code/ folder"):
         rh.function(name="@/team/embed")
+
+
+# -------------------------------------------------------------------------------------------------
+# Bounded YAML
+
+
+def test_a_shared_record_that_is_an_alias_bomb_is_refused_quickly(other_user, team_store):
+    from test_config import alias_bomb, run_rh_briefly
+
+    write_record(other_user, team_store, "bomb.yaml", "format: 1\nkind: cluster\nname: bomb\n" + alias_bomb() +
+                 "cluster: {kind: local, name: bomb, executor_options: {n: *a9}}\n")
+    done = run_rh_briefly("up", "@/bomb")
+    assert done.returncode == 4 and "uses YAML aliases" in done.stderr, done.stderr
+    with pytest.raises(ResourceFormatError, match="uses YAML aliases"):
+        rh.cluster(name="@/bomb", dryrun=True)
