@@ -104,6 +104,10 @@ class ResourceExistsError(RhError):
     """Saving would replace a resource that is already saved under the name."""
 
 
+class InvalidNameError(RhError, ValueError):
+    """A resource name is malformed: empty, a folder, too long, or with characters names may not hold."""
+
+
 class ResourceFormatError(RhError):
     """A saved resource cannot be read: corrupt, not a resource, or written by a newer rh_core."""
 

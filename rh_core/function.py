@@ -11,7 +11,7 @@ import attrs
 from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.errors import RhError
-from rh_core.ref import Ref
+from rh_core.ref import Ref, new_run_key
 from rh_core.workdir import working_directory
 
 P = ParamSpec("P")
@@ -152,7 +152,7 @@ class Function(Generic[P, R]):
     def _header(self, mode: str, ref_keys: list[str], options: dict[str, Any]) -> tuple[dict, list]:
         _, shipped = self._placed()
         header = {
-            "key": f"{self.name}-{os.urandom(8).hex()}",
+            "key": new_run_key(self.name),
             "mode": mode,
             "fn_id": shipped.fn_id,
             "function_ref": shipped.function_ref_json,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core.errors import (
+    InvalidNameError,
     ResourceExistsError,
     ResourceFormatError,
     ResourceNotFoundError,
@@ -52,6 +53,9 @@ LOCAL_PATH_KEYS = ("state_dir", "ssh_private_key", "known_hosts")
 
 LOCAL, SHARED, BUILTIN = "~", "@", "^"
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: Each part of a name becomes a file name (with ``.yaml``, ``.tar.gz`` or a temporary suffix added,
+#: within the 255 bytes file systems allow) and the whole an S3 key (at most 1024 bytes).
+MAX_NAME_PART, MAX_NAME = 200, 512
 
 
 # -------------------------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ def parse_name(name: str, *, folder: bool = False) -> ResourceName:
     With ``folder=True`` the path may be empty (``"@/"``, ``"~"``) and a trailing ``/`` is allowed.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a resource name must be text like '~/my-cluster' or '@/team/embed', not {name!r}")
+        raise InvalidNameError(f"a resource name must be text like '~/my-cluster' or '@/team/embed', not {name!r}")
     text = name.strip()
     if text.startswith(BUILTIN):
         scope, path = BUILTIN, text[1:]
@@ -105,10 +109,13 @@ def parse_name(name: str, *, folder: bool = False) -> ResourceName:
         path = path.rstrip("/")
     segments = path.split("/") if path else []
     if not segments and not folder:
-        raise ValueError(f"{name!r} names a folder, not a resource; add a name: '{scope}/my-cluster'")
+        raise InvalidNameError(f"{name!r} names a folder, not a resource; add a name: '{scope}/my-cluster'")
+    if len(path) > MAX_NAME or any(len(segment) > MAX_NAME_PART for segment in segments):
+        raise InvalidNameError(f"the name {name[:60]!r}... is too long: a name may have up to {MAX_NAME} characters, "
+                               f"and each part between '/' up to {MAX_NAME_PART}")
     for segment in segments:
         if not _SEGMENT.fullmatch(segment):
-            raise ValueError(
+            raise InvalidNameError(
                 f"{name!r} is not a valid resource name: each part between '/' must start with a letter, digit "
                 f"or '_' and hold only letters, digits, '_', '.' and '-' (like '@/team/embed-v2')"
             )

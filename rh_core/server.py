@@ -58,6 +58,7 @@ from rh_core.heap import keep_freed_memory
 from rh_core.link import Link, bound_stalls
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
+from rh_core.ref import RUN_KEY
 
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
@@ -539,7 +540,7 @@ class Server:
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
         for it gets :class:`RunCancelledError`."""
-        key = request["key"]
+        key = check_run_key(request["key"])
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
             known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
@@ -565,7 +566,7 @@ class Server:
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
-        key = request["key"]
+        key = check_run_key(request["key"])
         path = self._run_log_path(key)
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
         if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
@@ -604,7 +605,7 @@ class Server:
                     os.unlink(entry.path)
 
     def _run_log_path(self, key: str) -> str:
-        return os.path.join(self.runs_dir, key.replace("/", "_") + ".log")
+        return os.path.join(self.runs_dir, check_run_key(key) + ".log")
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
@@ -621,7 +622,7 @@ class Server:
         self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
 
     async def _op_get(self, peer, request_id, request, frames) -> None:
-        keys, timeout = request["keys"], request.get("timeout")
+        keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
         except TimeoutError:
@@ -630,7 +631,7 @@ class Server:
 
     async def _op_status(self, peer, request_id, request, frames) -> None:
         states = {}
-        for key in request["keys"]:
+        for key in map(check_run_key, request["keys"]):
             future = self._results.get(key)
             if future is None:
                 states[key] = "done" if self._spilled.has(key) else "unknown"
@@ -639,7 +640,7 @@ class Server:
         self._reply(peer, request_id, "info", {"states": states})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
-        for key in request["keys"]:
+        for key in map(check_run_key, request["keys"]):
             self._results.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(peer, request_id, "info", {})
@@ -700,16 +701,17 @@ def check_call_request(request: dict, frame_count: int) -> None:
     def wrong(field: str, expected: str) -> ProtocolError:
         return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
 
-    if not isinstance(request.get("key"), str) or not request["key"]:
-        raise wrong("key", "a non-empty string")
+    check_run_key(request.get("key"))
     if not isinstance(request.get("fn_id"), str):
         raise wrong("fn_id", "a string")
     if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
         raise wrong("n_fn", f"0 or 1 (and at most the {frame_count} frames sent)")
     if not isinstance(request.get("options", {}), dict):
         raise wrong("options", "an object")
-    if not isinstance(request.get("refs", []), list) or not all(isinstance(r, str) for r in request.get("refs", [])):
+    if not isinstance(request.get("refs", []), list):
         raise wrong("refs", "a list of run keys")
+    for ref in request.get("refs", []):
+        check_run_key(ref)
     if request.get("env") is not None and not isinstance(request["env"], str):
         raise wrong("env", "an environment name or null")
     if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
@@ -723,6 +725,14 @@ def check_call_request(request: dict, frame_count: int) -> None:
                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chunks)
                 or sum(chunks) != frame_count - request["n_fn"]):
             raise wrong("chunks", "the frame counts of the map's chunks, adding up to the argument frames sent")
+
+
+def check_run_key(key: Any) -> str:
+    """``key`` when it is a run key (:data:`rh_core.ref.RUN_KEY`); else a ProtocolError naming it."""
+    if not isinstance(key, str) or not RUN_KEY.fullmatch(key):
+        raise ProtocolError(f"{str(key)[:80]!r} is not a run key: run keys are up to 128 letters, digits, '_', '.' "
+                            f"and '-' (as ref.key shows them)")
+    return key
 
 
 def load_or_create_secret(state_dir: str) -> str:

@@ -53,6 +53,19 @@ def test_malformed_names_are_refused_with_an_example(text):
         names.parse_name(text)
 
 
+@pytest.mark.parametrize("name", ["~/" + "a" * 201, "@/" + "/".join(["team"] * 120), "~/nul\0byte", "~/new\nline",
+                                  "~/a/../b", "~/slash\\x"])
+@pytest.mark.parametrize("use", ["save", "exists", "load", "delete", "function"])
+def test_a_long_or_odd_name_gets_the_projects_own_error_everywhere(home, dir_store, name, use):
+    act = {"save": lambda: rh.LocalCluster(name="x").save(name, store=dir_store),
+           "exists": lambda: rh.exists(name, store=dir_store),
+           "load": lambda: rh.cluster(name=name, store=dir_store, dryrun=True),
+           "delete": lambda: rh.delete(name, store=dir_store),
+           "function": lambda: rh.function(json.dumps).save(name, store=dir_store)}[use]
+    with pytest.raises(rh.InvalidNameError, match="too long|not a valid resource name"):
+        act()
+
+
 def test_folders_may_be_empty_or_end_with_a_slash():
     assert names.parse_name("@/", folder=True).path == ""
     assert names.parse_name("~/team/", folder=True).path == "team"
