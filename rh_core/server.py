@@ -43,7 +43,7 @@ import zmq
 
 from rh_core import __version__, results, serialize, shm
 from rh_core.channel import Channel
-from rh_core.client import SECRET_FILE
+from rh_core.client import PRE_AUTH_MAX_BYTES, SECRET_FILE, join_frames
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import (
     CallTimeoutError,
@@ -63,6 +63,10 @@ from rh_core.ref import RUN_KEY
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
+
+
+ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
+HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove the secret
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.link)
@@ -169,9 +173,18 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
+        self._zap = self._open_zap_handler(context)
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A connection must prove the secret in its handshake before it can send a message, and no
+        # frame longer than PRE_AUTH_MAX_BYTES is read, so a stranger on this port can make us read
+        # at most one such frame per connection, for at most HANDSHAKE_SECONDS. Clients send longer
+        # frames in pieces (rh_core.client.split_frames), joined in _on_request.
+        router.plain_server = True
+        router.zap_domain = ZAP_DOMAIN
+        router.setsockopt(zmq.MAXMSGSIZE, PRE_AUTH_MAX_BYTES)
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
         # A reply to a client that is gone raises instead of vanishing: its result is kept by key.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self._bind_port:
@@ -200,6 +213,7 @@ class Server:
         if self.tls is not None:
             self._front_door.close()
         self._router.close()
+        self._zap.close()
         self._close_link_door()
         await self.executor.stop()
         await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
@@ -207,13 +221,29 @@ class Server:
         self._remove_state()
         self._logs.close()
 
+    def _open_zap_handler(self, context: zmq.Context) -> Channel:
+        """Answer libzmq's authentication requests (ZAP, RFC 27) for the router's connections: a
+        connection is let in when its handshake's PLAIN password is the secret."""
+        zap = context.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind("inproc://zeromq.zap.01")
+
+        def authenticate(frames: list) -> None:
+            _, request_id, domain, _, _, mechanism, *credentials = (frame.bytes for frame in frames)
+            let_in = (domain == ZAP_DOMAIN and mechanism == b"PLAIN" and len(credentials) == 2
+                      and hmac.compare_digest(credentials[1], self._secret))
+            status = [b"200", b"OK"] if let_in else [b"400", b"not this cluster's secret"]
+            zap_channel.send([b"1.0", request_id, *status, b"", b""])
+
+        zap_channel = Channel(zap, authenticate)
+        return zap_channel
+
     async def _open_front_door(self) -> None:
         from rh_core import tls
 
         cert, key = self._tls_files or tls.self_signed(self.state_dir)
         host, port = self._expose
-        self._front_door = await tls.serve_front_door(host, port, cert, key, self.port)
-        bound = self._front_door.sockets[0].getsockname()[1]
+        self._front_door, bound = await tls.serve_front_door(host, port, cert, key, self.port, self._secret)
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
     def info(self) -> dict[str, Any]:
@@ -358,6 +388,12 @@ class Server:
                 "directory on the cluster (owner-only), so only the cluster's user can call its server"
             )})
             return
+        if "pieces" in request:  # frames a client on another machine sent in pieces (see PRE_AUTH_MAX_BYTES)
+            try:
+                frames = join_frames(frames, request["pieces"])
+            except ProtocolError as exc:
+                self._fail(peer, request_id, exc)
+                return
         # The two hot paths are answered without a coroutine: liveness pings and plain calls.
         if op == "ping":
             self._reply(peer, request_id, "info", self.info())

@@ -95,13 +95,16 @@ class OtherUser:
                 os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
-    def fork(self, action: Callable[[], Any]) -> Any:
+    def fork(self, action: Callable[[], Any], timeout: int = 120) -> Any:
         """``action()`` run in a forked child that has become this user; its JSON-able result.
-        An exception in the child comes back as ``{"crashed": repr}``."""
+        An exception in the child comes back as ``{"crashed": repr}``; a child still running after
+        ``timeout`` seconds is killed (it holds what this process holds open, the CPU lock too)."""
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (pytest-timeout's handler is inherited)
+                signal.alarm(timeout)  # never outlive the test, whatever the action does
                 os.close(read_end)
                 os.setgroups([])
                 os.setgid(self.gid)
@@ -114,10 +117,18 @@ class OtherUser:
             os._exit(0)
         os.close(write_end)
         chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-        os.close(read_end)
-        os.waitpid(pid, 0)
+        try:
+            while chunk := os.read(read_end, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(read_end)
+            with contextlib.suppress(ProcessLookupError):
+                if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        if not chunks:
+            pytest.fail(f"the other user's action did not finish within {timeout} s")
         return json.loads(b"".join(chunks))
 
     def stop(self) -> None:
