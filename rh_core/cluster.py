@@ -30,7 +30,7 @@ from rh_core.errors import (
     VersionMismatchError,
 )
 from rh_core.files import open_private, private_directory, read_private
-from rh_core.redact import secrets_hidden
+from rh_core.redact import hide_secrets, secrets_hidden
 
 if TYPE_CHECKING:
     import subprocess
@@ -577,7 +577,7 @@ def from_config(config: dict[str, Any]) -> Cluster:
         from rh_core.remote import RemoteCluster
 
         return RemoteCluster(**config)
-    raise ValueError(f"unknown cluster kind {kind!r} in {config}; valid kinds: local, remote")
+    raise ValueError(f"unknown cluster kind {kind!r} in {hide_secrets(config)}; valid kinds: local, remote")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -154,8 +154,12 @@ def test_secrets_never_show_in_a_clusters_repr():
                          ssh_creds={"ssh_user": "me", "password": "hunter2", "passphrase": "open sesame"})
     shown = repr(cluster) + str(cluster)
     assert "hunter2" not in shown and "open sesame" not in shown and "'password': '<hidden>'" in shown
+    from rh_core.cluster import from_config
     from rh_core.plugin_types import ClusterInfo, InstallStep
 
+    with pytest.raises(ValueError, match="unknown cluster kind") as refused:
+        from_config({**cluster.config(), "kind": "nope"})
+    assert "hunter2" not in str(refused.value) and "open sesame" not in str(refused.value)
     assert "hunter2" not in repr(ClusterInfo(head="h", transport_options={"password": "hunter2"}))
     assert "ghp_x" not in repr(InstallStep(method="git", spec="s", requirement="r", options={"token": "ghp_x"}))
 
