@@ -45,11 +45,12 @@ KINDS = ("cluster", "function")
 MAX_CODE_BYTES = 100 * 1024 * 1024
 #: Settings that are never saved: they are one-time acts of whoever made the object.
 ONE_TIME_KEYS = ("trust_new_host",)
-#: Keys of a cluster config (at any depth) that hold paths on the machine that loads it. A shared
-#: record may hold them only home-relative (``~/.ssh/id_ed25519``), naming the loading user's own
-#: file: any other path would be a folder or file of the saver's choosing (their fake server's
-#: state folder, their known_hosts), which the loader must not use.
-LOCAL_PATH_KEYS = ("state_dir", "ssh_private_key", "known_hosts")
+#: Keys of a cluster config (at any depth) that hold paths on machines of whoever loads it: this one
+#: (``state_dir``, keys, known hosts) or the cluster's head (``remote_dir``, whose venv bootstrap
+#: runs). A shared record may hold them only home-relative (``~/.ssh/id_ed25519``), naming the
+#: loading user's own file: any other path would be a folder or file of the saver's choosing (their
+#: fake server's state folder, their known_hosts, their "venv"), which the loader must not use.
+PATH_KEYS = ("state_dir", "remote_dir", "ssh_private_key", "known_hosts")
 
 LOCAL, SHARED, BUILTIN = "~", "@", "^"
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -248,15 +249,15 @@ def without_secrets(config: Mapping[str, Any], where: str = "") -> tuple[dict[st
     return kept, dropped
 
 
-def _local_paths(config: Mapping[str, Any], where: str = "") -> list[tuple[str, Any]]:
-    """The ``(dotted key, value)`` of every local path setting in ``config`` that is set."""
+def _path_settings(config: Mapping[str, Any], where: str = "") -> list[tuple[str, Any]]:
+    """The ``(dotted key, value)`` of every path setting (:data:`PATH_KEYS`) in ``config`` that is set."""
     found = []
     for key, value in config.items():
         dotted = f"{where}.{key}" if where else str(key)
-        if key in LOCAL_PATH_KEYS and value is not None:
+        if key in PATH_KEYS and value is not None:
             found.append((dotted, value))
         elif isinstance(value, Mapping):
-            found += _local_paths(value, dotted)
+            found += _path_settings(value, dotted)
     return found
 
 
@@ -278,7 +279,7 @@ def _shareable(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         kept = {}
         for key, value in node.items():
             dotted = f"{where}.{key}" if where else str(key)
-            if key in LOCAL_PATH_KEYS and value is not None and not _home_relative(value):
+            if key in PATH_KEYS and value is not None and not _home_relative(value):
                 text = os.path.abspath(os.path.expanduser(str(value)))
                 if not text.startswith(home + os.sep):
                     dropped.append(dotted)
@@ -293,13 +294,14 @@ def _shareable(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 def check_shared_paths(config: Mapping[str, Any], where: str) -> None:
     """Refuse a cluster config from a shared record that names a local path other than a
     home-relative one: it would make the loader use a file or folder someone else chose."""
-    for dotted, value in _local_paths(config):
+    for dotted, value in _path_settings(config):
         if not _home_relative(value):
             raise ResourceFormatError(
-                f"{where} sets {dotted} to {value!r}, a path on your machine chosen by whoever saved it; a shared "
+                f"{where} sets {dotted} to {value!r}, a path on your machines chosen by whoever saved it; a shared "
                 f"record may only name your own files, as '~/...', so it was not loaded. Ask its author to save it "
                 f"again without that path (your own settings then apply: $RH_HOME/local for a local cluster, "
-                f"~/.ssh for keys and known hosts), or copy it into your local store (~/) after checking it"
+                f"~/.rh on a cluster's machines, ~/.ssh for keys and known hosts), or copy it into your local "
+                f"store (~/) after checking it"
             )
 
 

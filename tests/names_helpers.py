@@ -177,15 +177,28 @@ def byo_creds(sshd: SSHServer, **extra) -> dict:
             "known_hosts": "~/.ssh/known_hosts", **extra}
 
 
-def byo_cluster(sshd: SSHServer, tmp_path: Path, name: str = "byo-test", **extra_creds):
-    """A BYO cluster on the loopback sshd whose remote state lives in ``tmp_path``; its tests
-    use the :func:`ssh_home` fixture."""
+def byo_cluster(sshd: SSHServer, tmp_path: Path, name: str = "byo-test", remote_dir: str | None = None,
+                **extra_creds):
+    """A BYO cluster on the loopback sshd whose remote state lives in ``tmp_path`` (or
+    ``remote_dir``); its tests use the :func:`ssh_home` fixture."""
     import rh_core as rh
 
     cluster = rh.cluster(name=name, ips=[sshd.host], ssh_creds=byo_creds(sshd, **extra_creds),
                          executor_options={"num_workers": 1})
-    cluster.remote_dir = str(tmp_path / "remote-rh")
+    cluster.remote_dir = remote_dir or str(tmp_path / "remote-rh")
     return cluster
+
+
+@pytest.fixture
+def remote_home_dir() -> Iterator[str]:
+    """A ``remote_dir`` a shared record may hold (``~/...``: each loader's own) for the loopback
+    sshd, whose sessions' home is this user's real one: a fresh folder there, removed afterwards."""
+    import pwd
+    import shutil
+
+    name = f".rh-test-{uuid.uuid4().hex[:8]}"
+    yield f"~/{name}"
+    shutil.rmtree(os.path.join(pwd.getpwuid(os.getuid()).pw_dir, name), ignore_errors=True)
 
 
 BUILTINS_PLUGIN = '''

@@ -149,10 +149,10 @@ def test_the_shared_store_can_be_given_per_call(home, dir_store):
 
 
 @pytest.mark.parametrize("target", ["~/byo", "@/s3/byo", "@/dir/byo"])
-def test_byo_cluster_round_trip(home, tmp_path, sshd, ssh_home, request, target):
+def test_byo_cluster_round_trip(home, tmp_path, sshd, ssh_home, remote_home_dir, request, target):
     if target.startswith("@/"):
         write_config(request.getfixturevalue(f"{target.split('/')[1]}_store"))
-    cluster = byo_cluster(sshd, tmp_path)
+    cluster = byo_cluster(sshd, tmp_path, remote_dir=remote_home_dir)
     cluster.save(target)
     loaded = rh.cluster(name=target, dryrun=True)
     assert isinstance(loaded, rh.RemoteCluster) and loaded.config() == cluster.config()

@@ -95,7 +95,7 @@ def test_a_shared_record_naming_another_users_state_folder_is_refused(other_user
     try:
         for load in (lambda: rh.cluster(name="@/gpu"), lambda: rh.cluster(name="@/gpu", dryrun=True),
                      lambda: rh.function(name="@/team/embed")({"a": 1})):
-            with pytest.raises(ResourceFormatError, match=f"sets state_dir to '{fake_state}', a path on your machine "
+            with pytest.raises(ResourceFormatError, match=f"sets state_dir to '{fake_state}', a path on your machines "
                                                           "chosen by whoever saved it"):
                 load()
     finally:
@@ -118,6 +118,15 @@ def test_a_shared_record_naming_a_key_or_known_hosts_outside_your_home_is_refuse
         f.write(f"format: 1\nkind: cluster\nname: box\ncluster:\n  kind: remote\n  name: box\n  provisioner: byo\n"
                 f"  spec:\n    ips: [127.0.0.1]\n    ssh_creds:\n      ssh_user: me\n      {key}: ~/.ssh/mine\n")
     assert rh.cluster(name="@/box", dryrun=True).spec["ssh_creds"][key] == "~/.ssh/mine"
+
+
+def test_a_shared_record_naming_a_remote_folder_outside_your_home_is_refused(team_store):
+    # Bootstrap would run <remote_dir>/venv/bin/python there: the saver's "venv", as you.
+    with open(os.path.join(team_store["path"], "box.yaml"), "w") as f:
+        f.write("format: 1\nkind: cluster\nname: box\ncluster:\n  kind: remote\n  name: box\n  provisioner: byo\n"
+                "  remote_dir: /home/someone/rh\n  spec:\n    ips: [127.0.0.1]\n")
+    with pytest.raises(ResourceFormatError, match="sets remote_dir to '/home/someone/rh'"):
+        rh.cluster(name="@/box", dryrun=True)
 
 
 def test_saving_to_a_shared_store_leaves_out_paths_outside_your_home(team_store, tmp_path, monkeypatch):
