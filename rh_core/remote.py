@@ -77,9 +77,14 @@ if old_pid:
         os.kill(old_pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-os.makedirs(state_dir, mode=0o700, exist_ok=True)
+from rh_core.errors import UntrustedPathError
+from rh_core.files import open_private, private_directory
+try:  # the server checks its folder too, but the log is opened here first
+    private_directory(state_dir)
+except UntrustedPathError as exc:
+    print(json.dumps({"ok": False, "code": None, "log": str(exc)})); sys.exit(0)
 log_path = os.path.join(state_dir, "server.log")
-log = open(log_path, "ab")
+log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
 child = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                          env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
