@@ -138,19 +138,17 @@ class OtherUser:
 
 @pytest.fixture
 def other_user() -> Iterator[OtherUser]:
-    """A second local user (``rhother<pid>``, home under /tmp), removed after the test."""
+    """A second local user, made for this test and removed after it."""
+    from rh_core.testing.sshd import local_account
+
     if os.geteuid() != 0 or shutil.which("useradd") is None:
         pytest.skip("playing a second local user needs root and useradd")
-    name = f"rhother{os.getpid()}"
-    home = Path(f"/tmp/{name}-home")
-    subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/bash", name], check=True, capture_output=True)
-    user = OtherUser(name=name, uid=pwd.getpwnam(name).pw_uid, gid=pwd.getpwnam(name).pw_gid, home=home)
-    try:
-        yield user
-    finally:
-        user.stop()
-        subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+    with local_account("rhother") as (name, home):
+        user = OtherUser(name=name, uid=pwd.getpwnam(name).pw_uid, gid=pwd.getpwnam(name).pw_gid, home=home)
+        try:
+            yield user
+        finally:
+            user.stop()
 
 
 @pytest.fixture
