@@ -127,8 +127,7 @@ class ByoStack(RhStack):
         import pathlib
 
         import rh_core as rh
-        from rh_core.cluster import rh_home
-        from rh_core.wheels import build_wheelhouse
+        from rh_core.wheels import Platform, cache_root, resolve_wheelhouse
 
         from rh_core.testing.sshd import start_sshd
 
@@ -143,7 +142,8 @@ class ByoStack(RhStack):
             cluster.remote_dir = os.path.join(self.state_dir, "remote")
             return cluster
 
-        build_wheelhouse(["rh-core"], f"{rh_home()}/wheels")  # "once wheels are cached"
+        # "Once wheels are cached": the head is this machine, so its platform is this one's.
+        resolve_wheelhouse(new_cluster()._distributions(), Platform.here(), cache_root())
         started = time.perf_counter()
         self.cluster = new_cluster()
         self._add = rh.function(workload.add).to(self.cluster)

@@ -124,12 +124,12 @@ def progress(message: str) -> Iterator[None]:
 
 
 def configure_logging() -> None:
-    """Apply the config file's ``log_level`` to this command's logging (on stderr)."""
-    import logging
-
+    """This command's log lines on stderr: rh_core's (and its plugins') at the config file's
+    ``log_level``; other libraries' (paramiko's, say) only from WARNING up."""
     from rh_core import config
+    from rh_core.progress import show_logs
 
-    logging.basicConfig(level=config.current().log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    show_logs(config.current().log_level.upper())
 
 
 def load_cluster(name: str | None, *, dryrun: bool = True) -> Cluster:
@@ -160,7 +160,7 @@ def ls_command(folder: str, long_format: bool, as_json: bool) -> None:
         rows = []
         for entry in names.ls(folder):
             kind = "folder" if entry.endswith("/") else None
-            if long_format and kind is None:
+            if (long_format or as_json) and kind is None:  # JSON readers get the kind, never null
                 try:
                     kind = names.describe(entry)["kind"]
                 except names.ResourceFormatError as exc:
@@ -445,13 +445,15 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"name": r.name, "distribution": r.distribution, "version": r.version,
                                 "hooks": list(r.hooks), "error": r.error} for r in rows]))
-        return
-    for row in rows:
-        click.echo(f"{row.name}  ({row.distribution} {row.version})")
-        if row.error:
-            click.echo(f"    FAILED TO LOAD: {row.error}")
-        for hook in row.hooks:
-            click.echo(f"    {hook}")
+    else:
+        for row in rows:
+            click.echo(f"{row.name}  ({row.distribution} {row.version})")
+            if row.error:
+                click.echo(f"    FAILED TO LOAD: {row.error}")
+            for hook in row.hooks:
+                click.echo(f"    {hook}")
+    if any(row.error for row in rows):  # scripts and CI notice a broken plugin
+        sys.exit(1)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 Each thread gets its own DEALER socket, so threads never wait on each other. While a reply is
 outstanding the client polls in short slices and asks the cluster whether its server is still
-alive, so a dead server is reported within seconds instead of hanging.
+alive, so a dead server is reported within seconds instead of hanging; every
+``HEARTBEAT_SECONDS`` (sooner for a call with a timeout) it also pings the server, so a server that
+lives but does not answer (stopped with SIGSTOP, wedged) is reported too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from rh_core import errors
 from rh_core.errors import ConnectionLostError, RhError
 
 POLL_SLICE_MS = 500
+#: While a request waits for its reply, how often the client makes sure the server still answers
+#: (a ping on a connection of its own): a stopped or wedged server is reported, never waited on.
+HEARTBEAT_SECONDS = 30.0
+PING_TIMEOUT = 5.0  # how long such a ping may take before the server counts as not answering
 
 
 class Reply:
@@ -73,13 +79,13 @@ def recv_frames(socket: Any, flags: int = 0) -> list:
 
 SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
 
-#: The most a peer may make the server read before it has proven that it holds the secret, in bytes.
-#: On the ZeroMQ port the proof is the connection's handshake (ZMTP PLAIN, the secret as password,
-#: checked by the server's ZAP handler), and libzmq checks each frame's announced size against this
-#: before reading it (ZMQ_MAXMSGSIZE): the handshake's frames are the only ones a stranger can send.
-#: The limit holds after the handshake too, so a client sends a longer frame in pieces of this size
-#: (:func:`split_frames`), which the server joins once it has authenticated the request.
-PRE_AUTH_MAX_BYTES = 2**20
+# The ZeroMQ port reads no frame longer than rh_core.link.ENVELOPE_MAX_BYTES, the link socket's
+# limit for what is read before a request is authenticated: on this port the proof is the
+# connection's handshake (ZMTP PLAIN, the secret as password, checked by the server's ZAP handler),
+# and libzmq checks each frame's announced size before reading it (ZMQ_MAXMSGSIZE), so the
+# handshake's frames are the only ones a stranger can send. libzmq holds authenticated clients to
+# the limit too, so a client sends a longer frame in pieces (:func:`split_frames`), which the
+# server joins once it has authenticated the request.
 _PLAIN_USERNAME = b"rh"
 
 
@@ -91,18 +97,20 @@ def authenticate_zmq(socket: Any, secret: str | None) -> None:
 
 
 def split_frames(frames: Sequence[Any]) -> tuple[list[Any], list[int] | None]:
-    """``frames`` with each one longer than :data:`PRE_AUTH_MAX_BYTES` cut into pieces of at most that
+    """``frames`` with each one longer than ``ENVELOPE_MAX_BYTES`` cut into pieces of at most that
     size (views, not copies), and how many pieces each frame became (None when none was cut)."""
+    from rh_core.link import ENVELOPE_MAX_BYTES
+
     pieces: list[Any] = []
     counts: list[int] = []
     for frame in frames:
         view = memoryview(frame)
-        if view.nbytes <= PRE_AUTH_MAX_BYTES:
+        if view.nbytes <= ENVELOPE_MAX_BYTES:
             pieces.append(frame)
             counts.append(1)
             continue
         view = view.cast("B")
-        cut = [view[start:start + PRE_AUTH_MAX_BYTES] for start in range(0, view.nbytes, PRE_AUTH_MAX_BYTES)]
+        cut = [view[start:start + ENVELOPE_MAX_BYTES] for start in range(0, view.nbytes, ENVELOPE_MAX_BYTES)]
         pieces += cut
         counts.append(len(cut))
     return pieces, (counts if len(pieces) > len(counts) else None)
@@ -148,8 +156,10 @@ class _ZmqCarrier:
             import orjson
 
             envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
-        if len(envelope) > PRE_AUTH_MAX_BYTES:
-            raise RhError(f"this request's header is {len(envelope)} bytes, more than the {PRE_AUTH_MAX_BYTES} a "
+        from rh_core.link import ENVELOPE_MAX_BYTES
+
+        if len(envelope) > ENVELOPE_MAX_BYTES:
+            raise RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} a "
                           "server reads in one frame; pass fewer refs or smaller options")
         send_frames(self._socket, [envelope, *pieces])
 
@@ -178,9 +188,8 @@ class _LinkCarrier:
     def __init__(self, path: str):
         import socket
 
-        from rh_core.link import Link
-
         from rh_core.files import check_socket_peer
+        from rh_core.link import ClientLink
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -189,7 +198,7 @@ class _LinkCarrier:
         except BaseException:
             sock.close()
             raise
-        self._link = Link(sock.detach())
+        self._link = ClientLink(sock)
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
         self._link.send_envelope(envelope, frames)
@@ -255,11 +264,14 @@ class Connection:
         *,
         on_log: Callable[[str, bytes], None] = write_log,
         timeout: float | None = None,
+        check_after: float = HEARTBEAT_SECONDS,
     ) -> Reply:
         """Send one request and wait for its final reply, passing log replies to ``on_log``.
 
         ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
-        (None waits as long as the server lives).
+        (None waits as long as the server lives). After ``check_after`` seconds without the
+        reply, and every ``HEARTBEAT_SECONDS`` after that, the server must answer a ping, or the
+        request fails with :class:`ConnectionLostError`.
         """
         import orjson
 
@@ -297,11 +309,38 @@ class Connection:
                 return Reply(kind, fields, reply[1])
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
+            if reason is None and waited >= check_after:
+                check_after = waited + HEARTBEAT_SECONDS
+                if not self._answers_ping():
+                    reason = (f"it does not answer: no reply to a ping within {PING_TIMEOUT:g} s after "
+                              f"{waited:.0f} s of waiting. Its process lives, but is stopped (SIGSTOP, a "
+                              "debugger) or stuck; look at its log, or restart it")
             if reason is not None:
                 raise self._lost(op, reason)
             if timeout is not None and waited >= timeout:
                 self._drop_carrier()  # its reply, if it ever comes, must not be read as another's
                 raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
+
+    def _answers_ping(self) -> bool:
+        """Whether the server answers a ping within ``PING_TIMEOUT``, on a connection of its own."""
+        import orjson
+
+        try:
+            carrier = _LinkCarrier(self.address[len(LINK_SCHEME):]) if self.address.startswith(LINK_SCHEME) \
+                else _ZmqCarrier(self.address)
+        except OSError:
+            return False
+        try:
+            carrier.send(orjson.dumps({"id": "heartbeat", "op": "ping", "auth": self._secret}), [])
+            deadline = time.monotonic() + PING_TIMEOUT
+            while time.monotonic() < deadline:
+                if carrier.receive() is not None:
+                    return True
+            return False
+        except (OSError, EOFError, errors.ProtocolError):
+            return False
+        finally:
+            carrier.close()
 
     def close(self) -> None:
         self._drop_carrier()

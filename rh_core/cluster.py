@@ -31,12 +31,14 @@ from rh_core.errors import (
 )
 from rh_core.files import open_private, private_directory, read_private
 from rh_core.redact import hide_secrets, secrets_hidden
+from rh_core.processes import is_live_server, pid_alive
 
 if TYPE_CHECKING:
     import subprocess
 
     from rh_core.plugins import PluginHost
     from rh_core.status import ClusterStatus
+    from rh_core.wheels import Platform
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 #: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
@@ -79,6 +81,18 @@ class Cluster:
 
     def config(self) -> dict[str, Any]:
         """A JSON-safe description from which :func:`from_config` rebuilds this cluster elsewhere."""
+        raise NotImplementedError
+
+    def up(self) -> Cluster:
+        """Bring the machines up (where the kind of cluster has machines to start) and the server."""
+        raise NotImplementedError
+
+    def down(self) -> None:
+        """Stop the server, and let the machines go where the kind of cluster started them."""
+        raise NotImplementedError
+
+    def restart_server(self, restart_ray: bool = True) -> None:
+        """Stop the server and start a new one (see the subclasses for ``restart_ray``)."""
         raise NotImplementedError
 
     @property
@@ -124,6 +138,31 @@ class Cluster:
     @property
     def shm_prefix(self) -> str | None:
         """Name prefix for shared-memory segments when large buffers may travel that way, else None."""
+        return None
+
+    @property
+    def python_version(self) -> str:
+        """The ``major.minor`` Python version the cluster's server runs (connecting if needed)."""
+        self.connection()
+        return str(self._info.get("python"))
+
+    def check_by_value(self, what: str) -> None:
+        """Raise :class:`VersionMismatchError` unless code pickled by value here (``what``) can be
+        loaded on the cluster: cloudpickle's code objects only load in the same Python minor version."""
+        ours = serialize.python_version()
+        if self.python_version != ours:
+            raise VersionMismatchError(
+                f"{what} travels by value (pickled with its code), and code pickled by Python {ours} here cannot be "
+                f"loaded by Python {self.python_version} on cluster {self.name!r}. Move it to a module file in your "
+                f"working directory (not __main__, a notebook cell, a lambda or a closure) so it travels by reference, "
+                f"or run Python {self.python_version} here, or give the cluster Python {ours} (`python{ours}` on the "
+                f"PATH of its SSH sessions is preferred when it is there)."
+            )
+
+    def offline_platform(self) -> Platform | None:
+        """The platform of a cluster that reaches no package index, for which installers resolve
+        requirements here and ship them as wheels (:func:`rh_core.wheels.resolve_requirements`);
+        None when the cluster installs from an index itself, as this machine does."""
         return None
 
     @property
@@ -198,19 +237,27 @@ class Cluster:
         """Make a local folder present on the cluster and return its path there; a tree unchanged
         since the last sync from this process is not looked at again remotely. None when the
         cluster takes no files (functions then travel by value)."""
-        from rh_core.workdir import fingerprint
+        from rh_core.config import current
+        from rh_core.workdir import listing, warn_if_large
 
-        stamp = fingerprint(local_path)
+        listed = listing(local_path)
+        stamp = listed.fingerprint()
         known = self._synced.get(local_path)
         if known is not None and known[0] == stamp:
             return known[1]
+        warn_if_large(local_path, listed, current().get("sync_warn_mb"))
         remote = self.transport.sync_directory(local_path)
         self._synced[local_path] = (stamp, remote)
         return remote
 
-    def sync_working_directory(self, local_path: str) -> str | None:
-        """The working directory's path on the cluster (see :meth:`sync_directory`)."""
-        return self.sync_directory(local_path)
+    def sync_working_directory(self, local_path: str) -> tuple[str, str] | None:
+        """Sync the working directory (see :meth:`sync_directory`); return its path on the cluster
+        and its version, which changes whenever one of its files does. None when the cluster takes
+        no files."""
+        remote = self.sync_directory(local_path)
+        if remote is None:
+            return None
+        return remote, self._synced[local_path][0]
 
     def install_packages(self, reqs: list[Any], env: Any = None) -> dict[str, Any]:
         """Install requirements (strings or :class:`rh_core.Package`) on the cluster, into its
@@ -332,12 +379,16 @@ class Tunnel:
 
 
 def check_versions(cluster: Cluster, info: dict[str, Any]) -> None:
-    ours = serialize.python_version()
-    if info.get("python") != ours:
+    """Refuse a server whose Python cannot read what this client sends: older than
+    :data:`~rh_core.wheels.MIN_CLUSTER_PYTHON`. Another minor version is fine for functions sent by
+    reference and for data; a function sent by value is checked when it is sent
+    (:meth:`Cluster.check_by_value`)."""
+    theirs = str(info.get("python") or "")
+    major, _, minor = theirs.partition(".")
+    if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 10):
         raise VersionMismatchError(
-            f"this client runs Python {ours} but the server of cluster {cluster.name!r} runs Python "
-            f"{info.get('python')}; functions and arguments pickled by one cannot be trusted in the other. "
-            f"Use Python {info.get('python')} here, or restart the cluster's server with Python {ours}."
+            f"the server of cluster {cluster.name!r} runs Python {theirs or '(unknown)'}; rh_core needs 3.10 or "
+            "later there. Restart the cluster's server with a newer Python."
         )
 
 
@@ -415,7 +466,7 @@ class LocalCluster(Cluster):
             state = json.loads(read_private(self.state_file) or b"null")
         except (OSError, ValueError):
             return None
-        return state if isinstance(state, dict) and pid_alive(state.get("pid")) else None
+        return state if isinstance(state, dict) and is_live_server(state) else None
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         private_directory(self.state_dir)  # ours, closed to others, before anything in it is trusted
@@ -578,23 +629,6 @@ def from_config(config: dict[str, Any]) -> Cluster:
 
         return RemoteCluster(**config)
     raise ValueError(f"unknown cluster kind {kind!r} in {hide_secrets(config)}; valid kinds: local, remote")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we have
 
 
 def tail(path: str, lines: int = 30) -> str:

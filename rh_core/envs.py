@@ -8,7 +8,10 @@ its dependencies while the environment's own packages win over the server's.
 
 Every environment keeps a record of what was installed (``installed.json``: identity → what the
 user asked for) and serialises installs with a lock file, so a repeated request does no work and two
-clients installing at once take turns.
+clients installing at once take turns. Beside the record it keeps the list of distributions the
+environment held after its last install (``packages.json``): when one of them has gone since (a
+``pip uninstall`` outside rh_core), the record no longer tells the truth and is dropped, so the
+next request installs its steps again instead of skipping them.
 """
 
 from __future__ import annotations
@@ -155,6 +158,45 @@ class ClusterEnvironment:
         except FileNotFoundError:
             return {}
 
+    @property
+    def listing_path(self) -> str:
+        return os.path.join(self.root, "packages.json")
+
+    def packages(self) -> set[str]:
+        """The distributions (and ``.pth`` files) in this environment's site directories, and its
+        conda packages, as the file system shows them now: one ``listdir`` per directory."""
+        if self.venv:
+            paths = sysconfig.get_paths(vars={"base": self.venv, "platbase": self.venv})
+        else:
+            paths = sysconfig.get_paths()
+        directories = {paths["purelib"], paths["platlib"], os.path.join(self.conda_prefix, "conda-meta")}
+        found: set[str] = set()
+        for directory in directories:
+            try:
+                entries = os.listdir(directory)
+            except OSError:
+                continue
+            found.update(os.path.join(directory, entry) for entry in entries
+                         if entry.endswith((".dist-info", ".egg-info", ".egg-link", ".pth", ".json")))
+        return found
+
+    def keep_listing(self) -> None:
+        """Remember what the environment holds now, after an install."""
+        _write_json(self.listing_path, sorted(self.packages()))
+
+    def forget_record_if_packages_went(self) -> None:
+        """Drop the install record when a distribution listed after the last install is gone:
+        something outside rh_core removed it, and skipping steps by the record would be wrong."""
+        try:
+            with open(self.listing_path) as f:
+                listed = set(json.load(f))
+        except (OSError, ValueError):
+            return
+        if listed - self.packages():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.record_path)
+            os.unlink(self.listing_path)
+
     def _record(self, identity: str, step: InstallStep, slot: str | None) -> None:
         """Record an install; an earlier install in the same ``slot`` (another version of the same
         package) is no longer what the environment holds, so its record goes."""
@@ -164,7 +206,7 @@ class ClusterEnvironment:
         options = {k: v for k, v in step.options.items() if k not in step.secret_options}
         record[identity] = {"method": step.method, "requirement": step.requirement, "options": options,
                             "slot": slot, "installed_at": time.time()}
-        write_atomically(self.record_path, json.dumps(record, indent=1, sort_keys=True), 0o600)
+        _write_json(self.record_path, record)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -189,6 +231,7 @@ def install(env: ClusterEnvironment, steps: list[InstallStep],
     installers = {step.method: installer_for(step.method)() for step in steps}
     done: dict[str, list[str]] = {"installed": [], "skipped": []}
     with env.lock():
+        env.forget_record_if_packages_went()
         identities = [installers[step.method].resolve(step, env) for step in steps]
         for step, identity in zip(steps, identities):
             if identity in env.installed():
@@ -199,4 +242,10 @@ def install(env: ClusterEnvironment, steps: list[InstallStep],
             slot = getattr(installer, "slot", None)
             env._record(identity, step, slot(step) if slot is not None else None)
             done["installed"].append(step.requirement)
+        if done["installed"] or not os.path.exists(env.listing_path):
+            env.keep_listing()
     return done
+
+
+def _write_json(path: str, value: Any) -> None:
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True), 0o600)

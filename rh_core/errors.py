@@ -14,10 +14,10 @@ class PluginError(RhError):
 class UnknownNameError(PluginError, KeyError):
     """A plugin-provided thing (executor, transport, ...) was asked for by a name nobody registered."""
 
-    def __init__(self, kind: str, name: str, valid: list[str]):
+    def __init__(self, kind: str, name: str, valid: list[str], hint: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         choices = ", ".join(self.valid) or "none are installed"
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {choices}")
+        super().__init__(f"unknown {kind} {name!r}{'; ' + hint if hint else ''}; valid {kind}s: {choices}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]
@@ -42,6 +42,11 @@ class ConnectionLostError(RhError, ConnectionError):
 
 class WorkerDiedError(RhError):
     """The worker process running a call exited before returning a result."""
+
+
+class StaleCodeError(RhError):
+    """The cluster's copy of a function's module is not the source the function was sent with, so
+    the call was refused rather than run with other code."""
 
 
 class CallTimeoutError(RhError, TimeoutError):
@@ -69,6 +74,23 @@ class RemoteError(RhError):
     def __init__(self, type_name: str, message: str):
         self.type_name = type_name
         super().__init__(f"{type_name}: {message}")
+
+
+class RemoteExitError(RhError):
+    """The function called ``sys.exit`` (or was interrupted) on the cluster. Raised in the caller
+    instead of exiting the caller's process; ``code`` is the exit code the function asked for."""
+
+    code: object = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RemoteExitError:
+        if isinstance(exc, SystemExit):
+            error = cls(f"the function called sys.exit({exc.code!r}) on the cluster; its worker goes on. "
+                        "Return a value or raise an exception to end a call early.")
+            error.code = exc.code
+        else:
+            error = cls(f"the function was interrupted on the cluster ({type(exc).__name__})")
+        return error
 
 
 class ProtocolError(RhError):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
 from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
+from rh_core.compat import add_note
 from rh_core.errors import RhError
 from rh_core.ref import Ref, new_run_key
 from rh_core.workdir import working_directory
@@ -17,7 +20,7 @@ from rh_core.workdir import working_directory
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory")
+CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory", "cancel_on_interrupt")
 CHUNKS_PER_WORKER = 4
 
 
@@ -32,13 +35,19 @@ class broadcast:
 
 @attrs.frozen
 class _Shipped:
-    """How the function travels: by reference (``function_ref``) or by value (``pickled``)."""
+    """How the function travels: by reference (``function_ref``) or by value (``pickled``), and
+    where the code it imports lives on the cluster (``code``; None when the cluster takes no files,
+    or the function comes from an installed package)."""
 
     fn_id: str
     function_ref: serialize.FunctionRef | None
     pickled: bytes | None
-    function_ref_json: dict | None = attrs.field(  # sent with every call: made once
+    code: serialize.CodeOnCluster | None = None
+    # Sent with every call: made into JSON once.
+    function_ref_json: dict | None = attrs.field(
         init=False, eq=False, default=attrs.Factory(lambda s: s.function_ref and s.function_ref.to_json(), takes_self=True))
+    code_json: dict | None = attrs.field(
+        init=False, eq=False, default=attrs.Factory(lambda s: s.code and s.code.to_json(), takes_self=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -79,7 +88,9 @@ class Function(Generic[P, R]):
 
     def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
-        ``num_gpus``, ``resources``, ``memory`` (the last four reach executors that schedule, like Ray)."""
+        ``num_gpus``, ``resources``, ``memory`` (these four reach executors that schedule, like Ray),
+        and ``cancel_on_interrupt`` (default True: Ctrl-C on a waiting call cancels its run on the
+        cluster; False keeps it running, and says how to fetch or cancel it)."""
         unknown = sorted(set(options) - set(CALL_OPTIONS))
         if unknown:
             raise TypeError(f"unknown call option(s) {', '.join(unknown)}; valid options: {', '.join(CALL_OPTIONS)}")
@@ -94,7 +105,7 @@ class Function(Generic[P, R]):
             return self.fn(*args, **kwargs)
         return self._call("call", args, kwargs, options)
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref[R]:
         """Start the call and return a :class:`Ref` at once; the result stays on the cluster."""
         options = self._take_call_options(kwargs)
         return self._call("remote", args, kwargs, options)
@@ -149,15 +160,17 @@ class Function(Generic[P, R]):
             raise RhError(f"function {self.name!r} is not on a cluster yet: use rh.function(fn).to(rh.here) first")
         return self.system, self._shipped
 
-    def _header(self, mode: str, ref_keys: list[str], options: dict[str, Any]) -> tuple[dict, list]:
-        _, shipped = self._placed()
+    def _header(self, mode: str, refs: list[Ref], options: dict[str, Any]) -> tuple[dict, list]:
+        system, shipped = self._placed()
+        _refuse_refs_of_other_clusters(refs, system, self.name)
         header = {
             "key": new_run_key(self.name),
             "mode": mode,
             "fn_id": shipped.fn_id,
             "function_ref": shipped.function_ref_json,
+            "code": shipped.code_json,
             "n_fn": 0 if shipped.pickled is None else 1,
-            "refs": sorted(set(ref_keys)),
+            "refs": sorted({ref.key for ref in refs}),
             "options": options,
         }
         if self.env is not None:
@@ -166,11 +179,12 @@ class Function(Generic[P, R]):
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
         system, _ = self._placed()
-        ref_keys: list[str] = []
-        arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
-        header, function_frames = self._header(mode, ref_keys, options)
+        refs: list[Ref] = []
+        arguments = serialize.dumps_arguments(args, kwargs, refs)
+        header, function_frames = self._header(mode, refs, options)
         arguments = self._share(system, header, arguments)
-        reply = system.request("call", header, [*function_frames, *arguments])
+        with _interruptible(system, header["key"], options):
+            reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
         if reply.kind == "ack":
             return Ref(reply.header["key"], system)
         ((status, frames),) = split_parts(reply)
@@ -194,12 +208,14 @@ class Function(Generic[P, R]):
         chunk_count = min(len(items), max(1, system.parallelism * CHUNKS_PER_WORKER))
         bounds = [round(i * len(items) / chunk_count) for i in range(chunk_count + 1)]
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
-        ref_keys: list[str] = []
-        chunk_frames = [serialize.dumps_arguments_chunk(chunk, ref_keys, bounds[i]) for i, chunk in enumerate(chunks)]
-        header, function_frames = self._header("map", ref_keys, options)
+        refs: list[Ref] = []
+        chunk_frames = [serialize.dumps_arguments_chunk(chunk, refs, bounds[i]) for i, chunk in enumerate(chunks)]
+        header, function_frames = self._header("map", refs, options)
         chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
-        reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)])
+        with _interruptible(system, header["key"], options):
+            reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
+                                   check_after=_check_after(options))
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":
@@ -216,7 +232,7 @@ class Function(Generic[P, R]):
                     exc.__cause__ = serialize.RemoteTraceback(tb)
                 index = len(results)
                 if not return_exceptions:
-                    exc.add_note(f"(raised by map item {index} of {len(items)})")
+                    add_note(exc, f"(raised by map item {index} of {len(items)})")
                     raise exc
                 results.append(exc)
         return results
@@ -260,11 +276,13 @@ class Function(Generic[P, R]):
         ``code_dir`` is synced to the cluster, and the function is imported there from the synced
         counterpart of ``import_root``."""
         system.connection()
-        remote_dir = system.sync_working_directory(code_dir)
-        path = os.path.normpath(os.path.join(remote_dir, os.path.relpath(import_root, code_dir)))
         module, qualname = self.fn.__module__, self.fn.__qualname__
-        reference = serialize.FunctionRef(module=module, qualname=qualname, path=path)
-        return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None))
+        code = _code_on_cluster(system, code_dir, [import_root], code_dir, module)
+        if code is None:
+            raise RhError(f"cluster {system.name!r} takes no files, so the saved function {self.name!r} cannot "
+                          "be imported there; load it with dryrun=True and send it with .to() to travel by value")
+        reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+        return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None, code))
 
 
 def function(fn: Callable[P, R] | None = None, *, name: str | None = None, system: Cluster | None = None,
@@ -299,24 +317,94 @@ def _installed_roots() -> set[str]:
 
 
 def _ship(fn: Callable, system: Cluster) -> _Shipped:
-    if serialize.is_importable_by_reference(fn):
-        root = serialize.module_root(fn.__module__)
-        if root is not None:
-            real_root = os.path.realpath(root)
-            module, qualname = fn.__module__, fn.__qualname__
-            fn_id = f"{module}:{qualname}"
-            if real_root in _installed_roots():
-                return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname), None)
-            workdir = os.path.realpath(working_directory())
-            if real_root == workdir or real_root.startswith(workdir + os.sep):
-                remote_workdir = system.sync_working_directory(workdir)
-                if remote_workdir is not None:  # None: the cluster takes no files; send the code by value
-                    path = os.path.normpath(os.path.join(remote_workdir, os.path.relpath(real_root, workdir)))
-                    return _Shipped(fn_id, serialize.FunctionRef(module=module, qualname=qualname, path=path), None)
+    """Decide how ``fn`` travels to ``system``, syncing the working directory when its code (or
+    code that a function sent by value imports) lives there."""
+    root = serialize.module_root(fn.__module__) if serialize.is_importable_by_reference(fn) else None
+    if root is not None and os.path.realpath(root) in _installed_roots():
+        module, qualname = fn.__module__, fn.__qualname__
+        return _Shipped(f"{module}:{qualname}", serialize.FunctionRef(module=module, qualname=qualname), None)
+    workdir = os.path.realpath(working_directory())
+    if root is not None and _inside(os.path.realpath(root), workdir):
+        module, qualname = fn.__module__, fn.__qualname__
+        code = _code_on_cluster(system, workdir, [root, *sys.path], os.getcwd(), module)
+        if code is not None:  # None: the cluster takes no files; send the code by value
+            reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+            return _Shipped(f"{module}:{qualname}", reference, None, code)
     import hashlib
 
+    system.check_by_value(f"function {getattr(fn, '__qualname__', fn)!r}")
     pickled = serialize.dumps_function(fn)
-    return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled)
+    # Functions from __main__ or a notebook import the user's modules too: the directory travels.
+    code = _code_on_cluster(system, workdir, sys.path, os.getcwd())
+    return _Shipped(f"pickled:{hashlib.sha1(pickled).hexdigest()}", None, pickled, code)
+
+
+def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], cwd: str,
+                     module: str | None = None) -> serialize.CodeOnCluster | None:
+    """Sync ``local_root`` to ``system`` and say where its code is there: the ``import_paths`` and
+    ``cwd`` that lie inside it, mapped to the copy, and for a function sent by reference the digest
+    of its ``module``'s source. None when the cluster takes no files."""
+    synced = system.sync_working_directory(local_root)
+    if synced is None:
+        return None
+    remote_root, version = synced
+
+    def there(path: str) -> str:
+        return os.path.normpath(os.path.join(remote_root, os.path.relpath(path, local_root)))
+
+    paths: list[str] = []
+    for entry in import_paths:
+        real = os.path.realpath(entry or os.getcwd())  # "" on sys.path: the current directory
+        if _inside(real, local_root) and there(real) not in paths:
+            paths.append(there(real))
+    real_cwd = os.path.realpath(cwd)
+    digest = None
+    if module is not None:
+        digest = serialize.source_digest(sys.modules[module].__file__)
+    return serialize.CodeOnCluster(root=remote_root, version=version, paths=tuple(paths) or (remote_root,),
+                                   cwd=there(real_cwd) if _inside(real_cwd, local_root) else remote_root,
+                                   module=module, digest=digest)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def _refuse_refs_of_other_clusters(refs: list[Ref], system: Cluster, function_name: str) -> None:
+    """A ref's value lives on the cluster that made it: another cluster's server cannot resolve it."""
+    for ref in refs:
+        if ref.cluster is not None and ref.cluster is not system and ref.cluster.config() != system.config():
+            raise RhError(
+                f"{ref!r} holds a result on cluster {ref.cluster.name!r}, but {function_name!r} runs on cluster "
+                f"{system.name!r}: a ref is resolved only by the cluster that made it. Pass its value instead "
+                f"(ref.result()), or send {function_name!r} to {ref.cluster.name!r}."
+            )
+
+
+@contextlib.contextmanager
+def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterator[None]:
+    """Ctrl-C while waiting for run ``key`` cancels the run on the cluster (what the user meant:
+    stop it), unless the call said ``cancel_on_interrupt=False``; then the run goes on, and the
+    user is told how to reach it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if options.get("cancel_on_interrupt", True):
+            with contextlib.suppress(Exception):  # finished meanwhile, or never reached the server
+                system.cancel(key)
+        else:
+            sys.stderr.write(f"rh: run {key} goes on on cluster {system.name!r}: cluster.get({key!r}) fetches its "
+                             f"result, `rh cancel {system.name} {key}` stops it\n")
+        raise
+
+
+def _check_after(options: dict[str, Any]) -> float:
+    """When a call waiting for its reply first makes sure the server still answers: soon after its
+    timeout, by which the server should have reported it, or at the usual heartbeat."""
+    from rh_core.client import HEARTBEAT_SECONDS
+
+    timeout = options.get("timeout")
+    return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:

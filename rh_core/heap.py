@@ -52,16 +52,24 @@ def bytes_from(buffer: Any) -> bytes:
     size = source.nbytes
     if size < HUGE_PAGE:
         return bytes(source)
+    data, target = fresh_bytes(size)
+    with target:
+        target[:] = source
+    return data
+
+
+def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
+    """A new ``bytes`` object of ``size`` bytes, not yet filled, and a writable view of its memory
+    to fill it through (a socket's ``recv_into``, say) before anyone else sees it. Large ones are
+    marked for huge pages, as :func:`bytes_from` does."""
     new_bytes, bytes_address, madvise = _c_functions()
     data = new_bytes(None, size)  # uninitialised, and ours alone until returned
     start = bytes_address(data)
-    if madvise is not None:
+    if madvise is not None and size >= HUGE_PAGE:
         page = mmap.PAGESIZE
         first, end = start // page * page, -(-(start + size) // page) * page
         madvise(first, end - first, mmap.MADV_HUGEPAGE)
-    with memoryview((ctypes.c_char * size).from_address(start)).cast("B") as target:
-        target[:] = source
-    return data
+    return data, memoryview((ctypes.c_char * size).from_address(start)).cast("B")
 
 
 @functools.cache

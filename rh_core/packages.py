@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core.envs import check_name
-from rh_core.errors import InstallError, UnknownNameError
+from rh_core.errors import InstallError
 from rh_core.plugin_types import InstallerClaim, InstallStep
 
 if TYPE_CHECKING:
@@ -88,13 +88,14 @@ class Env:
     """A named, isolated environment on a cluster, with the requirements it holds."""
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
-    reqs: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    # A list, as the user passes it (hash=False: a list cannot be hashed, and the name identifies an env).
+    reqs: list[Any] = attrs.field(factory=list, converter=list, hash=False)
 
 
 def env(name: str, reqs: Iterable[Any] | None = None) -> Env:
     """A named environment: its own interpreter environment on each cluster it is used on.
     Functions sent with ``.to(cluster, env=...)`` run there."""
-    return Env(name, tuple(reqs or ()))
+    return Env(name, list(reqs or ()))
 
 
 def env_name(environment: Env | str | None) -> str | None:
@@ -106,9 +107,9 @@ def env_name(environment: Env | str | None) -> str | None:
 def claim(requirement: Package | str, host) -> InstallerClaim:
     """Which installer takes a requirement, and what it should install."""
     if isinstance(requirement, Package):
-        installer_names = host.registry("installer").names()
-        if requirement.install_method not in installer_names:
-            raise UnknownNameError("install method", requirement.install_method, installer_names)
+        installers = host.registry("installer")
+        if requirement.install_method not in installers.names():
+            raise installers.unknown(requirement.install_method, called="install method")
         return requirement.claim()
     if not isinstance(requirement, str) or not requirement.strip():
         raise TypeError(f"a requirement is a string or an rh.Package, got {requirement!r}")
@@ -116,9 +117,9 @@ def claim(requirement: Package | str, host) -> InstallerClaim:
     prefixed = _METHOD_PREFIX.match(requirement)
     if prefixed:
         method, rest = prefixed.groups()
-        installer_names = host.registry("installer").names()
-        if method not in installer_names:
-            raise UnknownNameError("install method", method, installer_names)
+        installers = host.registry("installer")
+        if method not in installers.names():
+            raise installers.unknown(method, called="install method")
         return InstallerClaim(method=method, spec=rest.strip())
     return host.claim_requirement(requirement)
 

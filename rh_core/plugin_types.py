@@ -43,9 +43,11 @@ class Task:
 @attrs.frozen(kw_only=True)
 class Outcome:
     """What running a task produced: ``ok`` with the pickled result, or ``err`` with the pickled
-    exception and its traceback. The server never unpickles either."""
+    exception and its traceback; ``stale`` is an ``err`` whose call was refused before it ran because
+    the machine's copy of the code was not the caller's (an executor may copy the code there again
+    and retry it). The server never unpickles any of them."""
 
-    status: str  # "ok" | "err"
+    status: str  # "ok" | "err" | "stale"
     frames: Frames
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
 
@@ -143,7 +145,9 @@ class Transport(Protocol):
         """
 
     def close_forward(self, remote_port: int) -> None:
-        """Close the tunnel to ``remote_port``, if one is open."""
+        """Let go of the tunnel to ``remote_port``: it closes when every :meth:`forward` that
+        returned it has been matched by a ``close_forward`` (the cluster's own tunnel to its server
+        must outlive a user's tunnel to the same port)."""
 
     def shell_command(self) -> list[str]:
         """The argv of an interactive shell on the machine (``ssh ...`` for remote ones)."""

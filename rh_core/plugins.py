@@ -9,6 +9,7 @@ when a host is created, never at import:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -34,6 +35,37 @@ BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_e
                    "rh_core.builtin.dir_store", "rh_core.builtin.s3_store")
 KINDS = ("provisioner", "transport", "installer", "executor", "store", "builtin", "cluster_preset")
 
+#: Names that the plugins published with rh_core register, by kind, and the distribution that
+#: brings each: asking for one that is not installed says what to ``pip install``. (Only SkyPilot's
+#: most used clouds are listed: rh-sky registers every cloud SkyPilot knows.)
+KNOWN_NAMES: dict[str, dict[str, str]] = {
+    "executor": {"ray": "rh-ray"},
+    "transport": {"ssh": "rh-byo-ssh"},
+    "provisioner": {"byo": "rh-byo-ssh", "gcp-direct": "rh-gcp",
+                    **dict.fromkeys(("sky", "cheapest", "aws", "gcp", "azure", "lambda", "kubernetes", "k8s",
+                                     "runpod", "oci", "nebius", "vast", "fluidstack", "paperspace", "cudo", "do",
+                                     "ibm", "scp", "vsphere"), "rh-sky")},
+    "installer": {"pip": "rh-pip", "reqs": "rh-pip", "local": "rh-pip", "conda": "rh-conda", "git": "rh-git"},
+}
+
+
+def unknown_name_hint(kind: str, name: str, valid: list[str], failed: Mapping[str, PluginInfo]) -> str:
+    """What to say about an unknown ``name``: the distribution that brings it (or that it failed to
+    load, and why), else the near misses among ``valid``."""
+    distribution = KNOWN_NAMES.get(kind, {}).get(name)
+    if distribution is not None:
+        broken = next((info for info in failed.values() if info.distribution == distribution), None)
+        if broken is not None:
+            return (f"it comes with {distribution}, which is installed but failed to load ({broken.error}); "
+                    f"`rh plugins` shows it")
+        return f"it comes with the {distribution} plugin: `pip install {distribution}`"
+    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    said = [f"did you mean {' or '.join(repr(n) for n in near)}?"] if near else []
+    if failed:
+        said.append(f"the plugin(s) {', '.join(sorted(failed))} failed to load and may be what provides it "
+                    "(`rh plugins` says why)")
+    return "; ".join(said)
+
 
 @attrs.frozen(kw_only=True)
 class PluginInfo:
@@ -53,6 +85,13 @@ class Registry:
     kind: str
     _targets: dict[str, Any] = attrs.field(factory=dict)
     _owners: dict[str, str] = attrs.field(factory=dict)
+    _failed: Mapping[str, PluginInfo] = attrs.field(factory=dict)  # plugins that failed to load, by name
+
+    def unknown(self, name: str, *, called: str | None = None) -> UnknownNameError:
+        """The error for a name nobody registered, with what to install or the near misses;
+        ``called`` is what the user calls this kind (``"install method"``)."""
+        return UnknownNameError(called or self.kind, name, self.names(),
+                                unknown_name_hint(self.kind, name, self.names(), self._failed))
 
     def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), owner: str = "?") -> None:
         for key in (name, *aliases):
@@ -70,7 +109,7 @@ class Registry:
     def owner(self, name: str) -> str:
         """The name of the plugin that registered ``name``."""
         if name not in self._owners:
-            raise UnknownNameError(self.kind, name, self.names())
+            raise self.unknown(name)
         return self._owners[name]
 
     def get(self, name: str) -> Any:
@@ -78,7 +117,7 @@ class Registry:
         try:
             target = self._targets[name]
         except KeyError:
-            raise UnknownNameError(self.kind, name, self.names()) from None
+            raise self.unknown(name) from None
         if isinstance(target, str):
             module_name, _, attr = target.partition(":")
             try:
@@ -182,7 +221,7 @@ class PluginHost:
         if kind not in KINDS:
             raise UnknownNameError("plugin kind", kind, list(KINDS))
         if kind not in self._registries:
-            registry = Registry(kind)
+            registry = Registry(kind, failed=self._failed)
             hook = getattr(self._pm.hook, f"rh_register_{kind}s")
             for impl in hook.get_hookimpls():
                 owner = impl.plugin_name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from rh_core import serialize
 
@@ -26,8 +26,12 @@ def new_run_key(function_name: str) -> str:
     return f"{plain}-{os.urandom(8).hex()}"
 
 
-class Ref:
-    """The result of ``f.remote(...)``: a key naming a result held by the cluster's server.
+R = TypeVar("R")
+
+
+class Ref(Generic[R]):
+    """The result of ``f.remote(...)``: a key naming a result held by the cluster's server
+    (``Ref[int]`` for a function that returns an ``int``).
 
     ``ref.result(timeout=...)`` or ``rh.get(ref)`` fetch it, ``await ref`` too; passing a ref as an
     argument to another function on the same cluster hands it the value without a round trip.
@@ -44,11 +48,11 @@ class Ref:
         return self.key
 
     @classmethod
-    def _from_key(cls, key: str) -> Ref:
+    def _from_key(cls, key: str) -> Ref[Any]:
         return cls(key, None)
 
     def __reduce__(self):
-        return serialize.reduce_ref(self.key, Ref)
+        return serialize.reduce_ref(self)
 
     def __repr__(self) -> str:
         where = self.cluster.name if self.cluster is not None else "?"
@@ -61,7 +65,7 @@ class Ref:
             return here
         return self.cluster
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """The value, waiting up to ``timeout`` seconds; raises the function's own exception."""
         return self._cluster().get(self.key, timeout=timeout)
 
@@ -72,16 +76,16 @@ class Ref:
         """Let the cluster drop the result."""
         self._cluster().release([self.key])
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, R]:
         import asyncio
 
         return asyncio.to_thread(self.result).__await__()
 
 
 @overload
-def get(refs: Ref, timeout: float | None = None) -> Any: ...
+def get(refs: Ref[R], timeout: float | None = None) -> R: ...
 @overload
-def get(refs: Iterable[Ref], timeout: float | None = None) -> list[Any]: ...
+def get(refs: Iterable[Ref[R]], timeout: float | None = None) -> list[R]: ...
 
 
 def get(refs, timeout: float | None = None):

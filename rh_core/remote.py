@@ -1,31 +1,46 @@
 """Clusters on other machines: brought up by a provisioner plugin, reached through a transport plugin.
 
-Bootstrap works over any transport: probe the head for ``python3``, install the client's exact
-rh_core and plugins into ``~/.rh/venv`` there from shipped wheels, start the server detached, and
-reach its port through ``transport.forward``. A server started from another build is replaced.
+Bootstrap works over any transport: probe the head (its platform and Pythons, in one round trip),
+install the client's exact rh_core and plugins into ``~/.rh/venv`` there from wheels resolved on
+the client for that platform (:mod:`rh_core.wheels`), start the server detached, and reach its port
+through ``transport.forward``. A server started from another build is replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import shlex
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
-from rh_core import serialize
-from rh_core.cluster import KEEP_RAY_FILE, Cluster, rh_home
+from rh_core import progress, serialize
+from rh_core.cluster import KEEP_RAY_FILE, Cluster
+from rh_core.compat import add_note
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
 from rh_core.redact import secrets_hidden
+from rh_core.wheels import (
+    MIN_CLUSTER_PYTHON,
+    PROBE_PLATFORM,
+    OwnWheels,
+    Platform,
+    build_own_wheels,
+    cache_root,
+    resolve_wheelhouse,
+)
 
 if TYPE_CHECKING:
     from rh_core.client import Connection
     from rh_core.status import ClusterStatus
+
+logger = logging.getLogger(__name__)
 
 #: A connection unused this long is checked before the next request: the machines behind it may
 #: have been stopped meanwhile (an on-demand cluster's autostop).
@@ -44,12 +59,11 @@ def remote_shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-# Run with the host's python3; prints what bootstrap needs to know in one round trip.
-_PROBE = r"""
+# Run with the venv's python when there is one, else the host's python3; prints what bootstrap needs
+# to know in one round trip: the machine's platform, the Pythons on its PATH, the venv and the server.
+_PROBE = PROBE_PLATFORM + r"""
 import json, os, shutil, sys
 rh = os.path.expanduser(sys.argv[1])
-if sys.argv[2:] and sys.argv[2] != "%d.%d" % sys.version_info[:2]:
-    sys.exit(3)  # the venv's python is not the client's version: the caller asks python3
 def read(path):
     try:
         with open(path) as f: return f.read().strip()
@@ -57,11 +71,54 @@ def read(path):
 state = read(rh + "/server/server.json")
 try:
     state = json.loads(state); os.kill(state["pid"], 0)
+    if state.get("process_start"):  # the pid is that server's, not a later process's
+        with open("/proc/%d/stat" % state["pid"]) as f:
+            assert f.read().rpartition(")")[2].split()[19] == state["process_start"]
 except Exception:
     state = None
-print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
+def choose_python(prefer):
+    # The venv's interpreter: Python `prefer` when the machine has it (functions sent by value need
+    # the client's minor version), else python3 when new enough, else the newest 3.10+. Each is run
+    # once: a name on the PATH may be a shim that does not work (pyenv's, for inactive versions).
+    import subprocess
+    names = ["python" + prefer, "python3"] + ["python3.%d" % m for m in range(20, 9, -1)]
+    found, seen = [], set()
+    for name in names:
+        path = shutil.which(name)
+        if not path or path in seen: continue
+        seen.add(path)
+        try:
+            said = subprocess.run([path, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if not said: continue
+        found.append({"name": name, "path": path, "version": said})
+        if tuple(map(int, said.split("."))) >= (3, 10) and (name != "python" + prefer or said == prefer):
+            return found[-1], found
+    return None, found
+venv_build = read(rh + "/venv/rh-build-id")
+# argv: root [build prefer]: with a build the venv does not hold, find the interpreter for a new one.
+chosen, pythons = choose_python(sys.argv[3]) if sys.argv[2:] and sys.argv[2] != venv_build else (None, [])
+print(json.dumps({**rh_platform(), "executable": sys.executable, "chosen": chosen, "pythons": pythons,
                   "root": rh, "server": state, "secret": read(rh + "/server/secret"),
-                  "venv_build": read(rh + "/venv/rh-build-id"), "rsync": bool(shutil.which("rsync"))}))
+                  "venv_build": venv_build, "rsync": bool(shutil.which("rsync"))}))
+"""
+
+# Run with the server's python: exit 0 and print "reachable" when the package index its pip uses answers.
+_INDEX_CHECK = r"""
+import os, subprocess, sys, urllib.request
+index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
+said = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+for line in said.splitlines():
+    key, _, value = line.partition("=")
+    if key.endswith(".index-url"):
+        index = value.strip().strip("'\"")
+try:
+    urllib.request.urlopen(index.rstrip("/") + "/pip/", timeout=5).close()
+except Exception as exc:
+    print("%s: %s" % (index, exc)); sys.exit(1)
+print("reachable")
 """
 
 # Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
@@ -126,6 +183,8 @@ class RemoteCluster(Cluster):
     _server_state: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
     _bootstrap_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _last_request_at: float = attrs.field(default=0.0, init=False, repr=False)
+    _head_probe: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
+    _reaches_index: bool | None = attrs.field(default=None, init=False, repr=False)
 
     # --- machines ------------------------------------------------------------------------------
 
@@ -156,6 +215,15 @@ class RemoteCluster(Cluster):
 
     def _setup_dir(self) -> str:
         return self.remote_dir
+
+    def run(self, commands: list[str] | str, *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands on the head machine, with the cluster's Python environment (where
+        functions run) first on ``PATH``: ``pip install x`` installs there, ``python`` is its python."""
+        if isinstance(commands, str):
+            commands = [commands]
+        venv = remote_shell_path(f"{self.remote_dir.rstrip('/')}/venv")
+        prefix = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; '
+        return self.transport.run([prefix + command for command in commands], stream_logs=stream_logs)
 
     def down(self) -> None:
         """Stop the server and let the provisioner take the machines down (machines it reports
@@ -251,6 +319,7 @@ class RemoteCluster(Cluster):
             self._transport.close()
             self._transport = None
         self._synced.clear()  # new or restarted machines may not have what was synced to the old ones
+        self._reaches_index = None
 
     def _provisioner(self) -> Any:
         return self.host.provisioner(self.provisioner)()
@@ -313,92 +382,141 @@ class RemoteCluster(Cluster):
             raise ServerStartError(f"{what} failed on {self._where(address)} (exit {code}): {(err or out)[-2000:]}")
         return out
 
-    def _probe(self, transport=None, address: str | None = None) -> dict[str, Any]:
-        """One round trip: a machine's Python version, rsync, venv build and running server."""
+    def _probe(self, transport=None, address: str | None = None, *, build_id: str | None = None,
+               prefer_python: str | None = None) -> dict[str, Any]:
+        """One round trip: a machine's platform, rsync, venv build and running server; when its venv
+        does not hold ``build_id``, also the interpreter for a new one (``prefer_python`` first).
+        Run by the venv's python when there is one (it skips shims such as pyenv's, ~0.3 s, and is
+        what the server runs), else by the host's ``python3``."""
         transport = transport or self.transport
         address = address or self.cluster_info.head
-        ours = serialize.python_version()
-        # The venv's python when it is there and ours: it skips shims (pyenv's costs ~0.3 s) and
-        # is what the server runs; python3 otherwise.
         root = self.remote_dir
         venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
-        probe = f"-c {shlex.quote(_PROBE)} {shlex.quote(root)}"
-        (code, out, err), = transport.run([f"{venv} {probe} {ours} 2>/dev/null || python3 {probe}"])
+        args = [root] + ([build_id, prefer_python or serialize.python_version()] if build_id else [])
+        probe = f"-c {shlex.quote(_PROBE)} {' '.join(shlex.quote(arg) for arg in args)}"
+        (code, out, err), = transport.run([f"{venv} {probe} 2>/dev/null || python3 {probe}"])
         if code != 0:
             raise ServerStartError(
                 f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
                 "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
             )
-        probe = json.loads(out.strip().splitlines()[-1])
-        if probe["python"] != ours:
-            raise VersionMismatchError(
-                f"this client runs Python {ours} but python3 on {self._where(address)} is Python {probe['python']}; "
-                f"install Python {ours} there, or run the client with Python {probe['python']}"
-            )
-        return probe
+        return json.loads(out.strip().splitlines()[-1])
 
-    def install_runtime(self, address: str) -> str:
+    def _no_python_error(self, probe: dict[str, Any], address: str, prefer: str) -> VersionMismatchError:
+        floor = "%d.%d" % MIN_CLUSTER_PYTHON
+        found = ", ".join(f"{p['name']} is Python {p['version']}" for p in probe["pythons"]) or "none that runs"
+        return VersionMismatchError(
+            f"{self._where(address)} has no Python {floor} or later on the PATH of its SSH sessions ({found}); "
+            f"rh_core's server needs {floor}+. Install one there, e.g. `apt-get install -y python3.{MIN_CLUSTER_PYTHON[1] + 2}`"
+            f" (Ubuntu 20.04: the deadsnakes PPA) or `uv python install {prefer}`, then call again"
+        )
+
+    def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
         """Make sure ``address`` has the client's rh_core and executor plugin in its venv; return that
-        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes."""
+        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes
+        (which pass ``prefer_python``, the head's version: Ray needs one Python on every node)."""
         transport = self.transport_to(address)
-        probe = self._probe(transport, address)
-        self._ensure_venv(transport, address, probe)
+        build_id = self._own_wheels().build_id
+        probe = self._probe(transport, address, build_id=build_id, prefer_python=prefer_python)
+        self._ensure_venv(transport, address, probe, build_id)
         return f"{probe['root']}/venv/bin/python"
 
-    def _ensure_venv(self, transport, address: str, probe: dict[str, Any]) -> str:
-        from rh_core.wheels import build_wheelhouse
+    def offline_platform(self) -> Platform | None:
+        """The head's platform when its server's Python reaches no package index (asked once per
+        machine: the index its pip is configured with, else PyPI), else None."""
+        self.connection()
+        if self._reaches_index is None:
+            python = shlex.quote(str(self._info.get("python_executable") or "python3"))
+            with progress.step(logger, "index check", self._where(self.cluster_info.head)):
+                (code, out, _), = self.transport.run([f"{python} -c {shlex.quote(_INDEX_CHECK)}"])
+            self._reaches_index = code == 0 and out.strip().endswith("reachable")
+            if not self._reaches_index:
+                logger.info("%s reaches no package index (%s): requirements are resolved here and shipped",
+                            self._where(self.cluster_info.head), out.strip()[-300:])
+        if self._reaches_index:
+            return None
+        probe = self._head_probe or self._probe()
+        return Platform.from_probe({**probe, "python": self._info.get("python") or probe["python"]})
 
-        wheelhouse = build_wheelhouse(self._distributions(), f"{rh_home()}/wheels")
-        if probe["venv_build"] != wheelhouse.build_id:
-            venv = shlex.quote(f"{probe['root']}/venv")
+    def _own_wheels(self) -> OwnWheels:
+        return build_own_wheels(self._distributions(), cache_root())
+
+    def _ensure_venv(self, transport, address: str, probe: dict[str, Any], build_id: str) -> None:
+        """Install the client's build ``build_id`` into ``<remote_dir>/venv`` on ``address`` unless
+        it is there, from wheels resolved here for the machine's platform (see :meth:`_probe`)."""
+        if probe["venv_build"] == build_id:
+            return
+        if probe["chosen"] is None:
+            raise self._no_python_error(probe, address, serialize.python_version())
+        version, interpreter = probe["chosen"]["version"], probe["chosen"]["path"]
+        target = Platform.from_probe({**probe, "python": version})
+        with progress.step(logger, "wheels", f"for {target.describe()}"):
+            wheelhouse = resolve_wheelhouse(self._distributions(), target, cache_root())
+        venv = shlex.quote(f"{probe['root']}/venv")
+        with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
             remote_wheels = transport.sync_directory(wheelhouse.path)
-            requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-            install_from_wheels = f"install --quiet --no-index --find-links {shlex.quote(remote_wheels)}"
-            if probe["venv_build"] is None:  # no venv yet, or a half-made one: one pip run into a new one
-                pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
-                install = (f"python3 -m venv --clear --without-pip {venv} && "
-                           f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
-            else:  # another build: our distributions are replaced even where their version is the same
-                pip = f"{venv}/bin/python -m pip {install_from_wheels}"
-                install = (f"python3 -m venv {venv} && {pip} --force-reinstall --no-deps {requirements} && "
-                           f"{pip} {requirements}")
-            self._run_checked(transport, f"{install} && echo {wheelhouse.build_id} > {venv}/rh-build-id",
-                              "installing rh_core", address)
-        return wheelhouse.build_id
+        requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
+        # --no-compile: bytecode is written on first import instead, which halves the install (BENCHMARKS.md).
+        install_from_wheels = f"install --quiet --no-compile --no-index --find-links {shlex.quote(remote_wheels)}"
+        in_venv = probe["executable"].startswith(f"{probe['root']}/venv/")
+        if in_venv and probe["python"] == version and probe["venv_build"] is not None:
+            # Another build in a venv of the same Python: our distributions are replaced even where
+            # their version is the same; dependencies already there stay.
+            pip = f"{venv}/bin/python -m pip {install_from_wheels}"
+            install = f"{pip} --force-reinstall --no-deps {requirements} && {pip} {requirements}"
+        else:  # no venv yet, a half-made one, or one of another Python: one pip run into a new one
+            pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
+            install = (f"{shlex.quote(interpreter)} -m venv --clear --without-pip {venv} && "
+                       f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
+        with progress.step(logger, "install", f"rh_core into {probe['root']}/venv (Python {version})"):
+            self._run_checked(transport, f"{install} && echo {build_id} > {venv}/rh-build-id",
+                              f"installing rh_core (wheels for {target.describe()})", address)
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
             head = self.cluster_info.head
             prepare_forward = getattr(self.transport, "prepare_forward", None)
             if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
-                prepare_forward()
-            probe = self._probe()
-            build_id = self._ensure_venv(self.transport, head, probe)
+                with progress.step(logger, "connect", self._where(head)):
+                    prepare_forward()
+            build_id = self._own_wheels().build_id
+            with progress.step(logger, "probe", self._where(head)):
+                probe = self._probe(build_id=build_id)
+            self._head_probe = probe
+            self._ensure_venv(self.transport, head, probe, build_id)
             state, secret = probe["server"], probe["secret"]
             if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
-                from rh_core.config import server_arguments
-
-                argv = ["--executor", self.executor, *server_arguments()]
-                for key, value in self.executor_options.items():
-                    argv += ["-o", f"{key}={json.dumps(value)}"]
-                old_pid = state["pid"] if state else 0
-                command = " ".join(shlex.quote(part) for part in [
-                    f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
-                    build_id, head, str(old_pid), *argv])
-                started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
-                                     .strip().splitlines()[-1])
-                if not started["ok"]:
-                    raise ServerStartError(
-                        f"the server on {self._where(head)} exited with code {started['code']} while starting; "
-                        f"its log ends with:\n{started['log']}"
-                    )
-                state, secret = started["state"], started["secret"]
-            host, port = self.transport.forward(state["port"])
+                with progress.step(logger, "start server", f"{self.executor} executor on {self._where(head)}"):
+                    state, secret = self._start_server(probe, build_id, state)
+            with progress.step(logger, "tunnel", f"to port {state['port']} on {self._where(head)}"):
+                host, port = self.transport.forward(state["port"])
             # The secret came over the authenticated transport; it is kept in memory only.
             state = {**state, "secret": secret}
             self._server_state = state
             self._address = f"tcp://{host}:{port}"
             return self._address, state
+
+    def _start_server(self, probe: dict[str, Any], build_id: str, old: dict[str, Any] | None
+                      ) -> tuple[dict[str, Any], str]:
+        """Start the server on the head (replacing ``old``); its state and secret."""
+        from rh_core.config import server_arguments
+
+        head = self.cluster_info.head
+        argv = ["--executor", self.executor, *server_arguments()]
+        for key, value in self.executor_options.items():
+            argv += ["-o", f"{key}={json.dumps(value)}"]
+        old_pid = old["pid"] if old else 0
+        command = " ".join(shlex.quote(part) for part in [
+            f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
+            build_id, head, str(old_pid), *argv])
+        started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
+                             .strip().splitlines()[-1])
+        if not started["ok"]:
+            raise ServerStartError(
+                f"the server on {self._where(head)} exited with code {started['code']} while starting; "
+                f"its log ends with:\n{started['log']}"
+            )
+        return started["state"], started["secret"]
 
     def _liveness(self) -> str | None:
         from rh_core.client import ping
@@ -494,6 +612,44 @@ class RemoteCluster(Cluster):
         return self._last_status
 
 
+#: The ``ssh_creds`` keys, which people also pass to ``rh.cluster`` itself by mistake.
+SSH_CREDS_KEYS = ("ssh_user", "ssh_private_key", "ssh_port", "password", "passphrase", "known_hosts",
+                  "trust_new_host", "use_agent", "connect_timeout")
+
+
+def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, provider: str | None) -> None:
+    """Machines you bring take no options beyond ``ips`` and ``ssh_creds``: any other keyword would
+    be silently ignored (``ssh_port=2222`` would connect to port 22), so it is an error."""
+    if instance_type is not None or provider is not None:
+        raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
+                        "ones: pass one or the other")
+    if not options:
+        return
+    creds = {key: value for key, value in options.items() if key in SSH_CREDS_KEYS}
+    if creds:
+        raise TypeError(
+            f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in ssh_creds: "
+            f"rh.cluster(ips=[...], ssh_creds={creds!r})")
+    raise TypeError(
+        f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
+        "ips, ssh_creds, executor, executor_options")
+
+
+@overload
+def cluster(name: str | None = None, *, ips: list[str], ssh_creds: dict[str, Any] | None = None,
+            executor: str = "process", executor_options: dict[str, Any] | None = None) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, instance_type: str, provider: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, provider: str, instance_type: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str, *, dryrun: bool = False, store: dict[str, Any] | None = None) -> Cluster: ...
+@overload
+def cluster(name: str | None = None, *, address: str, tls_fingerprint: str, secret: str = "") -> Cluster: ...
+
+
 def cluster(
     name: str | None = None,
     *,
@@ -520,10 +676,11 @@ def cluster(
     when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
     """
     if ips:
+        _refuse_byo_options(options, instance_type, provider)
         return RemoteCluster(
             name=name or f"byo-{ips[0]}",
             provisioner="byo",
-            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {}), **options},
+            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {})},
             executor=executor,
             executor_options=dict(executor_options or {}),
         )
@@ -545,7 +702,7 @@ def cluster(
         try:
             return load_cluster(name, dryrun=dryrun, store=store)
         except ResourceNotFoundError as exc:
-            exc.add_note("To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
+            add_note(exc, "To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
                          "you have, or rh.cluster(name=..., instance_type='A100:1') to launch them.")
             raise
     raise TypeError(

@@ -19,6 +19,7 @@ from rh_core.plugin_types import Outcome
 
 DEFAULT_MAX_MB = 2048
 DEFAULT_DAYS = 7.0
+DEFAULT_MEMORY_MB = 256  # kept results that are on disk too stay in memory within this much
 
 
 class SpilledResults:

@@ -4,11 +4,18 @@ Every executor's workers use this: the process executor's worker processes and R
 The function's stdout and stderr (and so ``logging`` to them) are sent live to the server's log
 endpoint as ``[key, stream, text]``; after a task that printed anything an end-of-logs marker
 ``[key, b"eof", b""]`` follows, so the server can deliver every line before the result.
+
+A function may fork. A child that returns from the function (or raises, ``sys.exit`` included) into
+the runner exits there, before it can touch the worker's link or log socket: only the worker
+answers for its task. Output of such children goes to the worker's own stdout and stderr (the
+server log), never through the parent's ZeroMQ socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import sys
 import threading
@@ -20,7 +27,7 @@ import attrs
 import zmq
 
 from rh_core import serialize, shm
-from rh_core.errors import RemoteError
+from rh_core.errors import RemoteError, RemoteExitError, StaleCodeError
 from rh_core.plugin_types import Outcome, Task
 
 
@@ -36,6 +43,12 @@ class LogSender:
             self._socket.connect(endpoint)
         self.key: str | None = None
         self.sent = False
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def _forget_in_child(self) -> None:
+        # A ZeroMQ socket must not be used across fork; the child's lines go to its fallback stream.
+        # The socket object is kept (never closed here): closing it would touch the parent's context.
+        self.key, self._lock = None, threading.Lock()
 
     def send(self, stream: str, text: str) -> bool:
         key = self.key
@@ -91,21 +104,83 @@ class Runner:
 
     def __init__(self, log_endpoint: str | None):
         self.logs = LogSender(log_endpoint)
+        self._pid = os.getpid()
         self._functions: dict[str, Callable] = {}
+        self._code_versions: dict[str, str] = {}  # the caller's code directory -> version imported from it
+        self._verified: dict[str, str] = {}  # module -> the source digest it was imported with
+        self._cwd: str | None = None
         if not isinstance(sys.stdout, CallOutput):
             sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
             sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
 
     def function(self, header: dict[str, Any], function_frame: Any) -> Callable:
+        code = header.get("code")
+        if code is not None:
+            self._use_code(code)
         fn_id = header["fn_id"]
         fn = self._functions.get(fn_id)
         if fn is None:
             ref = header.get("function_ref")
             if ref is not None:
-                fn = serialize.load_function(serialize.FunctionRef.from_json(ref))
+                fn = self._import(serialize.FunctionRef.from_json(ref), code)
             else:
                 fn = serialize.loads_function(function_frame)
             self._functions[fn_id] = fn
+        return fn
+
+    def _use_code(self, code: dict[str, Any]) -> None:
+        """Make the caller's code importable as it sent it (see :class:`serialize.CodeOnCluster`):
+        modules imported from its directory at another version are forgotten first."""
+        root, version = code["root"], code["version"]
+        if self._code_versions.get(root) != version:
+            if not os.path.isdir(root):  # a machine the caller's code has not reached (yet)
+                raise StaleCodeError(
+                    f"the caller's working directory {root} is not on this machine: the code did not reach it. "
+                    "The call was refused, not run"
+                )
+            if root in self._code_versions:
+                _forget_modules_under(root)
+                self._functions.clear()
+                self._verified.clear()
+            self._code_versions[root] = version
+        for path in reversed(code["paths"]):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        if code["cwd"] != self._cwd:
+            try:
+                os.chdir(code["cwd"])  # relative paths mean what they mean where the caller runs
+            except FileNotFoundError:  # a folder that did not travel (ignored by git or .rhignore)
+                os.chdir(root)
+            self._cwd = code["cwd"]
+
+    def _import(self, ref: serialize.FunctionRef, code: dict[str, Any] | None) -> Callable:
+        """Import a function by reference, refusing it when its module's source here is not the
+        source the caller sent (``code["digest"]``)."""
+        digest = code.get("digest") if code is not None else None
+        if digest is None:
+            return serialize.load_function(ref)
+        if self._verified.get(ref.module) == digest:
+            return serialize.load_function(ref)
+        sys.modules.pop(ref.module, None)  # imported before, but not checked against this digest
+        fn = serialize.load_function(ref)
+        file = getattr(sys.modules.get(ref.module), "__file__", None) or ""
+        if _digest_or_none(file) != digest:
+            # A bytecode cache can outlive an edit that kept the size within the same second;
+            # drop it, and the module, and read the source once more.
+            import importlib.util
+
+            with contextlib.suppress(OSError, ValueError, NotImplementedError):
+                os.unlink(importlib.util.cache_from_source(file))
+            sys.modules.pop(ref.module, None)
+            fn = serialize.load_function(ref)
+        if _digest_or_none(file) != digest:
+            sys.modules.pop(ref.module, None)  # never reused: what it holds is not the caller's code
+            raise StaleCodeError(
+                f"the cluster's copy of module {ref.module} ({file}) is not the source {ref.qualname} was sent "
+                "with: it changed after .to(), or this machine holds an older copy. The call was refused, "
+                "not run; send the function again with .to(cluster)"
+            )
+        self._verified[ref.module] = digest
         return fn
 
     def run(self, task: Task) -> Outcome:
@@ -135,13 +210,15 @@ class Runner:
 
             received: list[str] = []  # segments of large arguments: what the result does not reuse goes back
             arguments = serialize.loads(task.arguments, resolve_ref, received)
+        except StaleCodeError as exc:
+            return Outcome(status="stale", frames=serialize.dumps_exception(exc))
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         if task.header.get("mode") == "map":
             return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
         try:
             args, kwargs = arguments
-            result = fn(*args, **kwargs)
+            result = self._call(fn, args, kwargs)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         return _pack_result(result, task.header.get("shm_prefix"), received)
@@ -151,10 +228,59 @@ class Runner:
         results: list[tuple[str, Any]] = []
         for args, kwargs in items:
             try:
-                results.append(("ok", fn(*args, **kwargs)))
-            except Exception as exc:
+                results.append(("ok", self._call(fn, args, kwargs)))
+            except BaseException as exc:
                 results.append(("err", _picklable_error(exc)))
         return _pack_result(results, shm_prefix, received)
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Call the user's function. ``sys.exit`` (or another exit) inside it becomes an error for
+        the caller, never an exit of the worker or of the caller's process; a process the function
+        forked that comes back here ends at once."""
+        try:
+            return fn(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if os.getpid() == self._pid:
+                raise RemoteExitError.of(exc) from None
+            raise
+        finally:
+            if os.getpid() != self._pid:
+                _end_forked_child()
+
+
+def _forget_modules_under(directory: str) -> None:
+    """Forget every imported module whose file lies in ``directory``, so the next import reads it again."""
+    import importlib
+
+    prefix = os.path.join(directory, "")
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and file.startswith(prefix):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def _digest_or_none(path: str) -> str | None:
+    try:
+        return serialize.source_digest(path)
+    except OSError:
+        return None
+
+
+def _end_forked_child() -> None:
+    """End a process the user's function forked that returned (or raised) into the runner, with
+    the exit code it asked for, before anything of the worker's runs in it."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        code = 0
+    elif isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from rh_core.compat import file_digest
 from rh_core.errors import RhError
 
 MANIFEST = ".rh-manifest.json"
@@ -52,7 +53,7 @@ def local_manifest(path: str) -> dict[str, dict[str, Any]]:
                 continue
             full = os.path.join(root, name)
             with open(full, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = file_digest(f, "sha256").hexdigest()
             manifest[os.path.relpath(full, path)] = {"sha256": digest, "size": os.path.getsize(full)}
     return manifest
 

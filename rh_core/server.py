@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hmac
 import json
 import os
-import pickle
 import resource
 import secrets
 import signal
@@ -42,8 +42,9 @@ import uvloop
 import zmq
 
 from rh_core import __version__, results, serialize, shm
+from rh_core.call_gate import CallGate
 from rh_core.channel import Channel
-from rh_core.client import PRE_AUTH_MAX_BYTES, SECRET_FILE, join_frames
+from rh_core.client import SECRET_FILE, join_frames
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import (
     CallTimeoutError,
@@ -55,13 +56,17 @@ from rh_core.errors import (
 )
 from rh_core.files import open_private, private_directory, read_private, write_atomically
 from rh_core.heap import keep_freed_memory
-from rh_core.link import Link, bound_stalls
+from rh_core.link import ENVELOPE_MAX_BYTES
+from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
+from rh_core.processes import process_start_time
 from rh_core.ref import RUN_KEY
 
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
+STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
+SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
@@ -70,7 +75,10 @@ HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove 
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.link)
-CLIENT_STALL_SECONDS = 1  # how long the server waits on a link client that stopped mid-message, then drops it
+CLIENT_STALL_SECONDS = 1  # how long a link client may take none of its replies before it is dropped
+#: Descriptors kept free of link clients, for workers, log files and ZeroMQ's own (libzmq aborts
+#: the process when it cannot get one): a quarter of the limit, at least this many.
+RESERVED_DESCRIPTORS = 64
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
@@ -102,34 +110,10 @@ class RouterPeer:
         return True
 
 
-class LinkPeer:
-    """A client on this machine, connected to the server's link socket: each message is
-    ``(envelope, [frames])``, in both directions."""
-
-    def __init__(self, link: Link, on_close: Callable[[LinkPeer], None]):
-        self.link: Link | None = link
-        self._on_close = on_close
-
-    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
-        if self.link is None:
-            return False
-        try:
-            self.link.send_envelope(envelope, frames)
-        except OSError:  # gone, or not reading for STALL_SECONDS: the stream may end in half a message
-            self.close()
-            return False
-        return True
-
-    def close(self) -> None:
-        if self.link is not None:
-            self._on_close(self)
-            self.link.close()
-            self.link = None
-
-
 class Server:
     def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0,
                  results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS,
+                 results_memory_mb: int = results.DEFAULT_MEMORY_MB,
                  expose: tuple[str, int] | None = None, tls_files: tuple[str, str] | None = None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ServerStartError(
@@ -144,11 +128,16 @@ class Server:
         # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
         # not stall the event loop, and a release queued after a save deletes what it wrote.
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
+        # Kept results also on disk, in memory too until they pass this budget (oldest go first):
+        # unfetched results must not grow the server without bound.
+        self._results_memory_budget = results_memory_mb * 2**20
+        self._saved_in_memory: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
         self._results: dict[str, asyncio.Future[Outcome]] = {}
-        self._fifo_locks: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
+        self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
         self._log_ends: dict[str, asyncio.Future[None]] = {}
         self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
@@ -163,9 +152,13 @@ class Server:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
         self.link_path: str | None = None  # the link socket clients on this machine use, once open
-        self._links: set[LinkPeer] = set()
+        self._links: set[ServerLinkProtocol] = set()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
+        self._accepting = False
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
+        self._shm_sweep: asyncio.TimerHandle | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -178,12 +171,12 @@ class Server:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # A connection must prove the secret in its handshake before it can send a message, and no
-        # frame longer than PRE_AUTH_MAX_BYTES is read, so a stranger on this port can make us read
+        # frame longer than ENVELOPE_MAX_BYTES is read, so a stranger on this port can make us read
         # at most one such frame per connection, for at most HANDSHAKE_SECONDS. Clients send longer
-        # frames in pieces (rh_core.client.split_frames), joined in _on_request.
+        # frames in pieces (rh_core.client.split_frames), joined in _on_router_message.
         router.plain_server = True
         router.zap_domain = ZAP_DOMAIN
-        router.setsockopt(zmq.MAXMSGSIZE, PRE_AUTH_MAX_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, ENVELOPE_MAX_BYTES)
         router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
         # A reply to a client that is gone raises instead of vanishing: its result is kept by key.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -207,6 +200,7 @@ class Server:
         self._sweep_run_logs()
         self._expire_results()
         self._write_state()
+        self._watch_state_dir(os.stat(self.state_dir))
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
@@ -246,9 +240,24 @@ class Server:
         self._front_door, bound = await tls.serve_front_door(host, port, cert, key, self.port, self._secret)
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
+    def _watch_state_dir(self, first: os.stat_result) -> None:
+        """Stop when the state directory is deleted or replaced: clients find a server only through
+        it, so a server without it could never be reached or stopped again (an orphan)."""
+        try:
+            now = os.stat(self.state_dir)
+            gone = (now.st_dev, now.st_ino) != (first.st_dev, first.st_ino)
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            sys.stderr.write(f"rh server: its state directory {self.state_dir} was deleted or replaced; stopping\n")
+            self._stopped.set()
+            return
+        self._loop.call_later(STATE_DIR_CHECK_SECONDS, self._watch_state_dir, first)
+
     def info(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "process_start": process_start_time(os.getpid()),
             "port": self.port,
             "local_endpoint": self.local_endpoint,
             "link": self.link_path,
@@ -266,6 +275,7 @@ class Server:
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "state_dir": self.state_dir,
             **self._spilled.describe(),
+            "results_in_memory_bytes": self._kept_bytes_in_memory(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
         }
 
@@ -327,41 +337,63 @@ class Server:
         door.listen(128)
         door.setblocking(False)
         self._door, self.link_path = door, path
-        self._loop.add_reader(door.fileno(), self._accept_links)
+        self._accept_again()
+
+    def _accept_again(self) -> None:
+        if not self._accepting and self._door.fileno() >= 0:
+            self._accepting = True
+            self._loop.add_reader(self._door.fileno(), self._accept_links)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self._loop.remove_reader(self._door.fileno())
 
     def _accept_links(self) -> None:
         while True:
+            if len(self._links) >= self._link_capacity:  # more wait in the door's backlog until some leave
+                sys.stderr.write(f"rh server: {len(self._links)} local clients are connected, the most its "
+                                 "descriptors allow; others wait until one leaves\n")
+                self._stop_accepting()
+                return
             try:
                 connection, _ = self._door.accept()
             except BlockingIOError:  # none left waiting
                 return
             except OSError as exc:  # out of file descriptors: wait a moment rather than spin
                 sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
-                self._loop.remove_reader(self._door.fileno())
-                self._loop.call_later(1.0, self._loop.add_reader, self._door.fileno(), self._accept_links)
+                self._stop_accepting()
+                self._loop.call_later(1.0, self._accept_again)
                 return
-            bound_stalls(connection, CLIENT_STALL_SECONDS)  # a client that stops mid-message, or stops reading
-            peer = LinkPeer(Link(connection.detach()), self._forget_link)
+            connection.setblocking(False)
+            peer = ServerLinkProtocol(self._check_request, self._serve, self._forget_link, CLIENT_STALL_SECONDS)
             self._links.add(peer)
-            peer.link.watch(self._loop, self._on_link_readable, peer)
+            connecting = asyncio.ensure_future(
+                self._loop.connect_accepted_socket(lambda peer=peer: peer, sock=connection))
+            self._tasks.add(connecting)
+            connecting.add_done_callback(self._tasks.discard)
 
-    def _on_link_readable(self, peer: LinkPeer) -> None:
-        try:
-            envelope, frames = peer.link.receive_envelope()
-        except (EOFError, OSError, pickle.UnpicklingError):  # gone, or wrote something unreadable
-            peer.close()
-            return
-        except ProtocolError as exc:  # read whole, but not a request: say so, and read on
-            self._fail(peer, "", exc)
-            return
-        self._on_request(peer, envelope, frames)
-
-    def _forget_link(self, peer: LinkPeer) -> None:
+    def _forget_link(self, peer: ServerLinkProtocol) -> None:
         self._links.discard(peer)
-        self._loop.remove_reader(peer.link.fileno())
+        if len(self._links) < self._link_capacity and not self._stopped.is_set():
+            self._accept_again()
+        if self._shm_prefix is not None and self._shm_sweep is None:
+            # The client may have been killed with shared-memory segments of its own: once the
+            # dust settles, remove those whose owner is gone (in a thread: it opens each one).
+            self._shm_sweep = self._loop.call_later(SHM_SWEEP_DELAY, self._sweep_orphaned_segments)
+
+    def _sweep_orphaned_segments(self) -> None:
+        self._shm_sweep = None
+
+        def done(removed: asyncio.Future) -> None:
+            if removed.result():
+                sys.stderr.write(f"rh server: removed {len(removed.result())} shared-memory segments of clients that "
+                                 "are gone\n")
+
+        self._loop.run_in_executor(None, shm.sweep_orphans, self._shm_prefix).add_done_callback(done)
 
     def _close_link_door(self) -> None:
-        self._loop.remove_reader(self._door.fileno())
+        self._stop_accepting()
         self._door.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.link_path)
@@ -370,30 +402,41 @@ class Server:
 
     def _on_router_message(self, frames: list) -> None:
         """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
-        envelope = frames[1].buffer if len(frames) > 1 else b""
-        self._on_request(RouterPeer(self._router, frames[0].bytes), envelope, frames[2:])
-
-    def _on_request(self, peer: Peer, envelope: Any, frames: list) -> None:
-        """Serve one request from ``peer``: its JSON ``envelope`` (a buffer) and the frames after it."""
-        try:
-            request = orjson.loads(envelope)
-            request_id, op = request["id"], request["op"]
-            authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
-        except (IndexError, ValueError, KeyError, TypeError, AttributeError):
-            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+        peer = RouterPeer(self._router, frames[0].bytes)
+        request = self._check_request(peer, frames[1].buffer if len(frames) > 1 else b"")
+        if request is None:
             return
-        if not authenticated:  # before anything else: nothing of an unauthenticated request is used
-            self._reply(peer, request_id, "fail", {"type": "AuthenticationError", "message": (
-                "the request does not carry this cluster's secret; clients read it from the server's state "
-                "directory on the cluster (owner-only), so only the cluster's user can call its server"
-            )})
-            return
-        if "pieces" in request:  # frames a client on another machine sent in pieces (see PRE_AUTH_MAX_BYTES)
+        frames = frames[2:]
+        if "pieces" in request:  # frames a client on another machine sent in pieces (see ENVELOPE_MAX_BYTES)
             try:
                 frames = join_frames(frames, request["pieces"])
             except ProtocolError as exc:
-                self._fail(peer, request_id, exc)
+                self._fail(peer, request["id"], exc)
                 return
+        self._serve(peer, request, frames)
+
+    def _check_request(self, peer: Peer, envelope: Any) -> dict[str, Any] | None:
+        """The request in ``envelope`` (JSON) when it is well formed and carries the secret; else
+        None, after a ``fail`` reply saying why. Nothing of a refused request is used."""
+        try:
+            request = orjson.loads(envelope)
+            if not isinstance(request, dict) or "id" not in request or "op" not in request:
+                raise ValueError("not a request")
+            authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
+        except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            return None
+        if not authenticated:
+            self._reply(peer, request["id"], "fail", {"type": "AuthenticationError", "message": (
+                "the request does not carry this cluster's secret; clients read it from the server's state "
+                "directory on the cluster (owner-only), so only the cluster's user can call its server"
+            )})
+            return None
+        return request
+
+    def _serve(self, peer: Peer, request: dict[str, Any], frames: list) -> None:
+        """Serve one authenticated request from ``peer``, with the frames after its envelope."""
+        request_id, op = request["id"], request["op"]
         # The two hot paths are answered without a coroutine: liveness pings and plain calls.
         if op == "ping":
             self._reply(peer, request_id, "info", self.info())
@@ -434,8 +477,8 @@ class Server:
         n_fn = request["n_fn"]
         return Task(
             key=request["key"],
-            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "mode": "call",
-                    "shm_prefix": self._shm_prefix if request.get("shm") else None},
+            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
+                    "mode": "call", "shm_prefix": self._shm_prefix if request.get("shm") else None},
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},
@@ -465,12 +508,7 @@ class Server:
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
         self._route_logs(task, peer, request_id)
-        if mode == "enqueue":
-            lock = self._fifo_locks.setdefault(request["fn_id"], asyncio.Lock())  # wakes waiters FIFO
-            async with lock:
-                outcome = await self._start(task)
-        else:
-            outcome = await self._start(task)
+        outcome = await self._start(task, exclusive=mode == "enqueue")
         self._log_routes.pop(task.key, None)
         self._deliver(peer, request_id, task, outcome)
 
@@ -487,14 +525,49 @@ class Server:
             self._log_routes.pop(chunk.key, None)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
-    def _start(self, task: Task) -> asyncio.Future[Outcome]:
-        """Submit a task; the returned future always resolves to an Outcome, after the call's
-        timeout is applied, executor failures are turned into ``err`` outcomes, and the call's
-        last log lines have gone out."""
+    def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
+        """Submit a task (``exclusive``: an enqueued call, which runs alone; see
+        :mod:`rh_core.call_gate`); the returned future always resolves to an Outcome, after the
+        call's timeout is applied, executor failures are turned into ``err`` outcomes, and the
+        call's last log lines have gone out."""
         final: asyncio.Future[Outcome] = self._loop.create_future()
+        final.add_done_callback(lambda _: self._running.pop(task.key, None))
+        fn_id = task.header["fn_id"]
+        gate = self._gates.get(fn_id)
+        if gate is None and not exclusive:  # the common case: nothing of this function is enqueued
+            self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
+            final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
+            self._submit(task, final)
+            return final
+        if gate is None:
+            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0))
+        self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
+        ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
+        final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
+        return final
+
+    def _ungated_call_finished(self, fn_id: str) -> None:
+        left = self._calls_running[fn_id] - 1
+        if left:
+            self._calls_running[fn_id] = left
+        else:
+            del self._calls_running[fn_id]
+        gate = self._gates.get(fn_id)
+        if gate is not None:  # it ran when the gate was made, and counts there
+            gate.plain_finished()
+            self._forget_gate_when_idle(fn_id, gate)
+
+    def _leave_gate(self, fn_id: str, gate: CallGate, ticket: Any) -> None:
+        gate.leave(ticket)
+        self._forget_gate_when_idle(fn_id, gate)
+
+    def _forget_gate_when_idle(self, fn_id: str, gate: CallGate) -> None:
+        if gate.idle and self._gates.get(fn_id) is gate:
+            del self._gates[fn_id]
+
+    def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
         running = self.executor.submit(task)
         self._running[task.key] = (running, final)
-        final.add_done_callback(lambda _: self._running.pop(task.key, None))
         timeout = task.options.get("timeout")
         timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
 
@@ -516,7 +589,6 @@ class Server:
                 final.set_result(outcome)
 
         running.add_done_callback(settle)
-        return final
 
     def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
         error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
@@ -537,18 +609,36 @@ class Server:
         ended.add_done_callback(done)
 
     def _spill(self, key: str, final: asyncio.Future) -> None:
-        """Keep a finished result on disk too (in the results thread), so it outlives a restart."""
+        """Keep a finished result on disk too (in the results thread), so it outlives a restart;
+        once there, memory holds it only within the results memory budget."""
         if self._results.get(key) is not final:  # released meanwhile
             return
-        self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
+        saving = self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
+        saving.add_done_callback(lambda saved: saved.result() and self._saved(key, final))
 
-    def _save_result(self, key: str, outcome: Outcome) -> None:
+    def _save_result(self, key: str, outcome: Outcome) -> bool:
         try:
             why_not = self._spilled.save(key, outcome)
         except OSError as exc:  # a full disk must not cost the result: it stays in memory
             why_not = f"result {key} is not kept on disk: {exc}"
         if why_not:
             sys.stderr.write(f"rh server: {why_not}\n")
+        return why_not is None
+
+    def _kept_bytes_in_memory(self) -> int:
+        return sum(_outcome_bytes(future.result()) for future in self._results.values() if future.done())
+
+    def _saved(self, key: str, final: asyncio.Future) -> None:
+        """``key`` is on disk: beyond the memory budget, the oldest results on disk leave memory
+        (``_outcome`` reads them from disk when asked)."""
+        if self._results.get(key) is not final:
+            return
+        self._saved_in_memory[key] = _outcome_bytes(final.result())
+        total = sum(self._saved_in_memory.values())
+        while total > self._results_memory_budget and self._saved_in_memory:
+            oldest, size = self._saved_in_memory.popitem(last=False)
+            self._results.pop(oldest, None)
+            total -= size
 
     def _expire_results(self) -> None:
         def expired(done: concurrent.futures.Future) -> None:
@@ -661,7 +751,7 @@ class Server:
         keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
         self._reply_outcomes(peer, request_id, list(outcomes))
 
@@ -678,6 +768,7 @@ class Server:
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in map(check_run_key, request["keys"]):
             self._results.pop(key, None)
+            self._saved_in_memory.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(peer, request_id, "info", {})
 
@@ -731,6 +822,10 @@ class Server:
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
+def _outcome_bytes(outcome: Outcome) -> int:
+    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
+
+
 def check_call_request(request: dict, frame_count: int) -> None:
     """Refuse a ``call`` envelope whose fields have the wrong types, naming the field: such a
     request comes from a broken or foreign client, and must not reach the executor."""
@@ -752,6 +847,8 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("env", "an environment name or null")
     if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
         raise wrong("function_ref", "an object or null")
+    if request.get("code") is not None and not isinstance(request["code"], dict):
+        raise wrong("code", "an object or null")
     timeout = request.get("options", {}).get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")
@@ -825,11 +922,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="disk space for .remote() results kept across restarts")
     parser.add_argument("--results-days", type=float, default=results.DEFAULT_DAYS,
                         help="days a kept result lives before it is deleted")
+    parser.add_argument("--results-memory-mb", type=int, default=results.DEFAULT_MEMORY_MB,
+                        help="memory for kept results that are on disk too; beyond it they are read from disk")
     args = parser.parse_args(argv)
-    try:
-        private_directory(args.state_dir)  # before anything goes into it: the secret, logs, results
+    try:  # before anything goes into it: the secret, logs, results
+        args.state_dir = private_directory(args.state_dir)  # absolute
     except UntrustedPathError as exc:
         sys.exit(f"rh server: {exc}")
+    # Its own directory, not the starter's: a server outlives the shell that started it, and a
+    # working directory deleted meanwhile would fail every pip or git run it makes.
+    os.chdir(args.state_dir)
     keep_freed_memory()
     # Each thread of each local client holds a connection, so allow as many as the system lets us.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -846,7 +948,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tls-cert and --tls-key go together")
     tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
     server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
-                    results_days=args.results_days, expose=expose, tls_files=tls_files)
+                    results_days=args.results_days, results_memory_mb=args.results_memory_mb,
+                    expose=expose, tls_files=tls_files)
     try:
         uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
     except UntrustedPathError as exc:  # a state file someone else planted: say so, without a traceback

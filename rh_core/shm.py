@@ -14,7 +14,9 @@ Each process keeps up to ``KEPT_BYTES`` of segments it owns for reuse, and as mu
 mappings of segments it passed on (so one that comes back is still mapped). Segments are named
 ``rh-<server pid>-<random>``. A process removes those it owns when it exits, or when it sends a
 buffer to another server; a server removes all of its own when it stops, and those of servers that
-died when it starts.
+died when it starts. A client killed mid-call cannot remove its own: when one of its clients goes,
+the server removes the segments whose owner (a pid in each segment's header) no longer runs
+(:func:`sweep_orphans`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ KEPT_BYTES = 256 * 2**20
 SHM_DIR = "/dev/shm"
 _MAGIC = b"\x00rh-shm\x00"
 _RETURN_MAGIC = b"\x00rh-shm-return\x00"
-_HEADER = 4096  # two tokens, then the buffer from the next page on
+_HEADER = 4096  # two tokens and the owner's pid, then the buffer from the next page on
 _TOKEN_BYTES = 16
 _BUFFER_TOKEN = slice(0, _TOKEN_BYTES)  # set while a buffer in the segment waits for its reader
 _RETURN_TOKEN = slice(_TOKEN_BYTES, 2 * _TOKEN_BYTES)  # set while the segment is handed back
+_OWNER = slice(2 * _TOKEN_BYTES, 2 * _TOKEN_BYTES + 8)  # pid of the process that owns it now
 _CAPACITY_STEP = 2**20  # new segments hold their buffer rounded up to this, so sizes close by reuse them
 
 
@@ -65,8 +68,15 @@ def _map(name: str, size: int | None = None) -> _Segment:
     fd = os.open(path, flags, 0o600)
     try:
         if size is not None:
-            os.ftruncate(fd, _HEADER + size)
-        return _Segment(name, mmap.mmap(fd, 0))
+            # Reserve the memory now: a segment merely truncated to size is sparse, and writing
+            # past what /dev/shm holds (64 MiB in a Docker container) would kill us with SIGBUS.
+            # Here that is an OSError (ENOSPC), and the buffer goes through the socket instead.
+            # (macOS has neither posix_fallocate nor /dev/shm: opening the segment failed already.)
+            os.posix_fallocate(fd, 0, _HEADER + size)
+        segment = _Segment(name, mmap.mmap(fd, 0))
+        if size is not None:
+            segment.mapping[_OWNER] = os.getpid().to_bytes(8, "little")
+        return segment
     except BaseException:
         if size is not None:
             os.unlink(path)
@@ -120,6 +130,7 @@ class _Segments:
         return segment if segment is not None else _map(name)
 
     def keep(self, segment: _Segment) -> None:
+        segment.mapping[_OWNER] = os.getpid().to_bytes(8, "little")
         with self.lock:
             self.owned[segment.name] = segment
             for evicted in _beyond_budget(self.owned):
@@ -156,7 +167,7 @@ os.register_at_fork(after_in_child=_forget_segments_after_fork)
 
 def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
     """Frames with every large buffer after the first moved to shared memory (when ``prefix`` is set
-    and ``/dev/shm`` is writable; otherwise the frames as they were)."""
+    and ``/dev/shm`` is writable and has room for it; otherwise the frames as they were)."""
     if prefix is None:
         return list(frames)
     shared = [frames[0]]
@@ -169,7 +180,7 @@ def share(frames: Sequence[Any], prefix: str | None) -> list[Any]:
         try:
             segment = _segments.take(prefix, size)
         except OSError:
-            shared.append(frame)  # no usable /dev/shm: send it inline
+            shared.append(frame)  # no usable /dev/shm, or no room left in it: send it inline
             continue
         token = os.urandom(_TOKEN_BYTES)
         segment.mapping[_HEADER:_HEADER + size] = view
@@ -284,7 +295,7 @@ def _parse(frame: Any, magic: bytes) -> tuple[str, int, bytes]:
 def sweep(server_pid: int | None = None) -> None:
     """Remove the segments of ``server_pid``, or (without it) those of every server that no longer
     runs."""
-    from rh_core.cluster import pid_alive
+    from rh_core.processes import pid_alive
 
     try:
         names = os.listdir(SHM_DIR)
@@ -300,3 +311,40 @@ def sweep(server_pid: int | None = None) -> None:
                 os.unlink(os.path.join(SHM_DIR, name))
             except OSError:
                 pass
+
+
+def owner_of(name: str) -> int | None:
+    """The pid of the process that owns segment ``name`` (written in its header when it was made or
+    taken over), or None when it cannot be read."""
+    try:
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, _OWNER.stop - _OWNER.start, _OWNER.start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw, "little") if len(raw) == _OWNER.stop - _OWNER.start else None
+
+
+def sweep_orphans(prefix: str) -> list[str]:
+    """Remove the segments named ``prefix...`` whose owner no longer runs: a process killed before it
+    could remove them (mappings other processes keep of them are no use to anyone). Returns their names."""
+    from rh_core.processes import pid_alive
+
+    try:
+        names = [name for name in os.listdir(SHM_DIR) if name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        owner = owner_of(name)
+        if owner and not pid_alive(owner):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed

@@ -273,7 +273,7 @@ class PinnedTunnel:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self._client_context(), server_hostname=self.host),
                 self.connect_timeout)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:  # asyncio's: not builtin on 3.10
             self.last_error = str(exc)
             local_writer.close()
             return

@@ -54,13 +54,16 @@ def test_refs_of_a_dead_server_say_so(own_cluster):
     assert finished.result() == 3  # finished results are kept on disk (tests/test_results.py)
 
 
-def test_python_version_mismatch_names_both_versions(own_cluster, monkeypatch):
+def test_a_client_of_another_python_minor_calls_by_reference_and_is_told_why_not_by_value(own_cluster, monkeypatch):
     own_cluster.status()  # the server runs our Python
     monkeypatch.setattr(serialize, "python_version", lambda: "3.99")
     other_client = rh.LocalCluster(name="mismatched", state_dir=own_cluster.state_dir)
     ours = f"{os.sys.version_info.major}.{os.sys.version_info.minor}"
-    with pytest.raises(rh.VersionMismatchError, match=rf"Python 3\.99 .* runs Python {ours}"):
-        other_client.connection()
+    assert rh.function(fns.quiet_add).to(other_client)(2, 3) == 5  # by reference: module and name
+    with pytest.raises(rh.VersionMismatchError,
+                       match=rf"travels by value .* Python 3\.99 here .* Python {ours} on cluster 'mismatched'. "
+                             r"Move it to a module file"):
+        rh.function(lambda x: x).to(other_client)
 
 
 def test_server_that_cannot_start_reports_its_log(tmp_path):
@@ -197,3 +200,82 @@ def test_a_full_state_disk_keeps_results_in_memory_and_calls_working(tiny_disk):
         assert cluster.status()["pid"]
     finally:
         cluster.stop_server()
+
+
+def test_the_server_works_in_its_own_directory_not_the_one_it_was_started_from(tmp_path):
+    import subprocess
+    import sys
+
+    starter = tmp_path / "starter"
+    starter.mkdir()
+    state_dir = tmp_path / "state"
+    subprocess.run([sys.executable, "-c", "import rh_core as rh, sys; "
+                    f"rh.LocalCluster(state_dir={str(state_dir)!r}).connection()"], cwd=starter, check=True, timeout=120)
+    cluster = rh.LocalCluster(state_dir=str(state_dir))
+    try:
+        starter.rmdir()  # the starter's directory is gone; the server never depended on it
+        pid = cluster.status()["pid"]
+        assert os.readlink(f"/proc/{pid}/cwd") == str(state_dir)
+        pytest.importorskip("rh_pip", reason="installing a wheel needs the rh-pip plugin")
+        from rh_core.testing.packages import build_wheel
+
+        build_wheel(str(tmp_path / "wheels"), "rhtest-cwd", "1.0")
+        requirement = rh.package(name="rhtest-cwd==1.0", install_method="pip", find_links=str(tmp_path / "wheels"),
+                                 no_index=True)
+        done = cluster.install_packages([requirement], env=rh.env("cwd-gone"))  # pip, run by the server
+        assert done["installed"] == ["rhtest-cwd==1.0 (find_links, no_index)"]
+    finally:
+        cluster.stop_server()
+
+
+def test_a_deleted_state_directory_stops_its_server(own_cluster):
+    import shutil
+
+    from rh_core.processes import pid_alive
+
+    pid = own_cluster.status()["pid"]
+    shutil.rmtree(own_cluster.state_dir)
+    deadline = time.monotonic() + 20
+    while pid_alive(pid) and time.monotonic() < deadline:
+        own_cluster._liveness()  # reaps it when this process started it
+        time.sleep(0.2)
+    assert not pid_alive(pid), "a server whose state directory was deleted ran on, out of reach"
+    assert rh.function(fns.quiet_add).to(own_cluster)(1, 1) == 2  # a new one starts where the old one was
+
+
+def test_a_record_whose_pid_now_belongs_to_another_process_is_never_signalled(own_cluster):
+    import json
+    import subprocess
+
+    own_cluster.connection()
+    state = own_cluster.read_state()
+    own_cluster.stop_server()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        # The record of a server that died, whose pid the kernel has since given to the bystander.
+        record = {**state, "pid": bystander.pid}
+        os.makedirs(own_cluster.state_dir, exist_ok=True)
+        with open(own_cluster.state_file, "w") as f:
+            json.dump(record, f)
+        assert own_cluster.read_state() is None
+        assert own_cluster.stop_server() is False
+        assert rh.function(fns.quiet_add).to(own_cluster)(2, 2) == 4  # a new server, started over the record
+        assert bystander.poll() is None, "the bystander was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_stopped_server_fails_a_call_with_a_timeout_within_seconds_saying_it_does_not_answer(own_cluster):
+    slow = rh.function(fns.sleep_then).to(own_cluster)
+    assert slow(0, "warm") == "warm"
+    pid = own_cluster.status()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(rh.ConnectionLostError, match="does not answer"):
+            slow.options(timeout=3)(1, "never")
+        assert time.monotonic() - started < 15
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert slow(0, "after") == "after"  # resumed, it serves again

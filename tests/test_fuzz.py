@@ -24,11 +24,11 @@ class LinkSocket:
     def __init__(self, path: str):
         import socket
 
-        from rh_core.link import Link
+        from rh_core.link import ClientLink
 
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
-        self.link = Link(sock.detach())
+        self.link = ClientLink(sock)
 
     def send_multipart(self, frames: list) -> None:
         self.link.send_envelope(frames[0], frames[1:])

@@ -137,3 +137,88 @@ def test_large_buffers_from_many_threads_each_come_back_intact(process_cluster):
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(echo_repeatedly, buffers))
     assert echo.map(buffers) == buffers
+
+
+@pytest.fixture
+def quick_start_cluster(tmp_path):
+    """Its own server, two workers, each given 2 s to report ready: a call longer than that on
+    the fresh pool shows that starting is not judged by how long calls run."""
+    import rh_core as rh
+
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"),
+                              executor_options={"num_workers": 2, "start_timeout": 2})
+    yield cluster
+    cluster.stop_server()
+
+
+def test_a_first_call_longer_than_the_start_timeout_lives(quick_start_cluster):
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    slow = rh.function(fns.sleep_then).to(quick_start_cluster)
+    assert slow.map([5, 5], ["a", "b"]) == ["a", "b"]  # both workers busy past the start timeout
+    assert slow(0, "after") == "after"
+
+
+def test_on_a_cold_pool_one_callers_timeout_does_not_kill_another_callers_call(quick_start_cluster):
+    import concurrent.futures
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    slow = rh.function(fns.sleep_then).to(quick_start_cluster)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        patient = pool.submit(slow, 4, "patient")
+        hasty = pool.submit(slow.options(timeout=1), 30, "hasty")
+        with pytest.raises(rh.CallTimeoutError):
+            hasty.result(timeout=60)
+        assert patient.result(timeout=60) == "patient"
+
+
+def test_workers_that_cannot_start_fail_the_calls_waiting_for_them_naming_the_timeout(tmp_path, monkeypatch):
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    # The server's environment reaches its workers: a sitecustomize that stalls worker processes
+    # (and only them) keeps every worker from ever reporting ready.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\nif b'rh_core.worker' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"),
+                              executor_options={"num_workers": 1, "start_timeout": 1})
+    try:
+        with pytest.raises(rh.WorkerDiedError, match=r"did not report ready within 1 s.*start_timeout"):
+            rh.function(fns.quiet_add).to(cluster)(1, 2)
+    finally:
+        cluster.stop_server()
+
+
+def test_a_timed_out_call_takes_the_processes_it_started_with_it(own_cluster, tmp_path):
+    import os
+    import time
+
+    import rh_core as rh
+    from rh_core.cluster import pid_alive
+    from rh_core.testing import functions as fns
+
+    pid_file = tmp_path / "child.pid"
+    spawner = rh.function(fns.start_child_then_sleep).to(own_cluster)
+    with pytest.raises(rh.CallTimeoutError):
+        spawner.options(timeout=2)(str(pid_file), 60)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child), f"the call's child process {child} outlived the call's timeout"
+    assert os.getpid() != child
+
+
+@pytest.mark.slow
+def test_a_first_call_longer_than_a_minute_on_a_fresh_server_lives(own_cluster):
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    # 60 s was the old limit for a pool to start, judged by its workers going idle.
+    assert rh.function(fns.sleep_then).to(own_cluster)(65, "done") == "done"

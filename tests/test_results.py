@@ -74,3 +74,35 @@ def test_expired_results_are_deleted(tmp_path):
     assert store.keys() == ["new"] and store.load("old") is None
     assert store.load("new").frames == [b"d"]
     assert store.used_bytes() == os.path.getsize(tmp_path / "results" / "new.out")
+
+
+def test_unfetched_results_beyond_the_memory_budget_live_on_disk_not_in_the_servers_memory(tmp_path):
+    from rh_core.testing.fixtures import server_process
+
+    with server_process(tmp_path, "--results-memory-mb", "16", "-o", "num_workers=1") as (server, cluster):
+        filled = rh.function(fns.filled).to(cluster)
+        keys = [filled.remote(4 * 2**20, i % 251).key for i in range(200)]  # 800 MiB, never fetched
+        deadline = time.monotonic() + 120
+        while len(cluster.runs()["finished"]) < len(keys) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # the last saves reach the disk
+        status = cluster.status()
+        assert status["results_in_memory_bytes"] <= 16 * 2**20 + 4 * 2**20, status["results_in_memory_bytes"]
+        with open(f"/proc/{server.pid}/status") as f:
+            rss_mib = int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
+        # Held all in memory, 800 MiB; the server keeps up to 256 MiB of freed heap for its next large
+        # buffers (rh_core.heap), so its RSS stays below the sum of that and the budget, with room.
+        assert rss_mib < 600, f"the server holds {rss_mib:.0f} MiB for 800 MiB of results kept on disk"
+        assert cluster.get(keys[0]) == bytes([0]) * (4 * 2**20)  # read back from disk
+        assert cluster.get(keys[-1]) == bytes([199 % 251]) * (4 * 2**20)
+
+
+def test_a_ref_passed_to_a_function_on_another_cluster_names_both_clusters(own_cluster, process_cluster):
+    made_here = rh.function(fns.add).to(process_cluster).remote(1, 2)
+    elsewhere = rh.function(fns.add).to(own_cluster)
+    with pytest.raises(rh.RhError, match=r"on cluster 'test-process'.*runs on cluster 'here'.*ref\.result\(\)"):
+        elsewhere(made_here, 1)
+    with pytest.raises(rh.RhError, match="resolved only by the cluster that made it"):
+        rh.function(fns.double).to(own_cluster).map([made_here])
+    assert elsewhere(made_here.result(), 1) == 4  # its value travels
+    assert rh.function(fns.add).to(process_cluster)(made_here, 1) == 4  # and on its own cluster the ref does

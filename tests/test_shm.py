@@ -209,3 +209,79 @@ def test_segments_of_a_result_go_back_with_the_next_call_unless_an_argument_reus
     shm.take_back(handed_back[0])  # as the worker does (one process plays both sides)
     shm.attach(argument)
     assert len(shm._segments.owned) == 2 and len(_segments_named(prefix)) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small /dev/shm in a private mount namespace needs root")
+def test_a_64_mib_dev_shm_as_in_docker_carries_100_mib_arguments_and_results(tmp_path):
+    # Docker gives containers a 64 MiB /dev/shm. In a private mount namespace of our own, a
+    # 64 MiB tmpfs hides the real one from this client, its server and the server's workers.
+    script = textwrap.dedent(f"""
+        import os, sys
+        import rh_core as rh
+        from rh_core.testing import functions as fns
+        assert os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize == 64 * 2**20
+        cluster = rh.LocalCluster(state_dir={str(tmp_path / "state")!r}, executor_options={{"num_workers": 2}})
+        try:
+            big = os.urandom(100 * 2**20)
+            assert rh.function(fns.echo).to(cluster)(big) == big            # argument and result
+            assert rh.function(fns.length).to(cluster)(big) == len(big)     # argument only
+            assert rh.function(fns.filled).to(cluster)(100 * 2**20, 7) == bytes([7]) * (100 * 2**20)
+            # Two 40 MiB buffers at once: one fits in /dev/shm, the other goes through the socket.
+            medium = [os.urandom(40 * 2**20), os.urandom(40 * 2**20)]
+            assert rh.function(fns.echo).to(cluster).map(medium) == medium
+            print("ok")
+        finally:
+            cluster.stop_server()
+    """)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-3000:])
+
+
+def _orphaned(prefix):
+    """Segments named ``prefix...`` whose owner no longer runs."""
+    from rh_core.processes import pid_alive
+
+    return [name for name in _segments_named(prefix) if not pid_alive(shm.owner_of(name))]
+
+
+def test_the_segments_of_a_client_killed_mid_call_are_removed_once_the_server_notices(tmp_path):
+    import time
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    own_cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 2})
+    rh.function(fns.echo).to(own_cluster)(b"x")  # the server runs
+    prefix = own_cluster.shm_prefix
+    script = textwrap.dedent(f"""
+        import os, sys
+        import rh_core as rh
+        from rh_core.testing import functions as fns
+        import threading, time
+        cluster = rh.LocalCluster(state_dir={own_cluster.state_dir!r}, executor_options={{"num_workers": 2}})
+        sleeper = rh.function(fns.sleep_then).to(cluster)
+        threading.Thread(target=sleeper, args=(60, os.urandom(9 * 2**20)), daemon=True).start()
+        time.sleep(1)  # the call above is under way: killed mid-call
+        # A result this client takes over (to reuse, or hand back with its next call, which never comes).
+        assert len(rh.function(fns.filled).to(cluster)(5 * 2**20)) == 5 * 2**20
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert client.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    owned_by_client = [name for name in _segments_named(prefix) if shm.owner_of(name) == client.pid]
+    assert owned_by_client and _orphaned(prefix) == []
+    client.kill()
+    client.wait()
+    try:
+        deadline = time.monotonic() + 15
+        while _orphaned(prefix) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _orphaned(prefix) == [], "segments of the killed client stayed in /dev/shm"
+    finally:
+        own_cluster.stop_server()

@@ -6,12 +6,19 @@ time (see :mod:`rh_core.worker`); tasks wait in arrival order for a free worker 
 After an install into an environment, its workers are replaced as they become idle, so new calls
 see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
 replaced; a call whose future is cancelled (its timeout expired) has its worker killed and replaced.
+
+Starting is judged worker by worker: a worker has started once it says it is ready, however long
+its first call then runs. A pool fails (its waiting tasks get the error) only when its workers
+cannot start at all: none reported ready within ``start_timeout`` seconds, or several in a row
+exited before they did. Each worker leads a process group of its own, so killing it also kills the
+processes its call started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import pickle
@@ -24,7 +31,8 @@ from rh_core.link import Link, bound_stalls
 from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
 from rh_core.worker import task_message
 
-WORKER_START_TIMEOUT = 60.0
+START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
+START_FAILURES = 3  # workers in a row that die before ready: the environment cannot start them
 
 
 class _Worker:
@@ -34,12 +42,16 @@ class _Worker:
         self.link = link
         self.pool = pool
         self.generation = pool.generation
+        self.started = False  # it said it is ready
+        self.start_timed_out = False
         self.current: asyncio.Future[Outcome] | None = None  # the outcome of the task it runs now
 
     def kill(self) -> None:
-        """Kill its process if it still runs; its watcher then fails its call and replaces it."""
+        """Kill its process group if it still runs (the worker and whatever its call started); its
+        watcher then fails its call and replaces it."""
         if self.process.returncode is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 class _Pool:
@@ -52,7 +64,8 @@ class _Pool:
         self.workers: set[_Worker] = set()
         self.idle: list[_Worker] = []
         self.waiting: collections.deque[tuple[Task, asyncio.Future[Outcome]]] = collections.deque()
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ever_started = False  # some worker of it reported ready: the environment can run workers
+        self.start_failures = 0  # workers in a row that exited before they reported ready
 
     @property
     def label(self) -> str:
@@ -65,8 +78,9 @@ class ProcessExecutor:
     name = "process"
     same_machine = True  # workers run beside the server: large buffers may go through /dev/shm
 
-    def __init__(self, num_workers: int | None = None):
+    def __init__(self, num_workers: int | None = None, start_timeout: float = START_TIMEOUT):
         self.num_workers = int(num_workers or os.cpu_count() or 1)
+        self.start_timeout = float(start_timeout)
         self._ids = itertools.count()
         self._workers: set[_Worker] = set()
         self._pools: dict[str | None, _Pool] = {}
@@ -95,15 +109,13 @@ class ProcessExecutor:
             pool = self._pools[env_name] = _Pool(self._context.environment(env_name), self.num_workers)
             for _ in range(pool.size):
                 self._spawn(pool)
-            self._loop.call_later(WORKER_START_TIMEOUT, self._check_started, pool)
         return pool
 
-    def _check_started(self, pool: _Pool) -> None:
-        if not pool.ready.done():
-            self._pool_failed(pool, WorkerDiedError(
-                f"{pool.size - len(pool.idle)} of {pool.size} worker processes of {pool.label} did not report "
-                f"ready within {WORKER_START_TIMEOUT} s; see the server log"
-            ))
+    def _check_started(self, worker: _Worker) -> None:
+        """A worker still starting after ``start_timeout`` is killed; its watcher counts the failure."""
+        if not worker.started and worker.process.returncode is None:
+            worker.start_timed_out = True
+            worker.kill()
 
     def _spawn(self, pool: _Pool) -> None:
         worker_id = f"{os.getpid()}-w{next(self._ids)}"  # unique across server restarts
@@ -118,6 +130,7 @@ class ProcessExecutor:
             process = await asyncio.create_subprocess_exec(
                 pool.env.python, "-m", "rh_core.worker", str(theirs.fileno()), self._context.log_endpoint,
                 stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **pool.env.variables}, pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # a process group of its own: kill() ends what its call started too
             )
         except OSError as exc:
             ours.close()
@@ -129,7 +142,9 @@ class ProcessExecutor:
         self._workers.add(worker)
         pool.workers.add(worker)
         worker.link.watch(self._loop, self._on_readable, worker)
+        start_timer = self._loop.call_later(self.start_timeout, self._check_started, worker)
         returncode = await process.wait()
+        start_timer.cancel()
         self._loop.remove_reader(worker.link.fileno())
         worker.link.close()
         self._workers.discard(worker)
@@ -145,20 +160,21 @@ class ProcessExecutor:
                 f"the worker process (pid {process.pid}) running this call died ({cause}); "
                 "it has been replaced. Look for a crash in native code, os._exit or running out of memory."
             ))
-        if not pool.ready.done():
-            self._pool_failed(pool, WorkerDiedError(
-                f"worker {worker.id} of {pool.label} exited with code {returncode} while starting; "
-                "see the server log"
-            ))
-            return
+        if not worker.started:
+            pool.start_failures += 1
+            if not pool.ever_started or pool.start_failures >= START_FAILURES:
+                why = (f"did not report ready within {self.start_timeout:g} s" if worker.start_timed_out
+                       else f"exited with code {returncode} while starting")
+                self._pool_failed(pool, WorkerDiedError(
+                    f"worker {worker.id} of {pool.label} {why}; see the server log. A slow machine may need "
+                    "a longer start: start the server with -o start_timeout=SECONDS"
+                ))
+                return
         if self._pools.get(pool.env.name) is pool:  # a failed pool is not refilled
             self._spawn(pool)
 
     def _pool_failed(self, pool: _Pool, error: WorkerDiedError) -> None:
         """A pool whose workers cannot start fails its waiting tasks and is forgotten (retried later)."""
-        if not pool.ready.done():
-            pool.ready.set_exception(error)
-            pool.ready.exception()  # retrieved: start() or the waiting tasks report it
         while pool.waiting:
             _, future = pool.waiting.popleft()
             if not future.done():
@@ -166,7 +182,8 @@ class ProcessExecutor:
         if self._pools.get(pool.env.name) is pool:
             del self._pools[pool.env.name]
         for worker in list(pool.workers):
-            worker.kill()
+            if worker.current is None:  # calls that run go on; their workers retire when done
+                worker.kill()
 
     def _on_readable(self, worker: _Worker) -> None:
         # One message per call: the loop calls again while more is waiting.
@@ -187,12 +204,13 @@ class ProcessExecutor:
             if current is not None and not current.done():
                 current.set_result(Outcome(status=status, frames=frames, logged=logged))
         pool = worker.pool
-        if worker.generation != pool.generation:  # its environment changed since it started
-            worker.process.kill()
+        if not worker.started:  # its first message: it is ready
+            worker.started = pool.ever_started = True
+            pool.start_failures = 0
+        if worker.generation != pool.generation or self._pools.get(pool.env.name) is not pool:
+            worker.kill()  # its environment changed since it started, or its pool failed
             return
         pool.idle.append(worker)
-        if not pool.ready.done() and len(pool.idle) == pool.size:
-            pool.ready.set_result(None)
         self._dispatch(pool)
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
@@ -210,7 +228,7 @@ class ProcessExecutor:
         pool.generation += 1
         for worker in list(pool.idle):
             pool.idle.remove(worker)
-            worker.process.kill()
+            worker.kill()
 
     def _dispatch(self, pool: _Pool) -> None:
         while pool.idle and pool.waiting:

@@ -7,6 +7,7 @@ server runs the executor under test (class scope or wider: starting a server cos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -130,6 +131,29 @@ class ExecutorContract:
         for (_, _, end), (_, start, _) in zip(intervals, intervals[1:]):
             assert start >= end - 0.01  # no overlap
 
+    def test_an_enqueued_call_never_runs_beside_any_other_call_of_its_function(self, cluster):
+        record = rh.function(fns.record_interval).to(cluster)
+        results = {}
+
+        def call(tag):
+            how = record.enqueue if tag.startswith("q") else record
+            results[tag] = how(0.4, tag)
+
+        threads = []
+        for tag in ("p0", "p1", "q0", "p2", "q1", "p3"):  # plain calls before, between and after
+            thread = threading.Thread(target=call, args=(tag,))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(60)
+        assert sorted(results) == ["p0", "p1", "p2", "p3", "q0", "q1"]
+        for tag in ("q0", "q1"):
+            _, start, end = results[tag]
+            overlapping = [other for other, (_, s, e) in results.items() if other != tag and s < end - 0.01 and e > start + 0.01]
+            assert overlapping == [], f"{tag} ran beside {overlapping}: {results}"
+        assert results["q0"][1] < results["q1"][1]  # in arrival order
+
     def test_map_zips_and_keeps_input_order(self, cluster):
         add = rh.function(fns.quiet_add).to(cluster)
         assert add.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
@@ -227,6 +251,24 @@ class ExecutorContract:
         with pytest.raises(rh.WorkerDiedError):
             rh.function(fns.segfault).to(cluster)()
         assert rh.function(fns.quiet_add).to(cluster)(2, 3) == 5
+
+    def test_sys_exit_in_the_function_raises_in_the_caller_and_the_worker_goes_on(self, cluster):
+        leave = rh.function(fns.exit_with).to(cluster)
+        with pytest.raises(rh.RemoteExitError, match=r"sys.exit\(3\)") as info:
+            leave(3)
+        assert info.value.code == 3
+        results = leave.map([0, 5], return_exceptions=True)
+        assert [type(r) for r in results] == [rh.RemoteExitError] * 2 and results[1].code == 5
+        assert rh.function(fns.quiet_add).to(cluster)(2, 5) == 7
+
+    def test_a_forked_child_that_comes_back_never_answers_for_the_worker(self, cluster):
+        come_back = rh.function(fns.fork_and_come_back).to(cluster)
+        # The parent's result is its child's exit code: the child ended where it came back.
+        assert [come_back(how) for how in ("return", "exit", "raise")] == [0, 0, 1]
+        add = rh.function(fns.quiet_add).to(cluster)
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            results = list(pool.map(lambda i: add(i, 1000), range(40), timeout=60))
+        assert results == [i + 1000 for i in range(40)]
 
     # --- data ----------------------------------------------------------------------------------
 

@@ -123,3 +123,35 @@ def write_to_link(raw: bytes) -> None:
 
     os.write(int(sys.argv[1]), raw)
     time.sleep(30)
+
+
+def fork_and_come_back(how):
+    """Fork; the child comes back into the worker (returns, calls ``sys.exit(0)`` or raises,
+    by ``how``); the parent waits for it and returns the child's exit code."""
+    import sys
+
+    pid = os.fork()
+    if pid == 0:
+        if how == "exit":
+            sys.exit(0)
+        if how == "raise":
+            raise ValueError("raised in the child")
+        return "the child's result"
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def exit_with(code):
+    import sys
+
+    sys.exit(code)
+
+
+def start_child_then_sleep(pid_file, seconds):
+    """Start a child process that sleeps ``seconds``, write its pid to ``pid_file``, then sleep too."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    with open(pid_file, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(seconds)

@@ -9,10 +9,12 @@ import contextlib
 import dataclasses
 import getpass
 import os
+import shlex
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -94,8 +96,13 @@ Subsystem sftp {SFTP_SERVER}
 """
 
 
-def start_sshd(directory: Path, *, password_auth: bool = False) -> tuple[SSHServer, subprocess.Popen]:
-    """Keys, a config with absolute paths, and ``sshd -D`` in the foreground (we own and reap it)."""
+def start_sshd(directory: Path, *, password_auth: bool = False,
+               bind_mounts: Sequence[tuple[str, str]] = ()) -> tuple[SSHServer, subprocess.Popen]:
+    """Keys, a config with absolute paths, and ``sshd -D`` in the foreground (we own and reap it).
+
+    ``bind_mounts`` (``(source, target)`` pairs, root only) are mounted in a mount namespace of the
+    sshd's own, so its sessions see them and nothing else on the machine does: a machine whose
+    ``python3`` is another version, say (see :func:`python_only_mounts`)."""
     directory = directory.resolve()
     host_key = keygen(directory / "host_key")
     client_key = keygen(directory / "client_key")
@@ -109,9 +116,13 @@ def start_sshd(directory: Path, *, password_auth: bool = False) -> tuple[SSHServ
     config.write_text(sshd_config(port=port, listen="127.0.0.1", host_key=host_key, pid_file=directory / "sshd.pid",
                                   authorized_keys=authorized_keys, password_auth=password_auth))
     os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privilege-separation dir
-    process = subprocess.Popen(
-        [SSHD, "-D", "-f", str(config), "-E", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
+    command = [SSHD, "-D", "-f", str(config), "-E", str(log)]
+    if bind_mounts:
+        # No --fork: sh execs sshd, so the process we hold (and stop) is sshd itself.
+        mounts = [f"mount --bind {shlex.quote(source)} {shlex.quote(target)}" for source, target in bind_mounts]
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   " && ".join([*mounts, "exec " + shlex.join(command)])]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, process, log)
     except BaseException:
@@ -120,6 +131,29 @@ def start_sshd(directory: Path, *, password_auth: bool = False) -> tuple[SSHServ
     server = SSHServer("127.0.0.1", port, getpass.getuser(), directory, client_key, other_key, authorized_keys,
                        host_key, log)
     return server, process
+
+
+def python_only_mounts(python: str, directory: Path) -> list[tuple[str, str]]:
+    """Bind mounts (for :func:`start_sshd`) after which ``python3`` on the usual PATHs, pyenv's
+    shims included, runs the interpreter ``python``, and this process's ``python3.X`` (its own
+    minor version) is not there at all."""
+    wrapper = Path(directory) / "python3"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    ours = "python%d.%d" % sys.version_info[:2]
+    folders = ["/usr/local/bin", "/usr/bin", "/bin"]
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    folders.append(os.path.join(pyenv, "shims"))
+    mounts = []
+    for folder in folders:
+        if os.path.realpath(folder) != folder:  # /bin is /usr/bin on merged-/usr systems
+            continue
+        if os.path.exists(os.path.join(folder, ours)):
+            mounts.append(("/dev/null", os.path.join(folder, ours)))  # not executable: not found on the PATH
+        # A mount lands on a link's target: a python3 that links to the hidden python3.X stays hidden.
+        if os.path.exists(os.path.join(folder, "python3")) and not os.path.islink(os.path.join(folder, "python3")):
+            mounts.append((str(wrapper), os.path.join(folder, "python3")))
+    return mounts
 
 
 def stop(process: subprocess.Popen) -> None:

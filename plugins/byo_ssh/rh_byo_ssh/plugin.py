@@ -39,10 +39,14 @@ def rh_register_commands(cli) -> None:
     @click.option("--include", "action", flag_value="include", help="Add the Include line to ~/.ssh/config.")
     @click.option("--remove", "action", flag_value="remove", help="Remove the Include line rh added.")
     def ssh_config_command(action):
-        """Show or change how plain `ssh CLUSTER_NAME` reaches rh clusters."""
+        """Show or change how plain `ssh CLUSTER_NAME` reaches rh clusters (asks on a terminal)."""
+        import sys
+
         from rh_byo_ssh import ssh_config
 
-        if action == "include":
+        if action is None and sys.stdin.isatty():
+            ssh_config.ask_include(lambda question: click.confirm(question, default=False))
+        elif action == "include":
             ssh_config.add_include()
         elif action == "remove":
             ssh_config.remove_include()

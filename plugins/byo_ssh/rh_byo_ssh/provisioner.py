@@ -31,7 +31,10 @@ def transport_options(creds: dict[str, Any], where: str) -> dict[str, Any]:
         raise RhError(
             f"unknown ssh_creds key(s) {', '.join(unknown)} for {where}; valid keys: {', '.join(CREDENTIAL_KEYS)}"
         )
-    return {CREDENTIAL_KEYS[key]: value for key, value in creds.items()}
+    options: dict[str, Any] = {CREDENTIAL_KEYS[key]: value for key, value in creds.items()}
+    # The transport's errors then name the keys the user wrote, not its own option names.
+    options["option_names"] = {option: f"ssh_creds['{key}']" for key, option in CREDENTIAL_KEYS.items()}
+    return options
 
 
 class ByoProvisioner:

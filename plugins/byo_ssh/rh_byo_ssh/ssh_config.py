@@ -3,7 +3,8 @@ user's own ``~/.ssh/config`` once they agree.
 
 Each cluster reached over the ``ssh`` transport gets ``<rh home>/ssh/<name>.conf`` (rewritten
 whenever it connects). The user's config gets one marked ``Include`` line at its top, added only
-with consent (asked once on a terminal, or ``rh ssh-config --include``) and removable with
+with consent (``rh ssh-config`` asks on a terminal, ``rh ssh-config --include`` adds it; a
+library call only prints how, once) and removable with
 ``rh ssh-config --remove``; no other line of theirs is ever touched.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 
 from rh_core.cluster import rh_home
 from rh_core.files import write_atomically
@@ -104,19 +106,22 @@ def _recorded() -> str | None:
 
 
 def offer_include() -> None:
-    """Once: ask on a terminal whether to add the ``Include``; elsewhere print how, and ask no more."""
+    """Once, when the ``Include`` is missing: one line on stderr saying how to add it. A library call
+    never asks a question (it may run in a notebook, a script or a job); ``rh ssh-config`` does."""
     if is_included() or _recorded() is not None:
-        return
-    question = (f"rh: add `{include_line()}` at the top of {user_config_path()} so that `ssh CLUSTER_NAME` "
-                "reaches your rh clusters? [y/N] ")
-    if sys.stdin.isatty() and sys.stderr.isatty():
-        sys.stderr.write(question)
-        sys.stderr.flush()
-        if sys.stdin.readline().strip().lower() in ("y", "yes"):
-            add_include()
-            return
-        _remember("no")
         return
     sys.stderr.write(f"rh: to make `ssh CLUSTER_NAME` work, run `rh ssh-config --include` (adds `{include_line()}` "
                      f"to {user_config_path()}).\n")
     _remember("hinted")
+
+
+def ask_include(ask: Callable[[str], bool]) -> None:
+    """``rh ssh-config`` on a terminal: ask whether to add the ``Include`` (``ask`` shows the
+    question and returns the answer), and remember a no."""
+    if is_included():
+        return
+    if ask(f"Add `{include_line()}` at the top of {user_config_path()} so that `ssh CLUSTER_NAME` reaches "
+           "your rh clusters?"):
+        add_include()
+    else:
+        _remember("no")

@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 import paramiko
+from rh_core import workdir
 from rh_core.errors import RhError
+from rh_core.workdir import Listing
 
 __all__ = [
     "SSHAuthError",
@@ -49,9 +51,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# paramiko logs connection failures at ERROR level; we raise them as errors with a fix instead, so
-# keep its records away from Python's last-resort stderr handler (an app's own handlers still see them).
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def _quiet_paramiko() -> None:
+    """Keep paramiko's log lines (INFO for every connection, ERROR with a traceback for failures we
+    raise as SSHErrors naming the cause and the fix) off the user's stderr, unless they asked for
+    them: a level they set on the ``paramiko`` logger is left alone."""
+    paramiko_logger = logging.getLogger("paramiko")
+    if paramiko_logger.level == logging.NOTSET:
+        paramiko_logger.setLevel(logging.CRITICAL)
+    paramiko_logger.addHandler(logging.NullHandler())  # never Python's last-resort handler either
 
 KEEPALIVE_SECONDS = 15
 DEFAULT_REMOTE_ROOT = "~/.rh"  # synced directories go to <remote_root>/sync
@@ -144,15 +153,6 @@ class SyncStats:
     files: int
 
 
-@dataclasses.dataclass
-class _Listing:
-    """The local files to mirror (relative POSIX paths with their lstat) and the directories holding them."""
-
-    files: dict[str, os.stat_result]
-    dirs: set[str]
-    from_git: bool
-
-
 # -------------------------------------------------------------------------------------------------
 # The transport
 
@@ -196,7 +196,12 @@ class SSHTransport:
         ssh_config: str | os.PathLike[str] | None = None,
         use_system_ssh: bool = True,
         remote_root: str = DEFAULT_REMOTE_ROOT,
+        option_names: dict[str, str] | None = None,
     ) -> None:
+        _quiet_paramiko()
+        # How errors name an option: as the caller wrote it (the byo provisioner maps private_key to
+        # ssh_creds['ssh_private_key']), else as this class's own keyword argument.
+        self._option_names = dict(option_names or {})
         if "@" in host:
             host_user, host = host.rsplit("@", 1)
             user = user or host_user
@@ -221,8 +226,8 @@ class SSHTransport:
             if not os.path.isfile(private_key):
                 raise SSHAuthError(
                     f"ssh {user or getpass.getuser()}@{host}: private key {private_key} does not exist; "
-                    f"pass private_key= the path of a key whose public half is in ~/.ssh/authorized_keys "
-                    f"on {host}"
+                    f"set {self._named('private_key')} to the path of a key whose public half is in "
+                    f"~/.ssh/authorized_keys on {host}"
                 )
         self._explicit_key = private_key
         target = self._resolve_hop(host, user=user, port=port if port != 22 else None, keys=private_key)
@@ -242,6 +247,7 @@ class SSHTransport:
         self._remote_rsync: bool | None = None
         self._system_ssh_broken: str | None = None
         self._forwards: dict[int, _MuxForward | _ChannelForward] = {}
+        self._forward_users: dict[int, int] = {}  # remote port -> forward() calls not yet closed
         self._masters: list[_Master] = []  # the ssh ControlMaster carrying the system tunnels (0 or 1)
         self.last_sync: SyncStats | None = None
         # The ssh master runs in its own session: stop it when this object is collected or the
@@ -278,8 +284,8 @@ class SSHTransport:
         With the default ``remote_root`` that is ``~/.rh/sync/<name>-<hash>``, ``<name>`` being the
         directory's name and ``<hash>`` a short hash of its absolute local path.
 
-        In a git work tree only the files git would keep are sent (``git ls-files --cached
-        --others --exclude-standard``). Files unchanged in size and mtime are not sent again, and
+        Which files travel is :func:`rh_core.workdir.listing`'s rule: in a git work tree those git
+        keeps (``.gitignore`` respected), elsewhere all but what an ``.rhignore`` excludes. Files unchanged in size and mtime are not sent again, and
         files gone locally are deleted there. rsync over the system ssh is used when both ends
         have rsync and key authentication is in use; SFTP otherwise. :attr:`last_sync` tells
         which, and how many files moved.
@@ -289,7 +295,7 @@ class SSHTransport:
             raise SSHSyncError(f"{self._where()}: cannot sync {source}: it is not a local directory")
         digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
         name = f"{_safe_name(os.path.basename(source) or 'root')}-{digest}"
-        listing = _local_listing(source)
+        listing = workdir.listing(source)  # the one rule for which files travel
         with self._sync_lock:
             stats = None
             if self._system_ssh_usable() and shutil.which("rsync") and self._remote_has_rsync():
@@ -316,6 +322,7 @@ class SSHTransport:
         with self._forward_lock:
             current = self._forwards.get(remote_port)
             if current is not None and current.alive() and local_port in (None, current.address[1]):
+                self._forward_users[remote_port] = self._forward_users.get(remote_port, 0) + 1
                 return current.address
             previous_port = local_port or (current.address[1] if current is not None else None)
             if current is not None:
@@ -348,12 +355,21 @@ class SSHTransport:
                     "cannot listen there; free it or leave local_port out to get a free port"
                 )
             self._forwards[remote_port] = forward
+            self._forward_users[remote_port] = self._forward_users.get(remote_port, 0) + 1
             return forward.address
 
     def close_forward(self, remote_port: int) -> None:
-        """Close the tunnel to ``remote_port``, if one is open."""
+        """Let go of the tunnel to ``remote_port``: it closes once every :meth:`forward` that
+        returned it has been matched by a close (a user's tunnel to the server's port never closes
+        the cluster's own)."""
+        remote_port = int(remote_port)
         with self._forward_lock:
-            forward = self._forwards.pop(int(remote_port), None)
+            users = self._forward_users.get(remote_port, 0) - 1
+            if users > 0:
+                self._forward_users[remote_port] = users
+                return
+            self._forward_users.pop(remote_port, None)
+            forward = self._forwards.pop(remote_port, None)
         if forward is not None:
             forward.close()
 
@@ -406,6 +422,7 @@ class SSHTransport:
         with self._forward_lock:
             forwards = list(self._forwards.values())
             self._forwards.clear()
+            self._forward_users.clear()
             masters = list(self._masters)
             self._masters.clear()
         for forward in forwards:
@@ -437,6 +454,12 @@ class SSHTransport:
 
     def _where(self) -> str:
         return f"ssh {self._chain[-1].label}"
+
+    def _named(self, option: str, assign: str = "") -> str:
+        """An option as the caller spelled it: ``ssh_creds['ssh_port']`` for a BYO cluster, ``port=``;
+        ``assign="="`` ends either with ``=``, for a value to follow."""
+        named = self._option_names.get(option)
+        return named + assign if named else f"{option}="
 
     def _transport(self) -> paramiko.Transport:
         """The target's active paramiko transport; connects (again) when there is none."""
@@ -484,9 +507,10 @@ class SSHTransport:
                         continue
                     raise SSHHostKeyError(
                         f"{self._where()}: cannot read the known hosts file {path} ({_describe(exc)}); "
-                        f"fix the line it names, or pass known_hosts= another file"
+                        f"fix the line it names, or set {self._named('known_hosts')} to another file"
                     ) from exc
-        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, self._where()))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, self._where(),
+                                                          self._named("trust_new_host", "=")))
         timeout = self._connect_timeout
         started = time.monotonic()
         try:
@@ -551,8 +575,16 @@ class SSHTransport:
             )
         if isinstance(exc, paramiko.PasswordRequiredException):
             return SSHAuthError(
-                f"{where}: the private key {_keys_text(hop.keys) or 'found'} is encrypted; pass "
-                f"passphrase=..., or add the key to your ssh-agent (`ssh-add KEY`)"
+                f"{where}: the private key {_keys_text(hop.keys) or 'found'} is encrypted; set "
+                f"{self._named('passphrase')}, or add the key to your ssh-agent (`ssh-add KEY`)"
+            )
+        if self._passphrase is not None and isinstance(exc, paramiko.SSHException) and any(
+            said in str(exc) for said in ("checkints do not match", "Invalid key", "bad decrypt", "Bad decrypt")
+        ):
+            return SSHAuthError(
+                f"{where}: the passphrase given ({self._named('passphrase')}) does not unlock the private key "
+                f"{_keys_text(hop.keys) or 'found'} ({_describe(exc)}); check it, e.g. with "
+                f"`ssh-keygen -y -f {_keys_text(hop.keys) or 'KEY'}`"
             )
         if isinstance(exc, paramiko.AuthenticationException) or (
             isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc)
@@ -561,13 +593,13 @@ class SSHTransport:
             return SSHAuthError(
                 f"{where}: the server refused authentication as {hop.user!r} ({_describe(exc)}); "
                 f"tried {tried}. Check that the public half of one of these keys is in "
-                f"~{hop.user}/.ssh/authorized_keys on {hop.hostname}, or pass private_key= (and user= "
-                f"if {hop.user!r} is the wrong account)"
+                f"~{hop.user}/.ssh/authorized_keys on {hop.hostname}, or set {self._named('private_key')} "
+                f"(and {self._named('user')} if {hop.user!r} is the wrong account)"
             )
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
             return SSHConnectError(
                 f"{where}: connection refused on {hop.hostname}:{hop.port}: the port is closed. Check that "
-                f"sshd runs on the machine and listens on port {hop.port} (pass port= or set Port in the ssh config)"
+                f"sshd runs on the machine and listens on port {hop.port} (set {self._named('port')}, or Port in the ssh config)"
             )
         if isinstance(exc, socket.gaierror):
             return SSHConnectError(
@@ -578,7 +610,7 @@ class SSHTransport:
             return SSHConnectError(
                 f"{where}: no SSH answer from {hop.hostname}:{hop.port} within {timeout} ({_describe(exc)}). "
                 f"Check that the machine is up, that the address and port are right and that no firewall "
-                f"drops the traffic, or raise connect_timeout="
+                f"drops the traffic, or raise {self._named('connect_timeout')}"
             )
         if isinstance(exc, EOFError) or isinstance(exc, paramiko.SSHException):
             return SSHConnectError(
@@ -751,7 +783,7 @@ class SSHTransport:
             self._remote_rsync = "@rh-rsync@" in out and self._remote_home is not None
         return self._remote_rsync
 
-    def _rsync(self, source: str, listing: _Listing, name: str) -> SyncStats:
+    def _rsync(self, source: str, listing: Listing, name: str) -> SyncStats:
         assert self._remote_home is not None
         remote = self._sync_path(self._remote_home, name)
         target = self._chain[-1]
@@ -762,7 +794,7 @@ class SSHTransport:
             f"--rsync-path=mkdir -p {shlex.quote(remote)} && rsync",
         ]  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="rh-rsync-") as scratch:
-            if listing.from_git:
+            if listing.filtered:
                 # The exact list as include rules, everything else excluded *and deleted* on the
                 # machine: --files-from cannot delete, a filter list can.
                 rules = os.path.join(scratch, "rules")
@@ -805,7 +837,7 @@ class SSHTransport:
             assert self._sftp is not None
             return self._sftp
 
-    def _sftp_sync(self, transport: paramiko.Transport, source: str, listing: _Listing, name: str) -> SyncStats:
+    def _sftp_sync(self, transport: paramiko.Transport, source: str, listing: Listing, name: str) -> SyncStats:
         sftp = self._sftp_client(transport)
         home = self._remote_home or sftp.normalize(".")
         self._remote_home = home
@@ -970,10 +1002,11 @@ class SSHTransport:
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Rejects unknown host keys with a message saying how to trust them, or appends them when trusted."""
 
-    def __init__(self, known_hosts: str, trust: bool, where: str):
+    def __init__(self, known_hosts: str, trust: bool, where: str, trust_option: str):
         self._known_hosts = known_hosts
         self._trust = trust
         self._where = where
+        self._trust_option = trust_option
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         path = self._known_hosts
@@ -982,7 +1015,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"{self._where}: the host key of {hostname} is not known "
                 f"({key.get_name()} {_fingerprint(key)}; not in {path}). To trust it, check that this "
                 f"fingerprint is the machine's (`ssh-keygen -lf /etc/ssh/ssh_host_*.pub` there), then "
-                f"connect once with trust_new_host=True, which adds it to {path}"
+                f"connect once with {self._trust_option}True, which adds it to {path}"
             )
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -1075,63 +1108,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "dir"
 
 
-def _git_files(source: str) -> list[str] | None:
-    """Files git would keep in ``source`` (tracked plus untracked-not-ignored), or None outside git."""
-    if shutil.which("git") is None:
-        return None
-    probe = subprocess.run(
-        ["git", "-C", source, "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
-    )
-    if probe.returncode != 0 or probe.stdout.strip() != "true":
-        return None
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=source, capture_output=True
-    )
-    if listed.returncode != 0:
-        raise SSHSyncError(
-            f"cannot list the files of the git work tree {source}: "
-            f"{listed.stderr.decode('utf-8', 'replace').strip()}; fix the repository or sync a plain directory"
-        )
-    return [path for path in listed.stdout.decode("utf-8", "surrogateescape").split("\0") if path]
-
-
-def _local_listing(source: str) -> _Listing:
-    files: dict[str, os.stat_result] = {}
-    dirs: set[str] = set()
-    git_files = _git_files(source)
-    if git_files is not None:
-        for rel in git_files:
-            if rel.endswith("/"):  # a nested repository git does not descend into
-                continue
-            try:
-                info = os.lstat(os.path.join(source, rel))
-            except FileNotFoundError:  # deleted in the work tree, not yet in the index
-                continue
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                files[rel] = info
-        for rel in files:
-            parent = posixpath.dirname(rel)
-            while parent and parent not in dirs:
-                dirs.add(parent)
-                parent = posixpath.dirname(parent)
-        return _Listing(files, dirs, from_git=True)
-    for top, dirnames, filenames in os.walk(source):
-        rel_top = os.path.relpath(top, source).replace(os.sep, "/")
-        prefix = "" if rel_top == "." else rel_top + "/"
-        for dirname in list(dirnames):
-            path = os.path.join(top, dirname)
-            if os.path.islink(path):  # a link to a directory travels as a link
-                dirnames.remove(dirname)
-                files[prefix + dirname] = os.lstat(path)
-            else:
-                dirs.add(prefix + dirname)
-        for filename in filenames:
-            info = os.lstat(os.path.join(top, filename))
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                files[prefix + filename] = info
-    return _Listing(files, dirs, from_git=False)
-
-
 def _rsync_escape(path: str) -> str:
     # rsync treats a pattern literally unless it holds a wildcard; then backslash escapes.
     if any(char in path for char in "*?["):
@@ -1139,7 +1115,7 @@ def _rsync_escape(path: str) -> str:
     return path
 
 
-def _rsync_rules(listing: _Listing) -> bytes:
+def _rsync_rules(listing: Listing) -> bytes:
     rules = [f"+ /{_rsync_escape(rel)}/" for rel in sorted(listing.dirs)]
     rules += [f"+ /{_rsync_escape(rel)}" for rel in sorted(listing.files)]
     rules.append("- *")

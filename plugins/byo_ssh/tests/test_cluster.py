@@ -103,6 +103,33 @@ def test_wrong_key_names_host_and_user(sshd, tmp_path):
         cluster.connection()
     message = str(info.value)
     assert sshd.host in message and sshd.user in message
+    # The fix is given in the user's own words (ssh_creds keys), not the transport's option names.
+    assert "ssh_creds['ssh_private_key']" in message and "private_key=" not in message
+
+
+def test_a_wrong_key_passphrase_says_so(sshd, tmp_path):
+    import subprocess
+
+    key = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "the right one", "-f", str(key)], check=True)
+    with open(sshd.authorized_keys, "a") as authorized:
+        authorized.write((tmp_path / "locked_key.pub").read_text())
+    creds = ssh_creds(sshd, tmp_path, ssh_private_key=str(key), passphrase="a wrong one", use_agent=False)
+    cluster = rh.cluster(ips=[sshd.host], ssh_creds=creds)
+    with pytest.raises(rh.RhError, match=r"the passphrase given \(ssh_creds\['passphrase'\]\) does not unlock the "
+                                         rf"private key {key}"):
+        cluster.connection()
+    right = rh.cluster(ips=[sshd.host], ssh_creds={**creds, "passphrase": "the right one"})
+    assert right.run(["echo unlocked"])[0][1].strip() == "unlocked"
+    right.transport.close()
+
+
+def test_a_keyword_rh_cluster_does_not_take_is_refused_not_ignored(sshd):
+    with pytest.raises(TypeError, match=r"ssh_port= as its own keyword.*belong in ssh_creds: "
+                                        r"rh.cluster\(ips=\[...\], ssh_creds=\{'ssh_port': 2222\}\)"):
+        rh.cluster(ips=[sshd.host], ssh_port=2222)
+    with pytest.raises(TypeError, match="unknown keyword.*gpus; for machines you bring it takes name, ips, ssh_creds"):
+        rh.cluster(ips=[sshd.host], ssh_creds={}, gpus=1)
 
 
 def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
@@ -159,6 +186,7 @@ def test_ssh_tunnel_reaches_a_port_on_the_head(byo_cluster, tmp_path):
 
 
 def test_shell_command_is_a_working_ssh(byo_cluster):
+    byo_cluster.run(["true"])  # connects, recording the host key (trust_new_host) that plain ssh checks
     command = byo_cluster.transport.shell_command()
     assert command[0] == "ssh"
     import subprocess
@@ -465,3 +493,53 @@ def test_plain_ssh_reaches_the_cluster_by_name_once_the_include_is_added(byo_clu
     removed = rh_command("ssh-config", "--remove")
     assert removed.returncode == 0 and "not included" in removed.stdout
     assert user_config.read_text() == theirs  # exactly as it was
+
+
+@pytest.mark.slow
+def test_a_function_from_main_imports_the_users_modules_on_the_host_and_sees_their_edits(byo_cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "greeting.txt").write_text("hello from a relative path")
+    script = textwrap.dedent("""
+        import json, sys
+        from rh_core.cluster import from_config
+        import rh_core as rh
+
+        def main_fn():
+            import gen
+            with open("data/greeting.txt") as f:
+                return gen.VALUE, f.read()
+
+        print(json.dumps(rh.function(main_fn).to(from_config(json.loads(sys.argv[1])))()))
+    """)
+    for value in ("first", "second"):
+        (project / "gen.py").write_text(f"VALUE = {value!r}\n")
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(byo_cluster.config())], cwd=project,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout) == [value, "hello from a relative path"]
+
+
+@pytest.mark.slow
+def test_closing_a_users_tunnel_to_the_servers_port_keeps_the_clusters_own(byo_cluster):
+    add = rh.function(fns.quiet_add).to(byo_cluster)
+    assert add(1, 1) == 2
+    server_port = byo_cluster.status()["port"]
+    with byo_cluster.ssh_tunnel(server_port) as tunnel:  # the same port the cluster's calls go through
+        assert tunnel.remote_port == server_port
+    assert add(2, 2) == 4  # its close let go of the shared tunnel, and did not close it
+
+
+@pytest.mark.slow
+def test_pip_in_cluster_run_is_the_pip_of_the_environment_functions_run_in(byo_cluster):
+    add = rh.function(fns.quiet_add).to(byo_cluster)
+    assert add(1, 1) == 2
+    (code, out, err), = byo_cluster.run(["pip --version && python -c 'import sys; print(sys.executable)'"])
+    assert code == 0, err
+    venv = f"{byo_cluster.remote_dir}/venv"
+    assert f"{venv}/lib/" in out and f"{venv}/bin/python" in out

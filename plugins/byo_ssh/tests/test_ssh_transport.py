@@ -238,6 +238,50 @@ def test_second_sync_of_an_unchanged_tree_sends_nothing(make_transport, tmp_path
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_a_plain_directory_honours_its_rhignore_in_the_sync_and_the_fingerprint(make_transport, tmp_path, method):
+    from rh_core.workdir import fingerprint
+
+    transport = make_transport(use_system_ssh=method == "rsync", remote_root=str(tmp_path / "remote-rh"))
+    source = tmp_path / "project"  # not a git work tree
+    (source / "data").mkdir(parents=True)
+    (source / "sub").mkdir()
+    (source / ".rhignore").write_text("data/\n*.bin\n!keep.bin\n")
+    for name in ("main.py", "data/big.csv", "model.bin", "keep.bin", "sub/weights.bin", "sub/notes.txt"):
+        (source / name).write_text(name)
+    remote = transport.sync_directory(str(source))
+    assert transport.last_sync.method == method
+    assert remote_files(transport, remote) == {".rhignore", "main.py", "keep.bin", "sub", "sub/notes.txt"}
+    before = fingerprint(str(source))
+    (source / "data" / "big.csv").write_text("changed, but ignored")
+    assert fingerprint(str(source)) == before  # an ignored change does not make the cluster sync again
+    (source / "main.py").write_text("changed")
+    assert fingerprint(str(source)) != before
+
+
+def test_syncing_more_than_sync_warn_mb_warns_with_the_largest_files_and_the_fix(tmp_path, caplog, monkeypatch):
+    from rh_core import config
+
+    monkeypatch.setenv("RH_HOME", str(tmp_path / "home"))
+    config.reload()
+    config.set_value("sync_warn_mb", 1)
+    config.reload()
+    source = tmp_path / "data-heavy"
+    source.mkdir()
+    (source / "weights.pt").write_bytes(b"\0" * (3 * 2**20))
+    (source / "main.py").write_text("print('hi')\n")
+    import rh_core as rh
+
+    cluster = rh.LocalCluster(name="warned", state_dir=str(tmp_path / "state"))
+    try:
+        with caplog.at_level("WARNING", logger="rh_core.workdir"):
+            cluster.sync_directory(str(source))
+    finally:
+        config.reload()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rh_core.workdir"]
+    assert "syncing 3 MB in 2 files" in warning and "weights.pt" in warning and ".rhignore" in warning
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_changed_files_are_sent_and_deleted_files_deleted(make_transport, tmp_path, method):
     transport = make_transport(use_system_ssh=method == "rsync", remote_root=str(tmp_path / "remote-rh"))
     make_tree(tmp_path / "src")

@@ -35,8 +35,9 @@ class GCPQuotaError(GCPError):
 def parse_time(text: str) -> datetime.datetime:
     """A Compute API timestamp (RFC 3339, with its UTC offset); the epoch for an empty one."""
     if not text:
-        return datetime.datetime.fromtimestamp(0, datetime.UTC)
-    return datetime.datetime.fromisoformat(text)
+        return datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
+    # Python 3.10 reads no "Z" suffix (3.11 does).
+    return datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
 
 
 def load_credentials() -> tuple[Any, str | None]:

@@ -23,6 +23,7 @@ import subprocess
 import time
 from typing import Any
 
+from rh_core.compat import add_note
 from rh_core.plugin_types import ClusterInfo
 
 from rh_gcp.compute import ComputeAPI, GCPCredentialsError, GCPError, parse_time
@@ -389,7 +390,7 @@ class GCPProvisioner:
         note = ("the instances it created were deleted: " + ", ".join(created) if not left else
                 "these instances it created could NOT be deleted and still cost money; delete them in the console "
                 "or with `gcloud compute instances delete`: " + "; ".join(left))
-        failure.add_note(f"Bringing the cluster up failed; {note}.")
+        add_note(failure, f"Bringing the cluster up failed; {note}.")
 
 
 def ssh_tag(port: int) -> str:

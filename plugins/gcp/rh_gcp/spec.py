@@ -109,6 +109,10 @@ class GCPSpec:
             )
         if not options.get("zone"):
             raise GCPSpecError("a gcp-direct cluster needs a zone, e.g. rh.cluster(..., zone='us-central1-a')")
+        if options.get("autostop_mins") is None:  # as every other on-demand cluster: the config's default, else 30
+            from rh_core.config import current
+
+            options = {**options, "autostop_mins": current().default_autostop_mins}
         try:
             return cls(**options)
         except TypeError as exc:

@@ -197,3 +197,10 @@ def test_bad_options_are_refused_when_the_cluster_is_made(options_, message):
 def test_a_cluster_name_compute_engine_refuses_is_named(provisioner, options):
     with pytest.raises(GCPSpecError, match="'My_Cluster' cannot name Compute Engine instances"):
         provisioner.up(rh.cluster(name="My_Cluster", **options()))
+
+
+def test_autostop_defaults_to_the_configs_default_as_for_every_on_demand_cluster():
+    from rh_gcp.spec import GCPSpec
+
+    assert GCPSpec.from_options({"zone": "us-central1-a"}).autostop_mins == 30
+    assert GCPSpec.from_options({"zone": "us-central1-a", "autostop_mins": -1}).autostop_mins == -1

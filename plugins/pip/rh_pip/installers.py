@@ -14,6 +14,7 @@ import sysconfig
 from typing import Any
 
 from rh_core.cluster import Cluster
+from rh_core.compat import file_digest
 from rh_core.errors import InstallError
 from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
 
@@ -28,7 +29,7 @@ def _digest(*paths: str) -> str:
         if os.path.isfile(path):
             digest.update(path.encode() + b"\0")
             with open(path, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+                digest.update(file_digest(f, "sha256").digest())
     return digest.hexdigest()[:16]
 
 
@@ -45,6 +46,19 @@ def _on_cluster(cluster: Cluster, path: str) -> str:
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     remote_folder = cluster.sync_directory(folder)
     return remote_folder if folder == path else f"{remote_folder}/{os.path.basename(path)}"
+
+
+def _shipped_if_offline(cluster: Cluster, lines: list[str], *, digest: str = "", cwd: str | None = None
+                        ) -> dict[str, Any]:
+    """For a cluster that reaches no package index: resolve the requirement ``lines`` here for its
+    platform, ship the wheels, and return the options that make pip install from them alone."""
+    platform = cluster.offline_platform()
+    if platform is None:
+        return {}
+    from rh_core.wheels import resolve_requirements
+
+    folder = resolve_requirements(lines, platform, digest=digest, cwd=cwd)
+    return {"find_links": cluster.sync_directory(folder), "no_index": True}
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -67,6 +81,9 @@ class PipInstaller:
             local = _local_path(options["find_links"], claim.spec, kind="find_links folder")
             options["find_links"] = _on_cluster(cluster, local)
             options["find_links_digest"] = _digest(*sorted(os.path.join(local, n) for n in os.listdir(local)))
+        elif not _looks_like_path(claim.spec):
+            index = [f"--index-url {options['index_url']}"] if options.get("index_url") else []
+            options.update(_shipped_if_offline(cluster, [*index, claim.spec]))
         return InstallStep(method="pip", spec=spec, requirement=requirement, options=options)
 
     def resolve(self, step: InstallStep, env: Environment) -> str:
@@ -104,8 +121,10 @@ class RequirementsInstaller:
             path = os.path.join(path, "requirements.txt")
             if not os.path.isfile(path):
                 raise InstallError(f"{claim.spec!r} is a folder without a requirements.txt; name the file to install")
+        digest = _digest(path)
+        shipped = _shipped_if_offline(cluster, [f"-r {path}"], digest=digest, cwd=os.path.dirname(path))
         return InstallStep(method="reqs", spec=_on_cluster(cluster, path), requirement=claim.spec,
-                           options={**claim.options, "digest": _digest(path)})
+                           options={**claim.options, "digest": digest, **shipped})
 
     def resolve(self, step: InstallStep, env: Environment) -> str:
         return f"reqs:{step.spec}:{step.options['digest']}"

@@ -280,3 +280,20 @@ def test_asking_again_for_an_earlier_version_installs_it_again(local_cluster, wh
     assert f("rhtest_a")[0] == "1.0"
     (entry,) = installed_record(local_cluster, "pip-back").values()
     assert entry["slot"] == "pip:rhtest-a"
+
+
+def test_a_package_removed_outside_rh_is_installed_again_by_the_next_request(local_cluster, wheels):
+    import subprocess
+    import sys
+
+    requirement = pinned("rhtest-a", "1.0", wheels["one"])
+    f = rh.function(module_version).to(local_cluster, env=rh.env("pip-removed", [requirement]))
+    assert f("rhtest_a")[0] == "1.0"
+    python = os.path.join(local_cluster.state_dir, "envs", "pip-removed", "venv", "bin", "python")
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "uninstall", "-y", "rhtest-a"],
+                   check=True, capture_output=True, timeout=120)  # what `pip uninstall` on the cluster does
+    done = local_cluster.install_packages([requirement], env="pip-removed")
+    assert done["installed"] == ["rhtest-a==1.0 (find_links, no_index)"], done
+    local_cluster.restart_server()  # fresh workers: none has the module imported from before
+    f = rh.function(module_version).to(local_cluster, env=rh.env("pip-removed", [requirement]))
+    assert f("rhtest_a")[0] == "1.0"

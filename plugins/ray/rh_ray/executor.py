@@ -174,11 +174,12 @@ def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str 
 
 
 def unpack_copy(path: str, fingerprint: str, archive: bytes, fingerprint_of: Callable[[str], str],
-                check: Callable[[], None] | None = None) -> str:
+                check: Callable[[], None] | None = None, force: bool = False) -> str:
     """On another node: make ``path`` hold the tree in ``archive`` (a tar of the head's ``path``),
     unless ``fingerprint_of(path)`` there already gives ``fingerprint`` (a shared file system: then
-    those are the head's own files, left untouched); then run ``check``. Returns what it did."""
-    if os.path.isdir(path) and fingerprint_of(path) == fingerprint:
+    those are the head's own files, left untouched) and ``force`` is false (a copy found holding
+    other contents behind the same fingerprint); then run ``check``. Returns what it did."""
+    if not force and os.path.isdir(path) and fingerprint_of(path) == fingerprint:
         done = "present"
     else:
         os.makedirs(os.path.dirname(path.rstrip("/")), exist_ok=True)
@@ -456,6 +457,20 @@ class RayExecutor(CoroutineExecutor):
             options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
         remote = self._remote_with(options)
         await self._copy_to_other_nodes(task, env)
+        outcome = await self._submit(remote, task)
+        if outcome.status == "stale" and self._code_copies is not None:
+            # A node held another copy of the caller's code (it joined after the node list was read,
+            # or the code changed since the copy): the runner refused the call before running it, so
+            # it can run again once every node has the current copy.
+            self._counted_at = 0.0
+            self._code_copies.forget(task.header["code"]["root"])
+            await self._copy_to_other_nodes(task, env)
+            outcome = await self._submit(remote, task)
+        return outcome
+
+    async def _submit(self, remote: Any, task: Task) -> Outcome:
+        """Run ``task`` as one Ray task and wait for its outcome."""
+        ray = self._ray
         relay = self._relay.endpoint if self._relay is not None else None
         try:
             ref = remote.remote(self._log_endpoint, _detached(task), self._node_id, relay)
@@ -495,7 +510,7 @@ class RayExecutor(CoroutineExecutor):
     async def _copy_to_other_nodes(self, task: Task, env: Environment | None) -> None:
         """Code sent by reference was synced to the head only, and named environments are installed
         there only, but Ray may run the task on any node: every other node gets them first."""
-        code = (task.header.get("function_ref") or {}).get("path")
+        code = (task.header.get("code") or {}).get("root")
         if self._code_copies is None or self._environment_copies is None or not (code or env):
             return
         self._refresh()
@@ -608,6 +623,7 @@ class NodeCopies:
         self._read: dict[str, tuple[float, str]] = {}  # path -> (when read, fingerprint)
         # (path, node id) -> (fingerprint sent there, the error it met or None)
         self._sent: dict[tuple[str, str], tuple[str, RhError | None]] = {}
+        self._distrusted: set[str] = set()  # paths whose next copy replaces what the nodes hold, whatever it is
 
     async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str],
                       check: Callable[[], None] | None = None,
@@ -641,8 +657,10 @@ class NodeCopies:
         fingerprint, archive = await asyncio.to_thread(snapshot)
         self._read[path] = (time.monotonic(), fingerprint)
         affinity = self._ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        force = path in self._distrusted
+        self._distrusted.discard(path)
         refs = [self._unpack.options(scheduling_strategy=affinity(node, soft=False))
-                .remote(path, fingerprint, archive, self._fingerprint_of, check) for node in nodes]
+                .remote(path, fingerprint, archive, self._fingerprint_of, check, force) for node in nodes]
         for node, ref in zip(nodes, refs):
             where = addresses.get(node, node)
             try:
@@ -660,6 +678,14 @@ class NodeCopies:
                 self._sent[(path, node)] = (fingerprint, None)
                 logger.info("%s %s on Ray node %s: %s", self._kind, path, where, done)
         return fingerprint
+
+    def forget(self, path: str) -> None:
+        """Read the version of ``path`` afresh next time, and send it to every node again, replacing
+        what they hold even where it looks current (a node was found holding another copy)."""
+        self._read.pop(path, None)
+        self._distrusted.add(path)
+        for sent in [sent for sent in self._sent if sent[0] == path]:
+            del self._sent[sent]
 
     async def _fingerprint(self, path: str) -> str:
         read_at, value = self._read.get(path, (0.0, ""))

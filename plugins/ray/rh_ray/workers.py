@@ -82,7 +82,8 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
     def join_one(worker: str) -> None:
         started = time.monotonic()
         try:
-            python = cluster.install_runtime(worker)
+            # Ray runs one Python on every node: the head's, where the worker has it.
+            python = cluster.install_runtime(worker, prefer_python=info.get("python"))
         except Exception as exc:
             raise RhError(f"Ray worker {worker}: could not install rh_core and Ray there: {exc}") from exc
         command = (f"{shlex.quote(python)} -m rh_ray.worker_node join --root {shlex.quote(cluster.remote_dir)} "

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import functools
+import importlib
 import json
 import logging
 import os
@@ -71,7 +72,7 @@ class FakeCluster:
         self.install_error = install_error
         self.commands: list[tuple[str, str]] = []
 
-    def install_runtime(self, address: str) -> str:
+    def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
         if self.install_error is not None:
             raise self.install_error
         return "/home/u/.rh/venv/bin/python"
@@ -355,6 +356,28 @@ def test_the_items_of_one_map_make_one_copy(tmp_path):
     assert ray.unpacked == [("n2", "copied")]
 
 
+def test_a_forgotten_copy_is_sent_again_even_where_it_looks_current(tmp_path):
+    from rh_core.workdir import fingerprint
+
+    root = tmp_path / "head" / "code"
+    root.mkdir(parents=True)
+    (root / "module.py").write_text("VALUE = 'one'\n")
+    ray = FakeRay({"n2": tmp_path / "n2"})
+    copies = executor.NodeCopies(ray, "code", fingerprint)
+    copy_environment(copies, root, ["n2"])
+    copy = tmp_path / "n2" / str(root).lstrip("/") / "module.py"
+    # Another copy behind the same fingerprint: same names, sizes and times, other contents.
+    before = os.stat(copy)
+    copy.write_text("VALUE = 'two'\n")
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    copy_environment(copies, root, ["n2"])
+    assert ray.unpacked == [("n2", "copied")], "nothing looked out of date, so nothing was sent"
+    copies.forget(str(root))  # what the executor does when a runner there refused the call as stale
+    copy_environment(copies, root, ["n2"])
+    assert ray.unpacked == [("n2", "copied"), ("n2", "copied")]
+    assert copy.read_text() == "VALUE = 'one'\n"
+
+
 def test_a_copy_waits_for_an_install_under_way_and_ships_it_whole(tmp_path):
     import contextlib
     import threading
@@ -562,6 +585,33 @@ def test_a_function_sent_by_reference_runs_on_the_worker_node_too(cluster, hosts
     assert path.startswith(f"{remote_dir}/sync/") and path.endswith("/plugins/ray/tests/multinode_functions.py")
     for host in made.hosts:
         assert made.host_path(host, path).is_file(), f"{path} is missing on {host.name}"
+
+
+@pytest.mark.slow
+def test_a_node_holding_another_copy_of_the_code_refuses_it_and_gets_the_callers(cluster, hosts):
+    made, remote_dir = hosts
+    _, worker = made.hosts
+    name = f"stale_probe_{os.getpid()}"
+    module_file = Path(__file__).parent / f"{name}.py"
+    module_file.write_text("import socket\nimport time\n\nVALUE = 'one'\n\n\n"
+                           "def value(seconds):\n    time.sleep(seconds)\n    return socket.gethostname(), VALUE\n")
+    try:
+        probe = importlib.import_module(name)
+        value = rh.function(probe.value).to(cluster)  # syncs the working directory, the new module with it
+        # Another function of the same tree: the tree goes to h2, where nothing has imported the new module.
+        other = rh.function(multinode_functions.hostname_and_module_file).to(cluster)
+        assert {host for host, _ in other.map([0.3] * 16)} == {"h1", "h2"}
+        (copy,) = [path for path in made.host_path(worker, f"{remote_dir}/sync").rglob(f"{name}.py")]
+        # h2 now holds another module behind the same fingerprint (names, sizes, times): an old copy.
+        before = os.stat(copy)
+        copy.write_text(copy.read_text().replace("'one'", "'two'"))
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        results = value.map([0.3] * 16)  # long enough items that Ray spreads them over both hosts
+        assert {host for host, _ in results} == {"h1", "h2"}
+        assert {found for _, found in results} == {"one"}, results
+    finally:
+        module_file.unlink()
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.slow

@@ -109,10 +109,24 @@ def stop(names: tuple[str, ...]) -> None:
 
 
 @sky.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("--all", "-a", "everything", is_flag=True, help="Tear down every cluster SkyPilot lists.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def down(names: tuple[str, ...], yes: bool) -> None:
-    """Tear clusters down: their machines and disks are deleted."""
+def down(names: tuple[str, ...], everything: bool, yes: bool) -> None:
+    """Tear clusters down (NAMES, or --all of SkyPilot's): their machines and disks are deleted."""
+    if bool(names) == everything:
+        raise click.UsageError("name the clusters to tear down, or pass --all (not both)")
+    if everything:
+        from rh_sky.skypilot import load_skypilot, result
+
+        try:
+            sdk = load_skypilot()
+            names = tuple(row["name"] for row in _rows(result(sdk, sdk.status(None, refresh=sdk.StatusRefreshMode.NONE))))
+        except RhError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not names:
+            click.echo("SkyPilot has no clusters")
+            return
     if not yes:
         click.confirm(f"Tear down {', '.join(names)}? Their machines and disks are deleted", abort=True)
     for name in names:

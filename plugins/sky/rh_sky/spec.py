@@ -8,6 +8,7 @@ when the cluster is launched, which is where SkyPilot judges accelerators, regio
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -32,6 +33,31 @@ CLOUDS = (
     "kubernetes", "lambda", "mithril", "nebius", "oci", "paperspace", "primeintellect", "runpod", "scp",
     "seeweb", "shadeform", "slurm", "vast", "verda", "vsphere", "yotta",
 )
+
+
+#: The regions of the clouds whose names people mix up most (the spec's own snippet pairs
+#: provider="gcp" with AWS's "us-east-1"), checked before anything is launched. Other clouds' regions
+#: are left to SkyPilot, which checks them against its catalog at launch.
+REGIONS = {
+    "gcp": (
+        "africa-south1", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2", "asia-northeast3",
+        "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2", "australia-southeast1",
+        "australia-southeast2", "europe-central2", "europe-north1", "europe-north2", "europe-southwest1",
+        "europe-west1", "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8",
+        "europe-west9", "europe-west10", "europe-west12", "me-central1", "me-central2", "me-west1",
+        "northamerica-northeast1", "northamerica-northeast2", "northamerica-south1", "southamerica-east1",
+        "southamerica-west1", "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1",
+        "us-west2", "us-west3", "us-west4",
+    ),
+    "aws": (
+        "af-south-1", "ap-east-1", "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3",
+        "ap-south-1", "ap-south-2", "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4",
+        "ap-southeast-5", "ap-southeast-7", "ca-central-1", "ca-west-1", "eu-central-1", "eu-central-2",
+        "eu-north-1", "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "il-central-1",
+        "me-central-1", "me-south-1", "mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-gov-east-1",
+        "us-gov-west-1", "us-west-1", "us-west-2",
+    ),
+}
 
 
 class SkySpecError(RhError, ValueError):
@@ -99,6 +125,15 @@ class SkySpec:
             )
         if self.zone and not self.region:
             raise SkySpecError(f"zone={self.zone!r} needs the region it is in: pass region= as well")
+        known = REGIONS.get(self.provider)
+        if self.region and known and self.region not in known:
+            other = next((cloud for cloud, regions in REGIONS.items() if self.region in regions), None)
+            near = difflib.get_close_matches(self.region, known, n=3, cutoff=0.6)
+            raise SkySpecError(
+                f"region={self.region!r} is not a region of {self.provider}"
+                + (f" (it is one of {other}'s)" if other else "")
+                + (f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "")
+                + f"; {self.provider}'s regions: {', '.join(known)}")
         if not isinstance(self.use_spot, bool):
             raise SkySpecError(f"use_spot={self.use_spot!r} must be True or False")
         if self.instance_type is not None:

@@ -71,6 +71,15 @@ def test_stop_then_down_with_confirmation(two_clusters):
     assert two_clusters.cluster("alpha") is None and two_clusters.cluster("beta") is None
 
 
+def test_down_all_tears_down_every_cluster_skypilot_lists(two_clusters):
+    assert rh_command("sky", "down", "--yes").returncode == 2  # neither names nor --all
+    assert rh_command("sky", "down", "alpha", "--all", "--yes").returncode == 2  # both
+    done = rh_command("sky", "down", "--all", "--yes")
+    assert done.returncode == 0 and "alpha: down" in done.stdout and "beta: down" in done.stdout, done.stderr
+    assert two_clusters.cluster("alpha") is None and two_clusters.cluster("beta") is None
+    assert rh_command("sky", "down", "--all", "--yes").stdout.strip() == "SkyPilot has no clusters"
+
+
 def test_down_of_an_unknown_cluster_is_not_an_error(fake_sky):
     done = rh_command("sky", "down", "never-launched", "--yes")
     assert done.returncode == 0 and "never-launched: down" in done.stdout, done.stderr
