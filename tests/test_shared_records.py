@@ -5,8 +5,10 @@ write to the shared folder, as every member of a team can."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 
 import pytest
 
@@ -197,6 +199,45 @@ def test_dryrun_imports_nothing_from_a_shared_function(other_user, team_store, r
 
     assert rh.function(name="@/team/embed")(["a", "b"]) == 2  # loaded for real, it runs
     assert marker.exists()
+
+
+def test_dryrun_connects_to_nothing_a_shared_function_names(team_store, code_dir):
+    """A shared function saved with a cluster: loaded with ``dryrun=True`` and even called, nothing
+    reaches the cluster's address (here a port that counts who connects); loaded for real, it does."""
+    import socket
+    import threading
+
+    rh.function(code_dir.embed).save("@/team/embed")
+    forget_project(code_dir)
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def count() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                connections.append(listener.accept()[0])
+
+    threading.Thread(target=count, daemon=True).start()
+    record_file = os.path.join(team_store["path"], "team", "embed.yaml")
+    text = open(record_file).read()
+    assert "\ncluster: null\n" in text, text
+    with open(record_file, "w") as f:
+        f.write(text.replace("\ncluster: null\n", "\ncluster:\n  config:\n    kind: remote\n    name: gpu\n"
+                             "    provisioner: byo\n    spec:\n      ips: [127.0.0.1]\n      ssh_creds:\n"
+                             f"        ssh_port: {listener.getsockname()[1]}\n        connect_timeout: 2\n"))
+    try:
+        loaded = rh.function(name="@/team/embed", dryrun=True)
+        with pytest.raises(rh.RhError, match="was loaded with dryrun=True"):
+            loaded(["a"])
+        time.sleep(0.5)
+        assert connections == [], "loading with dryrun=True connected to the record's cluster"
+        with pytest.raises(rh.RhError):  # loaded for real it goes there (and finds no SSH server)
+            rh.function(name="@/team/embed")(["a"])
+        assert connections, "the control failed: a real load never connected, so the check above proves nothing"
+    finally:
+        listener.close()
+        for connection in connections:
+            connection.close()
 
 
 def test_a_function_record_cannot_import_from_outside_its_saved_code(team_store, code_dir):
