@@ -40,12 +40,17 @@ def _refuse(path: str, problem: str, fix: str) -> UntrustedPathError:
 
 def _check_ancestors(path: str) -> None:
     """Every folder above ``path`` (as written and as resolved) must be ours or root's, and closed
-    to writes by others unless sticky (like /tmp): else someone else could swap ``path`` for theirs."""
+    to writes by others unless sticky (like /tmp): else someone else could swap ``path`` for theirs.
+    Folders that do not exist yet are passed over (whoever makes them checks again once they do)."""
     me = os.geteuid()
     for start in {os.path.abspath(path), os.path.realpath(path)}:
         folder = os.path.dirname(start)
         while True:
-            info = os.stat(folder)
+            try:
+                info = os.stat(folder)
+            except FileNotFoundError:
+                folder = os.path.dirname(folder)
+                continue
             if info.st_uid not in (me, 0):
                 raise _refuse(path, f"lies in {folder}, which belongs to user {_user(info.st_uid)}", USE_ANOTHER_FOLDER)
             if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
@@ -64,8 +69,9 @@ def private_directory(path: str) -> str:
     lies in a folder others control, raises :class:`UntrustedPathError` naming it and what to do.
     """
     path = os.path.abspath(path)
-    _check_ancestors(path)
+    _check_ancestors(path)  # before making anything: nothing is made in a folder others control
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _check_ancestors(path)  # again: a missing folder above may have been made by someone else meanwhile
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise _refuse(path, "is not a folder", USE_ANOTHER_FOLDER)

@@ -98,6 +98,18 @@ def test_a_state_folder_another_user_owns_is_refused(other_user):
     assert sorted(os.listdir(planted)) == ["secret"]  # nothing of the victim's went in
 
 
+def test_a_state_folder_not_made_yet_is_made_ours_unless_it_would_lie_in_another_users(other_user, tmp_path):
+    from rh_core.files import private_directory
+
+    fresh = tmp_path / "not" / "yet" / "made"  # RH_HOME on first use, say
+    assert private_directory(str(fresh)) == str(fresh)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o700 and os.stat(fresh.parent).st_uid == os.geteuid()
+    theirs = other_user.home / "not-yet" / "state"
+    with pytest.raises(UntrustedPathError, match=f"lies in {other_user.home}, which belongs to user {other_user.name}"):
+        private_directory(str(theirs))
+    assert not theirs.parent.exists()  # nothing was made in a folder of theirs
+
+
 def test_a_state_folder_others_may_write_is_refused(other_user, reachable_tmp):
     # The victim's own state folder, left open to everyone (0777): the attacker plants a secret.
     state_dir = reachable_tmp / "state"
