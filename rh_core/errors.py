@@ -136,6 +136,10 @@ class ResourceExistsError(RhError):
     """Saving would replace a resource that is already saved under the name."""
 
 
+class InvalidNameError(RhError, ValueError):
+    """A resource name is malformed: empty, a folder, too long, or with characters names may not hold."""
+
+
 class ResourceFormatError(RhError):
     """A saved resource cannot be read: corrupt, not a resource, or written by a newer rh_core."""
 
@@ -150,3 +154,8 @@ class ConfigValueError(ConfigError, ValueError):
 
 class AuthenticationError(RhError):
     """A request to a cluster server did not carry the cluster's secret."""
+
+
+class UntrustedPathError(RhError):
+    """A state file or folder (a server's secret, record, lock or socket, or the folder holding
+    them) belongs to another user or may be written by others, so it is not used."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkab
 import attrs
 
 from rh_core.errors import RhError
+from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,8 +55,7 @@ class Outcome:
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
 
 
-#: Names of remote instances and of objects kept with ``cluster.put``: they become parts of run keys
-#: and file names on the cluster.
+#: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 
 
@@ -225,9 +225,9 @@ class ClusterInfo:
     head: str
     workers: tuple[str, ...] = ()
     transport: str = "ssh"
-    transport_options: dict[str, Any] = attrs.field(factory=dict)
-    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    provider_data: dict[str, Any] = attrs.field(factory=dict)
+    transport_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict, repr=secrets_hidden)
+    provider_data: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
 
 
 @runtime_checkable
@@ -283,7 +283,7 @@ class InstallStep:
     method: str
     spec: str
     requirement: str
-    options: dict[str, Any] = attrs.field(factory=dict)
+    options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     secret_options: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:

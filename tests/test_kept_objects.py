@@ -35,7 +35,7 @@ def test_a_kept_object_outlives_a_server_restart(running_cluster):
 
 
 def test_put_refuses_a_bad_key_a_running_runs_key_and_refs_inside(running_cluster):
-    with pytest.raises(rh.ProtocolError, match="cannot keep an object under '../x'"):
+    with pytest.raises(rh.ProtocolError, match="cannot keep an object under that key: '../x' is not a run key"):
         running_cluster.put("../x", 1)
     ref = rh.function(fns.sleep_then).to(running_cluster).remote(30)
     try:
