@@ -19,3 +19,14 @@ def record_enqueued(path, caller, seq):
     with open(path, "a") as f:
         f.write(f"{caller} {seq} {start} {time.monotonic()}\n")
     return seq
+
+
+class Adder:
+    """The remote class of bench/methods.py: a method call that reads and changes the instance's state."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def add(self, a, b):
+        self.calls += 1
+        return a + b

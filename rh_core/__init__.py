@@ -24,6 +24,8 @@ from rh_core.errors import (
     ConfigError,
     ConnectionLostError,
     InstallError,
+    InstanceDiedError,
+    InstanceNotFoundError,
     InvalidNameError,
     PluginError,
     ProtocolError,
@@ -58,6 +60,9 @@ _LAZY = {
     "Package": "rh_core.packages",
     "env": "rh_core.packages",
     "package": "rh_core.packages",
+    "Module": "rh_core.modules",
+    "RemoteInstance": "rh_core.modules",
+    "module": "rh_core.modules",
     "Ref": "rh_core.ref",
     "get": "rh_core.ref",
     "RemoteCluster": "rh_core.remote",
@@ -80,8 +85,11 @@ __all__ = [
     "Function",
     "GitPackage",
     "InstallError",
+    "InstanceDiedError",
+    "InstanceNotFoundError",
     "InvalidNameError",
     "LocalCluster",
+    "Module",
     "Package",
     "PluginError",
     "PluginHost",
@@ -90,6 +98,7 @@ __all__ = [
     "RemoteCluster",
     "RemoteError",
     "RemoteExitError",
+    "RemoteInstance",
     "RemoteTraceback",
     "ResourceExistsError",
     "ResourceFormatError",
@@ -116,6 +125,7 @@ __all__ = [
     "here",
     "hookimpl",
     "ls",
+    "module",
     "package",
 ]
 
@@ -123,6 +133,7 @@ if TYPE_CHECKING:
     from rh_core.cluster import Cluster, LocalCluster, here
     from rh_core.function import Function, broadcast, function
     from rh_core.hookspecs import hookimpl
+    from rh_core.modules import Module, RemoteInstance, module
     from rh_core.names import delete, exists, ls
     from rh_core.packages import Env, GitPackage, Package, env, package
     from rh_core.plugins import PluginHost, default_host

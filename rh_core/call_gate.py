@@ -5,6 +5,10 @@ a ``.remote()`` or a map of ``f`` (the spec: it "doesn't run simultaneously with
 Calls are admitted in arrival order; plain calls run side by side as long as no enqueued call
 waits before them. Functions no enqueued call has reached have no gate at all, so plain calls
 pay nothing for the rule.
+
+The methods of a remote instance share one gate whose ``limit`` is the instance's
+``max_concurrency``: at most that many of its calls run at once (one, unless the class says more),
+the others wait in arrival order.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ class CallGate:
     """The calls of one function that run or wait. ``admit`` a call with what starts it; call
     ``leave`` with the returned ticket once it has finished (or was given up while waiting)."""
 
-    def __init__(self, running_plain: int = 0):
+    def __init__(self, running_plain: int = 0, limit: int | None = None):
         self.running_plain = running_plain  # plain calls running now
+        self.limit = limit  # how many plain calls may run at once; None: no limit
         self.exclusive_running = False  # an enqueued call runs now
         self._waiting: collections.deque[_Ticket] = collections.deque()
 
@@ -52,6 +57,8 @@ class CallGate:
             ticket = self._waiting[0]
             if ticket.exclusive and self.running_plain:
                 return  # it waits for the plain calls before it; later ones wait behind it
+            if self.limit is not None and self.running_plain >= self.limit:
+                return  # as many run as may; the next waits for one of them to finish
             self._waiting.popleft()
             ticket.admitted = True
             if ticket.exclusive:

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rh_core import errors
@@ -225,13 +225,15 @@ class Connection:
         self._local = threading.local()
         self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own carrier
 
+    def _new_carrier(self) -> _ZmqCarrier | _LinkCarrier:
+        if self.address.startswith(LINK_SCHEME):
+            return _LinkCarrier(self.address[len(LINK_SCHEME):])
+        return _ZmqCarrier(self.address, self._secret)
+
     def _carrier(self) -> _ZmqCarrier | _LinkCarrier:
         carrier = getattr(self._local, "carrier", None)
         if carrier is None or self._local.pid != os.getpid():  # none yet, or the parent's (after fork)
-            if self.address.startswith(LINK_SCHEME):
-                carrier = _LinkCarrier(self.address[len(LINK_SCHEME):])
-            else:
-                carrier = _ZmqCarrier(self.address, self._secret)
+            carrier = self._new_carrier()
             self._local.carrier, self._local.pid = carrier, os.getpid()
         return carrier
 
@@ -249,7 +251,6 @@ class Connection:
         return reason or "it closed the connection"
 
     def _lost(self, op: str, reason: str) -> ConnectionLostError:
-        self._drop_carrier()
         return ConnectionLostError(
             f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
             "The next call reconnects, or starts a new server; finished .remote() results are kept "
@@ -273,29 +274,76 @@ class Connection:
         reply, and every ``HEARTBEAT_SECONDS`` after that, the server must answer a ping, or the
         request fails with :class:`ConnectionLostError`.
         """
+        carrier = self._carrier()
+        try:
+            request_id = self._send(carrier, op, header, frames)
+            reply = self._next_reply(carrier, request_id, op, on_log, timeout, check_after)
+        except BaseException:  # lost, timed out or interrupted: the stream may end in half a message
+            self._drop_carrier()
+            raise
+        if reply.kind == "fail":
+            raise _rebuild_failure(reply.header)
+        if reply.kind == "item":
+            self._drop_carrier()  # the rest of the items would follow; this connection cannot be reused
+            raise errors.ProtocolError(f"the server streams items in reply to {op!r}, which does not read them")
+        return reply
+
+    def stream(
+        self,
+        op: str,
+        header: dict[str, Any],
+        frames: Sequence[Any] = (),
+        *,
+        on_log: Callable[[str, bytes], None] = write_log,
+        check_after: float = HEARTBEAT_SECONDS,
+    ) -> Generator[Reply, None, Reply]:
+        """Like :meth:`request` for a request whose replies include ``item`` replies: yields each as it
+        arrives, and returns the final reply. It runs on a connection of its own, so the caller may
+        make other requests on this thread between items; closing the generator early closes it."""
+        try:
+            carrier = self._new_carrier()
+        except OSError as exc:
+            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost.sent = False
+            raise lost from None
+        try:
+            request_id = self._send(carrier, op, header, frames)
+            while True:
+                reply = self._next_reply(carrier, request_id, op, on_log, None, check_after)
+                if reply.kind == "fail":
+                    raise _rebuild_failure(reply.header)
+                if reply.kind != "item":
+                    return reply
+                yield reply
+        finally:
+            carrier.close()
+
+    def _send(self, carrier: _ZmqCarrier | _LinkCarrier, op: str, header: dict[str, Any], frames: Sequence[Any]) -> int:
+        """Send a request on ``carrier``; returns its id."""
         import orjson
 
         request_id = next(self._request_ids)
         envelope = orjson.dumps({"id": request_id, "op": op, "auth": self._secret, **header})
         try:
-            carrier = self._carrier()
             carrier.send(envelope, frames)
         except OSError as exc:  # a link socket nobody listens on, or closed: the server is gone
             lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
             lost.sent = False  # the server reads a request whole before it acts on it
             raise lost from None
-        except BaseException:  # interrupted (Ctrl-C) mid-message: the stream may end in half of it
-            self._drop_carrier()
-            raise
+        return request_id
+
+    def _next_reply(self, carrier: _ZmqCarrier | _LinkCarrier, request_id: int, op: str,
+                    on_log: Callable[[str, bytes], None], timeout: float | None, check_after: float) -> Reply:
+        """The next reply to ``request_id`` other than a log line (those go to ``on_log``): an item
+        or the final reply (``fail`` included). Raises when the server is gone."""
+        import orjson
+
         waited = 0.0
         while True:
             try:
                 reply = carrier.receive()
             except (EOFError, OSError):
                 raise self._lost(op, self._why_closed()) from None
-            except BaseException:  # the same, while reading: the next request starts on a new one
-                self._drop_carrier()
-                raise
             if reply is not None:
                 fields = orjson.loads(reply[0])
                 if fields.get("id") != request_id:
@@ -304,8 +352,6 @@ class Connection:
                 if kind == "log":
                     on_log(fields["stream"], bytes(reply[1][0]))
                     continue
-                if kind == "fail":
-                    raise _rebuild_failure(fields)
                 return Reply(kind, fields, reply[1])
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
@@ -318,7 +364,6 @@ class Connection:
             if reason is not None:
                 raise self._lost(op, reason)
             if timeout is not None and waited >= timeout:
-                self._drop_carrier()  # its reply, if it ever comes, must not be read as another's
                 raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
 
     def _answers_ping(self) -> bool:
@@ -326,8 +371,7 @@ class Connection:
         import orjson
 
         try:
-            carrier = _LinkCarrier(self.address[len(LINK_SCHEME):]) if self.address.startswith(LINK_SCHEME) \
-                else _ZmqCarrier(self.address)
+            carrier = self._new_carrier()
         except OSError:
             return False
         try:

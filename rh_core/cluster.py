@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -32,6 +32,7 @@ from rh_core.errors import (
 from rh_core.files import open_private, private_directory, read_private
 from rh_core.redact import hide_secrets, secrets_hidden
 from rh_core.processes import is_live_server, pid_alive
+from rh_core.ref import Ref
 
 if TYPE_CHECKING:
     import subprocess
@@ -128,6 +129,19 @@ class Cluster:
                 raise
         return self.connection().request(op, header, frames, **kwargs)
 
+    def stream(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (),
+               **kwargs) -> Generator[Reply, None, Reply]:
+        """A request whose ``item`` replies are yielded as they come (see :meth:`Connection.stream`);
+        returns the final reply. Lost servers are handled as in :meth:`request`."""
+        connection = self.connection()
+        try:
+            return (yield from connection.stream(op, header, frames, **kwargs))
+        except ConnectionLostError as lost:
+            self._forget_connection(connection)
+            if lost.sent:
+                raise
+        return (yield from self.connection().stream(op, header, frames, **kwargs))
+
     def _forget_connection(self, connection: Connection | None = None) -> None:
         with self._lock:
             if connection is None or self._connection is connection:
@@ -170,6 +184,13 @@ class Cluster:
         self.connection()
         return int(self._info.get("parallelism", 1))
 
+    def __reduce__(self) -> tuple:
+        """A cluster passed as an argument (or inside a function handle, :meth:`Function.__reduce__`)
+        travels as its description and is rebuilt where it lands; there, a process on the machine
+        of the cluster's own server reaches that server directly (a function calling its own cluster)."""
+        server = {key: self._info.get(key) for key in ("state_dir", "pid", "process_start")} if self._info else None
+        return reached_from_here, (self.config(), server)
+
     # --- results -------------------------------------------------------------------------------
 
     def get(self, key: str, timeout: float | None = None) -> Any:
@@ -180,6 +201,20 @@ class Cluster:
         wait = None if timeout is None else timeout + 5.0
         reply = self.request("get", {"keys": keys, "timeout": timeout}, timeout=wait)
         return [decode_outcome(status, frames) for status, frames in split_parts(reply)]
+
+    def put(self, key: str, obj: Any) -> Ref[Any]:
+        """Keep ``obj`` on the cluster under ``key`` (up to 128 letters, digits, ``_ . -``), beside call results: ``cluster.get(key)`` from
+        any process returns it, and the returned ref passed to a function on this cluster hands it
+        the object without sending it again. Putting under a key again replaces the object; it
+        expires and is released as results are (``cluster.release([key])``)."""
+        refs: list[Ref] = []
+        frames = serialize.dumps(obj, refs, container_depth=3)
+        if refs:
+            raise TypeError(f"cluster.put keeps plain objects, and this one holds refs to results "
+                            f"({', '.join(ref.key for ref in refs)}); "
+                            "fetch them first (rh.get) or pass the refs to a function instead")
+        self.request("put", {"key": key}, frames)
+        return Ref(key, self)
 
     def run_states(self, keys: list[str]) -> dict[str, str]:
         return self.request("status", {"keys": keys}).header["states"]
@@ -213,6 +248,17 @@ class Cluster:
         """Stop run ``key`` (a call, a ``.remote()`` or a whole map) on the cluster; whoever waits
         for its result gets :class:`rh_core.RunCancelledError`."""
         self.request("cancel", {"key": key})
+
+    def instances(self) -> dict[str, dict[str, Any]]:
+        """The remote instances (``rh.module``) on the cluster, by name: ``id`` (this incarnation),
+        ``class``, ``max_concurrency``, ``env``, and ``ended`` (why its process is gone, None while it lives)."""
+        return dict(self.request("instances", {}).header["instances"])
+
+    def cancel_all(self) -> list[str]:
+        """Stop every run on the cluster (calls, ``.remote()`` runs, maps, also other clients');
+        whoever waits for one gets :class:`rh_core.RunCancelledError`. Remote instances live on
+        (``release()`` ends one). Returns the keys of the runs stopped."""
+        return list(self.request("cancel_all", {}).header["cancelled"])
 
     def is_up(self) -> bool:
         try:
@@ -629,6 +675,19 @@ def from_config(config: dict[str, Any]) -> Cluster:
 
         return RemoteCluster(**config)
     raise ValueError(f"unknown cluster kind {kind!r} in {hide_secrets(config)}; valid kinds: local, remote")
+
+
+def reached_from_here(config: dict[str, Any], server: dict[str, Any] | None) -> Cluster:
+    """The cluster of ``config`` (see :meth:`Cluster.__reduce__`), as this process reaches it: the
+    server on this machine when ``server`` (its state dir, pid and start time) names one that runs
+    here, else as :func:`from_config` rebuilds it."""
+    if server and isinstance(server.get("state_dir"), str):
+        here_too = LocalCluster(name=str(config.get("name", "here")), state_dir=server["state_dir"])
+        state = here_too.read_state()
+        if state is not None and (state.get("pid"), state.get("process_start")) == (server.get("pid"),
+                                                                                   server.get("process_start")):
+            return here_too
+    return from_config(config)
 
 
 def tail(path: str, lines: int = 30) -> str:

@@ -44,6 +44,16 @@ class WorkerDiedError(RhError):
     """The worker process running a call exited before returning a result."""
 
 
+class InstanceDiedError(WorkerDiedError):
+    """The process (or Ray actor) holding a remote instance died, and its state with it: the calls
+    it ran fail with this, and so does every later call until the instance is created anew."""
+
+
+class InstanceNotFoundError(RhError):
+    """No remote instance by that name (and incarnation) lives on the cluster: it was released, the
+    server restarted, or another was created under its name since the handle was made."""
+
+
 class StaleCodeError(RhError):
     """The cluster's copy of a function's module is not the source the function was sent with, so
     the call was refused rather than run with other code."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
 from rh_core import serialize, shm
+from rh_core.client import Reply
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.compat import add_note
 from rh_core.errors import RhError
@@ -60,9 +62,17 @@ class Function(Generic[P, R]):
     env: str | None = None  # the named environment on the cluster it runs in
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
+    # A method of a remote instance (rh_core.modules): {"name", "id", "method"}; its calls go there.
+    _instance: dict[str, Any] | None = attrs.field(default=None, alias="instance", repr=False)
+    # Read from fn's signature; given when fn is a stand-in (a handle to a function sent elsewhere).
     _takes_stream_logs: bool = attrs.field(
         default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
-        init=False, repr=False,
+        alias="takes_stream_logs", repr=False,
+    )
+    # A generator function (plain or async): calls stream its items back as they are produced.
+    _streams: bool = attrs.field(
+        default=attrs.Factory(lambda self: _is_generator_function(self.fn), takes_self=True),
+        alias="streams", repr=False,
     )
 
     # --- placing -------------------------------------------------------------------------------
@@ -99,10 +109,16 @@ class Function(Generic[P, R]):
     # --- calling -------------------------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run on the cluster and return the result (locally when not sent anywhere)."""
+        """Run on the cluster and return the result (locally when not sent anywhere).
+
+        An ``async def`` function is awaited on the cluster. A generator function (plain or async)
+        returns an iterator whose items come from the cluster as the generator yields them there;
+        leaving the loop early cancels the run (``cancel_on_interrupt=False``: it runs on)."""
         options = self._take_call_options(kwargs)
         if self.system is None:
             return self.fn(*args, **kwargs)
+        if self._streams:
+            return self._stream(args, kwargs, options)  # type: ignore[return-value]
         return self._call("call", args, kwargs, options)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Ref[R]:
@@ -115,11 +131,16 @@ class Function(Generic[P, R]):
         options = self._take_call_options(kwargs)
         return self._call("enqueue", args, kwargs, options)
 
-    async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call without blocking the event loop."""
+    def acall(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call without blocking the event loop: ``await f.acall(x)``; for a generator function
+        (plain or async), ``async for item in f.acall(x)``."""
         import asyncio
 
-        return await asyncio.to_thread(self.__call__, *args, **kwargs)
+        if self.system is None and (inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)):
+            return self.fn(*args, **kwargs)  # not sent anywhere: the function's own coroutine or generator
+        if self._streams:
+            return _iterate_in_threads(self.__call__(*args, **kwargs))
+        return asyncio.to_thread(self.__call__, *args, **kwargs)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """Call once per item of the zipped ``iterables``, in parallel; results in input order.
@@ -175,20 +196,26 @@ class Function(Generic[P, R]):
         }
         if self.env is not None:
             header["env"] = self.env
+        if self._instance is not None:
+            header["instance"] = self._instance
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
+        reply = self._request(mode, args, kwargs, options)
+        if reply.kind == "ack":
+            return Ref(reply.header["key"], self.system)
+        ((status, frames),) = split_parts(reply)
+        return decode_outcome(status, frames)
+
+    def _request(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Reply:
+        """Send one call (``mode``: call, remote, enqueue, create) and return the server's reply."""
         system, _ = self._placed()
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
         header, function_frames = self._header(mode, refs, options)
         arguments = self._share(system, header, arguments)
         with _interruptible(system, header["key"], options):
-            reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
-        if reply.kind == "ack":
-            return Ref(reply.header["key"], system)
-        ((status, frames),) = split_parts(reply)
-        return decode_outcome(status, frames)
+            return system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
 
     @staticmethod
     def _share(system: Cluster, header: dict[str, Any], frames: list) -> list:
@@ -200,6 +227,31 @@ class Function(Generic[P, R]):
             return frames
         header["shm"] = header["mode"] != "remote"
         return shm.share(frames, prefix) + shm.due_returns()
+
+    def _stream(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Iterator[Any]:
+        """Start streaming a generator's items: the arguments are checked now (an unpicklable one is
+        named at once), the call is made when the first item is asked for, as a generator's body runs."""
+        refs: list[Ref] = []
+        arguments = serialize.dumps_arguments(args, kwargs, refs)
+        header, function_frames = self._header("call", refs, options)
+        header["stream"] = True
+        return self._stream_items(header, function_frames, arguments, options)
+
+    def _stream_items(self, header: dict[str, Any], function_frames: list, arguments: list,
+                      options: dict[str, Any]) -> Generator[Any, None, Any]:
+        system, _ = self._placed()
+        arguments = self._share(system, header, arguments)
+        replies = system.stream("call", header, [*function_frames, *arguments], check_after=_check_after(options))
+        with _interruptible(system, header["key"], options), contextlib.closing(replies):
+            while True:
+                try:
+                    reply = next(replies)
+                except StopIteration as end:
+                    final = end.value
+                    break
+                yield serialize.loads(reply.frames)
+        ((status, frames),) = split_parts(final)
+        return decode_outcome(status, frames)  # what the generator returned, or its error
 
     def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
         system, _ = self._placed()
@@ -253,6 +305,18 @@ class Function(Generic[P, R]):
         where = self.system.name if self.system is not None else "not sent"
         return f"<Function {self.name} on {where}>"
 
+    def __reduce__(self) -> tuple:
+        """Passed as an argument (to a function on a cluster, say), a function sent to a cluster
+        arrives as a handle to the same function there: calling it calls it on that cluster, which
+        may be the one the receiver runs on (see :meth:`Cluster.__reduce__`). What travels is how
+        to reach it, never the connection; the code itself is not needed where the handle lands."""
+        if self.system is None or self._shipped is None:
+            return _unplaced, (self.fn, self.name, self.call_options)
+        fields = {"fn": _SentElsewhere(self.name, self.system.name), "name": self.name, "system": self.system,
+                  "env": self.env, "call_options": self.call_options, "shipped": self._shipped,
+                  "instance": self._instance, "takes_stream_logs": self._takes_stream_logs, "streams": self._streams}
+        return _handle, (fields,)
+
     # --- names (rh_core.names) -----------------------------------------------------------------
 
     def save(self, name: str | None = None, *, overwrite: bool = False,
@@ -283,6 +347,25 @@ class Function(Generic[P, R]):
                           "be imported there; load it with dryrun=True and send it with .to() to travel by value")
         reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
         return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None, code))
+
+
+class _SentElsewhere:
+    """Stands in for the code of a function that a handle calls on its cluster (:meth:`Function.__reduce__`)."""
+
+    def __init__(self, name: str, cluster: str):
+        self.__name__, self._cluster = name, cluster
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RhError(f"{self.__name__!r} is a handle to a function on cluster {self._cluster!r}; its code is not "
+                      "here. Call the handle itself, which runs it there")
+
+
+def _handle(fields: dict[str, Any]) -> Function:
+    return Function(**fields)
+
+
+def _unplaced(fn: Callable, name: str, call_options: dict[str, Any]) -> Function:
+    return Function(fn=fn, name=name, call_options=call_options)
 
 
 def function(fn: Callable[P, R] | None = None, *, name: str | None = None, system: Cluster | None = None,
@@ -385,17 +468,31 @@ def _refuse_refs_of_other_clusters(refs: list[Ref], system: Cluster, function_na
 def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterator[None]:
     """Ctrl-C while waiting for run ``key`` cancels the run on the cluster (what the user meant:
     stop it), unless the call said ``cancel_on_interrupt=False``; then the run goes on, and the
-    user is told how to reach it."""
+    user is told how to reach it. Leaving a generator's items early (``GeneratorExit``) is the same."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GeneratorExit) as stop:
         if options.get("cancel_on_interrupt", True):
             with contextlib.suppress(Exception):  # finished meanwhile, or never reached the server
                 system.cancel(key)
-        else:
+        elif isinstance(stop, KeyboardInterrupt):
             sys.stderr.write(f"rh: run {key} goes on on cluster {system.name!r}: cluster.get({key!r}) fetches its "
                              f"result, `rh cancel {system.name} {key}` stops it\n")
         raise
+
+
+async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """An iterator that blocks, read without blocking the event loop: each item is waited for in a thread."""
+    import asyncio
+
+    end = object()
+    try:
+        while (item := await asyncio.to_thread(next, items, end)) is not end:
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)  # left early: the run is cancelled, as for a plain loop
 
 
 def _check_after(options: dict[str, Any]) -> float:
@@ -407,9 +504,11 @@ def _check_after(options: dict[str, Any]) -> float:
     return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
 
 
-def _has_parameter(fn: Callable, name: str) -> bool:
-    import inspect
+def _is_generator_function(fn: Callable) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
+
+def _has_parameter(fn: Callable, name: str) -> bool:
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
 
 import attrs
 
+from rh_core.errors import RhError
 from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class Task:
     ``header`` is the JSON-safe description a runner needs (see :mod:`rh_core.runner`);
     ``function`` is the cloudpickled function (empty when it goes by reference); ``arguments`` the
     pickled ``(args, kwargs)`` or list of them for a map chunk; ``refs`` the already computed
-    values of every ``Ref`` the arguments mention, as ``{key: Outcome}``.
+    values of every ``Ref`` the arguments mention, as ``{key: Outcome}``. A method call on a remote
+    instance has ``header["instance"]``: ``{"name", "id", "method"}`` (see :class:`InstanceSpec`).
     """
 
     key: str
@@ -52,6 +55,22 @@ class Outcome:
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
 
 
+#: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+
+
+@attrs.frozen(kw_only=True)
+class InstanceSpec:
+    """A remote instance of a class (``rh.module``): its ``name`` on the cluster, the ``id`` of this
+    incarnation of it (a new one each time it is created under that name), and how many of its
+    method calls may run at once. The server lets at most ``max_concurrency`` of them reach the
+    executor at a time."""
+
+    name: str
+    id: str
+    max_concurrency: int = 1
+
+
 class ServerContext(Protocol):
     """What the cluster server offers to its executor."""
 
@@ -67,6 +86,11 @@ class ServerContext(Protocol):
         """The environment ``name`` on this machine (``None``: the default one), created if new.
         Run a task of ``task.env`` with its :attr:`~Environment.python` and
         :attr:`~Environment.variables`."""
+
+    def instance_ended(self, instance_id: str, reason: str) -> None:
+        """The process (or actor) of a remote instance ended without :meth:`Executor.stop_instance`:
+        it died, was killed, or was stopped because a call on it had to be. ``reason`` says which,
+        for the error every later call on it gets."""
 
 
 @runtime_checkable
@@ -92,8 +116,27 @@ class Executor(Protocol):
         ``async def run(task)`` instead.
         """
 
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """Create a remote instance: start a process (a Ray actor, ...) of its own and run the
+        class's constructor there, as :meth:`submit` runs a task (``task.function`` is the class,
+        its arguments the constructor's). Its outcome is the constructor's: ``ok`` and the instance
+        lives there until :meth:`stop_instance` or :meth:`stop`; ``err`` and nothing is kept.
+
+        Method calls on it then come to :meth:`submit` as tasks whose ``header["instance"]`` names
+        it, up to ``instance.max_concurrency`` at once: a runner's ``run`` calls the method on the
+        instance (:class:`rh_core.runner.Runner` holds it). Async methods run on the instance's own
+        event loop. A method call whose future is cancelled (timeout, ``cancel``) is stopped with
+        ``Runner.cancel(key)`` where it can be (a coroutine, a generator between items); where it
+        cannot, the instance's process is killed. Whenever the process ends other than through
+        :meth:`stop_instance`, the calls it ran fail with :class:`~rh_core.errors.InstanceDiedError`
+        and the executor reports it with :meth:`ServerContext.instance_ended`.
+        """
+
+    async def stop_instance(self, instance_id: str) -> None:
+        """End a remote instance's process; calls it still runs or that wait for it fail."""
+
     async def stop(self) -> None:
-        """Stop every worker this executor started."""
+        """Stop every worker (and instance) this executor started."""
 
     def describe(self) -> dict[str, Any]:
         """A small JSON-safe summary shown by ``rh server status``."""
@@ -116,6 +159,20 @@ class CoroutineExecutor:
         import asyncio
 
         return asyncio.ensure_future(self.run(task))
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """Remote instances need a process (or actor) of their own per instance: an executor that
+        has none says so. Override with :meth:`stop_instance` to run them (see :class:`Executor`)."""
+        import asyncio
+
+        refused: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        refused.set_exception(RhError(
+            f"the {getattr(self, 'name', type(self).__name__)!r} executor runs no remote instances (rh.module); "
+            "start the cluster's server with the process or ray executor"))
+        return refused
+
+    async def stop_instance(self, instance_id: str) -> None:
+        """Nothing to stop where no instance runs."""
 
 
 # -------------------------------------------------------------------------------------------------

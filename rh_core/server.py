@@ -9,9 +9,10 @@ workers load them.
 
 Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
 pickled tuple ``(envelope, [frames])``). Requests carry
-``id`` and ``op`` (``ping``, ``call``, ``get``, ``status``, ``release``, ``shutdown``) plus the
-op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` (zero or more, while a
-call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
+``id`` and ``op`` (``ping``, ``call``, ``get``, ``put``, ``status``, ``release``, ``cancel``,
+``cancel_all``, ``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
+streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
+sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
 
 Remote bootstrap sets two environment variables for it: ``RH_BUILD_ID`` (which shipped wheels it
 runs) and ``RH_NODE_ADDRESS`` (the address the cluster's other machines reach this one at, for
@@ -56,6 +57,7 @@ from rh_core.errors import (
 )
 from rh_core.files import open_private, private_directory, read_private, write_atomically
 from rh_core.heap import keep_freed_memory
+from rh_core.instances import Instances, check_instance_field, spec_of
 from rh_core.link import ENVELOPE_MAX_BYTES
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
@@ -139,6 +141,7 @@ class Server:
         self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
+        self._item_routes: dict[str, tuple[Peer, str]] = {}  # task key -> the client reading its items
         self._log_ends: dict[str, asyncio.Future[None]] = {}
         self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
@@ -147,6 +150,7 @@ class Server:
         self._log_write_warned = False
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
+        self.instances = Instances(executor)
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self.calls = 0
@@ -447,7 +451,7 @@ class Server:
                 self._fail(peer, request_id, exc)
                 return
             self.calls += 1
-            self._route_logs(task, peer, request_id)
+            self._route_replies(task, peer, request_id)
             future = self._start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
@@ -456,7 +460,7 @@ class Server:
             task.add_done_callback(self._tasks.discard)
 
     def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
-        self._log_routes.pop(task.key, None)
+        self._unroute_replies(task)
         self._deliver(peer, request_id, task, future.result())
 
     def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
@@ -475,10 +479,16 @@ class Server:
     def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
         check_call_request(request, len(frames))
         n_fn = request["n_fn"]
+        header = {"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
+                  "mode": request["mode"], "shm_prefix": self._shm_prefix if request.get("shm") else None,
+                  "stream": request.get("stream", False)}
+        if "instance" in request:  # the constructor of a remote instance, or a call of its methods
+            if request["mode"] != "create":
+                self.instances.check(request["instance"])
+            header["instance"] = request["instance"]
         return Task(
             key=request["key"],
-            header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
-                    "mode": "call", "shm_prefix": self._shm_prefix if request.get("shm") else None},
+            header=header,
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},
@@ -486,9 +496,17 @@ class Server:
             env=request.get("env"),
         )
 
-    def _route_logs(self, task: Task, peer: Peer, request_id: str) -> None:
+    def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
+        """Send what the task's worker sends while it runs to its caller: log lines when it asked for
+        them, and a generator's items when it reads them one by one."""
         if task.options.get("stream_logs"):
             self._log_routes[task.key] = (peer, request_id)
+        if task.header["stream"]:
+            self._item_routes[task.key] = (peer, request_id)
+
+    def _unroute_replies(self, task: Task) -> None:
+        self._log_routes.pop(task.key, None)
+        self._item_routes.pop(task.key, None)
 
     async def _op_shutdown(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", self.info())
@@ -499,6 +517,9 @@ class Server:
         refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
         task = self._task(request, frames, refs)
         mode = request["mode"]
+        if mode == "create":
+            await self._create_instance(peer, request_id, task)
+            return
         if mode == "map":
             await self._map(peer, request_id, task, request["chunks"])
             return
@@ -507,9 +528,9 @@ class Server:
             final.add_done_callback(lambda done: self._spill(task.key, done))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
-        self._route_logs(task, peer, request_id)
+        self._route_replies(task, peer, request_id)
         outcome = await self._start(task, exclusive=mode == "enqueue")
-        self._log_routes.pop(task.key, None)
+        self._unroute_replies(task)
         self._deliver(peer, request_id, task, outcome)
 
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
@@ -519,10 +540,10 @@ class Server:
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
-            self._route_logs(chunk, peer, request_id)
+            self._route_replies(chunk, peer, request_id)
         outcomes = await asyncio.gather(*(self._start(chunk) for chunk in chunks))
         for chunk in chunks:
-            self._log_routes.pop(chunk.key, None)
+            self._unroute_replies(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
@@ -534,13 +555,16 @@ class Server:
         final.add_done_callback(lambda _: self._running.pop(task.key, None))
         fn_id = task.header["fn_id"]
         gate = self._gates.get(fn_id)
-        if gate is None and not exclusive:  # the common case: nothing of this function is enqueued
+        if gate is None and not exclusive and "instance" not in task.header:
+            # The common case: nothing of this function is enqueued, and it is no instance's method.
             self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
             final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
             self._submit(task, final)
             return final
         if gate is None:
-            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0))
+            instance = task.header.get("instance")
+            limit = self.instances.concurrency(instance) if instance and task.header["mode"] != "create" else None
+            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0), limit=limit)
         self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
         ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
         final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
@@ -566,7 +590,10 @@ class Server:
             del self._gates[fn_id]
 
     def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
-        running = self.executor.submit(task)
+        if task.header["mode"] == "create":
+            running = self.executor.start_instance(task, spec_of(task.header["instance"]))
+        else:
+            running = self.executor.submit(task)
         self._running[task.key] = (running, final)
         timeout = task.options.get("timeout")
         timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
@@ -674,13 +701,22 @@ class Server:
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
             )
-        error = RunCancelledError(f"run {key} was cancelled")
-        for task_key in tasks:
+        self._cancel_tasks(tasks)
+        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
+
+    async def _op_cancel_all(self, peer, request_id, request, frames) -> None:
+        """Stop every run on the cluster (``cluster.cancel_all()``); remote instances live on."""
+        runs = sorted({run_key_of(k) for k in self._running})
+        self._cancel_tasks(list(self._running))
+        self._reply(peer, request_id, "info", {"cancelled": runs})
+
+    def _cancel_tasks(self, task_keys: list[str]) -> None:
+        for task_key in task_keys:
             running, final = self._running[task_key]
             if not final.done():
+                error = RunCancelledError(f"run {run_key_of(task_key)} was cancelled")
                 final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
             running.cancel()  # the executor stops the worker (or Ray task) running it
-        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
 
     async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
@@ -765,6 +801,23 @@ class Server:
                 states[key] = "done" if future.done() else "running"
         self._reply(peer, request_id, "info", {"states": states})
 
+    async def _op_put(self, peer, request_id, request, frames) -> None:
+        """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
+        kept: ``cluster.get`` and refs reach it, it expires with results, ``release`` drops it."""
+        try:
+            key = check_run_key(request.get("key"))  # kept beside results, so named as they are
+        except ProtocolError as exc:
+            raise ProtocolError(f"cannot keep an object under that key: {exc}, e.g. 'weights' or 'run-1.config'") from None
+        if any(run_key_of(task_key) == key for task_key in self._running):
+            raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
+        # Copied: the frames may be views of a receive buffer, and this outlives the request.
+        outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
+        self._saved_in_memory.pop(key, None)
+        kept = self._results[key] = self._loop.create_future()
+        kept.set_result(outcome)
+        self._spill(key, kept)
+        self._reply(peer, request_id, "info", {"key": key})
+
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in map(check_run_key, request["keys"]):
             self._results.pop(key, None)
@@ -772,11 +825,48 @@ class Server:
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
         self._reply(peer, request_id, "info", {})
 
+    # --- remote instances (rh.module) ---------------------------------------------------------
+
+    async def _create_instance(self, peer: Peer, request_id: str, task: Task) -> None:
+        """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
+        constructor runs as a call does: with its timeout, cancel and output."""
+        async def construct(task: Task) -> Outcome:
+            self._route_replies(task, peer, request_id)
+            try:
+                return await self._start(task)
+            finally:
+                self._unroute_replies(task)
+
+        instance_id, created, failed = await self.instances.get_or_create(task, construct)
+        if failed is not None:
+            self._reply_outcomes(peer, request_id, [failed])
+        else:
+            self._reply(peer, request_id, "info", {"instance_id": instance_id, "created": created})
+
+    def instance_ended(self, instance_id: str, reason: str) -> None:
+        """From the executor (:class:`~rh_core.plugin_types.ServerContext`): an instance's process is gone."""
+        self.instances.ended(instance_id, reason)
+
+    async def _op_release_instance(self, peer, request_id, request, frames) -> None:
+        """End an instance (``m.release()``): its process stops; calls it runs fail."""
+        name, instance_id = request.get("name"), request.get("instance_id")
+        released = isinstance(name, str) and await self.instances.release(name, instance_id)
+        self._reply(peer, request_id, "info", {"released": released})
+
+    async def _op_instances(self, peer, request_id, request, frames) -> None:
+        """The remote instances on this cluster (see :meth:`Instances.describe`)."""
+        self._reply(peer, request_id, "info", {"instances": self.instances.describe()})
+
     # --- logs ----------------------------------------------------------------------------------
 
     def _on_log(self, frames: list) -> None:
-        key, stream, text = (frame.bytes for frame in frames)
-        key = key.decode()
+        key, stream = frames[0].bytes.decode(), frames[1].bytes
+        if stream == b"item":  # one item of a generator, pickled: straight on to the caller reading them
+            route = self._item_routes.get(key)
+            if route is not None:
+                self._reply(route[0], route[1], "item", {}, frames[2:])
+            return
+        text = frames[2].bytes
         run_key = run_key_of(key)
         if stream == b"eof":
             ended = self._log_ends.setdefault(key, self._loop.create_future())
@@ -822,6 +912,9 @@ class Server:
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
+CALL_MODES = ("call", "remote", "enqueue", "map", "create")
+
+
 def _outcome_bytes(outcome: Outcome) -> int:
     return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
@@ -832,6 +925,10 @@ def check_call_request(request: dict, frame_count: int) -> None:
     def wrong(field: str, expected: str) -> ProtocolError:
         return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
 
+    if not isinstance(request.get("key"), str) or not request["key"]:
+        raise wrong("key", "a non-empty string")
+    if request.get("mode") not in CALL_MODES:
+        raise wrong("mode", f"one of {', '.join(CALL_MODES)}")
     check_run_key(request.get("key"))
     if not isinstance(request.get("fn_id"), str):
         raise wrong("fn_id", "a string")
@@ -849,6 +946,10 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("function_ref", "an object or null")
     if request.get("code") is not None and not isinstance(request["code"], dict):
         raise wrong("code", "an object or null")
+    if not isinstance(request.get("stream", False), bool):
+        raise wrong("stream", "true or false")
+    if "instance" in request or request["mode"] == "create":
+        check_instance_field(request.get("instance"), request["mode"])
     timeout = request.get("options", {}).get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")

@@ -1,10 +1,15 @@
-"""A worker process of the ``process`` executor: ``python -m rh_core.worker LINK_FD LOGS``.
+"""A worker process of the ``process`` executor: ``python -m rh_core.worker LINK_FD LOGS [CONCURRENCY]``.
 
 The executor talks to each of its workers over a socket pair it made when it spawned the worker
 (a :class:`rh_core.link.Link`).
 
 The worker says ``("ready",)``, then runs one task at a time, answering each with
-``("done", status, logged, frames)``.
+``("done", key, status, logged, frames)``.
+
+With ``CONCURRENCY`` it is a remote instance's own worker: its first task creates the instance,
+the rest are calls of its methods, up to ``CONCURRENCY`` at once in threads of their own, while
+this thread reads on; ``("cancel", key)`` asks it to stop one (:meth:`Runner.cancel`), and it
+answers ``("cancel", key, stopped)``: False when only ending the process stops that call.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ def task_from(message: tuple) -> Task:
                 refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs})
 
 
-def done_message(outcome: Outcome) -> tuple:
-    return ("done", outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
+def done_message(key: str, outcome: Outcome) -> tuple:
+    return ("done", key, outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
 
 
 def _die_with_parent() -> None:
@@ -45,12 +50,13 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent check in main() still ends orphaned workers
 
 
-def main(link_fd: str, log_endpoint: str) -> None:
+def main(link_fd: str, log_endpoint: str, concurrency: str | None = None) -> None:
     server_pid = os.getppid()
     _die_with_parent()
     keep_freed_memory()
     link = Link(int(link_fd))
     runner = Runner(log_endpoint)
+    serve = _serve_tasks if concurrency is None else _instance_server(runner, link, int(concurrency))
     link.send(("ready",))
     while True:
         if not link.ready(1.0):
@@ -61,8 +67,38 @@ def main(link_fd: str, log_endpoint: str) -> None:
             message = link.receive()
         except EOFError:
             return  # the executor closed its end: it is stopping
-        link.send(done_message(runner.run(task_from(message))))
+        serve(runner, link, message)
+
+
+def _serve_tasks(runner: Runner, link: Link, message: tuple) -> None:
+    task = task_from(message)
+    link.send(done_message(task.key, runner.run(task)))
+
+
+def _instance_server(runner: Runner, link: Link, concurrency: int):
+    """How an instance's worker serves a message: calls run in a pool of ``concurrency`` threads,
+    so this thread stays free to read the next call, or a request to cancel one."""
+    import concurrent.futures
+    import threading
+
+    calls = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="rh-instance-call")
+    sending = threading.Lock()
+
+    def run(task: Task) -> None:
+        done = done_message(task.key, runner.run(task))
+        with sending:
+            link.send(done)
+
+    def serve(runner: Runner, link: Link, message: tuple) -> None:
+        if message[0] == "cancel":
+            stopped = runner.cancel(message[1])
+            with sending:
+                link.send(("cancel", message[1], stopped))
+        else:
+            calls.submit(run, task_from(message))
+
+    return serve
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -28,7 +28,7 @@ from typing import Any
 
 from rh_core.errors import WorkerDiedError
 from rh_core.link import Link, bound_stalls
-from rh_core.plugin_types import Environment, Outcome, ServerContext, Task
+from rh_core.plugin_types import Environment, InstanceSpec, Outcome, ServerContext, Task
 from rh_core.worker import task_message
 
 START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
@@ -49,9 +49,7 @@ class _Worker:
     def kill(self) -> None:
         """Kill its process group if it still runs (the worker and whatever its call started); its
         watcher then fails its call and replaces it."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        kill_group(self.process)
 
 
 class _Pool:
@@ -70,6 +68,37 @@ class _Pool:
     @property
     def label(self) -> str:
         return f"environment {self.env.name!r}" if self.env.name else "the default environment"
+
+
+async def spawn_worker(env: Environment, log_endpoint: str,
+                       *arguments: str) -> tuple[asyncio.subprocess.Process, Link]:
+    """Start a worker process (``python -m rh_core.worker``, see there for ``arguments``) of ``env``'s
+    interpreter, and return it with the server's end of its link."""
+    ours, theirs = socket.socketpair()
+    bound_stalls(ours)  # a worker whose message stops half-way (it hangs, or wrote a broken one)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            env.python, "-m", "rh_core.worker", str(theirs.fileno()), log_endpoint, *arguments,
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **env.variables}, pass_fds=(theirs.fileno(),),
+            start_new_session=True,  # a process group of its own: killing it ends what its call started too
+        )
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, Link(ours.detach())
+
+
+def kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill a worker's process group if it still runs: the worker and whatever its calls started."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def exit_cause(returncode: int) -> str:
+    return f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
 
 
 class ProcessExecutor:
@@ -93,14 +122,25 @@ class ProcessExecutor:
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "workers": sorted(w.process.pid for w in self._workers),
-                "environments": sorted(name or "default" for name in self._pools)}
+                "environments": sorted(name or "default" for name in self._pools),
+                "instances": self._instances.describe()}
 
     async def start(self, context: ServerContext) -> None:
         # The default pool's workers start now, while the server opens for clients: calls that
         # arrive first wait for them, so a cold start pays for the two start-ups side by side.
+        from rh_core.builtin.process_instances import InstanceProcesses
+
         self._context = context
         self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
+        self._instances = InstanceProcesses(context, self.start_timeout)
         self._pool(None)
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """A remote instance runs in a worker process of its own (see :mod:`rh_core.builtin.process_instances`)."""
+        return self._instances.start(task, instance)
+
+    async def stop_instance(self, instance_id: str) -> None:
+        await self._instances.stop(instance_id)
 
     def _pool(self, env_name: str | None) -> _Pool:
         """The pool of an environment, started on first use."""
@@ -124,21 +164,12 @@ class ProcessExecutor:
         watcher.add_done_callback(self._watchers.discard)
 
     async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
-        ours, theirs = socket.socketpair()
-        bound_stalls(ours)  # a worker whose message stops half-way (it hangs, or wrote a broken one)
         try:
-            process = await asyncio.create_subprocess_exec(
-                pool.env.python, "-m", "rh_core.worker", str(theirs.fileno()), self._context.log_endpoint,
-                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **pool.env.variables}, pass_fds=(theirs.fileno(),),
-                start_new_session=True,  # a process group of its own: kill() ends what its call started too
-            )
+            process, link = await spawn_worker(pool.env, self._context.log_endpoint)
         except OSError as exc:
-            ours.close()
             self._pool_failed(pool, WorkerDiedError(f"could not start a worker in {pool.label}: {exc}"))
             return
-        finally:
-            theirs.close()
-        worker = _Worker(worker_id, process, Link(ours.detach()), pool)
+        worker = _Worker(worker_id, process, link, pool)
         self._workers.add(worker)
         pool.workers.add(worker)
         worker.link.watch(self._loop, self._on_readable, worker)
@@ -154,10 +185,8 @@ class ProcessExecutor:
         if self._stopping:
             return
         if worker.current is not None and not worker.current.done():
-            cause = (f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
-                     else f"exit code {returncode}")
             worker.current.set_exception(WorkerDiedError(
-                f"the worker process (pid {process.pid}) running this call died ({cause}); "
+                f"the worker process (pid {process.pid}) running this call died ({exit_cause(returncode)}); "
                 "it has been replaced. Look for a crash in native code, os._exit or running out of memory."
             ))
         if not worker.started:
@@ -199,7 +228,7 @@ class ProcessExecutor:
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "done":
-            _, status, logged, frames = message
+            _, _, status, logged, frames = message
             current, worker.current = worker.current, None
             if current is not None and not current.done():
                 current.set_result(Outcome(status=status, frames=frames, logged=logged))
@@ -214,6 +243,8 @@ class ProcessExecutor:
         self._dispatch(pool)
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        if "instance" in task.header:  # a method call: its instance's own process runs it
+            return self._instances.submit(task)
         future: asyncio.Future[Outcome] = self._loop.create_future()
         pool = self._pool(task.env)
         pool.waiting.append((task, future))
@@ -251,6 +282,7 @@ class ProcessExecutor:
             worker.kill()
 
     async def stop(self) -> None:
+        await self._instances.stop_all()
         self._stopping = True
         workers = list(self._workers)
         for worker in workers:

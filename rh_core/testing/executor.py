@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -203,6 +204,240 @@ class ExecutorContract:
         value, awaited, ticks = asyncio.run(main())
         assert (value, awaited) == ("called", "awaited")
         assert ticks >= 10
+
+    # --- every kind of function ----------------------------------------------------------------
+
+    def test_an_async_function_is_awaited_on_the_cluster(self, cluster):
+        add = rh.function(fns.async_add).to(cluster)
+        assert add(1, 2) == 3
+        assert asyncio.run(add.acall(2, 3)) == 5
+        assert rh.get(add.remote(3, 4)) == 7
+        assert add.map([1, 2, 3], [10, 20, 30]) == [11, 22, 33]
+        with pytest.raises(rh.RemoteExitError) as info:
+            rh.function(fns.async_exit).to(cluster)(4)
+        assert info.value.code == 4
+
+    def test_a_generators_items_arrive_as_they_are_made_with_its_logs(self, cluster, capfd):
+        count = rh.function(fns.count_up).to(cluster)
+        started = time.monotonic()
+        items, arrived, printed = [], [], []
+        iterator = count(4, 0.5, stream_logs=True)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration as end:
+                returned = end.value
+                break
+            arrived.append(time.monotonic() - started)
+            printed.append(capfd.readouterr().out)
+            items.append(item)
+        assert items == [0, 1, 2, 3] and returned == "counted 4"
+        # Live: the first item came while the generator still had 1.5 s of work to do.
+        assert arrived[-1] - arrived[0] > 1.0, arrived
+        # In order with the function's output: "making i" was printed here before item i arrived.
+        assert all(f"making {i}" in printed[i] for i in range(4)), printed
+
+    def test_a_generators_items_stream_to_async_for_and_an_async_generators_too(self, cluster):
+        count = rh.function(fns.count_up).to(cluster)
+        acount = rh.function(fns.async_count_up).to(cluster)
+
+        async def main():
+            return [x async for x in count.acall(3)], [x async for x in acount.acall(3, 0.01)]
+
+        assert asyncio.run(main()) == ([0, 1, 2], [0, 1, 2])
+        assert list(acount(3)) == [0, 1, 2]
+
+    def test_a_generator_that_fails_raises_after_the_items_it_made(self, cluster):
+        items = []
+        with pytest.raises(ValueError, match="failed after 2 items"):
+            for item in rh.function(fns.count_then_fail).to(cluster)(2):
+                items.append(item)
+        assert items == [0, 1]
+
+    def test_a_generators_items_come_back_as_a_list_where_nobody_streams_them(self, cluster):
+        count = rh.function(fns.count_up).to(cluster)
+        assert rh.get(count.remote(3)) == [0, 1, 2]
+        assert count.map([2, 3]) == [[0, 1], [0, 1, 2]]
+        assert rh.function(fns.async_count_up).to(cluster).map([2]) == [[0, 1]]
+
+    def test_leaving_a_generator_early_cancels_its_run(self, cluster):
+        from rh_core.testing.fixtures import wait_for
+
+        for item in rh.function(fns.count_up).to(cluster)(1000, 0.05):
+            if item == 2:
+                break
+        wait_for(lambda: not cluster.runs()["running"], 15, "the abandoned generator's run still runs",
+                 lambda: str(cluster.runs()))
+        assert rh.function(fns.quiet_add).to(cluster)(1, 1) == 2
+
+    # --- remote classes ------------------------------------------------------------------------
+
+    @staticmethod
+    def _name(label: str) -> str:
+        return f"{label}-{os.getpid()}-{os.urandom(3).hex()}"  # instances outlive tests: one name each
+
+    def test_a_remote_instance_keeps_its_state_between_calls(self, cluster):
+        Counter = rh.module(fns.Counter).to(cluster, name=self._name("state"))
+        m = Counter(5)
+        assert Counter._constructor._shipped.function_ref is not None  # from a module: by reference
+        try:
+            assert (m.incr(), m.incr(2)) == (6, 8)
+            assert (m.count, m.config, m.doubled) == (8, {"start": 5}, 16)  # attributes are read there
+            assert rh.get(m.incr.remote(1)) == 9
+            assert m.incr.map([1, 1]) == [10, 11]
+            assert asyncio.run(m.incr.acall()) == 12
+            assert m.pid() == m.pid() != os.getpid()  # one process of its own
+        finally:
+            assert m.release() is True
+        with pytest.raises(rh.InstanceNotFoundError, match="was released"):
+            m.incr()
+        assert m.release() is False
+
+    def test_another_process_reaches_the_instance_by_name_without_running_the_constructor_again(self, cluster, capfd):
+        name = self._name("shared")
+        m = rh.module(fns.Counter).to(cluster, name=name)(10, stream_logs=True)
+        assert "counter starts at 10" in capfd.readouterr().out
+        try:
+            m.incr()
+            script = textwrap.dedent(f"""
+                import json, sys
+                import rh_core as rh
+                from rh_core.cluster import from_config
+                from rh_core.testing.functions import Counter
+                cluster = from_config(json.loads(sys.argv[1]))
+                other = rh.module(Counter).to(cluster, name={name!r})(999, stream_logs=True)
+                print(other.instance_id, other.incr(5))
+            """)
+            out = subprocess.run([sys.executable, "-c", script, json.dumps(cluster.config())],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.stdout.split()[-2:] == [m.instance_id, "16"], out.stderr + out.stdout
+            assert "counter starts" not in out.stdout  # the constructor did not run again
+            assert m.count == 16
+        finally:
+            m.release()
+
+    def test_methods_run_one_at_a_time_unless_max_concurrency_says_more(self, cluster):
+        def overlaps(instance):
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                spans = list(pool.map(lambda tag: instance.record(0.5, tag), range(3), timeout=60))
+            return [(a, b) for a in spans for b in spans if a[0] < b[0] and a[1] < b[2] - 0.05 and b[1] < a[2] - 0.05]
+
+        one = rh.module(fns.Counter).to(cluster, name=self._name("one"))()
+        three = rh.module(fns.Counter, max_concurrency=3).to(cluster, name=self._name("three"))()
+        try:
+            assert overlaps(one) == []
+            assert len(overlaps(three)) == 3  # all three ran at once
+        finally:
+            one.release()
+            three.release()
+
+    def test_async_methods_share_the_instances_event_loop(self, cluster):
+        m = rh.module(fns.Counter, max_concurrency=4).to(cluster, name=self._name("async"))()
+        try:
+            assert m.loop_id() == m.loop_id()
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                counts = sorted(pool.map(lambda _: m.incr_later(1.0), range(4), timeout=60))
+            assert counts == [1, 2, 3, 4]
+            assert time.monotonic() - started < 3.5  # side by side on the loop, not one after another
+        finally:
+            m.release()
+
+    def test_a_methods_output_streams_and_a_generator_method_streams_its_items(self, cluster, capfd):
+        m = rh.module(fns.Counter).to(cluster, name=self._name("stream"))(3)
+        try:
+            assert m.incr(4, stream_logs=True) == 7
+            assert "adding 4" in capfd.readouterr().out
+            assert list(m.count_up(3)) == [7, 8, 9]
+            for item in m.count_up(1000, 0.02):  # left early: it stops between items, the instance lives
+                if item == 9:
+                    break
+            assert m.incr() == 8
+        finally:
+            m.release()
+
+    def test_a_method_that_raises_keeps_its_type_and_the_instance_goes_on(self, cluster):
+        m = rh.module(fns.Counter).to(cluster, name=self._name("raises"))()
+        try:
+            with pytest.raises(fns.CustomError, match="no thanks"):
+                m.fail("no thanks")
+            assert m.incr() == 1
+        finally:
+            m.release()
+
+    def test_a_constructor_that_raises_raises_here_and_keeps_nothing(self, cluster):
+        Counter = rh.module(fns.Counter).to(cluster, name=self._name("broken"))
+        with pytest.raises(TypeError):
+            Counter(1, 2, 3)
+        assert Counter.name not in cluster.instances()
+        assert Counter(1).incr() == 2
+        Counter().release()
+
+    def test_an_instance_whose_process_dies_says_so_and_is_made_again_only_when_asked(self, cluster):
+        Counter = rh.module(fns.Counter).to(cluster, name=self._name("dies"))
+        m = Counter(7)
+        m.incr()
+        with pytest.raises(rh.InstanceDiedError, match="state is gone"):
+            m.die()
+        with pytest.raises(rh.InstanceDiedError, match="ended"):
+            m.incr()  # never silently a fresh instance
+        again = Counter(7)
+        try:
+            assert again.instance_id != m.instance_id and again.incr() == 8
+            with pytest.raises(rh.InstanceNotFoundError, match="created anew"):
+                m.incr()  # the old handle does not reach the new state
+        finally:
+            again.release()
+
+    def test_a_timed_out_coroutine_is_stopped_in_place_a_plain_method_takes_the_instance(self, cluster):
+        m = rh.module(fns.Counter, max_concurrency=2).to(cluster, name=self._name("timeout"))(1)
+        try:
+            with pytest.raises(rh.CallTimeoutError):
+                m.incr_later.options(timeout=1)(60)
+            assert m.incr() == 2  # the coroutine was cancelled on the instance's loop; the state lives
+            with pytest.raises(rh.CallTimeoutError):
+                m.record.options(timeout=1)(60, "stuck")
+            from rh_core.testing.fixtures import wait_for
+
+            def ended():
+                try:
+                    m.incr()
+                except rh.InstanceDiedError as exc:
+                    return "timed out" in str(exc)
+                return False
+
+            wait_for(ended, 30, "an instance whose plain method timed out was not ended")
+        finally:
+            m.release()
+
+    def test_a_class_from_main_or_a_closure_travels_by_value(self, cluster):
+        class Greeter:  # defined here: not importable, so it is pickled with its code
+            def __init__(self, greeting):
+                self.greeting = greeting
+
+            def greet(self, name):
+                return f"{self.greeting}, {name}"
+
+        Remote = rh.module(Greeter).to(cluster, name=self._name("by-value"))
+        assert Remote._constructor._shipped.function_ref is None
+        g = Remote("hello")
+        try:
+            assert g.greet("you") == "hello, you"
+        finally:
+            g.release()
+
+    def test_a_function_or_an_instance_handed_to_a_function_is_called_where_it_lives(self, cluster):
+        add = rh.function(fns.add).to(cluster)
+        call_it = rh.function(fns.call_it).to(cluster)
+        assert call_it(add, 2, 3) == 5  # a handle: no lock, no connection travels
+        assert rh.get(call_it.remote(add, 4, 5)) == 9
+        m = rh.module(fns.Counter).to(cluster, name=self._name("handed"))(10)
+        try:
+            assert call_it(m.incr, 5) == 15
+            assert rh.function(fns.call_method).to(cluster)(m, "incr", 1) == 16
+            assert m.count == 16  # the same state, reached from the cluster
+        finally:
+            m.release()
 
     # --- options -------------------------------------------------------------------------------
 

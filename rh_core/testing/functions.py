@@ -155,3 +155,97 @@ def start_child_then_sleep(pid_file, seconds):
     with open(pid_file, "w") as f:
         f.write(str(child.pid))
     time.sleep(seconds)
+
+
+async def async_add(a, b):
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+async def async_exit(code):
+    import sys
+
+    sys.exit(code)
+
+
+def count_up(n, delay=0.0):
+    """Yield 0 .. n-1, printing ``making i`` before each, ``delay`` seconds apart; returns ``"counted n"``."""
+    for i in range(n):
+        print(f"making {i}", flush=True)
+        time.sleep(delay)
+        yield i
+    return f"counted {n}"
+
+
+async def async_count_up(n, delay=0.0):
+    import asyncio
+
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+def count_then_fail(n):
+    yield from range(n)
+    raise ValueError(f"failed after {n} items")
+
+
+class Counter:
+    """A remote class for the contract tests: state that lives between calls."""
+
+    def __init__(self, start=0):
+        self.count = start
+        self.config = {"start": start}
+        print(f"counter starts at {start}", flush=True)
+
+    def incr(self, by=1):
+        print(f"adding {by}", flush=True)
+        self.count += by
+        return self.count
+
+    @property
+    def doubled(self):
+        return self.count * 2
+
+    def pid(self):
+        return os.getpid()
+
+    def record(self, seconds, tag):
+        start = time.time()
+        time.sleep(seconds)
+        return (tag, start, time.time())
+
+    async def incr_later(self, seconds, by=1):
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        self.count += by
+        return self.count
+
+    async def loop_id(self):
+        import asyncio
+
+        return id(asyncio.get_running_loop())
+
+    def count_up(self, n, delay=0.0):
+        for i in range(n):
+            time.sleep(delay)
+            yield self.count + i
+
+    def fail(self, message):
+        raise CustomError(message)
+
+    def die(self):
+        os._exit(3)
+
+
+def call_it(fn, *args, **kwargs):
+    """Calls what it was handed: a function (or a remote instance's method) sent to a cluster."""
+    return fn(*args, **kwargs)
+
+
+def call_method(instance, method, *args):
+    """Calls a method of a remote instance it was handed."""
+    return getattr(instance, method)(*args)

@@ -24,9 +24,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from rh_core.cluster import KEEP_RAY_FILE
-from rh_core.errors import RhError, WorkerDiedError
+from rh_core.errors import InstanceDiedError, InstanceNotFoundError, RhError, WorkerDiedError
 from rh_core.files import private_directory
-from rh_core.plugin_types import CoroutineExecutor, Environment, Outcome, ServerContext, Task
+from rh_core.plugin_types import CoroutineExecutor, Environment, InstanceSpec, Outcome, ServerContext, Task
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -173,6 +173,23 @@ def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str 
     return runner
 
 
+class InstanceActor:
+    """A remote instance (``rh.module``) as a Ray actor: a Runner of its own runs the constructor (the
+    first task) and holds the instance, then runs its method calls, as many at once as the actor's
+    ``max_concurrency``, in Ray's threads. ``cancel`` is called in a concurrency group of its own
+    (``control``), so it is served while every call thread is busy."""
+
+    def __init__(self, log_endpoint: str, server_node: str | None, relay_endpoint: str | None):
+        self._runner = _new_runner(log_endpoint, server_node, relay_endpoint)
+
+    def run(self, task: Task) -> tuple[str, list[bytes], bool]:
+        outcome = self._runner.run(task)
+        return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged
+
+    def cancel(self, key: str) -> bool:
+        return self._runner.cancel(key)
+
+
 def unpack_copy(path: str, fingerprint: str, archive: bytes, fingerprint_of: Callable[[str], str],
                 check: Callable[[], None] | None = None, force: bool = False) -> str:
     """On another node: make ``path`` hold the tree in ``archive`` (a tar of the head's ``path``),
@@ -303,6 +320,8 @@ class RayExecutor(CoroutineExecutor):
         self._remotes: dict[str, Any] = {}  # Ray task options -> the remote function with them
         self._code_copies: NodeCopies | None = None  # only while Ray may span machines
         self._environment_copies: NodeCopies | None = None
+        self._actor_class: Any = None  # InstanceActor as a Ray actor class
+        self._instances: dict[str, _RayInstance] = {}  # instance id -> its actor
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -333,6 +352,10 @@ class RayExecutor(CoroutineExecutor):
         # No retries: Ray would otherwise run a call again when its worker dies, and calls need not
         # be idempotent. A dead worker is reported as WorkerDiedError instead.
         self._remote = ray.remote(max_retries=0)(run_in_worker)
+        # Never restarted: a restarted actor would hold a fresh instance, and state loss must not be silent.
+        # Its cancel runs in a group of its own (Ray takes concurrency groups only here, not in .options()).
+        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0,
+                                       concurrency_groups={"control": 1})(InstanceActor)
         self._counted_at = 0.0
         self._refresh()
         if not self.same_machine:
@@ -386,6 +409,8 @@ class RayExecutor(CoroutineExecutor):
         )
 
     async def stop(self) -> None:
+        for instance in list(self._instances.values()):
+            self._end_instance(instance, "the server stopped")
         ray, self._remote = self._ray, None
         if self._relay is not None:
             self._relay.close()
@@ -441,7 +466,7 @@ class RayExecutor(CoroutineExecutor):
         self._refresh()
         # node_ips lets clients skip workers that are already Ray nodes (rh_ray.workers).
         return {"executor": self.name, "ray_address": self._ray_address, "nodes": self._nodes,
-                "node_ips": self._node_ips}
+                "node_ips": self._node_ips, "instances": sorted(i.spec.name for i in self._instances.values())}
 
     # --- running -------------------------------------------------------------------------------
 
@@ -449,12 +474,12 @@ class RayExecutor(CoroutineExecutor):
         ray = self._ray
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
-        options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
-        env = None
-        if task.env is not None:
-            # A named environment: Ray starts workers of its interpreter, with its PATH.
-            env = await asyncio.to_thread(self._context.environment, task.env)
-            options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
+        if "instance" in task.header:  # a method call: its instance's actor runs it
+            instance = self._instances.get(task.header["instance"]["id"])
+            if instance is None:
+                raise InstanceNotFoundError(f"instance {task.header['instance']['name']!r} has no actor here")
+            return await self._call_instance(instance, task)
+        options, env = await self._ray_options(task)
         remote = self._remote_with(options)
         await self._copy_to_other_nodes(task, env)
         outcome = await self._submit(remote, task)
@@ -467,6 +492,94 @@ class RayExecutor(CoroutineExecutor):
             await self._copy_to_other_nodes(task, env)
             outcome = await self._submit(remote, task)
         return outcome
+
+    async def _ray_options(self, task: Task) -> tuple[dict[str, Any], Environment | None]:
+        """The Ray options of a task: what it asks for (``num_cpus``, ...), and its environment's."""
+        options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
+        env = None
+        if task.env is not None:
+            # A named environment: Ray starts workers of its interpreter, with its PATH.
+            env = await asyncio.to_thread(self._context.environment, task.env)
+            options["runtime_env"] = {"py_executable": env.python, "env_vars": env.variables}
+        return options, env
+
+    # --- remote instances ----------------------------------------------------------------------
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """A remote instance is an actor of its own (:class:`InstanceActor`), owned by this server:
+        it ends with it. Its constructor runs as the actor's first call."""
+        return asyncio.ensure_future(self._start_instance(task, instance))
+
+    async def _start_instance(self, task: Task, spec: InstanceSpec) -> Outcome:
+        if self._actor_class is None:
+            raise RhError("the ray executor is not running: the server calls start() before start_instance()")
+        options, env = await self._ray_options(task)
+        await self._copy_to_other_nodes(task, env)
+        relay = self._relay.endpoint if self._relay is not None else None
+        try:
+            actor = self._actor_class.options(
+                name=f"rh-{spec.name}-{spec.id}", max_concurrency=spec.max_concurrency, **options,
+            ).remote(self._log_endpoint, self._node_id, relay)
+        except (TypeError, ValueError) as exc:
+            raise RhError(f"Ray rejected the options {options} for instance {spec.name!r}: {exc}") from exc
+        instance = self._instances[spec.id] = _RayInstance(spec, actor)
+        try:
+            outcome = await self._call_instance(instance, task)
+        except BaseException:  # cancelled (the constructor's timeout), or the actor died
+            self._end_instance(instance, _RELEASED)
+            raise
+        if outcome.status != "ok":  # the constructor failed: nothing is kept
+            self._end_instance(instance, _RELEASED)
+        return outcome
+
+    async def _call_instance(self, instance: _RayInstance, task: Task) -> Outcome:
+        errors = self._ray.exceptions
+        ref = instance.actor.run.remote(_detached(task))
+        try:
+            status, frames, logged = await ref
+        except asyncio.CancelledError:
+            asyncio.ensure_future(self._stop_call(instance, task.key))
+            raise
+        except errors.RayActorError as exc:
+            cause = instance.ending or f"its Ray actor died ({type(exc).__name__}: {exc})"
+            self._instance_gone(instance, cause)
+            raise InstanceDiedError(
+                f"instance {instance.spec.name!r} ended: {cause}. Its state is gone; create it anew (call the "
+                f"module again) to go on. {self._where_logs_are()}") from exc
+        except errors.RayError as exc:
+            raise RhError(f"Ray could not run the call on instance {instance.spec.name!r}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+        return Outcome(status=status, frames=frames, logged=logged)
+
+    async def _stop_call(self, instance: _RayInstance, key: str) -> None:
+        """A call on an instance was cancelled (its timeout, ``cancel``): stop it in the actor where
+        that keeps the instance; otherwise end the actor, as only that stops a plain method."""
+        try:
+            stopped = await instance.actor.cancel.options(concurrency_group="control").remote(key)
+        except self._ray.exceptions.RayError:
+            return  # the actor is gone already; its calls say why
+        if not stopped and self._instances.get(instance.spec.id) is instance:
+            why = (f"its call {key} was cancelled or timed out while it ran a method that only ending the process "
+                   "can stop (a coroutine or a generator would have been stopped in place)")
+            self._end_instance(instance, why)
+            self._context.instance_ended(instance.spec.id, why)
+
+    async def stop_instance(self, instance_id: str) -> None:
+        instance = self._instances.get(instance_id)
+        if instance is not None:
+            self._end_instance(instance, _RELEASED)
+
+    def _end_instance(self, instance: _RayInstance, why: str) -> None:
+        instance.ending = instance.ending or why
+        self._instances.pop(instance.spec.id, None)
+        with contextlib.suppress(Exception):  # gone already
+            self._ray.kill(instance.actor, no_restart=True)
+
+    def _instance_gone(self, instance: _RayInstance, cause: str) -> None:
+        """Its actor died: forget it and tell the server, unless we ended it ourselves."""
+        if self._instances.get(instance.spec.id) is instance:
+            del self._instances[instance.spec.id]
+            self._context.instance_ended(instance.spec.id, cause)
 
     async def _submit(self, remote: Any, task: Task) -> Outcome:
         """Run ``task`` as one Ray task and wait for its outcome."""
@@ -562,6 +675,17 @@ class RayExecutor(CoroutineExecutor):
         if self._temp_dir is not None:
             return f"Ray's worker logs are in {self._temp_dir}/session_latest/logs"
         return "Ray's worker logs are in the session's logs directory on that node (/tmp/ray/session_latest/logs)"
+
+
+_RELEASED = "it was released"
+
+
+class _RayInstance:
+    __slots__ = ("actor", "ending", "spec")
+
+    def __init__(self, spec: InstanceSpec, actor: Any):
+        self.spec, self.actor = spec, actor
+        self.ending: str | None = None  # why we ended its actor, once we did
 
 
 class LogRelay:
