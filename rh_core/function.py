@@ -198,6 +198,9 @@ class Function(Generic[P, R]):
             header["env"] = self.env
         if self._instance is not None:
             header["instance"] = self._instance
+        caller = _calling_run()
+        if caller is not None:
+            header["caller"] = caller
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
@@ -451,6 +454,14 @@ def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + os.sep)
+
+
+def _calling_run() -> str | None:
+    """The run this call is made from when the caller is itself a function on a worker (only
+    workers load :mod:`rh_core.runner`): a server that runs both lends the caller's worker, which
+    waits meanwhile, so a pool of callers cannot deadlock waiting for their callees."""
+    runner = sys.modules.get("rh_core.runner")
+    return runner.current_call_key() if runner is not None else None
 
 
 def _refuse_refs_of_other_clusters(refs: list[Ref], system: Cluster, function_name: str) -> None:

@@ -143,6 +143,10 @@ class Executor(Protocol):
 
     # Optional: ``environment_changed(env_name)`` is called after packages were installed into an
     # environment, so the executor can replace processes that imported the old ones.
+    # Optional: ``lend_worker(run_key) -> give_back | None`` is called when the function running as
+    # ``run_key`` makes a blocking call to this cluster and waits for it: an executor with a fixed
+    # number of workers starts one more until ``give_back()`` is called (after the call ends), so
+    # callers that fill every worker cannot deadlock waiting for their callees.
 
 
 class CoroutineExecutor:

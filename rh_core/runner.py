@@ -46,6 +46,12 @@ from rh_core.plugin_types import Outcome, Task
 _call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("rh_call_key", default=None)
 
 
+def current_call_key() -> str | None:
+    """The run key of the call this thread or task runs on a worker (None elsewhere): a call it
+    makes to its own cluster names it, so the executor can lend the cluster another worker."""
+    return _call_key.get()
+
+
 class LogSender:
     """A PUSH socket to the server's log endpoint, shared by the worker's threads: the output of
     each call (and a generator's items) goes there under the call's key."""

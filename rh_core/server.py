@@ -441,10 +441,11 @@ class Server:
     def _serve(self, peer: Peer, request: dict[str, Any], frames: list) -> None:
         """Serve one authenticated request from ``peer``, with the frames after its envelope."""
         request_id, op = request["id"], request["op"]
-        # The two hot paths are answered without a coroutine: liveness pings and plain calls.
+        # The two hot paths are answered without a coroutine: liveness pings and plain calls (from
+        # a client, not from a function running here: see _lend_callers_worker).
         if op == "ping":
             self._reply(peer, request_id, "info", self.info())
-        elif op == "call" and request.get("mode") == "call" and not request.get("refs"):
+        elif op == "call" and request.get("mode") == "call" and not request.get("refs") and "caller" not in request:
             try:
                 task = self._task(request, frames)
             except Exception as exc:
@@ -517,21 +518,33 @@ class Server:
         refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
         task = self._task(request, frames, refs)
         mode = request["mode"]
-        if mode == "create":
-            await self._create_instance(peer, request_id, task)
-            return
-        if mode == "map":
-            await self._map(peer, request_id, task, request["chunks"])
-            return
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
             final = self._results[task.key] = self._start(task)
             final.add_done_callback(lambda done: self._spill(task.key, done))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
-        self._route_replies(task, peer, request_id)
-        outcome = await self._start(task, exclusive=mode == "enqueue")
-        self._unroute_replies(task)
-        self._deliver(peer, request_id, task, outcome)
+        give_back = self._lend_callers_worker(request.get("caller"))
+        try:
+            if mode == "create":
+                await self._create_instance(peer, request_id, task)
+            elif mode == "map":
+                await self._map(peer, request_id, task, request["chunks"])
+            else:
+                self._route_replies(task, peer, request_id)
+                outcome = await self._start(task, exclusive=mode == "enqueue")
+                self._unroute_replies(task)
+                self._deliver(peer, request_id, task, outcome)
+        finally:
+            give_back()
+
+    def _lend_callers_worker(self, caller: str | None) -> Callable[[], None]:
+        """A call made by a function running here waits in that function's worker: the executor
+        may start another worker meanwhile (its optional ``lend_worker(run_key)``), so callers that
+        fill every worker still see their callees run. Returns what gives the worker back."""
+        lend = getattr(self.executor, "lend_worker", None)
+        if not isinstance(caller, str) or lend is None or caller not in self._running:
+            return _nothing
+        return lend(caller) or _nothing
 
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
@@ -919,6 +932,10 @@ def _outcome_bytes(outcome: Outcome) -> int:
     return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
 
+def _nothing() -> None:
+    pass
+
+
 def check_call_request(request: dict, frame_count: int) -> None:
     """Refuse a ``call`` envelope whose fields have the wrong types, naming the field: such a
     request comes from a broken or foreign client, and must not reach the executor."""
@@ -948,6 +965,9 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("code", "an object or null")
     if not isinstance(request.get("stream", False), bool):
         raise wrong("stream", "true or false")
+    caller = request.get("caller")
+    if caller is not None and (not isinstance(caller, str) or len(caller) > 256):
+        raise wrong("caller", "the key of the run that makes the call (a string)")
     if "instance" in request or request["mode"] == "create":
         check_instance_field(request.get("instance"), request["mode"])
     timeout = request.get("options", {}).get("timeout")

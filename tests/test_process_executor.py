@@ -222,3 +222,28 @@ def test_a_first_call_longer_than_a_minute_on_a_fresh_server_lives(own_cluster):
 
     # 60 s was the old limit for a pool to start, judged by its workers going idle.
     assert rh.function(fns.sleep_then).to(own_cluster)(65, "done") == "done"
+
+
+
+def test_a_map_of_callers_over_every_worker_finishes_and_the_lent_workers_retire(tmp_path):
+    """Each item calls another function on the same cluster and waits for it: without a worker lent
+    for as long as a caller waits, both workers would hold callers whose callees never start."""
+    import time
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 2})
+    try:
+        call_it = rh.function(fns.call_it).to(cluster)
+        callee = rh.function(fns.sleep_then).to(cluster)
+        items = list(range(6))
+        assert call_it.options(timeout=60).map([callee] * len(items), [0.3] * len(items), items) == items
+        assert call_it.options(timeout=60)(call_it, callee, 0.1, "two levels down") == "two levels down"
+        deadline = time.monotonic() + 10
+        while len(cluster.status()["executor_workers"]) != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(cluster.status()["executor_workers"]) == 2  # the lent workers retired
+        assert rh.function(fns.add).to(cluster)(2, 3) == 5
+    finally:
+        cluster.stop_server()

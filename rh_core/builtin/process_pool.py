@@ -24,6 +24,7 @@ import os
 import pickle
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from rh_core.errors import WorkerDiedError
@@ -45,6 +46,8 @@ class _Worker:
         self.started = False  # it said it is ready
         self.start_timed_out = False
         self.current: asyncio.Future[Outcome] | None = None  # the outcome of the task it runs now
+        self.task_key: str | None = None  # that task's run key
+        self.retiring = False  # killed as one more than the pool needs now: not replaced
 
     def kill(self) -> None:
         """Kill its process group if it still runs (the worker and whatever its call started); its
@@ -64,6 +67,7 @@ class _Pool:
         self.waiting: collections.deque[tuple[Task, asyncio.Future[Outcome]]] = collections.deque()
         self.ever_started = False  # some worker of it reported ready: the environment can run workers
         self.start_failures = 0  # workers in a row that exited before they reported ready
+        self.surplus = 0  # workers lent to waiting callers and given back: retired as they go idle
 
     @property
     def label(self) -> str:
@@ -199,7 +203,7 @@ class ProcessExecutor:
                     "a longer start: start the server with -o start_timeout=SECONDS"
                 ))
                 return
-        if self._pools.get(pool.env.name) is pool:  # a failed pool is not refilled
+        if self._pools.get(pool.env.name) is pool and not worker.retiring:  # a failed pool is not refilled
             self._spawn(pool)
 
     def _pool_failed(self, pool: _Pool, error: WorkerDiedError) -> None:
@@ -229,7 +233,7 @@ class ProcessExecutor:
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "done":
             _, _, status, logged, frames = message
-            current, worker.current = worker.current, None
+            current, worker.current, worker.task_key = worker.current, None, None
             if current is not None and not current.done():
                 current.set_result(Outcome(status=status, frames=frames, logged=logged))
         pool = worker.pool
@@ -239,8 +243,35 @@ class ProcessExecutor:
         if worker.generation != pool.generation or self._pools.get(pool.env.name) is not pool:
             worker.kill()  # its environment changed since it started, or its pool failed
             return
+        if pool.surplus and not pool.waiting:
+            self._retire(worker)
+            return
         pool.idle.append(worker)
         self._dispatch(pool)
+
+    def lend_worker(self, run_key: str) -> Callable[[], None] | None:
+        """The worker running ``run_key`` waits for a call it made to this cluster: its pool gets
+        one more worker for as long as it waits, so callers that fill every worker (a ``map`` of
+        functions that call other functions here) never wait for a worker that none will free.
+        Returns what gives it back (the pool's extra worker retires once idle); None when no
+        worker of a pool runs ``run_key``."""
+        pool = next((p for p in self._pools.values() if any(w.task_key == run_key for w in p.workers)), None)
+        if pool is None:
+            return None
+        self._spawn(pool)
+
+        def give_back() -> None:
+            pool.surplus += 1
+            while pool.surplus and pool.idle and not pool.waiting:
+                self._retire(pool.idle.pop())
+
+        return give_back
+
+    @staticmethod
+    def _retire(worker: _Worker) -> None:
+        worker.pool.surplus -= 1
+        worker.retiring = True
+        worker.kill()
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
         if "instance" in task.header:  # a method call: its instance's own process runs it
@@ -267,7 +298,7 @@ class ProcessExecutor:
             if future.done():  # cancelled while it waited
                 continue
             worker = pool.idle.pop()
-            worker.current = future
+            worker.current, worker.task_key = future, task.key
             future.add_done_callback(lambda f, worker=worker: self._on_settled(worker, f))
             try:
                 worker.link.send(task_message(task))
