@@ -34,6 +34,7 @@ from rh_core.errors import (
     ResourceNotFoundError,
     RhError,
     RunCancelledError,
+    SecretError,
     SerializationError,
     ServerStartError,
     StaleCodeError,
@@ -58,6 +59,8 @@ _LAZY = {
     "package": "rh_core.packages",
     "Ref": "rh_core.ref",
     "get": "rh_core.ref",
+    "Secret": "rh_core.secrets",
+    "secret": "rh_core.secrets",
     "RemoteCluster": "rh_core.remote",
     "cluster": "rh_core.remote",
     "exists": "rh_core.names",
@@ -93,6 +96,8 @@ __all__ = [
     "ResourceNotFoundError",
     "RhError",
     "RunCancelledError",
+    "SecretError",
+    "Secret",
     "SerializationError",
     "ServerStartError",
     "StaleCodeError",
@@ -113,6 +118,7 @@ __all__ = [
     "hookimpl",
     "ls",
     "package",
+    "secret",
 ]
 
 if TYPE_CHECKING:
@@ -123,6 +129,7 @@ if TYPE_CHECKING:
     from rh_core.packages import Env, GitPackage, Package, env, package
     from rh_core.plugins import PluginHost, default_host
     from rh_core.ref import Ref, get
+    from rh_core.secrets import Secret, secret
     from rh_core.remote import RemoteCluster, cluster
 
 

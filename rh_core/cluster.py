@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from rh_core.plugins import PluginHost
+    from rh_core.secrets import Secret
     from rh_core.status import ClusterStatus
     from rh_core.wheels import Platform
 
@@ -258,6 +259,38 @@ class Cluster:
         from rh_core.packages import install_packages
 
         return install_packages(self, reqs, env)
+
+    # --- secrets (rh_core.secrets) -------------------------------------------------------------
+
+    def sync_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:
+        """Send secrets to the cluster: ``rh.secret(...)`` objects, or provider names (``"aws"``,
+        read here now). Each one's files are written owner-only (0600) where the provider's tools
+        look (``~/.aws/credentials``), replacing what was there, and its values are kept for
+        functions sent with ``secrets=[name]``. Returns the names."""
+        from rh_core.errors import SecretError
+        from rh_core.secrets import resolve
+
+        to_send, others = resolve(secrets, self.host)
+        if others:
+            raise SecretError(
+                f"no secret provider is named {', '.join(map(repr, others))} (providers: "
+                f"{', '.join(self.host.registry('secret_provider').names())}); send a custom secret as "
+                f"rh.secret(name={others[0]!r}, values={{...}})")
+        import orjson
+
+        self.request("sync_secrets", {}, [orjson.dumps([item.to_wire() for item in to_send])])
+        return [item.name for item in to_send]
+
+    def delete_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:
+        """Remove secrets (by name or object) from the cluster, with the files they wrote; returns
+        the names that were there. Functions sent with them fail until they are sent again."""
+        from rh_core.secrets import names_of
+
+        return self.request("delete_secrets", {"names": names_of(secrets)}).header["deleted"]
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """The secrets on the cluster: each one's name, provider, variable names and files (no values)."""
+        return self.request("secrets", {}).header["secrets"]
 
     def notebook(self, port: int = 8888, *, env: Any = None, local_port: int | None = None) -> Any:
         """JupyterLab on the head machine (installed into ``env`` on first use), tunnelled here;

@@ -140,3 +140,8 @@ class ConfigValueError(ConfigError, ValueError):
 
 class AuthenticationError(RhError):
     """A request to a cluster server did not carry the cluster's secret."""
+
+
+class SecretError(RhError):
+    """A secret cannot be read, sent or used: no local credentials, a malformed name or value, or a
+    secret a function asks for that is not on its cluster. Never carries a secret's value."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
@@ -16,6 +16,9 @@ from rh_core.compat import add_note
 from rh_core.errors import RhError
 from rh_core.ref import Ref
 from rh_core.workdir import working_directory
+
+if TYPE_CHECKING:
+    from rh_core.secrets import Secret
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +61,7 @@ class Function(Generic[P, R]):
     name: str
     system: Cluster | None = None
     env: str | None = None  # the named environment on the cluster it runs in
+    secrets: tuple[str, ...] = ()  # names of the cluster's secrets whose variables its calls get
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
     _takes_stream_logs: bool = attrs.field(
@@ -67,9 +71,15 @@ class Function(Generic[P, R]):
 
     # --- placing -------------------------------------------------------------------------------
 
-    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None) -> Function[P, R]:
+    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None,
+           secrets: Sequence[Secret | str] = ()) -> Function[P, R]:
         """Send the function to ``system``: its server comes up if needed, ``reqs`` are installed
         (into ``env``, a named environment of its own, when given) and the code is shipped.
+
+        ``secrets`` (``rh.secret(...)`` objects, provider names such as ``"aws"``, or names of
+        secrets already on the cluster) are sent as :meth:`Cluster.sync_secrets` does, and the
+        function's calls run with their values as environment variables; calls of other functions
+        never see them.
 
         Importable functions go by reference, with the working directory (git root) synced to the
         cluster; functions from ``__main__``, notebooks, lambdas and closures go by value. Without
@@ -84,7 +94,8 @@ class Function(Generic[P, R]):
             reqs = [f"reqs:{default}"] if os.path.isfile(default) else []
         if reqs or env is not None:
             install_packages(system, reqs, env)
-        return attrs.evolve(self, system=system, env=env_name(env), shipped=_ship(self.fn, system))
+        names = _send_secrets(system, secrets) if secrets else ()
+        return attrs.evolve(self, system=system, env=env_name(env), secrets=names, shipped=_ship(self.fn, system))
 
     def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
@@ -174,6 +185,8 @@ class Function(Generic[P, R]):
         }
         if self.env is not None:
             header["env"] = self.env
+        if self.secrets:
+            header["secrets"] = list(self.secrets)
         return header, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
@@ -393,6 +406,25 @@ def _check_after(options: dict[str, Any]) -> float:
 
     timeout = options.get("timeout")
     return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
+
+
+def _send_secrets(system: Cluster, secrets: Sequence[Secret | str]) -> tuple[str, ...]:
+    """Send the secrets given as objects or provider names; check that the others are on the cluster."""
+    from rh_core.errors import SecretError
+    from rh_core.secrets import resolve
+
+    to_send, expected = resolve(secrets, system.host)
+    if to_send:
+        system.sync_secrets(to_send)
+    if expected:
+        there = {item["name"] for item in system.secrets()}
+        missing = [name for name in expected if name not in there]
+        if missing:
+            raise SecretError(
+                f"secret(s) {', '.join(map(repr, missing))} are not on cluster {system.name!r} and no provider has "
+                f"that name: pass the rh.secret(name=..., values={{...}}) object itself, or send it first with "
+                f"cluster.sync_secrets([...])")
+    return tuple(item.name for item in to_send) + tuple(expected)
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:

@@ -176,8 +176,14 @@ class Runner:
         return fn
 
     def run(self, task: Task) -> Outcome:
-        """Run one task and pickle what came of it; never raises."""
+        """Run one task and pickle what came of it; never raises.
+
+        A task's ``variables`` (its secrets) are set in this process's environment before it runs:
+        the executor gives such tasks workers that run only tasks with the same variable names, so
+        each one replaces the last one's values and no other function sees them."""
         self.logs.key = task.key
+        if task.variables:
+            os.environ.update(task.variables)
         try:
             outcome = self._run(task)
         finally:

@@ -53,6 +53,7 @@ from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 from rh_core.processes import process_start_time
+from rh_core.secret_store import SecretStore
 
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
@@ -152,6 +153,7 @@ class Server:
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._secret = load_or_create_secret(self.state_dir).encode()
+        self._secrets = SecretStore(self.state_dir)
         context = zmq.Context.instance()
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -433,6 +435,7 @@ class Server:
     def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
         check_call_request(request, len(frames))
         n_fn = request["n_fn"]
+        secrets = request.get("secrets")
         return Task(
             key=request["key"],
             header={"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
@@ -442,6 +445,7 @@ class Server:
             refs=refs or {},
             options=request.get("options", {}),
             env=request.get("env"),
+            variables=self._secrets.variables(secrets) if secrets else {},
         )
 
     def _route_logs(self, task: Task, peer: Peer, request_id: str) -> None:
@@ -473,7 +477,7 @@ class Server:
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
             Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
-                 arguments=chunk, refs=task.refs, options=task.options, env=task.env)
+                 arguments=chunk, refs=task.refs, options=task.options, env=task.env, variables=task.variables)
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
@@ -705,6 +709,30 @@ class Server:
                 environment_changed(name)
         self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
 
+    async def _op_sync_secrets(self, peer, request_id, request, frames) -> None:
+        """Store secrets sent as one JSON frame and write their files (see :mod:`rh_core.secret_store`)."""
+        if len(frames) != 1:
+            raise ProtocolError("malformed sync_secrets request: the secrets travel as one JSON frame")
+        try:
+            secrets = orjson.loads(frames[0])
+        except orjson.JSONDecodeError:
+            raise ProtocolError("malformed sync_secrets request: the frame is not JSON") from None
+        if not isinstance(secrets, list):
+            raise ProtocolError("malformed sync_secrets request: the frame holds a list of secrets")
+        names = await asyncio.to_thread(self._secrets.put, secrets)
+        self._reply(peer, request_id, "info", {"secrets": names})
+
+    async def _op_delete_secrets(self, peer, request_id, request, frames) -> None:
+        names = request.get("names")
+        if not isinstance(names, list):
+            raise ProtocolError("malformed delete_secrets request: 'names' is a list of secret names")
+        deleted = await asyncio.to_thread(self._secrets.delete, names)
+        self._reply(peer, request_id, "info", {"deleted": deleted})
+
+    async def _op_secrets(self, peer, request_id, request, frames) -> None:
+        """The secrets on the cluster: names, variable names and files, never a value."""
+        self._reply(peer, request_id, "info", {"secrets": await asyncio.to_thread(self._secrets.describe)})
+
     async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = request["keys"], request.get("timeout")
         try:
@@ -802,6 +830,9 @@ def check_call_request(request: dict, frame_count: int) -> None:
         raise wrong("refs", "a list of run keys")
     if request.get("env") is not None and not isinstance(request["env"], str):
         raise wrong("env", "an environment name or null")
+    secrets = request.get("secrets")
+    if secrets is not None and (not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets)):
+        raise wrong("secrets", "a list of secret names")
     if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
         raise wrong("function_ref", "an object or null")
     if request.get("code") is not None and not isinstance(request["code"], dict):

@@ -21,13 +21,15 @@ from rh_core.runner import Runner
 def task_message(task: Task) -> tuple:
     """What the executor sends a worker for one task (the inverse of :func:`task_from`)."""
     refs = [(key, outcome.status, [as_frame(f) for f in outcome.frames]) for key, outcome in task.refs.items()]
-    return (task.key, task.header, as_frame(task.function or b""), [as_frame(f) for f in task.arguments], refs)
+    return (task.key, task.header, as_frame(task.function or b""), [as_frame(f) for f in task.arguments], refs,
+            task.variables)
 
 
 def task_from(message: tuple) -> Task:
-    key, header, function, arguments, refs = message
+    key, header, function, arguments, refs, variables = message
     return Task(key=key, header=header, function=function, arguments=arguments,
-                refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs})
+                refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs},
+                variables=variables)
 
 
 def done_message(outcome: Outcome) -> tuple:

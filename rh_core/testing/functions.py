@@ -155,3 +155,12 @@ def start_child_then_sleep(pid_file, seconds):
     with open(pid_file, "w") as f:
         f.write(str(child.pid))
     time.sleep(seconds)
+
+
+def environment_variable(name):
+    """The value of an environment variable in the worker, or None."""
+    return os.environ.get(name)
+
+
+def environment_variables(*names):
+    return {name: os.environ.get(name) for name in names}

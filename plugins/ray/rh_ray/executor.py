@@ -448,6 +448,10 @@ class RayExecutor(CoroutineExecutor):
         ray = self._ray
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
+        if task.variables:
+            # Ray would need them in a runtime_env, which it records in its own logs and state.
+            raise RhError("functions sent with secrets=[...] cannot run on the ray executor yet: use the process "
+                          "executor for them, or cluster.sync_secrets([...]) and read the files the secret writes")
         options = {key: task.options[key] for key in RAY_CALL_OPTIONS if task.options.get(key) is not None}
         env = None
         if task.env is not None:
