@@ -260,6 +260,37 @@ class Cluster:
 
         return install_packages(self, reqs, env)
 
+    # --- HTTP endpoints (rh_core.http_door) ----------------------------------------------------
+
+    def http_token(self, *, rotate: bool = False) -> str:
+        """The bearer token HTTP callers of this cluster's endpoints send (``Authorization: Bearer
+        TOKEN``), fetched over the authenticated connection; ``rotate=True`` replaces it, and the
+        old one stops working at once. It only calls endpoints: it is not the cluster's secret."""
+        return self.request("http_token", {"rotate": rotate}).header["token"]
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The endpoints served on the cluster: each one's name, whether it is public, and its function."""
+        return self.request("endpoints", {}).header["endpoints"]
+
+    def remove_endpoint(self, name: str) -> bool:
+        """Stop serving endpoint ``name``; False when it was not served."""
+        return self.request("unserve", {"name": name}).header["removed"]
+
+    def http_url(self, name: str) -> str:
+        """The URL of endpoint ``name`` reachable from here (see :meth:`Function.http_url`)."""
+        reply = self.request("endpoints", {})
+        served = [endpoint["name"] for endpoint in reply.header["endpoints"]]
+        if name not in served:
+            raise RhError(f"no endpoint {name!r} is served on cluster {self.name!r} (served: {', '.join(served) or 'none'}); "
+                          "serve a function with f.endpoint()")
+        return f"{self.http_address(reply.header['port'])}/{name}"
+
+    def http_address(self, port: int) -> str:
+        """``http://HOST:PORT`` reaching port ``port`` of the head machine from here (a tunnel
+        through the transport, kept open while this process lives)."""
+        host, local_port = self.transport.forward(port)
+        return f"http://{host}:{local_port}"
+
     # --- secrets (rh_core.secrets) -------------------------------------------------------------
 
     def sync_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:

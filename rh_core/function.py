@@ -249,6 +249,43 @@ class Function(Generic[P, R]):
                 results.append(exc)
         return results
 
+    # --- HTTP (rh_core.http_door) ---------------------------------------------------------------
+
+    def endpoint(self, name: str | None = None, *, public: bool = False) -> str:
+        """Serve the function over HTTP on its cluster, as ``POST /<name>`` (default: its name), and
+        return the URL that reaches it from here (see :meth:`http_url`).
+
+        A JSON object in the body is the keyword arguments, an array the positional ones; the result
+        comes back as JSON, or as raw bytes when it is ``bytes``; a body sent as
+        ``application/octet-stream`` is passed as one ``bytes`` argument. Callers send the cluster's
+        token (``Authorization: Bearer`` :meth:`Cluster.http_token`) unless ``public=True``. Errors
+        come back with a 4xx or 5xx status, and the remote traceback for callers with the token.
+        Calls run like any other call (this function's ``options()``, environment and secrets), and
+        the endpoint stays served across server restarts until :meth:`Cluster.remove_endpoint`.
+        """
+        system, _ = self._placed()
+        name = name or self.name
+        header, function_frames = self._header("call", [], {k: v for k, v in self.call_options.items()
+                                                            if k != "stream_logs"})
+        call = {field: header[field] for field in ("fn_id", "function_ref", "code", "n_fn", "options", "env",
+                                                   "secrets") if field in header}
+        request = {"name": name, "public": public, "call": call}
+        reply = system.request("serve", request, function_frames)
+        if "missing" in reply.header:  # the server's Python has no HTTP library yet: an ordinary install
+            from rh_core.packages import install_packages
+
+            install_packages(system, [reply.header["missing"]])
+            reply = system.request("serve", request, function_frames)
+        return system.http_url(name)
+
+    def http_url(self, name: str | None = None) -> str:
+        """The URL of this function's endpoint (``name``: the one it was served as, default its name),
+        reachable from this machine: the cluster's HTTP port itself for a cluster on this machine,
+        else a tunnel through the cluster's transport (SSH) or its TLS door, open while this process
+        lives. ``curl -H "Authorization: Bearer $TOKEN" -d '{"x": 1}' URL`` calls it."""
+        system, _ = self._placed()
+        return system.http_url(name or self.name)
+
     # --- conveniences -------------------------------------------------------------------------
 
     def ssh(self) -> int:

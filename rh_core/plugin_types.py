@@ -52,6 +52,9 @@ class Outcome:
     status: str  # "ok" | "err" | "stale"
     frames: Frames
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
+    #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
+    #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
+    error: tuple[str, str] | None = None
 
 
 class ServerContext(Protocol):

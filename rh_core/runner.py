@@ -194,8 +194,13 @@ class Runner:
         return attrs.evolve(outcome, logged=logged)
 
     def _run(self, task: Task) -> Outcome:
+        http = task.header.get("http")  # a call through an HTTP endpoint (see rh_core.http_calls)
         try:
             fn = self.function(task.header, task.function)
+            if http is not None:
+                from rh_core import http_calls
+
+                return http_calls.respond(fn, http, task.arguments, self._call)
             resolved: dict[str, Any] = {}
 
             def resolve_ref(key: str) -> Any:
@@ -211,6 +216,10 @@ class Runner:
         except StaleCodeError as exc:
             return Outcome(status="stale", frames=serialize.dumps_exception(exc))
         except BaseException as exc:
+            if http is not None:  # the function could not be loaded: an HTTP caller reads a 500
+                from rh_core import http_calls
+
+                return http_calls.error_response(exc)
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         if task.header.get("mode") == "map":
             return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)

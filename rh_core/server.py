@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import attrs
 import orjson
 import uvloop
 import zmq
@@ -49,6 +50,8 @@ from rh_core.client import SECRET_FILE
 from rh_core.envs import ClusterEnvironment, install
 from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
 from rh_core.heap import keep_freed_memory
+from rh_core.http_door import REQUIREMENT as HTTP_REQUIREMENT
+from rh_core.http_door import HttpDoor, http_available
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
@@ -147,6 +150,7 @@ class Server:
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
         self._shm_sweep: asyncio.TimerHandle | None = None
+        self._http = HttpDoor(self.state_dir, self.start_call)  # endpoints served before a restart load here
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -175,6 +179,10 @@ class Server:
         logs.bind(self.log_endpoint)
         self._logs = Channel(logs, self._on_log)
         await self.executor.start(self)
+        try:
+            await self._http.open_if_serving()
+        except Exception as exc:  # the endpoints wait; every other call works
+            sys.stderr.write(f"rh server: cannot serve the HTTP endpoints: {exc}\n")
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
         self._sweep_run_logs()
@@ -188,6 +196,7 @@ class Server:
             self._front_door.close()
         self._router.close()
         self._close_link_door()
+        await self._http.close()
         await self.executor.stop()
         await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
         shm.sweep(os.getpid())
@@ -199,7 +208,7 @@ class Server:
 
         cert, key = self._tls_files or tls.self_signed(self.state_dir)
         host, port = self._expose
-        self._front_door = await tls.serve_front_door(host, port, cert, key, self.port)
+        self._front_door = await tls.serve_front_door(host, port, cert, key, self.port, lambda: self._http.port)
         bound = self._front_door.sockets[0].getsockname()[1]
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
@@ -236,6 +245,7 @@ class Server:
             "calls": self.calls,
             "in_flight": len(self._running),
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
+            "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
             "state_dir": self.state_dir,
             **self._spilled.describe(),
             "results_in_memory_bytes": self._kept_bytes_in_memory(),
@@ -448,6 +458,13 @@ class Server:
             variables=self._secrets.variables(secrets) if secrets else {},
         )
 
+    def start_call(self, request: dict, frames: list, header: dict[str, Any]) -> asyncio.Future[Outcome]:
+        """Start a call the server makes on someone's behalf (an HTTP endpoint's caller), with
+        ``header`` added to the task's header; raises for a call it refuses."""
+        task = self._task(request, frames)
+        self.calls += 1
+        return self._start(attrs.evolve(task, header={**task.header, **header}))
+
     def _route_logs(self, task: Task, peer: Peer, request_id: str) -> None:
         if task.options.get("stream_logs"):
             self._log_routes[task.key] = (peer, request_id)
@@ -542,7 +559,7 @@ class Server:
                 return  # only _expire and cancel cancel, and they settled `final` themselves
             exc = running.exception()
             if exc is not None:
-                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(exc)))
+                final.set_result(error_outcome(exc))
                 return
             outcome = running.result()
             if outcome.logged:
@@ -555,7 +572,7 @@ class Server:
     def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
         error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
         if not final.done():
-            final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+            final.set_result(error_outcome(error))
         running.cancel()  # the executor stops whatever runs it
 
     def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
@@ -640,7 +657,7 @@ class Server:
         for task_key in tasks:
             running, final = self._running[task_key]
             if not final.done():
-                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+                final.set_result(error_outcome(error))
             running.cancel()  # the executor stops the worker (or Ray task) running it
         self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
 
@@ -733,6 +750,27 @@ class Server:
         """The secrets on the cluster: names, variable names and files, never a value."""
         self._reply(peer, request_id, "info", {"secrets": await asyncio.to_thread(self._secrets.describe)})
 
+    async def _op_serve(self, peer, request_id, request, frames) -> None:
+        """Serve a call as an HTTP endpoint (see :mod:`rh_core.http_door`); when this server's
+        Python cannot import the HTTP library, say what to install instead."""
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT})
+            return
+        await self._http.serve(request.get("name"), bool(request.get("public")), request.get("call"), frames)
+        self._write_state()  # its http_port, for clients that read the record
+        self._reply(peer, request_id, "info", {"port": self._http.port, "name": request["name"]})
+
+    async def _op_unserve(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": self._http.remove(request.get("name"))})
+
+    async def _op_endpoints(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"endpoints": self._http.describe(), "port": self._http.port})
+
+    async def _op_http_token(self, peer, request_id, request, frames) -> None:
+        """The HTTP endpoints' bearer token, to an authenticated client only (as every reply is)."""
+        token = await asyncio.to_thread(self._http.token, bool(request.get("rotate")))
+        self._reply(peer, request_id, "info", {"token": token})
+
     async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = request["keys"], request.get("timeout")
         try:
@@ -806,6 +844,12 @@ class Server:
         if not self._log_write_warned:
             self._log_write_warned = True
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
+
+
+def error_outcome(exc: BaseException) -> Outcome:
+    """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
+    failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
+    return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
 
 
 def _outcome_bytes(outcome: Outcome) -> int:

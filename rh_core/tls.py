@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 from rh_core.errors import RhError
 
@@ -73,18 +74,34 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def serve_front_door(host: str, port: int, cert_path: str, key_path: str, target_port: int) -> asyncio.Server:
-    """Accept TLS on ``host:port`` and forward each connection to ``127.0.0.1:target_port``."""
+#: The first byte of every ZeroMQ greeting (ZMTP 3); an HTTP request starts with a method's letter.
+ZMTP_SIGNATURE_START = b"\xff"
+
+
+async def serve_front_door(host: str, port: int, cert_path: str, key_path: str, target_port: int,
+                           http_port: Callable[[], int | None] = lambda: None) -> asyncio.Server:
+    """Accept TLS on ``host:port`` and forward each connection to ``127.0.0.1:target_port``, or,
+    when what the client sends first is not a ZeroMQ greeting but HTTP, to the server's HTTP door
+    (``http_port()``, None while no endpoint is served): one port, one certificate for both."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
 
     async def forward(tls_reader: asyncio.StreamReader, tls_writer: asyncio.StreamWriter) -> None:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", target_port)
+            first = await tls_reader.read(1)  # both protocols' clients speak first
+        except (ConnectionError, OSError, ssl.SSLError):
+            first = b""
+        target = target_port if first == ZMTP_SIGNATURE_START else http_port()
+        if not first or target is None:
+            tls_writer.close()
+            return
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", target)
         except OSError:
             tls_writer.close()
             return
+        writer.write(first)
         await asyncio.gather(_pump(tls_reader, writer), _pump(reader, tls_writer))
 
     return await asyncio.start_server(forward, host, port, ssl=context)
@@ -220,6 +237,12 @@ def _tls_cluster_class():
 
         def sync_directory(self, local_path: str) -> None:
             return None  # no file transfer: functions travel by value
+
+        def http_address(self, port: int) -> str:
+            # The front door takes HTTP too (what the client says first tells it apart), so the
+            # pinned tunnel to it reaches the HTTP endpoints as well.
+            self.connection()
+            return f"http://127.0.0.1:{self._tunnel.local_port}"
 
         def config(self) -> dict:
             return {"kind": "tls", "name": self.name, "address": self.address,

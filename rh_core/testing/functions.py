@@ -164,3 +164,15 @@ def environment_variable(name):
 
 def environment_variables(*names):
     return {name: os.environ.get(name) for name in names}
+
+
+class TeapotError(Exception):
+    """An exception that names its HTTP status, as FastAPI's HTTPException does."""
+
+    def __init__(self, status_code, detail):
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
+
+
+def fail_with_status(status_code, detail):
+    raise TeapotError(status_code, detail)
