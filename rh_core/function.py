@@ -87,6 +87,7 @@ class Function(Generic[P, R]):
         Installing is skipped for what the environment already holds.
         """
         from rh_core.packages import env_name, install_packages
+        from rh_core.secrets import send_secrets
 
         system.connection()
         if reqs is None:
@@ -94,7 +95,7 @@ class Function(Generic[P, R]):
             reqs = [f"reqs:{default}"] if os.path.isfile(default) else []
         if reqs or env is not None:
             install_packages(system, reqs, env)
-        names = _send_secrets(system, secrets) if secrets else ()
+        names = send_secrets(system, secrets) if secrets else ()
         return attrs.evolve(self, system=system, env=env_name(env), secrets=names, shipped=_ship(self.fn, system))
 
     def options(self, **options: Any) -> Function[P, R]:
@@ -276,6 +277,9 @@ class Function(Generic[P, R]):
 
             install_packages(system, [reply.header["missing"]])
             reply = system.request("serve", request, function_frames)
+            if "missing" in reply.header:
+                raise RhError(f"{reply.header['missing']} was installed on cluster {system.name!r} but its server "
+                              "cannot import it; see the server's log")
         return system.http_url(name)
 
     def http_url(self, name: str | None = None) -> str:
@@ -443,25 +447,6 @@ def _check_after(options: dict[str, Any]) -> float:
 
     timeout = options.get("timeout")
     return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS
-
-
-def _send_secrets(system: Cluster, secrets: Sequence[Secret | str]) -> tuple[str, ...]:
-    """Send the secrets given as objects or provider names; check that the others are on the cluster."""
-    from rh_core.errors import SecretError
-    from rh_core.secrets import resolve
-
-    to_send, expected = resolve(secrets, system.host)
-    if to_send:
-        system.sync_secrets(to_send)
-    if expected:
-        there = {item["name"] for item in system.secrets()}
-        missing = [name for name in expected if name not in there]
-        if missing:
-            raise SecretError(
-                f"secret(s) {', '.join(map(repr, missing))} are not on cluster {system.name!r} and no provider has "
-                f"that name: pass the rh.secret(name=..., values={{...}}) object itself, or send it first with "
-                f"cluster.sync_secrets([...])")
-    return tuple(item.name for item in to_send) + tuple(expected)
 
 
 def _has_parameter(fn: Callable, name: str) -> bool:

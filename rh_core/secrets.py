@@ -19,6 +19,7 @@ import attrs
 from rh_core.errors import SecretError
 
 if TYPE_CHECKING:
+    from rh_core.cluster import Cluster
     from rh_core.plugins import PluginHost
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -134,3 +135,20 @@ def names_of(secrets: Iterable[Secret | str]) -> list[str]:
     if isinstance(secrets, (str, Secret)):
         raise SecretError("secrets are given as a list: ['aws'] or [rh.secret(...)]")
     return [check_name(item.name if isinstance(item, Secret) else item) for item in secrets]
+
+
+def send_secrets(system: Cluster, secrets: Iterable[Secret | str]) -> tuple[str, ...]:
+    """What ``.to(cluster, secrets=[...])`` does: send the secrets given as objects or provider
+    names, check that the others are on the cluster already; their names."""
+    to_send, expected = resolve(secrets, system.host)
+    if to_send:
+        system.sync_secrets(to_send)
+    if expected:
+        there = {item["name"] for item in system.secrets()}
+        missing = [name for name in expected if name not in there]
+        if missing:
+            raise SecretError(
+                f"secret(s) {', '.join(map(repr, missing))} are not on cluster {system.name!r} and no provider has "
+                f"that name: pass the rh.secret(name=..., values={{...}}) object itself, or send it first with "
+                f"cluster.sync_secrets([...])")
+    return tuple(item.name for item in to_send) + tuple(expected)

@@ -731,7 +731,7 @@ class Server:
         if len(frames) != 1:
             raise ProtocolError("malformed sync_secrets request: the secrets travel as one JSON frame")
         try:
-            secrets = orjson.loads(frames[0])
+            secrets = orjson.loads(memoryview(frames[0]))  # a zmq.Frame from a remote client: orjson wants a buffer
         except orjson.JSONDecodeError:
             raise ProtocolError("malformed sync_secrets request: the frame is not JSON") from None
         if not isinstance(secrets, list):
