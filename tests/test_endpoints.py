@@ -8,42 +8,16 @@ import json
 import os
 import ssl
 import stat
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 import rh_core as rh
+from http_helpers import http, ok
 from rh_core.client import read_secret
 from rh_core.testing import functions as fns
-from rh_core.testing.sshd import free_port
 
 pytest.importorskip("aiohttp", reason="the HTTP door runs aiohttp in the cluster's server")
-
-
-def http(url: str, body=None, *, token: str | None = None, method: str | None = None,
-         content_type: str = "application/json", context: ssl.SSLContext | None = None):
-    """``(status, content type, body)`` of one request; a JSON ``body`` unless it is bytes."""
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=60, context=context) as response:
-            return response.status, response.headers.get_content_type(), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get_content_type(), error.read()
-
-
-def ok(url: str, body=None, **kwargs):
-    status, content_type, data = http(url, body, **kwargs)
-    assert status == 200, (status, data)
-    return json.loads(data) if content_type == "application/json" else data
 
 
 def test_a_served_function_takes_json_or_bytes_and_answers_the_same(running_cluster):
@@ -146,26 +120,6 @@ def test_endpoints_through_the_ssh_tunnel(ssh_cluster):
     token = ssh_cluster.http_token()
     assert ok(url, {"a": 20, "b": 22}, token=token) == 42
     assert http(url, [1, 2])[0] == 401
-
-
-@pytest.fixture
-def exposed_server(tmp_path):
-    """A server started as on a cluster, with --expose on a free port (self-signed certificate)."""
-    state_dir = str(tmp_path / "state")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, "-o", "num_workers=1",
-                                "--expose", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = os.path.join(state_dir, "server.json")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(state_file):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the exposed server did not start"
-        time.sleep(0.05)
-    with open(state_file) as f:
-        state = json.load(f)
-    yield state, read_secret(state_dir)
-    process.terminate()
-    process.wait(30)
 
 
 def test_endpoints_through_the_tls_front_door(exposed_server):
