@@ -60,6 +60,8 @@ _LAZY = {
     "Ref": "rh_core.ref",
     "get": "rh_core.ref",
     "Secret": "rh_core.secrets",
+    "AsgiApp": "rh_core.apps",
+    "asgi": "rh_core.apps",
     "secret": "rh_core.secrets",
     "RemoteCluster": "rh_core.remote",
     "cluster": "rh_core.remote",
@@ -72,6 +74,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AsgiApp",
     "AuthenticationError",
     "CallTimeoutError",
     "Cluster",
@@ -106,6 +109,7 @@ __all__ = [
     "VersionMismatchError",
     "WorkerDiedError",
     "__version__",
+    "asgi",
     "broadcast",
     "cluster",
     "default_host",
@@ -122,6 +126,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from rh_core.apps import AsgiApp, asgi
     from rh_core.cluster import Cluster, LocalCluster, here
     from rh_core.function import Function, broadcast, function
     from rh_core.hookspecs import hookimpl

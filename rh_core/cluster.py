@@ -272,6 +272,11 @@ class Cluster:
         """The endpoints served on the cluster: each one's name, whether it is public, and its function."""
         return self.request("endpoints", {}).header["endpoints"]
 
+    def apps(self) -> list[dict[str, Any]]:
+        """The ASGI apps run on the cluster (``rh.asgi(app).to(cluster)``): each one's name, whether it
+        is public, its ``module:attribute`` and its process id (None while it is restarting)."""
+        return self.request("apps", {}).header["apps"]
+
     def remove_endpoint(self, name: str) -> bool:
         """Stop serving endpoint ``name``; False when it was not served."""
         return self.request("unserve", {"name": name}).header["removed"]

@@ -1,4 +1,5 @@
-"""The cluster server's HTTP door: functions served as endpoints (``f.endpoint()``), in the server's
+"""The cluster server's HTTP door: functions served as endpoints (``f.endpoint()``) and ASGI apps
+(``rh.asgi(app).to(cluster)``, forwarded to their own processes under ``/<name>/``), in the server's
 own event loop, on loopback.
 
 An endpoint is a call the server makes on an HTTP caller's behalf: ``POST /<name>`` becomes a call
@@ -40,6 +41,7 @@ from rh_core.errors import ProtocolError, RhError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from rh_core.app_host import AppHost
     from rh_core.plugin_types import Outcome
 
 #: What ``f.endpoint()`` installs on a cluster whose server cannot import aiohttp.
@@ -75,9 +77,11 @@ class HttpDoor:
     :param state_dir: the server's state directory (endpoints and the token are kept there).
     :param start_call: the server's way to start a call on a caller's behalf: ``(request, frames,
         extra header) -> future of its Outcome``; it raises :class:`RhError` for a call it refuses.
+    :param apps: the server's ASGI apps, served under ``/<name>/`` (see :mod:`rh_core.app_host`).
     """
 
-    def __init__(self, state_dir: str, start_call: StartCall):
+    def __init__(self, state_dir: str, start_call: StartCall, apps: AppHost):
+        self._apps = apps
         self._directory = os.path.join(state_dir, ENDPOINTS_DIR)
         self._token_path = os.path.join(state_dir, TOKEN_FILE)
         self._start_call = start_call
@@ -113,6 +117,8 @@ class HttpDoor:
         from rh_core.server import check_call_request
 
         check_endpoint_name(name)
+        if name in self._apps:
+            raise ProtocolError(f"an app is served as {name!r}; remove it first (app.remove()) or choose another name")
         if not isinstance(call, dict) or set(call) - set(CALL_FIELDS):
             raise ProtocolError(f"malformed serve request: 'call' holds only {', '.join(CALL_FIELDS)}")
         check_call_request({**call, "key": name}, len(frames) + 1)  # + 1: the body, sent with each call
@@ -131,6 +137,9 @@ class HttpDoor:
         with open(os.path.join(self._directory, f"{name}.json.tmp"), "w") as f:
             json.dump(record, f)
         os.replace(os.path.join(self._directory, f"{name}.json.tmp"), os.path.join(self._directory, f"{name}.json"))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._endpoints
 
     def remove(self, name: str) -> bool:
         if self._endpoints.pop(name, None) is None:
@@ -170,11 +179,11 @@ class HttpDoor:
     # --- the listener --------------------------------------------------------------------------
 
     async def open_if_serving(self) -> None:
-        """At server start: open the door when endpoints were served before the restart."""
-        if self._endpoints:
+        """At server start: open the door when endpoints or apps were served before the restart."""
+        if self._endpoints or self._apps.describe():
             if not http_available():
-                raise RhError(f"{len(self._endpoints)} endpoint(s) are served, but this server's Python cannot import "
-                              f"aiohttp; install {REQUIREMENT!r} into it")
+                raise RhError("endpoints or apps are served, but this server's Python cannot import aiohttp; "
+                              f"install {REQUIREMENT!r} into it")
             await self.open()
 
     async def open(self) -> None:
@@ -211,6 +220,11 @@ class HttpDoor:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         authenticated = self._authenticated(request.headers.get("Authorization", ""))
+        # The raw (still %-encoded) target, so that the app's part reaches it exactly as sent.
+        path, question, query = request.raw_path.partition("?")
+        app, _, rest = path[1:].partition("/")
+        if app in self._apps and (authenticated or self._apps.public(app)):
+            return await self._apps.forward(app, rest + question + query, request, authenticated)
         name = request.path[1:]
         endpoint = self._endpoints.get(name)
         if endpoint is None or not (endpoint["public"] or authenticated):
@@ -218,8 +232,9 @@ class HttpDoor:
                 return _json(401, {"error": "Unauthorized", "message": (
                     "send the cluster's HTTP token as 'Authorization: Bearer TOKEN' (cluster.http_token())")},
                     {"WWW-Authenticate": 'Bearer realm="rh"'})
+            served = sorted([*self._endpoints, *(f"{a['name']}/" for a in self._apps.describe())])
             return _json(404, {"error": "NotFound", "message": f"no endpoint {name!r} is served on this cluster; "
-                                                               f"served: {', '.join(sorted(self._endpoints)) or 'none'}"})
+                                                               f"served: {', '.join(served) or 'none'}"})
         if request.method not in ("GET", "POST"):
             return _json(405, {"error": "MethodNotAllowed", "message": "call an endpoint with POST (or GET)"},
                          {"Allow": "GET, POST"})

@@ -44,6 +44,8 @@ import uvloop
 import zmq
 
 from rh_core import __version__, results, serialize, shm
+from rh_core.app_host import REQUIREMENT as APP_REQUIREMENT
+from rh_core.app_host import AppHost
 from rh_core.call_gate import CallGate
 from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE
@@ -150,14 +152,16 @@ class Server:
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
         self._shm_sweep: asyncio.TimerHandle | None = None
-        self._http = HttpDoor(self.state_dir, self.start_call)  # endpoints served before a restart load here
+        self._secrets = SecretStore(self.state_dir)
+        # Endpoints and apps served before a restart load here, and are served again by serve().
+        self._apps = AppHost(self.state_dir, self.environment, self._secrets.variables)
+        self._http = HttpDoor(self.state_dir, self.start_call, self._apps)
 
     # --- life cycle ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._secret = load_or_create_secret(self.state_dir).encode()
-        self._secrets = SecretStore(self.state_dir)
         context = zmq.Context.instance()
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -181,8 +185,9 @@ class Server:
         await self.executor.start(self)
         try:
             await self._http.open_if_serving()
+            await self._apps.start_all()
         except Exception as exc:  # the endpoints wait; every other call works
-            sys.stderr.write(f"rh server: cannot serve the HTTP endpoints: {exc}\n")
+            sys.stderr.write(f"rh server: cannot serve the HTTP endpoints and apps: {exc}\n")
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
         self._sweep_run_logs()
@@ -196,6 +201,7 @@ class Server:
             self._front_door.close()
         self._router.close()
         self._close_link_door()
+        await self._apps.stop_all()
         await self._http.close()
         await self.executor.stop()
         await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
@@ -766,6 +772,36 @@ class Server:
     async def _op_endpoints(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", {"endpoints": self._http.describe(), "port": self._http.port})
 
+    async def _op_run_app(self, peer, request_id, request, frames) -> None:
+        """Run an ASGI app (see :mod:`rh_core.app_host`) and serve it through the door; when the
+        server cannot import aiohttp, or the app's environment uvicorn, say what to install."""
+        record = request.get("app")
+        if not isinstance(record, dict):
+            raise ProtocolError("malformed run_app request: 'app' describes the app")
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT, "env": None})
+            return
+        env = await asyncio.to_thread(self.environment, record.get("env"))
+        if not await _imports(env, "uvicorn"):
+            self._reply(peer, request_id, "info", {"missing": APP_REQUIREMENT, "env": record.get("env")})
+            return
+        if record.get("name") in self._http:
+            raise ProtocolError(f"a function is served as {record.get('name')!r}; remove that endpoint first "
+                                "(cluster.remove_endpoint) or choose another name")
+        await self._http.open()
+        await self._apps.run(record)
+        self._write_state()
+        self._reply(peer, request_id, "info", {"port": self._http.port})
+
+    async def _op_remove_app(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": await self._apps.remove(request.get("name"))})
+
+    async def _op_apps(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"apps": self._apps.describe(), "port": self._http.port})
+
+    async def _op_app_logs(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"log": self._apps.log_tail(request.get("name"))})
+
     async def _op_http_token(self, peer, request_id, request, frames) -> None:
         """The HTTP endpoints' bearer token, to an authenticated client only (as every reply is)."""
         token = await asyncio.to_thread(self._http.token, bool(request.get("rotate")))
@@ -844,6 +880,14 @@ class Server:
         if not self._log_write_warned:
             self._log_write_warned = True
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
+
+
+async def _imports(env: Any, module: str) -> bool:
+    """Whether ``env``'s interpreter can import ``module``."""
+    process = await asyncio.create_subprocess_exec(env.python, "-c", f"import {module}", env={**os.environ, **env.variables},
+                                                   stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    return await process.wait() == 0
 
 
 def error_outcome(exc: BaseException) -> Outcome:

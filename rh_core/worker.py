@@ -15,6 +15,7 @@ import sys
 from rh_core.heap import keep_freed_memory
 from rh_core.link import Link, as_frame
 from rh_core.plugin_types import Outcome, Task
+from rh_core.processes import die_with_parent
 from rh_core.runner import Runner
 
 
@@ -36,20 +37,9 @@ def done_message(outcome: Outcome) -> tuple:
     return ("done", outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the server that spawned it dies (even by SIGKILL)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent check in main() still ends orphaned workers
-
-
 def main(link_fd: str, log_endpoint: str) -> None:
     server_pid = os.getppid()
-    _die_with_parent()
+    die_with_parent()
     keep_freed_memory()
     link = Link(int(link_fd))
     runner = Runner(log_endpoint)
