@@ -39,7 +39,7 @@ class Key:
 KEYS: dict[str, Key] = {key.name: key for key in (
     Key("default_provider", str, None, "provider for on-demand clusters when rh.cluster() names none"),
     Key("default_autostop_mins", int, 30, "idle minutes before an on-demand cluster stops; -1 never"),
-    Key("log_level", str, "WARNING", f"level of rh_core's loggers in the `rh` command: {', '.join(LOG_LEVELS)}"),
+    Key("log_level", str, "WARNING", f"level of rh_core's and its plugins' loggers (the `rh` command; scripts too when set): {', '.join(LOG_LEVELS)}"),
     Key("sync_warn_mb", int, 100, "warn before syncing a working directory larger than this (MB; -1 never)"),
     Key("results_max_mb", int, 2048, "disk space on a cluster for .remote() results kept across server restarts"),
     Key("results_days", int, 7, "days a kept .remote() result lives on the cluster before it is deleted"),
@@ -127,7 +127,12 @@ def reload() -> None:
 
 @functools.cache
 def _read_cached(path: str) -> Config:
-    return read(path)
+    settings = read(path)
+    if "log_level" in settings.values:  # the user asked: rh_core's lines at that level, in a script too
+        from rh_core.progress import show_logs
+
+        show_logs(settings.log_level.upper())
+    return settings
 
 
 def read(path: str) -> Config:

@@ -172,8 +172,9 @@ class Function(Generic[P, R]):
             raise RhError(f"function {self.name!r} is not on a cluster yet: use rh.function(fn).to(rh.here) first")
         return self.system, self._shipped
 
-    def _header(self, mode: str, ref_keys: list[str], options: dict[str, Any]) -> tuple[dict, list]:
-        _, shipped = self._placed()
+    def _header(self, mode: str, refs: list[Ref], options: dict[str, Any]) -> tuple[dict, list]:
+        system, shipped = self._placed()
+        _refuse_refs_of_other_clusters(refs, system, self.name)
         header = {
             "key": f"{self.name}-{os.urandom(8).hex()}",
             "mode": mode,
@@ -181,7 +182,7 @@ class Function(Generic[P, R]):
             "function_ref": shipped.function_ref_json,
             "code": shipped.code_json,
             "n_fn": 0 if shipped.pickled is None else 1,
-            "refs": sorted(set(ref_keys)),
+            "refs": sorted({ref.key for ref in refs}),
             "options": options,
         }
         if self.env is not None:
@@ -192,9 +193,9 @@ class Function(Generic[P, R]):
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
         system, _ = self._placed()
-        ref_keys: list[str] = []
-        arguments = serialize.dumps_arguments(args, kwargs, ref_keys)
-        header, function_frames = self._header(mode, ref_keys, options)
+        refs: list[Ref] = []
+        arguments = serialize.dumps_arguments(args, kwargs, refs)
+        header, function_frames = self._header(mode, refs, options)
         arguments = self._share(system, header, arguments)
         with _interruptible(system, header["key"], options):
             reply = system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
@@ -221,9 +222,9 @@ class Function(Generic[P, R]):
         chunk_count = min(len(items), max(1, system.parallelism * CHUNKS_PER_WORKER))
         bounds = [round(i * len(items) / chunk_count) for i in range(chunk_count + 1)]
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
-        ref_keys: list[str] = []
-        chunk_frames = [serialize.dumps_arguments_chunk(chunk, ref_keys, bounds[i]) for i, chunk in enumerate(chunks)]
-        header, function_frames = self._header("map", ref_keys, options)
+        refs: list[Ref] = []
+        chunk_frames = [serialize.dumps_arguments_chunk(chunk, refs, bounds[i]) for i, chunk in enumerate(chunks)]
+        header, function_frames = self._header("map", refs, options)
         chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
         with _interruptible(system, header["key"], options):
@@ -421,6 +422,17 @@ def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + os.sep)
+
+
+def _refuse_refs_of_other_clusters(refs: list[Ref], system: Cluster, function_name: str) -> None:
+    """A ref's value lives on the cluster that made it: another cluster's server cannot resolve it."""
+    for ref in refs:
+        if ref.cluster is not None and ref.cluster is not system and ref.cluster.config() != system.config():
+            raise RhError(
+                f"{ref!r} holds a result on cluster {ref.cluster.name!r}, but {function_name!r} runs on cluster "
+                f"{system.name!r}: a ref is resolved only by the cluster that made it. Pass its value instead "
+                f"(ref.result()), or send {function_name!r} to {ref.cluster.name!r}."
+            )
 
 
 @contextlib.contextmanager

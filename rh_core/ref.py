@@ -38,7 +38,7 @@ class Ref(Generic[R]):
         return cls(key, None)
 
     def __reduce__(self):
-        return serialize.reduce_ref(self.key, Ref)
+        return serialize.reduce_ref(self)
 
     def __repr__(self) -> str:
         where = self.cluster.name if self.cluster is not None else "?"

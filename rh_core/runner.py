@@ -133,6 +133,11 @@ class Runner:
         modules imported from its directory at another version are forgotten first."""
         root, version = code["root"], code["version"]
         if self._code_versions.get(root) != version:
+            if not os.path.isdir(root):  # a machine the caller's code has not reached (yet)
+                raise StaleCodeError(
+                    f"the caller's working directory {root} is not on this machine: the code did not reach it. "
+                    "The call was refused, not run"
+                )
             if root in self._code_versions:
                 _forget_modules_under(root)
                 self._functions.clear()
@@ -142,7 +147,10 @@ class Runner:
             if path not in sys.path:
                 sys.path.insert(0, path)
         if code["cwd"] != self._cwd:
-            os.chdir(code["cwd"])  # relative paths mean what they mean where the caller runs
+            try:
+                os.chdir(code["cwd"])  # relative paths mean what they mean where the caller runs
+            except FileNotFoundError:  # a folder that did not travel (ignored by git or .rhignore)
+                os.chdir(root)
             self._cwd = code["cwd"]
 
     def _import(self, ref: serialize.FunctionRef, code: dict[str, Any] | None) -> Callable:

@@ -93,18 +93,18 @@ def _is_small_plain_data(obj: Any, depth: int) -> bool:
 
 
 # Refs found while pickling are collected here; refs met while unpickling are resolved from here.
-_ref_keys_seen: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("rh_ref_keys", default=None)
+_refs_seen: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("rh_refs", default=None)
 _ref_resolver: contextvars.ContextVar[Callable[[str], Any] | None] = contextvars.ContextVar(
     "rh_ref_resolver", default=None
 )
 
 
-def reduce_ref(key: str, ref_type: type) -> tuple:
-    """``Ref.__reduce__``: record the key for the cluster to resolve, and pickle the ref by key."""
-    seen = _ref_keys_seen.get()
+def reduce_ref(ref: Any) -> tuple:
+    """``Ref.__reduce__``: record the ref for the cluster to resolve, and pickle it by key."""
+    seen = _refs_seen.get()
     if seen is not None:
-        seen.append(key)
-    return _load_ref, (key, ref_type)
+        seen.append(ref)
+    return _load_ref, (ref.key, type(ref))
 
 
 def _load_ref(key: str, ref_type: type) -> Any:
@@ -112,11 +112,11 @@ def _load_ref(key: str, ref_type: type) -> Any:
     return resolve(key) if resolve is not None else ref_type._from_key(key)
 
 
-def dumps(obj: Any, ref_keys: list[str] | None = None, *, container_depth: int = 2) -> list[Buffer]:
+def dumps(obj: Any, refs: list[Any] | None = None, *, container_depth: int = 2) -> list[Buffer]:
     """Pickle ``obj`` into frames: the pickle stream first, then its out-of-band buffers.
 
-    Keys of ``Ref`` objects found inside ``obj`` are appended to ``ref_keys``; the cluster resolves
-    them to their values before the function runs. Large ``bytes`` up to ``container_depth``
+    ``Ref`` objects found inside ``obj`` are appended to ``refs``; the cluster resolves their keys
+    to their values before the function runs. Large ``bytes`` up to ``container_depth``
     levels of lists, tuples and dicts down also travel out of band.
     """
     if _is_small_plain_data(obj, container_depth):
@@ -131,11 +131,11 @@ def dumps(obj: Any, ref_keys: list[str] | None = None, *, container_depth: int =
 
     import cloudpickle
 
-    token = _ref_keys_seen.set(ref_keys)
+    token = _refs_seen.set(refs)
     try:
         stream = cloudpickle.dumps(_lift_large_bytes(obj, container_depth), protocol=5, buffer_callback=keep_large)
     finally:
-        _ref_keys_seen.reset(token)
+        _refs_seen.reset(token)
     return [stream, *buffers]
 
 
@@ -162,10 +162,10 @@ def loads(frames: Sequence[Buffer], resolve_ref: Callable[[str], Any] | None = N
         _ref_resolver.reset(token)
 
 
-def dumps_arguments(args: tuple, kwargs: dict, ref_keys: list[str]) -> list[Buffer]:
+def dumps_arguments(args: tuple, kwargs: dict, refs: list[Any]) -> list[Buffer]:
     """Pickle call arguments; when one cannot be pickled, say which one before anything is sent."""
     try:
-        return dumps((args, kwargs), ref_keys)
+        return dumps((args, kwargs), refs)
     except Exception as exc:
         named = [(f"positional argument {i}", a) for i, a in enumerate(args)]
         named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
@@ -180,10 +180,10 @@ def dumps_arguments(args: tuple, kwargs: dict, ref_keys: list[str]) -> list[Buff
         raise SerializationError(f"the call's arguments cannot be pickled: {exc}") from exc
 
 
-def dumps_arguments_chunk(items: list[tuple[tuple, dict]], ref_keys: list[str], offset: int) -> list[Buffer]:
+def dumps_arguments_chunk(items: list[tuple[tuple, dict]], refs: list[Any], offset: int) -> list[Buffer]:
     """Pickle a chunk of map items; when one cannot be pickled, name its index and argument."""
     try:
-        return dumps(items, ref_keys, container_depth=4)  # items -> (args, kwargs) -> args -> value
+        return dumps(items, refs, container_depth=4)  # items -> (args, kwargs) -> args -> value
     except Exception:
         for index, (args, kwargs) in enumerate(items):
             try:

@@ -28,7 +28,6 @@ import contextlib
 import hmac
 import json
 import os
-import pickle
 import resource
 import secrets
 import signal

@@ -1,7 +1,6 @@
 """What runs is what you wrote: code edited between runs, functions from __main__ importing the
 user's modules, and copies that are not the caller's code refused rather than run."""
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -154,3 +154,29 @@ def test_an_envs_reqs_are_the_list_the_user_passed():
     env = rh.env("train", reqs=["numpy>=2", "pip:rich"])
     assert env.reqs == ["numpy>=2", "pip:rich"] and isinstance(env.reqs, list)
     assert hash(env) == hash(rh.env("train", reqs=["other"]))  # still usable as a key, by its name
+
+
+@pytest.mark.parametrize("level, core_shows", [("INFO", True), ("WARNING", False), (None, False)])
+def test_log_level_in_the_file_sets_the_cores_level_in_a_script_and_never_paramikos(tmp_path, level, core_shows):
+    import subprocess
+    import sys
+
+    if level is not None:
+        (tmp_path / "config.yaml").write_text(f"log_level: {level}\n")
+    script = (
+        "import logging, rh_core\n"
+        "from rh_core import config\n"
+        "import rh_byo_ssh.transport\n"
+        "config.current()\n"
+        "logging.getLogger('rh_core.remote').info('core step line')\n"
+        "logging.getLogger('rh_byo_ssh.transport').info('plugin step line')\n"
+        "logging.getLogger('paramiko.transport').info('paramiko connection line')\n"
+        "logging.getLogger('rh_core.remote').warning('core warning line')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "RH_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("core step line" in done.stderr) is core_shows, done.stderr
+    assert ("plugin step line" in done.stderr) is core_shows, done.stderr
+    assert "paramiko connection line" not in done.stderr
+    assert "core warning line" in done.stderr  # warnings show at every level, as Python's own default does

@@ -191,20 +191,13 @@ def test_threads_have_links_of_their_own(running_cluster):
 
 def test_more_local_clients_than_the_server_has_descriptors_are_all_served(tmp_path):
     import resource
-    import subprocess
-    import sys
 
-    state_dir = str(tmp_path / "state")
-    os.makedirs(state_dir, mode=0o700)
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen(  # a server that may hold 200 descriptors, its workers' included
-        [sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, "-o", "num_workers=2"],
-        stdout=log, stderr=log, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)))
-    try:
-        cluster = rh.LocalCluster(state_dir=state_dir)
-        deadline = time.monotonic() + 30
-        while cluster.read_state() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    from rh_core.testing.fixtures import server_process
+
+    def at_most_200_descriptors():  # its workers' included
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    with server_process(tmp_path, "-o", "num_workers=2", preexec_fn=at_most_200_descriptors) as (server, cluster):
         add = rh.function(fns.quiet_add).to(cluster)
         results: dict[int, int] = {}
         start = threading.Barrier(300)
@@ -221,10 +214,6 @@ def test_more_local_clients_than_the_server_has_descriptors_are_all_served(tmp_p
         assert results == {i: i + 1 for i in range(300)}
         assert add(2, 2) == 4 and server.poll() is None
         assert b"the most its descriptors allow" in (tmp_path / "server.log").read_bytes()  # it did reach them
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_a_call_interrupted_while_it_waits_leaves_the_next_call_its_own_reply(running_cluster):

@@ -77,19 +77,9 @@ def test_expired_results_are_deleted(tmp_path):
 
 
 def test_unfetched_results_beyond_the_memory_budget_live_on_disk_not_in_the_servers_memory(tmp_path):
-    import subprocess
-    import sys
+    from rh_core.testing.fixtures import server_process
 
-    state_dir = str(tmp_path / "state")
-    os.makedirs(state_dir, mode=0o700)
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir,
-                                   "--results-memory-mb", "16", "-o", "num_workers=1"], stdout=log, stderr=log)
-    try:
-        cluster = rh.LocalCluster(state_dir=state_dir)
-        deadline = time.monotonic() + 60
-        while cluster.read_state() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with server_process(tmp_path, "--results-memory-mb", "16", "-o", "num_workers=1") as (server, cluster):
         filled = rh.function(fns.filled).to(cluster)
         keys = [filled.remote(4 * 2**20, i % 251).key for i in range(200)]  # 800 MiB, never fetched
         deadline = time.monotonic() + 120
@@ -105,6 +95,14 @@ def test_unfetched_results_beyond_the_memory_budget_live_on_disk_not_in_the_serv
         assert rss_mib < 600, f"the server holds {rss_mib:.0f} MiB for 800 MiB of results kept on disk"
         assert cluster.get(keys[0]) == bytes([0]) * (4 * 2**20)  # read back from disk
         assert cluster.get(keys[-1]) == bytes([199 % 251]) * (4 * 2**20)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+def test_a_ref_passed_to_a_function_on_another_cluster_names_both_clusters(own_cluster, process_cluster):
+    made_here = rh.function(fns.add).to(process_cluster).remote(1, 2)
+    elsewhere = rh.function(fns.add).to(own_cluster)
+    with pytest.raises(rh.RhError, match=r"on cluster 'test-process'.*runs on cluster 'here'.*ref\.result\(\)"):
+        elsewhere(made_here, 1)
+    with pytest.raises(rh.RhError, match="resolved only by the cluster that made it"):
+        rh.function(fns.double).to(own_cluster).map([made_here])
+    assert elsewhere(made_here.result(), 1) == 4  # its value travels
+    assert rh.function(fns.add).to(process_cluster)(made_here, 1) == 4  # and on its own cluster the ref does

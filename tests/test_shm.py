@@ -235,7 +235,7 @@ def test_a_64_mib_dev_shm_as_in_docker_carries_100_mib_arguments_and_results(tmp
     """)
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable, script],
+         'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable, script],
         capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-3000:])

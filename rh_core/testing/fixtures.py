@@ -5,9 +5,14 @@ at your repository's root (rh_core's own root conftest does this).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +28,29 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str,
         if time.monotonic() > deadline:
             pytest.fail(f"{what} within {seconds} s. {details()}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def server_process(directory: Path, *options: str, preexec_fn: Callable[[], Any] | None = None
+                   ) -> Iterator[tuple[subprocess.Popen, Any]]:
+    """A server started as a process of its own, with command-line ``options`` (a memory budget)
+    and ``preexec_fn`` (a descriptor limit), its state and log in ``directory``; yields the
+    process and a LocalCluster that reaches it, and terminates it afterwards."""
+    import rh_core as rh
+
+    state_dir = str(directory / "state")
+    os.makedirs(state_dir, mode=0o700)
+    with open(directory / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *options],
+                                  stdout=log, stderr=log, preexec_fn=preexec_fn)
+    try:
+        cluster = rh.LocalCluster(state_dir=state_dir)
+        wait_for(lambda: cluster.read_state() is not None, 60, "the server did not write its state",
+                 lambda: (directory / "server.log").read_text(errors="replace")[-2000:])
+        yield server, cluster
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -593,7 +593,8 @@ def test_a_node_holding_another_copy_of_the_code_refuses_it_and_gets_the_callers
     _, worker = made.hosts
     name = f"stale_probe_{os.getpid()}"
     module_file = Path(__file__).parent / f"{name}.py"
-    module_file.write_text("import socket\n\nVALUE = 'one'\n\n\ndef value(_):\n    return socket.gethostname(), VALUE\n")
+    module_file.write_text("import socket\nimport time\n\nVALUE = 'one'\n\n\n"
+                           "def value(seconds):\n    time.sleep(seconds)\n    return socket.gethostname(), VALUE\n")
     try:
         probe = importlib.import_module(name)
         value = rh.function(probe.value).to(cluster)  # syncs the working directory, the new module with it
@@ -605,7 +606,7 @@ def test_a_node_holding_another_copy_of_the_code_refuses_it_and_gets_the_callers
         before = os.stat(copy)
         copy.write_text(copy.read_text().replace("'one'", "'two'"))
         os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
-        results = value.map(range(16))
+        results = value.map([0.3] * 16)  # long enough items that Ray spreads them over both hosts
         assert {host for host, _ in results} == {"h1", "h2"}
         assert {found for _, found in results} == {"one"}, results
     finally:
