@@ -1,9 +1,3 @@
-import json
-import os
-import subprocess
-import sys
-import time
-
 import pytest
 
 
@@ -43,20 +37,8 @@ def exposed_server(tmp_path):
     """A server started as on a cluster, with --expose on a free port (self-signed certificate):
     its state (``server.json``) and its secret."""
     from rh_core.client import read_secret
+    from rh_core.testing.fixtures import server_process
     from rh_core.testing.sshd import free_port
 
-    state_dir = str(tmp_path / "state")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, "-o", "num_workers=1",
-                                "--expose", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = os.path.join(state_dir, "server.json")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(state_file):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the exposed server did not start"
-        time.sleep(0.05)
-    with open(state_file) as f:
-        state = json.load(f)
-    yield state, read_secret(state_dir)
-    process.terminate()
-    process.wait(30)
+    with server_process(tmp_path, "-o", "num_workers=1", "--expose", f"127.0.0.1:{free_port()}") as (_, cluster):
+        yield cluster.read_state(), read_secret(cluster.state_dir)
