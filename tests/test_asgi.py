@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -77,6 +78,27 @@ def test_an_app_starts_again_when_it_exits_and_with_the_server(running_cluster):
     after_restart = wait_until_serving(app.http_url(), None)
     assert after_restart["pid"] not in (first, again["pid"])
     assert app.http_url() == url  # the same port after the restart
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` ended: gone, or a zombie nobody reaps (this machine's PID 1 reaps none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_app_ends_with_a_killed_server_and_starts_with_the_next(running_cluster):
+    from rh_core.testing.fixtures import wait_for
+
+    app = rh.asgi("rh_core.testing.asgi_app:app", name="orphan").to(running_cluster, public=True)
+    first = ok(app.http_url())["pid"]
+    server = running_cluster.status()["pid"]
+    os.kill(server, signal.SIGKILL)  # no shutdown: the app must not outlive it all the same
+    wait_for(lambda: process_gone(first), 10, f"app process {first} outlived its killed server")
+    again = wait_until_serving(app.http_url(), None)  # this request starts a new server, which starts the app
+    assert running_cluster.status()["pid"] != server and again["pid"] != first
 
 
 def test_an_app_that_cannot_start_is_reported_with_its_log(running_cluster):
