@@ -181,12 +181,18 @@ class PinnedTunnel:
         await asyncio.gather(_pump(local_reader, writer), _pump(reader, local_writer))
 
     def close(self) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             self._server.close()
+            # Connections still open (an HTTP client's keep-alive) end here, not as pending tasks
+            # that asyncio complains about when the interpreter exits.
+            forwarding = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in forwarding:
+                task.cancel()
+            await asyncio.gather(*forwarding, return_exceptions=True)
             self._loop.stop()
 
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(stop)
+            asyncio.run_coroutine_threadsafe(stop(), self._loop)
             self._thread.join(5)
 
 
