@@ -150,7 +150,7 @@ class AppHost:
         pause = 1.0
         while not app.stopping:
             try:
-                await self._start(app)
+                process = await self._start(app)
             except Exception as exc:  # RhError with the app's log, or the environment's python cannot run
                 if not isinstance(exc, RhError):
                     exc = RhError(f"app {app.name!r} could not be started: {type(exc).__name__}: {exc}")
@@ -168,7 +168,7 @@ class AppHost:
                     first_start.set_result(None)
                     first_start = None
                 started_at = time.monotonic()
-                code = await app.process.wait()
+                code = await process.wait()
                 if app.stopping:
                     return
                 if time.monotonic() - started_at > RESTART_PAUSE_MAX:
@@ -179,7 +179,7 @@ class AppHost:
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_PAUSE_MAX)
 
-    async def _start(self, app: _App) -> None:
+    async def _start(self, app: _App) -> asyncio.subprocess.Process:
         import aiohttp
 
         record = app.record
@@ -202,6 +202,7 @@ class AppHost:
             await asyncio.sleep(0.05)
         app.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path),
                                             auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        return app.process
 
     async def _end_process(self, app: _App) -> None:
         if app.session is not None:

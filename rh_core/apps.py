@@ -118,12 +118,12 @@ def _reference(app: Any) -> tuple[str, str, str | None]:
         raise TypeError(f"rh.asgi takes an ASGI app (a callable such as a FastAPI instance), got {type(app).__name__}")
     # The script being run last: an app it imported from a module is that module's.
     modules = sorted(sys.modules.items(), key=lambda item: item[0] == "__main__")
-    for module_name, module in modules:
-        file = getattr(module, "__file__", None)
+    for module_name, candidate in modules:
+        file = getattr(candidate, "__file__", None)
         # Aliases are skipped: multiprocessing files the script as __mp_main__ too.
-        if not file or module_name.startswith("rh_core") or getattr(module, "__name__", None) != module_name:
+        if not file or module_name.startswith("rh_core") or getattr(candidate, "__name__", None) != module_name:
             continue
-        for attr, value in list(vars(module).items()):
+        for attr, value in list(vars(candidate).items()):
             if value is app and not attr.startswith("__"):
                 if module_name == "__main__":  # imported there from the script's own file, by its name
                     module_name = os.path.splitext(os.path.basename(file))[0]
