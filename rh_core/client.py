@@ -79,6 +79,56 @@ def recv_frames(socket: Any, flags: int = 0) -> list:
 
 SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
 
+# The ZeroMQ port reads no frame longer than rh_core.link.ENVELOPE_MAX_BYTES, the link socket's
+# limit for what is read before a request is authenticated: on this port the proof is the
+# connection's handshake (ZMTP PLAIN, the secret as password, checked by the server's ZAP handler),
+# and libzmq checks each frame's announced size before reading it (ZMQ_MAXMSGSIZE), so the
+# handshake's frames are the only ones a stranger can send. libzmq holds authenticated clients to
+# the limit too, so a client sends a longer frame in pieces (:func:`split_frames`), which the
+# server joins once it has authenticated the request.
+_PLAIN_USERNAME = b"rh"
+
+
+def authenticate_zmq(socket: Any, secret: str | None) -> None:
+    """Make a ZeroMQ client socket prove ``secret`` in its handshake, as the server requires of
+    every connection (call before ``connect``)."""
+    socket.plain_username = _PLAIN_USERNAME
+    socket.plain_password = (secret or "").encode()
+
+
+def split_frames(frames: Sequence[Any]) -> tuple[list[Any], list[int] | None]:
+    """``frames`` with each one longer than ``ENVELOPE_MAX_BYTES`` cut into pieces of at most that
+    size (views, not copies), and how many pieces each frame became (None when none was cut)."""
+    from rh_core.link import ENVELOPE_MAX_BYTES
+
+    pieces: list[Any] = []
+    counts: list[int] = []
+    for frame in frames:
+        view = memoryview(frame)
+        if view.nbytes <= ENVELOPE_MAX_BYTES:
+            pieces.append(frame)
+            counts.append(1)
+            continue
+        view = view.cast("B")
+        cut = [view[start:start + ENVELOPE_MAX_BYTES] for start in range(0, view.nbytes, ENVELOPE_MAX_BYTES)]
+        pieces += cut
+        counts.append(len(cut))
+    return pieces, (counts if len(pieces) > len(counts) else None)
+
+
+def join_frames(pieces: Sequence[Any], counts: Any) -> list[Any]:
+    """The frames :func:`split_frames` cut into ``pieces``, whole again; ``counts`` comes from the
+    request, so a wrong one is a ProtocolError."""
+    if (not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts)
+            or sum(counts) != len(pieces)):
+        raise errors.ProtocolError("malformed request: 'pieces' must count the pieces of each frame, adding up to "
+                                   "the frames sent")
+    frames, start = [], 0
+    for count in counts:
+        frames.append(pieces[start] if count == 1 else b"".join(pieces[start:start + count]))
+        start += count
+    return frames
+
 
 LINK_SCHEME = "link://"  # an address ``link:///path/to/link.sock``: the server's link socket (rh_core.link)
 
@@ -87,27 +137,48 @@ class _ZmqCarrier:
     """Messages through a ZeroMQ DEALER socket: how clients on other machines reach the server
     (through an SSH tunnel or TLS)."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, secret: str):
         import zmq  # here, not at module level: `import rh_core` stays fast
 
         self._again = zmq.Again
+        self._address = address
         self._socket = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # a receive gives up after a slice
+        authenticate_zmq(self._socket, secret)
+        # A refused handshake shows only as an event: watched, so a wrong secret is named at once.
+        self._refusals = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._socket.connect(address)
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
-        send_frames(self._socket, [envelope, *frames])
+        pieces, counts = split_frames(frames)
+        if counts is not None:
+            import orjson
+
+            envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
+        from rh_core.link import ENVELOPE_MAX_BYTES
+
+        if len(envelope) > ENVELOPE_MAX_BYTES:
+            raise RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} a "
+                          "server reads in one frame; pass fewer refs or smaller options")
+        send_frames(self._socket, [envelope, *pieces])
 
     def receive(self) -> tuple[Any, list] | None:
         """The next message as ``(envelope, frames)``, or None when none came within a slice."""
         try:
             message = recv_frames(self._socket)
         except self._again:
+            if self._refusals.poll(0):
+                raise errors.AuthenticationError(
+                    f"the server at {self._address} refused this client's secret when it connected; clients read it "
+                    "from the server's state directory on the cluster, so check that it is that server's secret"
+                ) from None
             return None
         return message[0].buffer, [frame.buffer for frame in message[1:]]
 
     def close(self) -> None:
+        self._socket.disable_monitor()
+        self._refusals.close(linger=0)
         self._socket.close(linger=0)
 
 
@@ -117,12 +188,14 @@ class _LinkCarrier:
     def __init__(self, path: str):
         import socket
 
+        from rh_core.files import check_socket_peer
         from rh_core.link import ClientLink
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
-        except OSError:
+            check_socket_peer(sock, path)
+        except BaseException:
             sock.close()
             raise
         self._link = ClientLink(sock)
@@ -158,7 +231,7 @@ class Connection:
             if self.address.startswith(LINK_SCHEME):
                 carrier = _LinkCarrier(self.address[len(LINK_SCHEME):])
             else:
-                carrier = _ZmqCarrier(self.address)
+                carrier = _ZmqCarrier(self.address, self._secret)
             self._local.carrier, self._local.pid = carrier, os.getpid()
         return carrier
 
@@ -274,13 +347,13 @@ class Connection:
 
 
 def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, Any] | None:
-    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds.
-    Without the cluster's ``secret`` the server answers with an authentication failure, which
-    still shows that it is alive."""
+    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds
+    (also when ``secret`` is not the cluster's: the server refuses the connection)."""
     import zmq
 
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
+    authenticate_zmq(socket, secret)
     try:
         socket.connect(address)
         socket.send(json.dumps({"id": "liveness", "op": "ping", "auth": secret or ""}).encode())
@@ -292,12 +365,12 @@ def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, A
 
 
 def read_secret(state_dir: str) -> str | None:
-    """The secret of the server whose state directory is ``state_dir`` (on this machine)."""
-    try:
-        with open(os.path.join(state_dir, SECRET_FILE)) as f:
-            return f.read().strip() or None
-    except FileNotFoundError:
-        return None
+    """The secret of the server whose state directory is ``state_dir`` (on this machine); one that
+    is not ours alone raises :class:`rh_core.errors.UntrustedPathError`."""
+    from rh_core.files import read_private
+
+    secret = read_private(os.path.join(state_dir, SECRET_FILE), secret=True)
+    return (secret or b"").decode().strip() or None
 
 
 def _rebuild_failure(header: dict[str, Any]) -> Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,6 +29,8 @@ from rh_core.errors import (
     ServerStartError,
     VersionMismatchError,
 )
+from rh_core.files import open_private, private_directory, read_private
+from rh_core.redact import hide_secrets, secrets_hidden
 from rh_core.processes import is_live_server, pid_alive
 
 if TYPE_CHECKING:
@@ -42,6 +45,10 @@ SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
 #: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
 #: that stops next leaves its Ray running for the next server, which removes the file.
 KEEP_RAY_FILE = "keep-ray"
+
+
+#: What a cluster rebuilt from a config (a saved record) may be called.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 
 def rh_home() -> str:
@@ -392,7 +399,9 @@ class Cluster:
              store: dict[str, Any] | None = None) -> Cluster:
         """Save this cluster's config under ``name`` (``~/x``, ``@/x``; default ``~/<its name>``).
 
-        Credentials (passwords, passphrases) are left out. Saving over an existing name needs
+        Credentials (passwords, passphrases) and one-time settings (``trust_new_host``) are left
+        out; in a shared store (``@/``), so are paths outside your home (each loader uses their
+        own state folder, keys and known hosts). Saving over an existing name needs
         ``overwrite=True``; ``store`` replaces the config file's shared store for this call.
         """
         from rh_core.names import save
@@ -484,7 +493,7 @@ class LocalCluster(Cluster):
     name: str = "here"
     _state_dir: str | None = attrs.field(default=None, alias="state_dir")
     executor: str | None = None
-    executor_options: dict[str, Any] = attrs.field(factory=dict)
+    executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     _server_pid: int | None = attrs.field(default=None, init=False, repr=False)
     _child: subprocess.Popen | None = attrs.field(default=None, init=False, repr=False)
 
@@ -520,17 +529,17 @@ class LocalCluster(Cluster):
         return os.path.join(self.state_dir, "server.log")
 
     def read_state(self) -> dict[str, Any] | None:
-        """The running server's record, or None when no live server has one."""
+        """The running server's record, or None when no live server has one. A record that is not
+        ours alone raises :class:`UntrustedPathError`: another user may have planted it."""
         try:
-            with open(self.state_file) as file:
-                state = json.load(file)
+            state = json.loads(read_private(self.state_file) or b"null")
         except (OSError, ValueError):
             return None
         return state if isinstance(state, dict) and is_live_server(state) else None
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        with open(os.path.join(self.state_dir, "start.lock"), "w") as lock:
+        private_directory(self.state_dir)  # ours, closed to others, before anything in it is trusted
+        with os.fdopen(open_private(os.path.join(self.state_dir, "start.lock"), os.O_RDWR | os.O_CREAT)) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time across processes
             state = self.read_state()
             if state is not None and state.get("version") != __version__:
@@ -556,7 +565,7 @@ class LocalCluster(Cluster):
                    "--executor", self.executor or "process", *server_arguments()]
         for key, value in self.executor_options.items():
             command += ["-o", f"{key}={json.dumps(value)}"]
-        log = open(self.log_file, "ab")
+        log = os.fdopen(open_private(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         started = time.monotonic()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -622,8 +631,8 @@ class LocalCluster(Cluster):
             actors and objects, and the new server joins it. Other executors ignore it.
         """
         if not restart_ray:
-            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            open(os.path.join(self.state_dir, KEEP_RAY_FILE), "w").close()
+            private_directory(self.state_dir)
+            os.close(open_private(os.path.join(self.state_dir, KEEP_RAY_FILE), os.O_WRONLY | os.O_CREAT))
         self.stop_server()
         self.connection()
 
@@ -677,6 +686,10 @@ class LocalCluster(Cluster):
 def from_config(config: dict[str, Any]) -> Cluster:
     """Rebuild a cluster from :meth:`Cluster.config` (in another process, say)."""
     config = dict(config)
+    name = config.get("name")
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        # Plugins build file names (and cloud resource names) from it: '../x' must not reach them.
+        raise ValueError(f"cluster name {name!r} is not a plain name of at most 200 letters, digits, '_', '.' and '-'")
     kind = config.pop("kind", None)
     if kind == "local":
         return LocalCluster(**config)
@@ -684,7 +697,7 @@ def from_config(config: dict[str, Any]) -> Cluster:
         from rh_core.remote import RemoteCluster
 
         return RemoteCluster(**config)
-    raise ValueError(f"unknown cluster kind {kind!r} in {config}; valid kinds: local, remote")
+    raise ValueError(f"unknown cluster kind {kind!r} in {hide_secrets(config)}; valid kinds: local, remote")
 
 
 def tail(path: str, lines: int = 30) -> str:

@@ -16,11 +16,17 @@ from typing import Any
 import attrs
 
 from rh_core.errors import ConfigError, ConfigValueError
+from rh_core.files import write_atomically
 
 #: The newest config file format this rh_core reads (``format:`` at the top of the file).
 CONFIG_FORMAT = 1
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The largest YAML document rh reads (a config file, a saved record): either is a few hundred bytes.
+MAX_YAML_BYTES = 2**20
+#: How deeply a YAML document may nest (settings and records nest three or four levels).
+MAX_YAML_DEPTH = 64
 
 
 @attrs.frozen
@@ -165,14 +171,41 @@ def read(path: str) -> Config:
     return Config(path=path, values=values)
 
 
+def parse_yaml(data: bytes) -> Any:
+    """A YAML document of plain data (PyYAML's safe loader), refused with ``ValueError`` (saying
+    why) when it is larger than :data:`MAX_YAML_BYTES`, nests deeper than :data:`MAX_YAML_DEPTH`
+    or uses aliases: a few lines of aliases unfold into billions of values for whatever walks the
+    result. Invalid YAML raises ``yaml.YAMLError``. The checks read the parser's events before
+    anything is built."""
+    import yaml
+
+    if len(data) > MAX_YAML_BYTES:
+        raise ValueError(f"is {len(data)} bytes, more than the {MAX_YAML_BYTES} a config file or saved record may hold")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    for event in yaml.parse(data, Loader=loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(f"uses YAML aliases (*{event.anchor}), which rh does not read: a few of them can unfold "
+                             f"into billions of values; write the values out instead")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ValueError(f"nests deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return yaml.load(data, Loader=loader)
+
+
 def _parse(text: bytes, path: str) -> dict[str, Any]:
     import yaml
 
+    untouched = "it was left untouched: fix it, or move it away to start from the defaults"
     try:
-        values = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        values = parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the config file {path} is not valid YAML ({exc}); it was left untouched: "
-                          f"fix it, or move it away to start from the defaults") from None
+        raise ConfigError(f"the config file {path} is not valid YAML ({exc}); {untouched}") from None
+    except ValueError as exc:
+        raise ConfigError(f"the config file {path} {exc}; {untouched}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -296,11 +329,7 @@ def _write(path: str, values: Mapping[str, Any]) -> None:
     body = yaml.safe_dump({"format": CONFIG_FORMAT, **values}, sort_keys=False, default_flow_style=False)
     text = "# rh_core settings; `rh config get` lists every key with its meaning.\n" + body
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    write_atomically(path, text, 0o600)
 
 
 def describe() -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from rh_core.errors import InstallError
+from rh_core.files import write_atomically
 from rh_core.plugin_types import InstallStep
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -247,7 +248,4 @@ def install(env: ClusterEnvironment, steps: list[InstallStep],
 
 
 def _write_json(path: str, value: Any) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True), 0o600)

@@ -126,6 +126,10 @@ class ResourceExistsError(RhError):
     """Saving would replace a resource that is already saved under the name."""
 
 
+class InvalidNameError(RhError, ValueError):
+    """A resource name is malformed: empty, a folder, too long, or with characters names may not hold."""
+
+
 class ResourceFormatError(RhError):
     """A saved resource cannot be read: corrupt, not a resource, or written by a newer rh_core."""
 
@@ -145,3 +149,8 @@ class AuthenticationError(RhError):
 class SecretError(RhError):
     """A secret cannot be read, sent or used: no local credentials, a malformed name or value, or a
     secret a function asks for that is not on its cluster. Never carries a secret's value."""
+
+
+class UntrustedPathError(RhError):
+    """A state file or folder (a server's secret, record, lock or socket, or the folder holding
+    them) belongs to another user or may be written by others, so it is not used."""

@@ -14,7 +14,7 @@ from rh_core import serialize, shm
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.compat import add_note
 from rh_core.errors import RhError
-from rh_core.ref import Ref
+from rh_core.ref import Ref, new_run_key
 from rh_core.workdir import working_directory
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class Function(Generic[P, R]):
         system, shipped = self._placed()
         _refuse_refs_of_other_clusters(refs, system, self.name)
         header = {
-            "key": f"{self.name}-{os.urandom(8).hex()}",
+            "key": new_run_key(self.name),
             "mode": mode,
             "fn_id": shipped.fn_id,
             "function_ref": shipped.function_ref_json,

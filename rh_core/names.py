@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core.errors import (
+    InvalidNameError,
     ResourceExistsError,
     ResourceFormatError,
     ResourceNotFoundError,
@@ -31,6 +32,7 @@ from rh_core.errors import (
     StoreError,
 )
 from rh_core.plugin_types import Store
+from rh_core.redact import holds_private_key, is_secret_key
 
 if TYPE_CHECKING:
     from rh_core.cluster import Cluster
@@ -41,11 +43,20 @@ FORMAT = 1
 KINDS = ("cluster", "function")
 #: A working directory larger than this is refused when saving a function (move data out of it).
 MAX_CODE_BYTES = 100 * 1024 * 1024
-#: Keys of a cluster config whose values are never saved (matched as substrings, case-insensitive).
-SECRET_WORDS = ("password", "passphrase", "secret", "token", "api_key", "apikey")
+#: Settings that are never saved: they are one-time acts of whoever made the object.
+ONE_TIME_KEYS = ("trust_new_host",)
+#: Keys of a cluster config (at any depth) that hold paths on machines of whoever loads it: this one
+#: (``state_dir``, keys, known hosts) or the cluster's head (``remote_dir``, whose venv bootstrap
+#: runs). A shared record may hold them only home-relative (``~/.ssh/id_ed25519``), naming the
+#: loading user's own file: any other path would be a folder or file of the saver's choosing (their
+#: fake server's state folder, their known_hosts, their "venv"), which the loader must not use.
+PATH_KEYS = ("state_dir", "remote_dir", "ssh_private_key", "known_hosts")
 
 LOCAL, SHARED, BUILTIN = "~", "@", "^"
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: Each part of a name becomes a file name (with ``.yaml``, ``.tar.gz`` or a temporary suffix added,
+#: within the 255 bytes file systems allow) and the whole an S3 key (at most 1024 bytes).
+MAX_NAME_PART, MAX_NAME = 200, 512
 
 
 # -------------------------------------------------------------------------------------------------
@@ -87,7 +98,7 @@ def parse_name(name: str, *, folder: bool = False) -> ResourceName:
     With ``folder=True`` the path may be empty (``"@/"``, ``"~"``) and a trailing ``/`` is allowed.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a resource name must be text like '~/my-cluster' or '@/team/embed', not {name!r}")
+        raise InvalidNameError(f"a resource name must be text like '~/my-cluster' or '@/team/embed', not {name!r}")
     text = name.strip()
     if text.startswith(BUILTIN):
         scope, path = BUILTIN, text[1:]
@@ -99,10 +110,13 @@ def parse_name(name: str, *, folder: bool = False) -> ResourceName:
         path = path.rstrip("/")
     segments = path.split("/") if path else []
     if not segments and not folder:
-        raise ValueError(f"{name!r} names a folder, not a resource; add a name: '{scope}/my-cluster'")
+        raise InvalidNameError(f"{name!r} names a folder, not a resource; add a name: '{scope}/my-cluster'")
+    if len(path) > MAX_NAME or any(len(segment) > MAX_NAME_PART for segment in segments):
+        raise InvalidNameError(f"the name {name[:60]!r}... is too long: a name may have up to {MAX_NAME} characters, "
+                               f"and each part between '/' up to {MAX_NAME_PART}")
     for segment in segments:
         if not _SEGMENT.fullmatch(segment):
-            raise ValueError(
+            raise InvalidNameError(
                 f"{name!r} is not a valid resource name: each part between '/' must start with a letter, digit "
                 f"or '_' and hold only letters, digits, '_', '.' and '-' (like '@/team/embed-v2')"
             )
@@ -176,11 +190,15 @@ def parse_record(data: bytes, where: str) -> dict[str, Any]:
     """Check and parse a stored resource; ``where`` (its path or URL) goes into every error."""
     import yaml
 
+    from rh_core.config import parse_yaml
+
     untouched = "it was left untouched: fix it by hand, or replace it with save(..., overwrite=True)"
     try:
-        record = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        record = parse_yaml(data)
     except yaml.YAMLError as exc:
         raise ResourceFormatError(f"{where} is not valid YAML ({exc}); {untouched}") from None
+    except ValueError as exc:
+        raise ResourceFormatError(f"{where} {exc}; {untouched}") from None
     if not isinstance(record, dict):
         raise ResourceFormatError(f"{where} does not hold a saved resource (a mapping); {untouched}")
     version = record.get("format")
@@ -206,26 +224,85 @@ def _new_record(kind: str, name: ResourceName, section: dict[str, Any], **extra:
 
 
 def without_secrets(config: Mapping[str, Any], where: str = "") -> tuple[dict[str, Any], list[str]]:
-    """``config`` without credential values, and the dotted keys that were dropped.
+    """``config`` without credential values or one-time settings (:data:`ONE_TIME_KEYS`), and the
+    dotted keys of the credentials that were dropped.
 
-    Keys naming a secret (:data:`SECRET_WORDS`) are dropped; a value holding a private key's
-    contents is refused outright, since the caller meant it to be used.
+    Keys naming a secret (:data:`rh_core.redact.SECRET_WORDS`) are dropped; a value holding a
+    private key's contents is refused outright, since the caller meant it to be used.
     """
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     for key, value in config.items():
         dotted = f"{where}.{key}" if where else str(key)
-        if any(word in str(key).lower() for word in SECRET_WORDS):
+        if key in ONE_TIME_KEYS:  # left out without a word: nobody expects an act to be saved
+            continue
+        if is_secret_key(key):
             dropped.append(dotted)
         elif isinstance(value, Mapping):
             kept[key], inner = without_secrets(value, dotted)
             dropped += inner
-        elif isinstance(value, str) and "PRIVATE KEY-----" in value:
+        elif holds_private_key(value):
             raise RhError(f"{dotted} holds a private key's contents, which are never saved; keep the key in a file "
                           f"and pass its path instead (ssh_private_key='~/.ssh/id_ed25519')")
         else:
             kept[key] = value
     return kept, dropped
+
+
+def _path_settings(config: Mapping[str, Any], where: str = "") -> list[tuple[str, Any]]:
+    """The ``(dotted key, value)`` of every path setting (:data:`PATH_KEYS`) in ``config`` that is set."""
+    found = []
+    for key, value in config.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key in PATH_KEYS and value is not None:
+            found.append((dotted, value))
+        elif isinstance(value, Mapping):
+            found += _path_settings(value, dotted)
+    return found
+
+
+def _home_relative(path: Any) -> bool:
+    """``~/...`` without ``..``: a path in the home of whoever uses it."""
+    return isinstance(path, str) and path.startswith("~/") and ".." not in path.split("/")
+
+
+def _shareable(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` as a shared record may hold it: local paths under this user's home written
+    home-relative (each loader's own file then), any other local path left out; and the dotted
+    keys left out."""
+    home = os.path.expanduser("~").rstrip(os.sep)
+    dropped = []
+
+    def rewrite(node: Any, where: str) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        kept = {}
+        for key, value in node.items():
+            dotted = f"{where}.{key}" if where else str(key)
+            if key in PATH_KEYS and value is not None and not _home_relative(value):
+                text = os.path.abspath(os.path.expanduser(str(value)))
+                if not text.startswith(home + os.sep):
+                    dropped.append(dotted)
+                    continue
+                value = "~" + text[len(home):]
+            kept[key] = rewrite(value, dotted)
+        return kept
+
+    return rewrite(config, ""), dropped
+
+
+def check_shared_paths(config: Mapping[str, Any], where: str) -> None:
+    """Refuse a cluster config from a shared record that names a local path other than a
+    home-relative one: it would make the loader use a file or folder someone else chose."""
+    for dotted, value in _path_settings(config):
+        if not _home_relative(value):
+            raise ResourceFormatError(
+                f"{where} sets {dotted} to {value!r}, a path on your machines chosen by whoever saved it; a shared "
+                f"record may only name your own files, as '~/...', so it was not loaded. Ask its author to save it "
+                f"again without that path (your own settings then apply: $RH_HOME/local for a local cluster, "
+                f"~/.rh on a cluster's machines, ~/.ssh for keys and known hosts), or copy it into your local "
+                f"store (~/) after checking it"
+            )
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -283,7 +360,8 @@ def load_cluster(name: str, *, dryrun: bool = False, store: Mapping[str, Any] | 
         if record["kind"] != "cluster":
             raise RhError(f"{resource_name} is a {record['kind']}, not a cluster; load it with "
                           f"rh.{record['kind']}(name={str(resource_name)!r})")
-        cluster = _cluster_from_record(record, source.location(resource_name.key))
+        cluster = _cluster_from_record(record, source.location(resource_name.key),
+                                       shared=resource_name.scope == SHARED)
     if not isinstance(cluster, Cluster):
         raise RhError(f"{resource_name} is a function, not a cluster; load it with rh.function(name={name!r})")
     cluster.saved_name = str(resource_name)
@@ -375,22 +453,36 @@ def describe(name: str, *, store: Mapping[str, Any] | None = None) -> dict[str, 
 # Clusters
 
 
-def _cluster_record(cluster: Cluster, name: ResourceName) -> dict[str, Any]:
+def _saved_config(cluster: Cluster, name: ResourceName) -> tuple[dict[str, Any], list[str]]:
+    """The config a record of ``name`` holds (no credentials; in a shared store, no local paths but
+    home-relative ones) and the dotted keys left out, which a warning names."""
     config, dropped = without_secrets(_plain(cluster.config_for_saving(), "the cluster config"))
+    if name.scope == SHARED:
+        config, paths = _shareable(config)
+        dropped += paths
     if dropped:
         import warnings
 
-        warnings.warn(f"{name} is saved without {', '.join(dropped)}: credentials are never saved; whoever loads it "
-                      f"needs key or agent login", stacklevel=3)
+        warnings.warn(f"{name} is saved without {', '.join(dropped)}: credentials and one-time settings are never "
+                      f"saved, nor, in a shared store, paths outside your home; whoever loads it uses their own "
+                      f"(key or agent login, their own known_hosts and state folder)", stacklevel=4)
+    return config, dropped
+
+
+def _cluster_record(cluster: Cluster, name: ResourceName) -> dict[str, Any]:
+    config, dropped = _saved_config(cluster, name)
     extra = {"not_saved": dropped} if dropped else {}
     return _new_record("cluster", name, config, **extra)
 
 
-def _cluster_from_record(record: Mapping[str, Any], where: str) -> Cluster:
+def _cluster_from_record(record: Mapping[str, Any], where: str, *, shared: bool = False) -> Cluster:
     from rh_core.cluster import from_config
 
+    if shared:
+        check_shared_paths(record["cluster"], where)
+    config, _ = without_secrets(record["cluster"])  # a record saved before they were left out holds them
     try:
-        return from_config(dict(record["cluster"]))
+        return from_config(config)
     except (TypeError, ValueError) as exc:
         raise ResourceFormatError(f"{where} holds a cluster config this rh_core cannot build ({exc}); it was left "
                                   f"untouched: fix it, or save the cluster again with overwrite=True") from exc
@@ -402,17 +494,20 @@ def _cluster_reference(cluster: Cluster, function_name: ResourceName) -> dict[st
     saved = cluster.saved_name
     if saved and (function_name.scope == LOCAL or not saved.startswith(LOCAL)):
         return {"name": saved}
-    config, _ = without_secrets(_plain(cluster.config_for_saving(), "the cluster config"))
-    return {"config": config}
+    return {"config": _saved_config(cluster, function_name)[0]}
 
 
-def _cluster_from_reference(reference: Mapping[str, Any] | None, *, where: str,
+def _cluster_from_reference(reference: Mapping[str, Any] | None, *, where: str, shared: bool,
                             store: Mapping[str, Any] | None) -> Cluster | None:
     if not reference:
         return None
     if "name" in reference:  # no status refresh: placing the function connects anyway
+        if shared and parse_name(str(reference["name"])).scope == LOCAL:
+            raise ResourceFormatError(f"{where} names its cluster {reference['name']!r}, which is not in the shared "
+                                      f"store: a shared record may not pick a cluster from your own store; "
+                                      f"load it with system= the cluster to use")
         return load_cluster(reference["name"], dryrun=True, store=store)
-    return _cluster_from_record({"cluster": reference["config"]}, where)
+    return _cluster_from_record({"cluster": reference["config"]}, where, shared=shared)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -522,12 +617,17 @@ def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:
     import io
     import shutil
     import tarfile
+    import tempfile
 
     from rh_core.cluster import rh_home
 
     digest = str(code.get("sha256", ""))
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ResourceFormatError(f"{where} has no valid code digest; save the function again with overwrite=True")
+    archive_key = str(code.get("archive", ""))
+    if not archive_key.startswith(".code/") or ".." in archive_key.split("/"):
+        raise ResourceFormatError(f"{where} names its code archive {archive_key!r}, which is not in the store's .code/ "
+                                  f"folder; save the function again with overwrite=True")
     target = os.path.join(rh_home(), "code", digest[:32])
     if os.path.isdir(target):
         return target
@@ -537,8 +637,7 @@ def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:
         raise ResourceFormatError(f"the code of {where} ({source.location(str(code['archive']))}) is {state}; "
                                   f"save the function again with overwrite=True")
     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    unpacking = f"{target}.{os.getpid()}.tmp"
-    os.mkdir(unpacking, 0o700)
+    unpacking = tempfile.mkdtemp(prefix=f".{digest[:32]}.", suffix=".tmp", dir=os.path.dirname(target))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             tar.extractall(unpacking, filter="data")  # refuses absolute paths, '..' and links leaving the folder
@@ -569,22 +668,51 @@ def _import(module: str, qualname: str, import_root: str | None, where: str) -> 
     return obj
 
 
+class NotLoaded:
+    """The code of a function loaded with ``dryrun=True``: named, never fetched nor imported (importing
+    a module runs its top-level code, which a shared record's author wrote). Calling or sending it
+    says how to load it for real."""
+
+    def __init__(self, module: str, qualname: str, where: str):
+        self.__module__, self.__qualname__, self.__name__ = module, qualname, qualname.rsplit(".", 1)[-1]
+        self._where = where
+
+    def _refuse(self) -> RhError:
+        return RhError(f"{self._where} was loaded with dryrun=True, so its code ({self.__module__}.{self.__qualname__}) "
+                       f"was neither fetched nor imported; load it without dryrun to call it or send it to a cluster")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def __reduce__(self) -> Any:
+        raise self._refuse()
+
+    def __repr__(self) -> str:
+        return f"<{self.__module__}.{self.__qualname__}, not loaded (dryrun)>"
+
+
 def _function_from_record(record: Mapping[str, Any], name: ResourceName, source: Store, *, dryrun: bool,
                           store: Mapping[str, Any] | None, system: Cluster | None = None) -> Function:
     from rh_core.function import Function
 
     where = source.location(name.key)
     section = record["function"]
+    module, qualname = str(section["module"]), str(section["qualname"])
+    call_options = dict(section.get("call_options") or {})
+    if dryrun:  # nothing fetched, nothing imported, no cluster
+        return Function(fn=NotLoaded(module, qualname, str(name)), name=name.short, call_options=call_options)
     code = section.get("code")
     code_dir = import_root = None
     if code:
         code_dir = _fetch_code(source, code, where)
         import_root = os.path.normpath(os.path.join(code_dir, str(code.get("import_path", "."))))
-    fn = _import(str(section["module"]), str(section["qualname"]), import_root, str(name))
-    function = Function(fn=fn, name=name.short, call_options=dict(section.get("call_options") or {}))
-    if dryrun:
-        return function
-    cluster = system or _cluster_from_reference(record.get("cluster"), where=where, store=store)
+        if import_root != code_dir and not import_root.startswith(code_dir + os.sep):
+            raise ResourceFormatError(f"{where} imports its code from {code.get('import_path')!r}, outside the "
+                                      f"folder saved with it; save the function again with overwrite=True")
+    fn = _import(module, qualname, import_root, str(name))
+    function = Function(fn=fn, name=name.short, call_options=call_options)
+    cluster = system or _cluster_from_reference(record.get("cluster"), where=where, store=store,
+                                                shared=name.scope == SHARED)
     if cluster is None:  # saved without a cluster: it runs here until sent somewhere
         return function
     if code_dir is None:

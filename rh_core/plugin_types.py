@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkab
 
 import attrs
 
+from rh_core.redact import secrets_hidden
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -173,9 +175,9 @@ class ClusterInfo:
     head: str
     workers: tuple[str, ...] = ()
     transport: str = "ssh"
-    transport_options: dict[str, Any] = attrs.field(factory=dict)
-    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    provider_data: dict[str, Any] = attrs.field(factory=dict)
+    transport_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict, repr=secrets_hidden)
+    provider_data: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
 
 
 @runtime_checkable
@@ -231,7 +233,7 @@ class InstallStep:
     method: str
     spec: str
     requirement: str
-    options: dict[str, Any] = attrs.field(factory=dict)
+    options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     secret_options: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from rh_core.cluster import KEEP_RAY_FILE, Cluster
 from rh_core.compat import add_note
 from rh_core.errors import RhError, ServerStartError, VersionMismatchError
 from rh_core.plugin_types import ClusterInfo
+from rh_core.redact import secrets_hidden
 from rh_core.wheels import (
     MIN_CLUSTER_PYTHON,
     PROBE_PLATFORM,
@@ -133,9 +134,14 @@ if old_pid:
         os.kill(old_pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-os.makedirs(state_dir, mode=0o700, exist_ok=True)
+from rh_core.errors import UntrustedPathError
+from rh_core.files import open_private, private_directory
+try:  # the server checks its folder too, but the log is opened here first
+    private_directory(state_dir)
+except UntrustedPathError as exc:
+    print(json.dumps({"ok": False, "code": None, "log": str(exc)})); sys.exit(0)
 log_path = os.path.join(state_dir, "server.log")
-log = open(log_path, "ab")
+log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
 child = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                          env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
@@ -167,9 +173,9 @@ class RemoteCluster(Cluster):
 
     name: str
     provisioner: str = "byo"
-    spec: dict[str, Any] = attrs.field(factory=dict)
+    spec: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     executor: str = "process"
-    executor_options: dict[str, Any] = attrs.field(factory=dict)
+    executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     remote_dir: str = REMOTE_HOME
     _cluster_info: ClusterInfo | None = attrs.field(default=None, init=False, repr=False)
     _transport: Any = attrs.field(default=None, init=False, repr=False)

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from rh_core.files import write_atomically
 from rh_core.plugin_types import Outcome
 
 DEFAULT_MAX_MB = 2048
@@ -51,12 +52,7 @@ class SpilledResults:
                     f"{self.max_bytes // 2**20} MiB; it is held in memory until released")
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = self._path(key)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for buffer in buffers:
-                f.write(buffer)
-        os.replace(path + ".tmp", path)
+        write_atomically(path, [header, *buffers], 0o600)
         self._used = self.used_bytes() + size
         return None
 

@@ -47,16 +47,26 @@ from rh_core.app_host import REQUIREMENT as APP_REQUIREMENT
 from rh_core.app_host import AppHost
 from rh_core.call_gate import CallGate
 from rh_core.channel import Channel
-from rh_core.client import SECRET_FILE
+from rh_core.client import SECRET_FILE, join_frames
 from rh_core.envs import ClusterEnvironment, install
-from rh_core.errors import CallTimeoutError, ProtocolError, RhError, RunCancelledError, ServerStartError
+from rh_core.errors import (
+    CallTimeoutError,
+    ProtocolError,
+    RhError,
+    RunCancelledError,
+    ServerStartError,
+    UntrustedPathError,
+)
+from rh_core.files import open_private, private_directory, read_private, write_atomically
 from rh_core.heap import keep_freed_memory
 from rh_core.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.http_door import HttpDoor, http_available
+from rh_core.link import ENVELOPE_MAX_BYTES
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 from rh_core.processes import process_start_time
+from rh_core.ref import RUN_KEY
 from rh_core.secret_store import SecretStore
 
 STATE_FILE = "server.json"
@@ -64,6 +74,10 @@ RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
 SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
+
+
+ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
+HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove the secret
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.link)
@@ -162,9 +176,18 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
+        self._zap = self._open_zap_handler(context)
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A connection must prove the secret in its handshake before it can send a message, and no
+        # frame longer than ENVELOPE_MAX_BYTES is read, so a stranger on this port can make us read
+        # at most one such frame per connection, for at most HANDSHAKE_SECONDS. Clients send longer
+        # frames in pieces (rh_core.client.split_frames), joined in _on_router_message.
+        router.plain_server = True
+        router.zap_domain = ZAP_DOMAIN
+        router.setsockopt(zmq.MAXMSGSIZE, ENVELOPE_MAX_BYTES)
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
         # A reply to a client that is gone raises instead of vanishing: its result is kept by key.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self._bind_port:
@@ -199,6 +222,7 @@ class Server:
         if self.tls is not None:
             self._front_door.close()
         self._router.close()
+        self._zap.close()
         self._close_link_door()
         await self._apps.stop_all()
         await self._http.close()
@@ -208,13 +232,30 @@ class Server:
         self._remove_state()
         self._logs.close()
 
+    def _open_zap_handler(self, context: zmq.Context) -> Channel:
+        """Answer libzmq's authentication requests (ZAP, RFC 27) for the router's connections: a
+        connection is let in when its handshake's PLAIN password is the secret."""
+        zap = context.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind("inproc://zeromq.zap.01")
+
+        def authenticate(frames: list) -> None:
+            _, request_id, domain, _, _, mechanism, *credentials = (frame.bytes for frame in frames)
+            let_in = (domain == ZAP_DOMAIN and mechanism == b"PLAIN" and len(credentials) == 2
+                      and hmac.compare_digest(credentials[1], self._secret))
+            status = [b"200", b"OK"] if let_in else [b"400", b"not this cluster's secret"]
+            zap_channel.send([b"1.0", request_id, *status, b"", b""])
+
+        zap_channel = Channel(zap, authenticate)
+        return zap_channel
+
     async def _open_front_door(self) -> None:
         from rh_core import tls
 
         cert, key = self._tls_files or tls.self_signed(self.state_dir)
         host, port = self._expose
-        self._front_door = await tls.serve_front_door(host, port, cert, key, self.port, lambda: self._http.port)
-        bound = self._front_door.sockets[0].getsockname()[1]
+        self._front_door, bound = await tls.serve_front_door(host, port, cert, key, self.port, self._secret,
+                                                             lambda: self._http.port)
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
     def _watch_state_dir(self, first: os.stat_result) -> None:
@@ -258,12 +299,7 @@ class Server:
         }
 
     def _write_state(self) -> None:
-        path = os.path.join(self.state_dir, STATE_FILE)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump(self.info(), file)
-        os.replace(temporary, path)
+        write_atomically(os.path.join(self.state_dir, STATE_FILE), json.dumps(self.info()))
 
     def _remove_state(self) -> None:
         path = os.path.join(self.state_dir, STATE_FILE)
@@ -387,8 +423,16 @@ class Server:
         """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
         peer = RouterPeer(self._router, frames[0].bytes)
         request = self._check_request(peer, frames[1].buffer if len(frames) > 1 else b"")
-        if request is not None:
-            self._serve(peer, request, frames[2:])
+        if request is None:
+            return
+        frames = frames[2:]
+        if "pieces" in request:  # frames a client on another machine sent in pieces (see ENVELOPE_MAX_BYTES)
+            try:
+                frames = join_frames(frames, request["pieces"])
+            except ProtocolError as exc:
+                self._fail(peer, request["id"], exc)
+                return
+        self._serve(peer, request, frames)
 
     def _check_request(self, peer: Peer, envelope: Any) -> dict[str, Any] | None:
         """The request in ``envelope`` (JSON) when it is well formed and carries the secret; else
@@ -650,7 +694,7 @@ class Server:
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
         for it gets :class:`RunCancelledError`."""
-        key = request["key"]
+        key = check_run_key(request["key"])
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
             known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
@@ -676,7 +720,7 @@ class Server:
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
-        key = request["key"]
+        key = check_run_key(request["key"])
         path = self._run_log_path(key)
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
         if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
@@ -715,7 +759,7 @@ class Server:
                     os.unlink(entry.path)
 
     def _run_log_path(self, key: str) -> str:
-        return os.path.join(self.runs_dir, key.replace("/", "_") + ".log")
+        return os.path.join(self.runs_dir, check_run_key(key) + ".log")
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
@@ -807,7 +851,7 @@ class Server:
         self._reply(peer, request_id, "info", {"token": token})
 
     async def _op_get(self, peer, request_id, request, frames) -> None:
-        keys, timeout = request["keys"], request.get("timeout")
+        keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
@@ -816,7 +860,7 @@ class Server:
 
     async def _op_status(self, peer, request_id, request, frames) -> None:
         states = {}
-        for key in request["keys"]:
+        for key in map(check_run_key, request["keys"]):
             future = self._results.get(key)
             if future is None:
                 states[key] = "done" if self._spilled.has(key) else "unknown"
@@ -825,7 +869,7 @@ class Server:
         self._reply(peer, request_id, "info", {"states": states})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
-        for key in request["keys"]:
+        for key in map(check_run_key, request["keys"]):
             self._results.pop(key, None)
             self._saved_in_memory.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
@@ -905,16 +949,17 @@ def check_call_request(request: dict, frame_count: int) -> None:
     def wrong(field: str, expected: str) -> ProtocolError:
         return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
 
-    if not isinstance(request.get("key"), str) or not request["key"]:
-        raise wrong("key", "a non-empty string")
+    check_run_key(request.get("key"))
     if not isinstance(request.get("fn_id"), str):
         raise wrong("fn_id", "a string")
     if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
         raise wrong("n_fn", f"0 or 1 (and at most the {frame_count} frames sent)")
     if not isinstance(request.get("options", {}), dict):
         raise wrong("options", "an object")
-    if not isinstance(request.get("refs", []), list) or not all(isinstance(r, str) for r in request.get("refs", [])):
+    if not isinstance(request.get("refs", []), list):
         raise wrong("refs", "a list of run keys")
+    for ref in request.get("refs", []):
+        check_run_key(ref)
     if request.get("env") is not None and not isinstance(request["env"], str):
         raise wrong("env", "an environment name or null")
     secrets = request.get("secrets")
@@ -935,19 +980,26 @@ def check_call_request(request: dict, frame_count: int) -> None:
             raise wrong("chunks", "the frame counts of the map's chunks, adding up to the argument frames sent")
 
 
+def check_run_key(key: Any) -> str:
+    """``key`` when it is a run key (:data:`rh_core.ref.RUN_KEY`); else a ProtocolError naming it."""
+    if not isinstance(key, str) or not RUN_KEY.fullmatch(key):
+        raise ProtocolError(f"{str(key)[:80]!r} is not a run key: run keys are up to 128 letters, digits, '_', '.' "
+                            f"and '-' (as ref.key shows them)")
+    return key
+
+
 def load_or_create_secret(state_dir: str) -> str:
     """The server's secret, created owner-only on first start and kept across restarts, so clients
-    that have it keep working after a restart."""
+    that have it keep working after a restart. One that is not ours alone is refused
+    (:class:`UntrustedPathError`): whoever planted or read it could call us."""
     path = os.path.join(state_dir, SECRET_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:  # exclusively: of two servers starting at once, one makes it and the other reads it
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, secret=True)
     except FileExistsError:
-        os.chmod(path, 0o600)
-        with open(path) as f:
-            secret = f.read().strip()
-        if secret:
-            return secret
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        existing = (read_private(path, secret=True) or b"").decode().strip()
+        if existing:
+            return existing
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC, secret=True)  # empty: its maker died before writing
     secret = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
@@ -993,10 +1045,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-memory-mb", type=int, default=results.DEFAULT_MEMORY_MB,
                         help="memory for kept results that are on disk too; beyond it they are read from disk")
     args = parser.parse_args(argv)
-    os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+    try:  # before anything goes into it: the secret, logs, results
+        args.state_dir = private_directory(args.state_dir)  # absolute
+    except UntrustedPathError as exc:
+        sys.exit(f"rh server: {exc}")
     # Its own directory, not the starter's: a server outlives the shell that started it, and a
     # working directory deleted meanwhile would fail every pip or git run it makes.
-    args.state_dir = os.path.abspath(args.state_dir)
     os.chdir(args.state_dir)
     keep_freed_memory()
     # Each thread of each local client holds a connection, so allow as many as the system lets us.
@@ -1016,7 +1070,10 @@ def main(argv: list[str] | None = None) -> None:
     server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
                     results_days=args.results_days, results_memory_mb=args.results_memory_mb,
                     expose=expose, tls_files=tls_files)
-    uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
+    try:
+        uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
+    except UntrustedPathError as exc:  # a state file someone else planted: say so, without a traceback
+        sys.exit(f"rh server: {exc}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,17 @@ adds a TLS listener that forwards each connection to that loopback port; its cer
 user's (``--tls-cert``/``--tls-key``) or a self-signed one made on first start in
 ``<state dir>/tls/``. Clients connect through :class:`PinnedTunnel`, a local port whose connections
 go out over TLS and are dropped unless the server's certificate has the pinned SHA-256
-fingerprint; every request still carries the cluster's secret.
+fingerprint.
+
+Before anything is forwarded, each connection proves that it holds the cluster's secret: the door
+sends a fresh random challenge and reads exactly the 32-byte answer (an HMAC of the challenge under
+the secret), so a stranger can make it read no more than that, and an answer captured from one
+connection is worthless on the next. Connections that have not proven it within
+:data:`PRE_AUTH_SECONDS` are closed, and at most :data:`MAX_PENDING` of them are held: a new one
+replaces the oldest. (TLS itself already keeps a recorded connection from being replayed: every
+connection has fresh keys.) Past the door, ZeroMQ asks for the secret again (see rh_core.server). An admitted connection
+that speaks HTTP rather than ZeroMQ goes to the server's HTTP door instead (endpoints and ASGI
+apps, which check their own bearer token): clients reach it through their :class:`PinnedTunnel`.
 """
 
 from __future__ import annotations
@@ -13,15 +23,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import os
+import secrets
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 
-from rh_core.errors import RhError
+from rh_core.errors import AuthenticationError, RhError
+from rh_core.files import check_private_path, write_atomically
 
 CHUNK = 256 * 1024
+#: How long a connection to the front door has to finish TLS and prove the secret.
+PRE_AUTH_SECONDS = 10
+#: Connections the front door holds at once, and of those how many may still be proving the secret.
+MAX_CONNECTIONS, MAX_PENDING = 256, 16
+#: What the door sends first, before its challenge: the version of this exchange.
+GREETING = b"rh-tls-1"
+NONCE_BYTES = PROOF_BYTES = 32
+ADMITTED = b"\x01"
+
+
+def proof_of_secret(secret: bytes, nonce: bytes) -> bytes:
+    """The answer to the door's challenge ``nonce``: it shows the secret without revealing it, and
+    answers that one challenge only."""
+    return hmac.new(secret, GREETING + nonce, hashlib.sha256).digest()
 
 
 def fingerprint_of(der: bytes) -> str:
@@ -38,6 +66,8 @@ def self_signed(state_dir: str) -> tuple[str, str]:
     directory = os.path.join(state_dir, "tls")
     cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     if os.path.exists(cert_path) and os.path.exists(key_path):
+        check_private_path(cert_path)  # a key someone else made would let them pose as this server
+        check_private_path(key_path, secret=True)
         return cert_path, key_path
     import datetime
 
@@ -53,13 +83,18 @@ def self_signed(state_dir: str) -> tuple[str, str]:
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    for path, data in ((key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption())),
-                       (cert_path, cert.public_bytes(serialization.Encoding.PEM))):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    write_atomically(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()), 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
     return cert_path, key_path
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a blocking socket, or fewer when it closes first."""
+    data = b""
+    while len(data) < size and (chunk := sock.recv(size - len(data))):
+        data += chunk
+    return data
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,42 +113,122 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 ZMTP_SIGNATURE_START = b"\xff"
 
 
+class FrontDoor:
+    """Accepts TLS on ``host:port`` and forwards each connection that proves the secret to
+    ``127.0.0.1:target_port`` (see the module docstring for what it reads before that), or, when
+    what the admitted client sends first is HTTP rather than a ZeroMQ greeting, to the server's
+    HTTP door (``http_port()``; None while nothing is served): one port for both."""
+
+    def __init__(self, context: ssl.SSLContext, secret: bytes, target_port: int,
+                 http_port: Callable[[], int | None] = lambda: None):
+        self._context, self._secret, self._target_port = context, secret, target_port
+        self._http_port = http_port
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[asyncio.Task, None] = {}  # in arrival order: the oldest is replaced first
+        self._admitted: set[asyncio.Task] = set()
+        self._listener: socket.socket | None = None
+
+    def open(self, host: str, port: int) -> int:
+        """Listen; returns the port (the one chosen when ``port`` is 0)."""
+        self._listener = socket.create_server((host, port), backlog=128)
+        self._listener.setblocking(False)
+        self._loop.add_reader(self._listener.fileno(), self._accept)
+        return self._listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of descriptors: wait a moment rather than spin
+                sys.stderr.write(f"rh server: the TLS port cannot accept a connection ({exc}); trying again in 1 s\n")
+                self._loop.remove_reader(self._listener.fileno())
+                self._loop.call_later(1.0, self._loop.add_reader, self._listener.fileno(), self._accept)
+                return
+            if len(self._pending) >= MAX_PENDING:  # the oldest still unproven makes room
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]
+                oldest.cancel()
+            if len(self._pending) + len(self._admitted) >= MAX_CONNECTIONS:
+                connection.close()
+                continue
+            connection.setblocking(False)
+            task = self._loop.create_task(self._serve(connection))
+            self._pending[task] = None
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._pending.pop(task, None)
+        self._admitted.discard(task)
+
+    async def _serve(self, connection: socket.socket) -> None:
+        task = asyncio.current_task()
+        writer = target = None
+        try:
+            async with asyncio.timeout(PRE_AUTH_SECONDS):
+                reader = asyncio.StreamReader()
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await self._loop.connect_accepted_socket(
+                    lambda: protocol, connection, ssl=self._context, ssl_handshake_timeout=PRE_AUTH_SECONDS)
+                writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
+                nonce = secrets.token_bytes(NONCE_BYTES)
+                writer.write(GREETING + nonce)
+                proof = await reader.readexactly(PROOF_BYTES)  # all that is read before the secret is proven
+                if not hmac.compare_digest(proof, proof_of_secret(self._secret, nonce)):
+                    return
+            writer.write(ADMITTED)
+            if task in self._pending:  # (else it was replaced meanwhile, and is being cancelled)
+                del self._pending[task]
+                self._admitted.add(task)
+            first = await reader.read(1)  # both protocols' clients speak first
+            port = self._target_port if first == ZMTP_SIGNATURE_START else self._http_port()
+            if not first or port is None:
+                return
+            target_reader, target = await asyncio.open_connection("127.0.0.1", port)
+            target.write(first)
+            await asyncio.gather(_pump(reader, target), _pump(target_reader, writer))
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            # abort, not close: a TLS close waits for the peer's goodbye, reading (and dropping)
+            # whatever else it sends meanwhile
+            for end in (writer, target):
+                if end is not None:
+                    end.transport.abort()
+            if writer is None:
+                connection.close()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+        for task in [*self._pending, *self._admitted]:
+            task.cancel()
+
+
 async def serve_front_door(host: str, port: int, cert_path: str, key_path: str, target_port: int,
-                           http_port: Callable[[], int | None] = lambda: None) -> asyncio.Server:
-    """Accept TLS on ``host:port`` and forward each connection to ``127.0.0.1:target_port``, or,
-    when what the client sends first is not a ZeroMQ greeting but HTTP, to the server's HTTP door
-    (``http_port()``, None while no endpoint is served): one port, one certificate for both."""
+                           secret: bytes, http_port: Callable[[], int | None] = lambda: None
+                           ) -> tuple[FrontDoor, int]:
+    """Accept TLS on ``host:port`` and forward each connection that proves ``secret`` to
+    ``127.0.0.1:target_port``, or its HTTP to ``http_port()`` (see :class:`FrontDoor`); returns the
+    door and the port it listens on."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
-
-    async def forward(tls_reader: asyncio.StreamReader, tls_writer: asyncio.StreamWriter) -> None:
-        try:
-            first = await tls_reader.read(1)  # both protocols' clients speak first
-        except (ConnectionError, OSError, ssl.SSLError):
-            first = b""
-        target = target_port if first == ZMTP_SIGNATURE_START else http_port()
-        if not first or target is None:
-            tls_writer.close()
-            return
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", target)
-        except OSError:
-            tls_writer.close()
-            return
-        writer.write(first)
-        await asyncio.gather(_pump(tls_reader, writer), _pump(reader, tls_writer))
-
-    return await asyncio.start_server(forward, host, port, ssl=context)
+    door = FrontDoor(context, secret, target_port, http_port)
+    return door, door.open(host, port)
 
 
 class PinnedTunnel:
     """``127.0.0.1:local_port`` here, reaching ``host:port`` over TLS whose certificate must have
-    ``fingerprint`` (``sha256:...``, as ``rh server status`` on the cluster prints it)."""
+    ``fingerprint`` (``sha256:...``, as ``rh server status`` on the cluster prints it); each
+    connection proves ``secret`` to the front door before anything else goes through."""
 
-    def __init__(self, host: str, port: int, fingerprint: str, connect_timeout: float = 10.0):
+    def __init__(self, host: str, port: int, fingerprint: str, secret: str, connect_timeout: float = 10.0):
         self.host, self.port = host, port
         self.fingerprint = fingerprint.lower()
+        self._secret = secret.encode()
         self.connect_timeout = connect_timeout
         self.last_error: str | None = None
         self._loop = asyncio.new_event_loop()
@@ -125,12 +240,17 @@ class PinnedTunnel:
             raise RhError(f"could not open a local port for the TLS tunnel to {host}:{port}: {self.last_error}")
 
     def check(self) -> None:
-        """Connect once and verify the pinned certificate, raising an error that names the problem."""
+        """Connect once, verify the pinned certificate and prove the secret, raising an error that
+        names the problem."""
         context = self._client_context()
         try:
             with socket.create_connection((self.host, self.port), timeout=self.connect_timeout) as raw, \
                     context.wrap_socket(raw, server_hostname=self.host) as tls:
                 seen = fingerprint_of(tls.getpeercert(binary_form=True))
+                if seen == self.fingerprint:
+                    challenge = _read_exactly(tls, len(GREETING) + NONCE_BYTES)[len(GREETING):]
+                    tls.sendall(proof_of_secret(self._secret, challenge))
+                    admitted = _read_exactly(tls, len(ADMITTED)) == ADMITTED
         except (OSError, ssl.SSLError) as exc:
             raise RhError(f"cannot reach the cluster's TLS port {self.host}:{self.port}: {exc}; check the address and "
                           "that the server was started with --expose") from None
@@ -138,6 +258,9 @@ class PinnedTunnel:
             raise RhError(f"the server at {self.host}:{self.port} presented a certificate with fingerprint {seen}, "
                           f"not the pinned {self.fingerprint}: refusing to talk to it. If the cluster's certificate "
                           "was replaced on purpose, pin the new fingerprint (rh server status --json on the cluster)")
+        if not admitted:
+            raise AuthenticationError(f"the TLS port {self.host}:{self.port} refused this client's secret; it is the "
+                                      "contents of <state dir>/secret on the cluster")
 
     def _client_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -175,6 +298,17 @@ class PinnedTunnel:
         seen = fingerprint_of(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
         if seen != self.fingerprint:
             self.last_error = f"certificate fingerprint {seen} is not the pinned {self.fingerprint}"
+            writer.close()
+            local_writer.close()
+            return
+        try:
+            greeting = await asyncio.wait_for(reader.readexactly(len(GREETING) + NONCE_BYTES), self.connect_timeout)
+            writer.write(proof_of_secret(self._secret, greeting[len(GREETING):]))
+            admitted = await asyncio.wait_for(reader.readexactly(len(ADMITTED)), self.connect_timeout) == ADMITTED
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
+            admitted = False
+        if not admitted:
+            self.last_error = "the TLS port refused this client's secret"
             writer.close()
             local_writer.close()
             return
@@ -222,7 +356,7 @@ def _tls_cluster_class():
             if not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} must be HOST:PORT, the server's --expose address")
             if self._tunnel is None:
-                tunnel = PinnedTunnel(host, int(port), self.tls_fingerprint)
+                tunnel = PinnedTunnel(host, int(port), self.tls_fingerprint, self.secret)
                 tunnel.check()
                 self._tunnel = tunnel
             return f"tcp://127.0.0.1:{self._tunnel.local_port}", {"secret": self.secret}
@@ -243,12 +377,6 @@ def _tls_cluster_class():
 
         def sync_directory(self, local_path: str) -> None:
             return None  # no file transfer: functions travel by value
-
-        def http_address(self, port: int) -> str:
-            # The front door takes HTTP too (what the client says first tells it apart), so the
-            # pinned tunnel to it reaches the HTTP endpoints as well.
-            self.connection()
-            return f"http://127.0.0.1:{self._tunnel.local_port}"
 
         def config(self) -> dict:
             return {"kind": "tls", "name": self.name, "address": self.address,

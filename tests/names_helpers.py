@@ -148,19 +148,57 @@ def forget_project(project: Project) -> None:
             sys.path.remove(folder)
 
 
-def byo_creds(sshd: SSHServer, tmp_path: Path, **extra) -> dict:
-    return {"ssh_user": sshd.user, "ssh_private_key": str(sshd.client_key), "ssh_port": sshd.port,
-            "known_hosts": str(tmp_path / "known_hosts"), "trust_new_host": True, **extra}
+@pytest.fixture
+def ssh_home(tmp_path, monkeypatch, sshd) -> Path:
+    """A home for this test's user ($HOME) whose ~/.ssh holds the test key and already knows the
+    loopback sshd's host key, as a user's home does after their first ``ssh`` there: saved BYO
+    clusters name these files as ``~/.ssh/...``, each loader's own."""
+    import shutil
 
-
-def byo_cluster(sshd: SSHServer, tmp_path: Path, name: str = "byo-test", **extra_creds):
-    """A BYO cluster on the loopback sshd whose remote state lives in ``tmp_path``."""
     import rh_core as rh
 
-    cluster = rh.cluster(name=name, ips=[sshd.host], ssh_creds=byo_creds(sshd, tmp_path, **extra_creds),
+    home = tmp_path / "user-home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(sshd.client_key, home / ".ssh" / "id_ed25519")
+    os.chmod(home / ".ssh" / "id_ed25519", 0o600)
+    monkeypatch.setenv("HOME", str(home))
+    first_contact = rh.cluster(name="first-contact", ips=[sshd.host],
+                               ssh_creds={**byo_creds(sshd), "trust_new_host": True})
+    try:
+        first_contact.transport.run(["true"])
+    finally:
+        first_contact.transport.close()
+    return home
+
+
+def byo_creds(sshd: SSHServer, **extra) -> dict:
+    """Credentials for the loopback sshd from the user's own ~/.ssh (see :func:`ssh_home`)."""
+    return {"ssh_user": sshd.user, "ssh_private_key": "~/.ssh/id_ed25519", "ssh_port": sshd.port,
+            "known_hosts": "~/.ssh/known_hosts", **extra}
+
+
+def byo_cluster(sshd: SSHServer, tmp_path: Path, name: str = "byo-test", remote_dir: str | None = None,
+                **extra_creds):
+    """A BYO cluster on the loopback sshd whose remote state lives in ``tmp_path`` (or
+    ``remote_dir``); its tests use the :func:`ssh_home` fixture."""
+    import rh_core as rh
+
+    cluster = rh.cluster(name=name, ips=[sshd.host], ssh_creds=byo_creds(sshd, **extra_creds),
                          executor_options={"num_workers": 1})
-    cluster.remote_dir = str(tmp_path / "remote-rh")
+    cluster.remote_dir = remote_dir or str(tmp_path / "remote-rh")
     return cluster
+
+
+@pytest.fixture
+def remote_home_dir() -> Iterator[str]:
+    """A ``remote_dir`` a shared record may hold (``~/...``: each loader's own) for the loopback
+    sshd, whose sessions' home is this user's real one: a fresh folder there, removed afterwards."""
+    import pwd
+    import shutil
+
+    name = f".rh-test-{uuid.uuid4().hex[:8]}"
+    yield f"~/{name}"
+    shutil.rmtree(os.path.join(pwd.getpwuid(os.getuid()).pw_dir, name), ignore_errors=True)
 
 
 BUILTINS_PLUGIN = '''

@@ -5,18 +5,19 @@ request is unpickled."""
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  imported here: the forked other user cannot read this interpreter's packages
 import json
 import os
 import pickle
 import stat
+import time
 
 import pytest
-import zmq  # imported here: the forked other user cannot read this interpreter's packages
+import zmq
+import zmq.utils.monitor  # noqa: F401
 
 import rh_core as rh
 from rh_core.testing import functions as fns
-
-NOBODY = 65534
 
 
 class WouldRunCode:
@@ -29,36 +30,17 @@ class WouldRunCode:
         return (open, (self.marker, "w"))
 
 
-def as_other_user(action) -> dict:
-    """Run ``action()`` in a forked child that has become the user ``nobody``; its JSON result."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to another local user needs root")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the other user
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            result = action()
-        except BaseException as exc:  # reported to the parent, which fails the test with it
-            result = {"crashed": repr(exc)}
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
-
-
 def forged_requests(port: int, marker: str, finished_key: str) -> dict:
-    """What another user can try against the server's TCP port without the secret."""
+    """What another user can try against the server's TCP port without the secret: a ZeroMQ
+    client guessing it. Returns the replies (None: no reply) and the handshake events seen."""
+    from zmq.utils.monitor import recv_monitor_message
+
     context = zmq.Context()  # a new one: the parent's does not survive fork
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDTIMEO, 1000)  # once its handshake is refused there is nowhere to send to
+    socket.plain_username, socket.plain_password = b"rh", b"guess"
+    monitor = socket.get_monitor_socket()
     socket.connect(f"tcp://127.0.0.1:{port}")
     payload = pickle.dumps(WouldRunCode(marker))
     attempts = {
@@ -71,24 +53,30 @@ def forged_requests(port: int, marker: str, finished_key: str) -> dict:
     }
     replies = {}
     for name, (envelope, frames) in attempts.items():
-        socket.send_multipart([json.dumps(envelope).encode(), *frames])
-        if not socket.poll(5000):
+        try:
+            socket.send_multipart([json.dumps(envelope).encode(), *frames])
+        except zmq.Again:
             replies[name] = None
             continue
-        replies[name] = json.loads(socket.recv_multipart()[0])
+        replies[name] = json.loads(socket.recv_multipart()[0]) if socket.poll(2000) else None
+    events = set()  # the client retries its handshake every 0.1 s: one second of events is plenty
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline and monitor.poll(100):
+        events.add(recv_monitor_message(monitor)["event"])
+    socket.disable_monitor()
+    monitor.close(linger=0)
     context.destroy(linger=0)
-    return replies
+    return {"replies": replies, "auth_failed": zmq.EVENT_HANDSHAKE_FAILED_AUTH in events}
 
 
-def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
+def test_another_local_user_cannot_call_list_or_read(running_cluster, other_user):
     state_dir = running_cluster.state_dir
     secret_file = os.path.join(state_dir, "secret")
     assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
     finished = rh.function(fns.add).to(running_cluster).remote(1, 2)
     assert rh.get(finished) == 3
-    marker = str(tmp_path / "unpickled")
-    os.chmod(tmp_path, 0o777)  # the other user could create the marker, were the payload ever unpickled
+    marker = str(other_user.home / "unpickled")  # the other user could create it, were the payload ever unpickled
     state = running_cluster.read_state()
     port, link = state["port"], state["link"]
 
@@ -106,19 +94,94 @@ def test_another_local_user_cannot_call_list_or_read(running_cluster, tmp_path):
         except PermissionError:
             reached_link = False
         return {"read_secret": read_secret, "reached_link": reached_link,
-                "replies": forged_requests(port, marker, finished.key)}
+                "zeromq": forged_requests(port, marker, finished.key)}
 
-    result = as_other_user(attack)
+    result = other_user.fork(attack)
     assert "crashed" not in result, result
     assert result["read_secret"] is False
     assert result["reached_link"] is False  # the link socket lives in the owner-only state directory
-    for name, reply in result["replies"].items():
-        assert reply is not None, f"{name}: no reply"
-        assert reply["kind"] == "fail" and reply["type"] == "AuthenticationError", (name, reply)
-        assert "does not carry this cluster's secret" in reply["message"]
+    # Through ZeroMQ the connection itself is refused (its handshake must carry the secret), so
+    # nothing of these requests reaches the server: no reply at all.
+    assert result["zeromq"]["replies"] == dict.fromkeys(["call", "runs", "get", "logs", "shutdown"]), result
+    assert result["zeromq"]["auth_failed"], result
     assert not os.path.exists(marker)
     # The server is unharmed and still serves its own user, result included.
     assert rh.get(finished) == 3 and rh.function(fns.add).to(running_cluster)(2, 2) == 4
+
+
+def peak_rss(pid: int) -> int:
+    """The most memory ``pid`` has held since it started (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def zmtp_flood(port: int, mechanism: bytes, frame_bytes: int, frames: int) -> int:
+    """A raw ZeroMQ peer (ZMTP 3.0, written by hand as an attacker would): greet with ``mechanism``,
+    then announce ``frames`` frames of ``frame_bytes`` each and send their bytes, as fast as the
+    server takes them. Returns how many bytes it managed to send before the server hung up."""
+    import socket
+    import struct
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sent = 0
+    try:
+        sock.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0") + b"\0" * 32)
+        sock.recv(64)  # the server's greeting
+        if mechanism == b"NULL":  # READY, then the messages
+            ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack("!I", 6) + b"DEALER"
+            sock.sendall(b"\x04" + bytes([len(ready)]) + ready)
+            envelope = json.dumps({"id": "x", "op": "ping", "auth": "guess"}).encode()
+            sock.sendall(b"\x01" + bytes([len(envelope)]) + envelope)  # more frames follow
+            header = lambda last: (b"\x02" if last else b"\x03") + struct.pack("!Q", frame_bytes)  # noqa: E731
+        else:  # PLAIN: a HELLO command announced as huge
+            header = lambda last: b"\x06" + struct.pack("!Q", frame_bytes)  # noqa: E731
+        chunk = b"\0" * 2**20
+        for index in range(frames):
+            sock.sendall(header(index == frames - 1))
+            for _ in range(frame_bytes // len(chunk)):
+                sock.sendall(chunk)
+                sent += len(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):  # whatever the server answers, until it hangs up
+            pass
+    except OSError:  # the server hung up
+        pass
+    finally:
+        sock.close()
+    return sent
+
+
+@pytest.mark.parametrize("attack", ["zeromq-client", "zeromq-client-guessing", "raw-null", "raw-plain"])
+def test_large_messages_from_another_user_are_refused_before_they_are_read(running_cluster, other_user, attack):
+    state = running_cluster.read_state()
+    pid, port = state["pid"], state["port"]
+    frame_bytes, frames = 128 * 2**20, 4
+    before = peak_rss(pid)
+
+    def flood():
+        if attack.startswith("raw"):
+            return {"sent": zmtp_flood(port, b"NULL" if attack == "raw-null" else b"PLAIN", frame_bytes, frames)}
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        if attack == "zeromq-client-guessing":
+            socket.plain_username, socket.plain_password = b"rh", b"guess"
+        socket.connect(f"tcp://127.0.0.1:{port}")
+        envelope = json.dumps({"id": "x", "op": "ping", "auth": "guess"}).encode()
+        payload = bytes(frame_bytes)
+        for _ in range(frames):
+            socket.send_multipart([envelope, payload], copy=False)
+        time.sleep(3)  # as long as the server wants to read
+        context.destroy(linger=0)
+        return {"sent": None}
+
+    result = other_user.fork(flood)
+    assert "crashed" not in result, result
+    time.sleep(0.5)
+    grew = peak_rss(pid) - before
+    assert grew < 32 * 2**20, f"the server's memory grew by {grew / 2**20:.0f} MiB reading another user's messages"
+    if result["sent"] is not None:  # the raw peer was cut off long before it had sent its 512 MiB
+        assert result["sent"] < 64 * 2**20, result
+    assert rh.function(fns.add).to(running_cluster)(2, 2) == 4
 
 
 @pytest.mark.parametrize("way_in", ["zeromq", "link"])
@@ -128,7 +191,9 @@ def test_a_client_with_a_wrong_secret_gets_an_authentication_error(running_clust
     state = running_cluster.read_state()
     address = state["local_endpoint"] if way_in == "zeromq" else LINK_SCHEME + state["link"]
     wrong = Connection(address, lambda: None, secret="not-the-secret")
-    with pytest.raises(rh.AuthenticationError, match="does not carry this cluster's secret"):
+    # ZeroMQ refuses the connection itself; the link refuses each request.
+    refused = "refused this client's secret when it connected" if way_in == "zeromq" else "does not carry this cluster's secret"
+    with pytest.raises(rh.AuthenticationError, match=refused):
         wrong.request("ping", {}, timeout=10)
     wrong.close()
 

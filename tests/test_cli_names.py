@@ -176,9 +176,10 @@ def test_a_failing_shared_store_exits_4_naming_it(home, tmp_path):
 
 
 @pytest.mark.slow
-def test_byo_cluster_from_the_shared_store_end_to_end(home, tmp_path, sshd, dir_store, code_dir):
+def test_byo_cluster_from_the_shared_store_end_to_end(home, tmp_path, sshd, ssh_home, remote_home_dir, dir_store,
+                                                     code_dir):
     write_config(dir_store)
-    byo_cluster(sshd, tmp_path, name="loopback").save("@/machines/loopback")
+    byo_cluster(sshd, tmp_path, name="loopback", remote_dir=remote_home_dir).save("@/machines/loopback")
     try:
         before = run_rh("status", "@/machines/loopback", "--json")
         info = json.loads(before.stdout)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -105,6 +107,38 @@ def test_a_corrupt_file_is_reported_with_its_path_and_left_untouched(home, text,
     with pytest.raises(ConfigError):  # not silently replaced by a write either
         config.set_value("log_level", "INFO")
     assert path.read_text() == text
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML that unfold into 10**9 mappings when anything walks them."""
+    lines = ["a0: &a0 {x: 1}"]
+    for level in range(1, levels + 1):
+        lines.append(f"a{level}: &a{level} {{{', '.join(f'k{i}: *a{level - 1}' for i in range(10))}}}")
+    return "\n".join(lines) + "\n"
+
+
+def run_rh_briefly(*args: str) -> subprocess.CompletedProcess:
+    """``rh ARGS``, failing the test if it is still busy after 30 s."""
+    started = time.monotonic()
+    try:
+        done = run_rh(*args, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`rh {' '.join(args)}` was still busy after 30 s")
+    assert time.monotonic() - started < 10, f"`rh {' '.join(args)}` took {time.monotonic() - started:.0f} s"
+    return done
+
+
+@pytest.mark.parametrize("text, message", [
+    (alias_bomb(), "uses YAML aliases"),
+    ("log_level: INFO\n" + "# padding\n" * 200_000, "is 2000016 bytes, more than the 1048576"),
+    ("x: " + "[" * 100 + "]" * 100 + "\n", "nests deeper than 64 levels"),
+], ids=["alias-bomb", "oversized", "deep"])
+def test_an_alias_bomb_or_oversized_file_is_refused_quickly(home, text, message):
+    home.mkdir()
+    (home / "config.yaml").write_text(text)
+    done = run_rh_briefly("config", "set", "log_level", "INFO")
+    assert done.returncode == 4 and message in done.stderr, done.stderr
+    assert (home / "config.yaml").read_text() == text  # left untouched
 
 
 def test_a_file_of_a_newer_format_is_refused_naming_the_version(home):

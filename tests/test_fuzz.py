@@ -53,8 +53,11 @@ def raw_socket(request, running_cluster):
     else:
         import zmq
 
+        from rh_core.client import authenticate_zmq
+
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        authenticate_zmq(socket, read_secret(running_cluster.state_dir))  # the connection proves it; requests may not
         socket.connect(f"tcp://127.0.0.1:{running_cluster.read_state()['port']}")
     yield socket
     socket.close(linger=0)

@@ -53,6 +53,19 @@ def test_malformed_names_are_refused_with_an_example(text):
         names.parse_name(text)
 
 
+@pytest.mark.parametrize("name", ["~/" + "a" * 201, "@/" + "/".join(["team"] * 120), "~/nul\0byte", "~/new\nline",
+                                  "~/a/../b", "~/slash\\x"])
+@pytest.mark.parametrize("use", ["save", "exists", "load", "delete", "function"])
+def test_a_long_or_odd_name_gets_the_projects_own_error_everywhere(home, dir_store, name, use):
+    act = {"save": lambda: rh.LocalCluster(name="x").save(name, store=dir_store),
+           "exists": lambda: rh.exists(name, store=dir_store),
+           "load": lambda: rh.cluster(name=name, store=dir_store, dryrun=True),
+           "delete": lambda: rh.delete(name, store=dir_store),
+           "function": lambda: rh.function(json.dumps).save(name, store=dir_store)}[use]
+    with pytest.raises(rh.InvalidNameError, match="too long|not a valid resource name"):
+        act()
+
+
 def test_folders_may_be_empty_or_end_with_a_slash():
     assert names.parse_name("@/", folder=True).path == ""
     assert names.parse_name("~/team/", folder=True).path == "team"
@@ -107,10 +120,12 @@ def test_local_cluster_round_trip_through_the_shared_store(home, tmp_path, reque
     store = request.getfixturevalue(f"{store_kind}_store")
     write_config(store)  # bucket and prefix (or path) come from the config file
     cluster = local_cluster(tmp_path, "shared-loc")
-    cluster.save("@/clusters/shared-loc")
+    with pytest.warns(UserWarning, match="saved without state_dir"):  # a path of this user's: each loader has their own
+        cluster.save("@/clusters/shared-loc")
     assert not (home / "names" / "clusters").exists()  # the shared store, not the local one
     loaded = rh.cluster(name="@/clusters/shared-loc", dryrun=True)
-    assert loaded.config() == cluster.config() and loaded.saved_name == "@/clusters/shared-loc"
+    assert loaded.config() == {**cluster.config(), "state_dir": str(home / "local")}
+    assert loaded.saved_name == "@/clusters/shared-loc"
     assert rh.ls("@/") == ["@/clusters/"] and rh.ls("@/clusters") == ["@/clusters/shared-loc"]
 
 
@@ -134,10 +149,10 @@ def test_the_shared_store_can_be_given_per_call(home, dir_store):
 
 
 @pytest.mark.parametrize("target", ["~/byo", "@/s3/byo", "@/dir/byo"])
-def test_byo_cluster_round_trip(home, tmp_path, sshd, request, target):
+def test_byo_cluster_round_trip(home, tmp_path, sshd, ssh_home, remote_home_dir, request, target):
     if target.startswith("@/"):
         write_config(request.getfixturevalue(f"{target.split('/')[1]}_store"))
-    cluster = byo_cluster(sshd, tmp_path)
+    cluster = byo_cluster(sshd, tmp_path, remote_dir=remote_home_dir)
     cluster.save(target)
     loaded = rh.cluster(name=target, dryrun=True)
     assert isinstance(loaded, rh.RemoteCluster) and loaded.config() == cluster.config()
@@ -149,13 +164,13 @@ def test_byo_cluster_round_trip(home, tmp_path, sshd, request, target):
     assert f"rh up {target}" in status.explanation
 
 
-def test_credentials_never_enter_a_saved_cluster(home, tmp_path, sshd):
+def test_credentials_never_enter_a_saved_cluster(home, tmp_path, sshd, ssh_home):
     cluster = byo_cluster(sshd, tmp_path, password="hunter2", passphrase="open sesame")
     with pytest.warns(UserWarning, match="saved without spec.ssh_creds.password, spec.ssh_creds.passphrase"):
         cluster.save("~/with-password")
     text = (home / "names" / "with-password.yaml").read_text()
     assert "hunter2" not in text and "open sesame" not in text
-    assert str(sshd.client_key) in text  # a key's path is fine
+    assert "~/.ssh/id_ed25519" in text  # a key's path is fine
     assert names.describe("~/with-password")["not_saved"] == ["spec.ssh_creds.password", "spec.ssh_creds.passphrase"]
 
     key_contents = sshd.client_key.read_text()
@@ -204,15 +219,22 @@ def test_function_round_trip_through_the_shared_store(home, code_dir, process_cl
     write_config(shared_store)
     embed = code_dir.embed
     process_cluster.save("~/proc")
-    rh.function(embed).to(process_cluster).save("@/team/embed")
+    with pytest.warns(UserWarning, match="saved without state_dir"):
+        rh.function(embed).to(process_cluster).save("@/team/embed")
     record = names.describe("@/team/embed")
-    # A local name means nothing to other users: the shared record holds the cluster inline.
+    # A local name means nothing to other users: the shared record holds the cluster inline,
+    # without this user's state folder: whoever loads it uses their own local cluster.
     assert record["cluster"]["config"]["kind"] == "local" and "name" not in record["cluster"]
+    assert "state_dir" not in record["cluster"]["config"]
     assert rh.ls("@/team") == ["@/team/embed"]  # the code archive is not listed
 
     forget_project(code_dir)
     loaded = rh.function(name="@/team/embed")
-    assert loaded(["xyz"]) == [3]
+    try:
+        assert loaded.system.state_dir == str(home / "local")
+        assert loaded(["xyz"]) == [3]
+    finally:
+        loaded.system.stop_server()
     assert rh.function(name="@/team/embed", dryrun=True).system is None
 
 

@@ -169,3 +169,28 @@ def test_rh_notebook_serves_jupyterlab_until_interrupted():
         for _ in range(50):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("name", ["team/embed", "nul\0byte", "x" * 300, "../../escape"])
+def test_runs_of_functions_with_odd_names_are_found_by_logs_and_cancel(process_cluster, name):
+    f = rh.function(fns.chatty, name=name).to(process_cluster)
+    ref = f.remote(600, 0.05)
+    try:
+        wait_until_running(process_cluster, ref.key)
+        time.sleep(0.3)
+        assert process_cluster.logs(ref.key).startswith("line 0\n")
+    finally:
+        process_cluster.cancel(ref.key)
+    with pytest.raises(rh.RunCancelledError):
+        rh.get(ref, timeout=10)
+    assert ref.key not in process_cluster.runs()["running"]
+    assert "/" not in ref.key and "\0" not in ref.key and len(ref.key) <= 81
+
+
+@pytest.mark.parametrize("key", ["a/b", "nul\0byte", "x" * 5000, "../../../etc/passwd", ""])
+def test_odd_run_keys_get_the_projects_own_error(process_cluster, key):
+    for ask in (lambda: process_cluster.logs(key), lambda: process_cluster.cancel(key),
+                lambda: process_cluster.get(key, timeout=1)):
+        with pytest.raises(rh.ProtocolError, match="not a run key|no run|not running|no result"):
+            ask()
+    assert rh.function(fns.add).to(process_cluster)(1, 1) == 2

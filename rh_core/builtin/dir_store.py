@@ -3,9 +3,11 @@ shared filesystem for ``@/``)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from rh_core import hookimpl
+from rh_core.files import write_atomically
 from rh_core.names import StoreError
 
 
@@ -15,7 +17,8 @@ def rh_register_stores(register):
 
 
 class DirectoryStore:
-    """Keys are relative paths under ``path``; writes are atomic (a temporary file renamed over).
+    """Keys are relative paths under ``path``; writes are atomic (a temporary file with an
+    unpredictable name renamed over), and no link inside ``path`` is followed.
 
     ``private=True`` (the local store) keeps everything owner-only (files 0600, folders 0700) and
     creates ``path`` when missing. A shared store is readable by the directory's group (files
@@ -45,43 +48,88 @@ class DirectoryStore:
             os.makedirs(self.path, mode=self._folder_mode, exist_ok=True)
         return self.path
 
-    def read(self, key: str) -> bytes | None:
+    def _parts(self, key: str) -> list[str]:
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise StoreError(f"{key!r} is not a key of {self.describe()}: keys are relative paths without '.' or '..'")
+        return parts
+
+    def _open_folder(self, parts: list[str], *, create: bool) -> int:
+        """A descriptor of the folder ``parts`` below the root, walked one part at a time without
+        following links: in a shared folder anyone with write access could plant a link to a folder
+        of yours, and a write or delete would then land there."""
+        folder = os.open(self._root(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with open(os.path.join(self._root(), key), "rb") as file:
-                return file.read()
+            for part in parts:
+                made = False
+                if create:
+                    try:
+                        os.mkdir(part, self._folder_mode, dir_fd=folder)
+                        made = True
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise self._planted(part) from None
+                    raise
+                if made:
+                    os.fchmod(child, self._folder_mode)  # mkdir's mode is filtered by the umask
+                os.close(folder)
+                folder = child
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder
+
+    def _planted(self, part: str) -> StoreError:
+        return StoreError(f"{part!r} in {self.path} is a symbolic link or not a folder: rh does not follow links in a "
+                          f"store (whoever planted it could redirect your writes); remove it, or ask who made it")
+
+    def read(self, key: str) -> bytes | None:
+        *folders, name = self._parts(key)
+        try:
+            folder = self._open_folder(folders, create=False)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            finally:
+                os.close(folder)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except PermissionError as exc:
             raise StoreError(f"access to {self.location(key)} was denied ({exc.strerror}); "
                              f"ask the directory's owner for read access") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._planted(key) from None
+            raise StoreError(f"could not read {self.location(key)}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
 
     def write(self, key: str, data: bytes) -> None:
-        target = os.path.join(self._root(), key)
+        *folders, name = self._parts(key)
+        target = self.location(key)
         try:
-            self._make_folders(os.path.dirname(target))
-            temporary = f"{target}.{os.getpid()}.tmp"
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._file_mode)
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(data)
-            os.replace(temporary, target)
+            folder = self._open_folder(folders, create=True)
+            try:
+                write_atomically(name, data, self._file_mode, dir_fd=folder)
+            finally:
+                os.close(folder)
         except PermissionError as exc:
             raise StoreError(f"writing {target} was denied ({exc.strerror}); ask the directory's owner for write access") from exc
         except OSError as exc:
             raise StoreError(f"could not write {target}: {exc.strerror}") from exc
 
-    def _make_folders(self, folder: str) -> None:
-        missing = []
-        while not os.path.isdir(folder):
-            missing.append(folder)
-            folder = os.path.dirname(folder)
-        for path in reversed(missing):
-            os.mkdir(path, self._folder_mode)
-            os.chmod(path, self._folder_mode)  # mkdir's mode is filtered by the umask
-
     def delete(self, key: str) -> bool:
+        *folders, name = self._parts(key)
         try:
-            os.unlink(os.path.join(self._root(), key))
-        except FileNotFoundError:
+            folder = self._open_folder(folders, create=False)
+            try:
+                os.unlink(name, dir_fd=folder)  # a link is removed, never followed
+            finally:
+                os.close(folder)
+        except (FileNotFoundError, NotADirectoryError):
             return False
         except PermissionError as exc:
             raise StoreError(f"deleting {self.location(key)} was denied ({exc.strerror})") from exc
@@ -94,7 +142,7 @@ class DirectoryStore:
         for top, folders, files in os.walk(start, onerror=self._walk_error):
             folders.sort()
             for name in files:
-                if name.endswith(".tmp"):
+                if name.endswith(".tmp"):  # being written, or left by a crash
                     continue
                 key = os.path.relpath(os.path.join(top, name), root).replace(os.sep, "/")
                 if key.startswith(prefix):

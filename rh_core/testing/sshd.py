@@ -184,9 +184,9 @@ def loopback_cluster(server: SSHServer, tmp: Path, name: str = "loopback", **opt
 
 
 @contextlib.contextmanager
-def local_user(server: SSHServer, prefix: str = "rhtest") -> Iterator[tuple[str, Path]]:
-    """A new local user (root only) who logs in to ``server`` with its client key; yields
-    ``(name, home)`` and removes the user and home afterwards."""
+def local_account(prefix: str = "rhtest") -> Iterator[tuple[str, Path]]:
+    """A new local user account (root only) with a home of its own; yields ``(name, home)`` and
+    removes the user and home afterwards, also when the test fails."""
     import pwd
     import shutil
     import uuid
@@ -194,15 +194,9 @@ def local_user(server: SSHServer, prefix: str = "rhtest") -> Iterator[tuple[str,
     if os.geteuid() != 0 or shutil.which("useradd") is None:
         raise RuntimeError("creating a local user needs root and useradd")
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, capture_output=True)
     try:
-        # useradd leaves the account locked ('!'), and with UsePAM no sshd then refuses the login.
-        subprocess.run(["usermod", "-p", "*", name], check=True)
-        home = Path(pwd.getpwnam(name).pw_dir)
-        subprocess.run(["install", "-d", "-m700", "-o", name, "-g", name, str(home / ".ssh")], check=True)
-        subprocess.run(["install", "-m600", "-o", name, "-g", name, f"{server.client_key}.pub",
-                        str(home / ".ssh" / "authorized_keys")], check=True)
-        yield name, home
+        yield name, Path(pwd.getpwnam(name).pw_dir)
     finally:
         # userdel refuses while the user's sshd session is still winding down; give it a moment.
         for _ in range(50):
@@ -210,3 +204,16 @@ def local_user(server: SSHServer, prefix: str = "rhtest") -> Iterator[tuple[str,
             if done.returncode in (0, 6) or "mail spool" in done.stderr:  # 6: no such user
                 break
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def local_user(server: SSHServer, prefix: str = "rhtest") -> Iterator[tuple[str, Path]]:
+    """A new local user (root only) who logs in to ``server`` with its client key; yields
+    ``(name, home)`` and removes the user and home afterwards."""
+    with local_account(prefix) as (name, home):
+        # useradd leaves the account locked ('!'), and with UsePAM no sshd then refuses the login.
+        subprocess.run(["usermod", "-p", "*", name], check=True)
+        subprocess.run(["install", "-d", "-m700", "-o", name, "-g", name, str(home / ".ssh")], check=True)
+        subprocess.run(["install", "-m600", "-o", name, "-g", name, f"{server.client_key}.pub",
+                        str(home / ".ssh" / "authorized_keys")], check=True)
+        yield name, home

@@ -436,9 +436,12 @@ def password_sshd(tmp_path):
 
 
 @pytest.mark.slow
-def test_password_login_bootstraps_and_tunnels_through_paramiko(unix_user, password_sshd, tmp_path):
+def test_password_login_bootstraps_and_tunnels_through_paramiko(unix_user, password_sshd, tmp_path, caplog):
+    import logging
+    import pwd
     import subprocess
 
+    caplog.set_level(logging.DEBUG)  # every logger: rh's, paramiko's
     subprocess.run(["chpasswd"], input=f"{unix_user}:correct horse battery", text=True, check=True)
     creds = {"ssh_user": unix_user, "password": "correct horse battery", "ssh_port": password_sshd.port,
              "use_agent": False, "known_hosts": str(tmp_path / "known_hosts"), "trust_new_host": True}
@@ -449,8 +452,19 @@ def test_password_login_bootstraps_and_tunnels_through_paramiko(unix_user, passw
         assert set(cluster.transport.forward_kinds.values()) == {"paramiko"}  # ssh -L needs a key
         wrong = rh.cluster(name="wrong-password", ips=[password_sshd.host],
                            ssh_creds={**creds, "password": "Tr0ub4dor&3"})
-        with pytest.raises(rh.RhError, match=unix_user):
+        with pytest.raises(rh.RhError, match=unix_user) as refused:
             wrong.connection()
+        # Secrets never leak into text: not in what the user sees, nor in any log on either side.
+        server_dir = os.path.join(pwd.getpwnam(unix_user).pw_dir, ".rh", "server")
+        server_logs = [open(os.path.join(folder, name), errors="replace").read()
+                       for folder, _, files in os.walk(server_dir) for name in files if name.endswith(".log")]
+        assert server_logs, f"no server log under {server_dir} to look into"
+        texts = {"repr": repr(cluster) + repr(wrong), "cluster_info": repr(cluster.cluster_info),
+                 "transport": repr(cluster.transport), "error": str(refused.value), "client log": caplog.text,
+                 "server logs": "".join(server_logs)}
+        for where, text in texts.items():
+            for password in ("correct horse battery", "Tr0ub4dor&3"):
+                assert password not in text, f"the password shows in the {where}"
     finally:
         cluster.down()
 

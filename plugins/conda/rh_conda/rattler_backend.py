@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from rh_conda.request import CondaRequest, SolveFailed, env_label, package_name
 from rh_core.errors import InstallError
+from rh_core.files import write_atomically
 from rh_core.plugin_types import Environment, InstallStep
 
 T = TypeVar("T")
@@ -126,6 +127,4 @@ class RattlerBackend:
     @staticmethod
     def _write_requests(env: Environment, requests: dict[str, dict[str, Any]]) -> None:
         path = os.path.join(env.root, REQUESTS_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(requests, f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        write_atomically(path, json.dumps(requests, indent=1, sort_keys=True), 0o644)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from rh_core.cluster import KEEP_RAY_FILE
 from rh_core.errors import RhError, WorkerDiedError
+from rh_core.files import private_directory
 from rh_core.plugin_types import CoroutineExecutor, Environment, Outcome, ServerContext, Task
 
 if TYPE_CHECKING:
@@ -126,13 +127,13 @@ def health_check_settings(node_timeout_s: float | None) -> dict[str, str]:
 
 def ray_temp_dir(state_dir: str) -> str:
     """A Ray temp dir private to one server: ``<state_dir>/ray``, or a short path under /tmp when that
-    one is too long for Ray's unix sockets."""
+    one is too long for Ray's unix sockets (refused when another user made it first: its name is
+    predictable)."""
     path = os.path.join(state_dir, "ray")
     if len(path) + _RAY_SOCKET_SUFFIX > _UNIX_PATH_MAX:
         digest = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
         path = os.path.join("/tmp", f"rh-ray-{os.getuid()}-{digest}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return private_directory(path)
 
 
 # -------------------------------------------------------------------------------------------------

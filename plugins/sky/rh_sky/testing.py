@@ -28,6 +28,8 @@ from typing import Any
 
 import attrs
 
+from rh_core.files import write_atomically
+
 STATE_FILE = "fake-skypilot.json"
 DIRECTORY_VARIABLE = "RH_SKY_FAKE_DIR"
 
@@ -82,9 +84,7 @@ class FakeSkyPilot:
         return json.loads((self.directory / STATE_FILE).read_text())
 
     def _save(self, state: dict[str, Any]) -> None:
-        temporary = self.directory / f"{STATE_FILE}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, self.directory / STATE_FILE)
+        write_atomically(str(self.directory / STATE_FILE), json.dumps(state), 0o644)
 
     def calls(self, name: str | None = None) -> list[dict[str, Any]]:
         """The SDK calls made so far (all, or those of one function), with their arguments."""
