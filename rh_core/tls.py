@@ -385,6 +385,12 @@ def _tls_cluster_class():
         def stop_server(self) -> bool:
             raise RhError(f"{self.name}'s server can only be stopped on the cluster (`rh server stop` there)")
 
+        def http_address(self, port: int) -> str:
+            # The front door takes HTTP too (after the tunnel's proof, what the client says first
+            # tells it apart), so the pinned tunnel to it reaches the HTTP door as well.
+            self.connection()
+            return f"http://127.0.0.1:{self._tunnel.local_port}"
+
         def close(self) -> None:
             self._forget_connection()
             if self._tunnel is not None:
