@@ -37,6 +37,7 @@ from rh_core.errors import (
     ResourceNotFoundError,
     RhError,
     RunCancelledError,
+    SecretError,
     SerializationError,
     ServerStartError,
     StaleCodeError,
@@ -65,6 +66,10 @@ _LAZY = {
     "module": "rh_core.modules",
     "Ref": "rh_core.ref",
     "get": "rh_core.ref",
+    "Secret": "rh_core.secrets",
+    "AsgiApp": "rh_core.apps",
+    "asgi": "rh_core.apps",
+    "secret": "rh_core.secrets",
     "RemoteCluster": "rh_core.remote",
     "cluster": "rh_core.remote",
     "exists": "rh_core.names",
@@ -76,6 +81,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AsgiApp",
     "AuthenticationError",
     "CallTimeoutError",
     "Cluster",
@@ -105,6 +111,8 @@ __all__ = [
     "ResourceNotFoundError",
     "RhError",
     "RunCancelledError",
+    "SecretError",
+    "Secret",
     "SerializationError",
     "ServerStartError",
     "StaleCodeError",
@@ -114,6 +122,7 @@ __all__ = [
     "VersionMismatchError",
     "WorkerDiedError",
     "__version__",
+    "asgi",
     "broadcast",
     "cluster",
     "default_host",
@@ -127,9 +136,11 @@ __all__ = [
     "ls",
     "module",
     "package",
+    "secret",
 ]
 
 if TYPE_CHECKING:
+    from rh_core.apps import AsgiApp, asgi
     from rh_core.cluster import Cluster, LocalCluster, here
     from rh_core.function import Function, broadcast, function
     from rh_core.hookspecs import hookimpl
@@ -138,6 +149,7 @@ if TYPE_CHECKING:
     from rh_core.packages import Env, GitPackage, Package, env, package
     from rh_core.plugins import PluginHost, default_host
     from rh_core.ref import Ref, get
+    from rh_core.secrets import Secret, secret
     from rh_core.remote import RemoteCluster, cluster
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from rh_core.plugins import PluginHost
+    from rh_core.secrets import Secret
     from rh_core.status import ClusterStatus
     from rh_core.wheels import Platform
 
@@ -311,6 +312,74 @@ class Cluster:
         from rh_core.packages import install_packages
 
         return install_packages(self, reqs, env)
+
+    # --- HTTP endpoints (rh_core.http_door) ----------------------------------------------------
+
+    def http_token(self, *, rotate: bool = False) -> str:
+        """The bearer token HTTP callers of this cluster's endpoints send (``Authorization: Bearer
+        TOKEN``), fetched over the authenticated connection; ``rotate=True`` replaces it, and the
+        old one stops working at once. It only calls endpoints: it is not the cluster's secret."""
+        return self.request("http_token", {"rotate": rotate}).header["token"]
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The endpoints served on the cluster: each one's name, whether it is public, and its function."""
+        return self.request("endpoints", {}).header["endpoints"]
+
+    def apps(self) -> list[dict[str, Any]]:
+        """The ASGI apps run on the cluster (``rh.asgi(app).to(cluster)``): each one's name, whether it
+        is public, its ``module:attribute`` and its process id (None while it is restarting)."""
+        return self.request("apps", {}).header["apps"]
+
+    def remove_endpoint(self, name: str) -> bool:
+        """Stop serving endpoint ``name``; False when it was not served."""
+        return self.request("unserve", {"name": name}).header["removed"]
+
+    def http_url(self, name: str) -> str:
+        """The URL of endpoint ``name`` reachable from here (see :meth:`Function.http_url`)."""
+        reply = self.request("endpoints", {})
+        served = [endpoint["name"] for endpoint in reply.header["endpoints"]]
+        if name not in served:
+            raise RhError(f"no endpoint {name!r} is served on cluster {self.name!r} (served: {', '.join(served) or 'none'}); "
+                          "serve a function with f.endpoint()")
+        return f"{self.http_address(reply.header['port'])}/{name}"
+
+    def http_address(self, port: int) -> str:
+        """``http://HOST:PORT`` reaching port ``port`` of the head machine from here (a tunnel
+        through the transport, kept open while this process lives)."""
+        host, local_port = self.transport.forward(port)
+        return f"http://{host}:{local_port}"
+
+    # --- secrets (rh_core.secrets) -------------------------------------------------------------
+
+    def sync_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:
+        """Send secrets to the cluster: ``rh.secret(...)`` objects, or provider names (``"aws"``,
+        read here now). Each one's files are written owner-only (0600) where the provider's tools
+        look (``~/.aws/credentials``), replacing what was there, and its values are kept for
+        functions sent with ``secrets=[name]``. Returns the names."""
+        from rh_core.errors import SecretError
+        from rh_core.secrets import resolve
+
+        to_send, others = resolve(secrets, self.host)
+        if others:
+            raise SecretError(
+                f"no secret provider is named {', '.join(map(repr, others))} (providers: "
+                f"{', '.join(self.host.registry('secret_provider').names())}); send a custom secret as "
+                f"rh.secret(name={others[0]!r}, values={{...}})")
+        import orjson
+
+        self.request("sync_secrets", {}, [orjson.dumps([item.to_wire() for item in to_send])])
+        return [item.name for item in to_send]
+
+    def delete_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:
+        """Remove secrets (by name or object) from the cluster, with the files they wrote; returns
+        the names that were there. Functions sent with them fail until they are sent again."""
+        from rh_core.secrets import names_of
+
+        return self.request("delete_secrets", {"names": names_of(secrets)}).header["deleted"]
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """The secrets on the cluster: each one's name, provider, variable names and files (no values)."""
+        return self.request("secrets", {}).header["secrets"]
 
     def notebook(self, port: int = 8888, *, env: Any = None, local_port: int | None = None) -> Any:
         """JupyterLab on the head machine (installed into ``env`` on first use), tunnelled here;

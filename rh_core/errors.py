@@ -156,6 +156,11 @@ class AuthenticationError(RhError):
     """A request to a cluster server did not carry the cluster's secret."""
 
 
+class SecretError(RhError):
+    """A secret cannot be read, sent or used: no local credentials, a malformed name or value, or a
+    secret a function asks for that is not on its cluster. Never carries a secret's value."""
+
+
 class UntrustedPathError(RhError):
     """A state file or folder (a server's secret, record, lock or socket, or the folder holding
     them) belongs to another user or may be written by others, so it is not used."""

@@ -6,8 +6,8 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
@@ -18,6 +18,9 @@ from rh_core.compat import add_note
 from rh_core.errors import RhError
 from rh_core.ref import Ref, new_run_key
 from rh_core.workdir import working_directory
+
+if TYPE_CHECKING:
+    from rh_core.secrets import Secret
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,6 +63,7 @@ class Function(Generic[P, R]):
     name: str
     system: Cluster | None = None
     env: str | None = None  # the named environment on the cluster it runs in
+    secrets: tuple[str, ...] = ()  # names of the cluster's secrets whose variables its calls get
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
     # A method of a remote instance (rh_core.modules): {"name", "id", "method"}; its calls go there.
@@ -77,9 +81,15 @@ class Function(Generic[P, R]):
 
     # --- placing -------------------------------------------------------------------------------
 
-    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None) -> Function[P, R]:
+    def to(self, system: Cluster, *, reqs: list[Any] | None = None, env: Any = None,
+           secrets: Sequence[Secret | str] = ()) -> Function[P, R]:
         """Send the function to ``system``: its server comes up if needed, ``reqs`` are installed
         (into ``env``, a named environment of its own, when given) and the code is shipped.
+
+        ``secrets`` (``rh.secret(...)`` objects, provider names such as ``"aws"``, or names of
+        secrets already on the cluster) are sent as :meth:`Cluster.sync_secrets` does, and the
+        function's calls run with their values as environment variables; calls of other functions
+        never see them.
 
         Importable functions go by reference, with the working directory (git root) synced to the
         cluster; functions from ``__main__``, notebooks, lambdas and closures go by value. Without
@@ -87,6 +97,7 @@ class Function(Generic[P, R]):
         Installing is skipped for what the environment already holds.
         """
         from rh_core.packages import env_name, install_packages
+        from rh_core.secrets import send_secrets
 
         system.connection()
         if reqs is None:
@@ -94,7 +105,8 @@ class Function(Generic[P, R]):
             reqs = [f"reqs:{default}"] if os.path.isfile(default) else []
         if reqs or env is not None:
             install_packages(system, reqs, env)
-        return attrs.evolve(self, system=system, env=env_name(env), shipped=_ship(self.fn, system))
+        names = send_secrets(system, secrets) if secrets else ()
+        return attrs.evolve(self, system=system, env=env_name(env), secrets=names, shipped=_ship(self.fn, system))
 
     def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
@@ -196,6 +208,8 @@ class Function(Generic[P, R]):
         }
         if self.env is not None:
             header["env"] = self.env
+        if self.secrets:
+            header["secrets"] = list(self.secrets)
         if self._instance is not None:
             header["instance"] = self._instance
         caller = _calling_run()
@@ -292,6 +306,46 @@ class Function(Generic[P, R]):
                 results.append(exc)
         return results
 
+    # --- HTTP (rh_core.http_door) ---------------------------------------------------------------
+
+    def endpoint(self, name: str | None = None, *, public: bool = False) -> str:
+        """Serve the function over HTTP on its cluster, as ``POST /<name>`` (default: its name), and
+        return the URL that reaches it from here (see :meth:`http_url`).
+
+        A JSON object in the body is the keyword arguments, an array the positional ones; the result
+        comes back as JSON, or as raw bytes when it is ``bytes``; a body sent as
+        ``application/octet-stream`` is passed as one ``bytes`` argument. Callers send the cluster's
+        token (``Authorization: Bearer`` :meth:`Cluster.http_token`) unless ``public=True``. Errors
+        come back with a 4xx or 5xx status, and the remote traceback for callers with the token.
+        Calls run like any other call (this function's ``options()``, environment and secrets), and
+        the endpoint stays served across server restarts until :meth:`Cluster.remove_endpoint`.
+        """
+        system, _ = self._placed()
+        name = name or self.name
+        header, function_frames = self._header("call", [], {k: v for k, v in self.call_options.items()
+                                                            if k != "stream_logs"})
+        call = {field: header[field] for field in ("fn_id", "function_ref", "code", "n_fn", "options", "env",
+                                                   "secrets") if field in header}
+        request = {"name": name, "public": public, "call": call}
+        reply = system.request("serve", request, function_frames)
+        if "missing" in reply.header:  # the server's Python has no HTTP library yet: an ordinary install
+            from rh_core.packages import install_packages
+
+            install_packages(system, [reply.header["missing"]])
+            reply = system.request("serve", request, function_frames)
+            if "missing" in reply.header:
+                raise RhError(f"{reply.header['missing']} was installed on cluster {system.name!r} but its server "
+                              "cannot import it; see the server's log")
+        return system.http_url(name)
+
+    def http_url(self, name: str | None = None) -> str:
+        """The URL of this function's endpoint (``name``: the one it was served as, default its name),
+        reachable from this machine: the cluster's HTTP port itself for a cluster on this machine,
+        else a tunnel through the cluster's transport (SSH) or its TLS door, open while this process
+        lives. ``curl -H "Authorization: Bearer $TOKEN" -d '{"x": 1}' URL`` calls it."""
+        system, _ = self._placed()
+        return system.http_url(name or self.name)
+
     # --- conveniences -------------------------------------------------------------------------
 
     def ssh(self) -> int:
@@ -316,7 +370,7 @@ class Function(Generic[P, R]):
         if self.system is None or self._shipped is None:
             return _unplaced, (self.fn, self.name, self.call_options)
         fields = {"fn": _SentElsewhere(self.name, self.system.name), "name": self.name, "system": self.system,
-                  "env": self.env, "call_options": self.call_options, "shipped": self._shipped,
+                  "env": self.env, "secrets": self.secrets, "call_options": self.call_options, "shipped": self._shipped,
                   "instance": self._instance, "takes_stream_logs": self._takes_stream_logs, "streams": self._streams}
         return _handle, (fields,)
 

@@ -4,7 +4,7 @@ A plugin is a module (or object) with functions named like the specs below, deco
 ``rh_core.hookimpl``, and exposed through the ``rh_core.plugins`` entry-point group. Every hook is
 called with keyword arguments only. Implementations may accept any subset of the arguments.
 
-There are seven plugin kinds, each registered by name through a ``register`` callback:
+There are eight plugin kinds, each registered by name through a ``register`` callback:
 
 * provisioners bring machines up and down;
 * transports reach a machine: run commands, copy files, open tunnels to its server;
@@ -12,7 +12,8 @@ There are seven plugin kinds, each registered by name through a ``register`` cal
 * executors decide how calls run on the cluster (worker processes, Ray tasks, ...);
 * stores hold saved resources for ``@/`` names (S3, a shared directory, ...);
 * builtins are ready-made resources loaded as ``^name``;
-* cluster presets are builtin clusters given as ``rh.cluster`` options (``^rh-v100``).
+* cluster presets are builtin clusters given as ``rh.cluster`` options (``^rh-v100``);
+* secret providers read one kind of credentials on the client (``rh.secret("aws")``).
 
 ``register(name, target, *, aliases=())`` takes a class or a ``"module:attribute"`` string; a
 string is imported only when the implementation is first used, so registering costs nothing.
@@ -200,6 +201,24 @@ def rh_register_cluster_presets(register: Register) -> None:
         a JSON-safe dict of ``rh.cluster`` keyword arguments such as ``{"instance_type": "V100:1"}``.
         ``^NAME`` loads ``rh.cluster(name=NAME, **options)``; keyword arguments passed next to
         ``^NAME`` override the preset's.
+
+    The return value is ignored. Registering a name twice raises :class:`PluginError`.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Secrets (rh_core.secrets)
+
+
+@hookspec
+def rh_register_secret_providers(register: Register) -> None:
+    """Register secret providers: implementations of :class:`rh_core.plugin_types.SecretProvider`,
+    loaded as ``rh.secret(NAME)`` and named in ``cluster.sync_secrets([NAME])`` and
+    ``.to(cluster, secrets=[NAME])``. Built in: ``aws``, ``gcp`` and ``huggingface``.
+
+    Called once when the plugin host first needs a secret provider.
+
+    :param register: call ``register(name, target, aliases=())`` once per provider.
 
     The return value is ignored. Registering a name twice raises :class:`PluginError`.
     """

@@ -41,6 +41,10 @@ class Task:
     refs: dict[str, Outcome] = attrs.field(factory=dict)
     options: dict[str, Any] = attrs.field(factory=dict)
     env: str | None = None  # the environment to run in; None: the cluster's default one
+    #: Environment variables of the secrets the function was sent with (``secrets=[...]``): run the
+    #: task only in a process that has them and that runs no task without the same variable names.
+    #: Never shown in a repr or a log.
+    variables: dict[str, str] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -53,6 +57,9 @@ class Outcome:
     status: str  # "ok" | "err" | "stale"
     frames: Frames
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
+    #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
+    #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
+    error: tuple[str, str] | None = None
 
 
 #: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
@@ -375,6 +382,32 @@ class Installer(Protocol):
     # Optional: ``slot(step) -> str | None`` names what an install replaces (``"pip:numpy"``): when
     # a step is installed, recorded installs in the same slot are forgotten, so asking again for
     # an earlier version installs it again instead of being skipped.
+
+
+# -------------------------------------------------------------------------------------------------
+# Secret providers: read on the client, written on the cluster by the server.
+
+
+@attrs.frozen(kw_only=True)
+class SecretContents:
+    """What a secret provider found on the client: ``values``, the environment variables a
+    function sent with the secret gets (``{"AWS_ACCESS_KEY_ID": ...}``), and ``files``, where the
+    provider's own tools look for it on the cluster (``{"~/.aws/credentials": text}``, paths under
+    the home directory), written owner-only by ``cluster.sync_secrets``. Never shown in a repr."""
+
+    values: dict[str, str] = attrs.field(factory=dict, repr=False)
+    files: dict[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@runtime_checkable
+class SecretProvider(Protocol):
+    """One kind of credentials (``aws``, ``huggingface``, ...), read where its own tools keep them
+    on the client: files such as ``~/.aws/credentials``, or environment variables. Providers are
+    instantiated with no arguments; the cluster side needs none of their code."""
+
+    def read(self) -> SecretContents:
+        """The credentials as this machine holds them now. Raise :class:`rh_core.errors.SecretError`
+        naming every place looked at, and how to create them, when there are none."""
 
 
 # -------------------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "rh_core.plugins"
 BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_executor",
-                   "rh_core.builtin.dir_store", "rh_core.builtin.s3_store")
-KINDS = ("provisioner", "transport", "installer", "executor", "store", "builtin", "cluster_preset")
+                   "rh_core.builtin.dir_store", "rh_core.builtin.s3_store", "rh_core.builtin.secret_providers")
+KINDS = ("provisioner", "transport", "installer", "executor", "store", "builtin", "cluster_preset",
+         "secret_provider")
 
 #: Names that the plugins published with rh_core register, by kind, and the distribution that
 #: brings each: asking for one that is not installed says what to ``pip install``. (Only SkyPilot's
@@ -244,6 +245,9 @@ class PluginHost:
 
     def installer(self, name: str) -> Callable[..., Any]:
         return self.registry("installer").get(name)
+
+    def secret_provider(self, name: str) -> Callable[..., Any]:
+        return self.registry("secret_provider").get(name)
 
     def claim_requirement(self, requirement: str) -> InstallerClaim:
         claim = self._pm.hook.rh_claim_requirement(requirement=requirement)

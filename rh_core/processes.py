@@ -41,3 +41,15 @@ def is_live_server(state: dict[str, Any]) -> bool:
         return False
     recorded = state.get("process_start")
     return recorded is None or recorded == process_start_time(pid)  # None: a record from before this check
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the server that spawned it dies (even by SIGKILL): a
+    worker or an app process must not outlive it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers still end once they notice their parent is gone

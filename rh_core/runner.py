@@ -253,8 +253,14 @@ class Runner:
         return fn
 
     def run(self, task: Task) -> Outcome:
-        """Run one task and pickle what came of it; never raises."""
+        """Run one task and pickle what came of it; never raises.
+
+        A task's ``variables`` (its secrets) are set in this process's environment before it runs:
+        the executor gives such tasks workers that run only tasks with the same variable names, so
+        each one replaces the last one's values and no other function sees them."""
         token = self.logs.begin(task.key)
+        if task.variables:
+            os.environ.update(task.variables)
         try:
             outcome = self._run(task)
         finally:
@@ -264,8 +270,13 @@ class Runner:
         return attrs.evolve(outcome, logged=logged)
 
     def _run(self, task: Task) -> Outcome:
+        http = task.header.get("http")  # a call through an HTTP endpoint (see rh_core.http_calls)
         try:
             fn = self.function(task.header, task.function)
+            if http is not None:
+                from rh_core import http_calls
+
+                return http_calls.respond(fn, http, task.arguments, self._call)
             resolved: dict[str, Any] = {}
 
             def resolve_ref(key: str) -> Any:
@@ -283,6 +294,10 @@ class Runner:
             stale = "err" if task.header.get("instance") else "stale"
             return Outcome(status=stale, frames=serialize.dumps_exception(exc))
         except BaseException as exc:
+            if http is not None:  # the function could not be loaded: an HTTP caller reads a 500
+                from rh_core import http_calls
+
+                return http_calls.error_response(exc)
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
         mode = task.header.get("mode")
         if mode == "map":

@@ -38,11 +38,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import attrs
 import orjson
 import uvloop
 import zmq
 
 from rh_core import __version__, results, serialize, shm
+from rh_core.app_host import REQUIREMENT as APP_REQUIREMENT
+from rh_core.app_host import AppHost
 from rh_core.call_gate import CallGate
 from rh_core.channel import Channel
 from rh_core.client import SECRET_FILE, join_frames
@@ -58,12 +61,15 @@ from rh_core.errors import (
 from rh_core.files import open_private, private_directory, read_private, write_atomically
 from rh_core.heap import keep_freed_memory
 from rh_core.instances import Instances, check_instance_field, spec_of
+from rh_core.http_door import REQUIREMENT as HTTP_REQUIREMENT
+from rh_core.http_door import HttpDoor, http_available
 from rh_core.link import ENVELOPE_MAX_BYTES
 from rh_core.link_server import ServerLinkProtocol
 from rh_core.plugin_types import Executor, InstallStep, Outcome, Task
 from rh_core.plugins import PluginHost
 from rh_core.processes import process_start_time
 from rh_core.ref import RUN_KEY
+from rh_core.secret_store import SecretStore
 
 STATE_FILE = "server.json"
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
@@ -163,6 +169,10 @@ class Server:
         # Large buffers may go through /dev/shm when every worker shares this machine.
         self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
         self._shm_sweep: asyncio.TimerHandle | None = None
+        self._secrets = SecretStore(self.state_dir)
+        # Endpoints and apps served before a restart load here, and are served again by serve().
+        self._apps = AppHost(self.state_dir, self.environment, self._secrets.variables)
+        self._http = HttpDoor(self.state_dir, self.start_call, self._apps)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -199,6 +209,11 @@ class Server:
         logs.bind(self.log_endpoint)
         self._logs = Channel(logs, self._on_log)
         await self.executor.start(self)
+        try:
+            await self._http.open_if_serving()
+            await self._apps.start_all()
+        except Exception as exc:  # the endpoints wait; every other call works
+            sys.stderr.write(f"rh server: cannot serve the HTTP endpoints and apps: {exc}\n")
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
         self._sweep_run_logs()
@@ -213,6 +228,8 @@ class Server:
         self._router.close()
         self._zap.close()
         self._close_link_door()
+        await self._apps.stop_all()
+        await self._http.close()
         await self.executor.stop()
         await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
         shm.sweep(os.getpid())
@@ -241,7 +258,8 @@ class Server:
 
         cert, key = self._tls_files or tls.self_signed(self.state_dir)
         host, port = self._expose
-        self._front_door, bound = await tls.serve_front_door(host, port, cert, key, self.port, self._secret)
+        self._front_door, bound = await tls.serve_front_door(host, port, cert, key, self.port, self._secret,
+                                                             lambda: self._http.port)
         self.tls = {"address": f"{host}:{bound}", "fingerprint": tls.certificate_fingerprint(cert)}
 
     def _watch_state_dir(self, first: os.stat_result) -> None:
@@ -277,6 +295,7 @@ class Server:
             "calls": self.calls,
             "in_flight": len(self._running),
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
+            "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
             "state_dir": self.state_dir,
             **self._spilled.describe(),
             "results_in_memory_bytes": self._kept_bytes_in_memory(),
@@ -487,6 +506,7 @@ class Server:
             if request["mode"] != "create":
                 self.instances.check(request["instance"])
             header["instance"] = request["instance"]
+        secrets = request.get("secrets")
         return Task(
             key=request["key"],
             header=header,
@@ -495,7 +515,15 @@ class Server:
             refs=refs or {},
             options=request.get("options", {}),
             env=request.get("env"),
+            variables=self._secrets.variables(secrets) if secrets else {},
         )
+
+    def start_call(self, request: dict, frames: list, header: dict[str, Any]) -> asyncio.Future[Outcome]:
+        """Start a call the server makes on someone's behalf (an HTTP endpoint's caller), with
+        ``header`` added to the task's header; raises for a call it refuses."""
+        task = self._task(request, frames)
+        self.calls += 1
+        return self._start(attrs.evolve(task, header={**task.header, **header}))
 
     def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
         """Send what the task's worker sends while it runs to its caller: log lines when it asked for
@@ -549,7 +577,7 @@ class Server:
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
         chunks = [
             Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
-                 arguments=chunk, refs=task.refs, options=task.options, env=task.env)
+                 arguments=chunk, refs=task.refs, options=task.options, env=task.env, variables=task.variables)
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
@@ -620,7 +648,7 @@ class Server:
                 return  # only _expire and cancel cancel, and they settled `final` themselves
             exc = running.exception()
             if exc is not None:
-                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(exc)))
+                final.set_result(error_outcome(exc))
                 return
             outcome = running.result()
             if outcome.logged:
@@ -633,7 +661,7 @@ class Server:
     def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
         error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
         if not final.done():
-            final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+            final.set_result(error_outcome(error))
         running.cancel()  # the executor stops whatever runs it
 
     def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
@@ -728,7 +756,7 @@ class Server:
             running, final = self._running[task_key]
             if not final.done():
                 error = RunCancelledError(f"run {run_key_of(task_key)} was cancelled")
-                final.set_result(Outcome(status="err", frames=serialize.dumps_exception(error)))
+                final.set_result(error_outcome(error))
             running.cancel()  # the executor stops the worker (or Ray task) running it
 
     async def _op_runs(self, peer, request_id, request, frames) -> None:
@@ -795,6 +823,81 @@ class Server:
             if environment_changed is not None:
                 environment_changed(name)
         self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
+
+    async def _op_sync_secrets(self, peer, request_id, request, frames) -> None:
+        """Store secrets sent as one JSON frame and write their files (see :mod:`rh_core.secret_store`)."""
+        if len(frames) != 1:
+            raise ProtocolError("malformed sync_secrets request: the secrets travel as one JSON frame")
+        try:
+            secrets = orjson.loads(memoryview(frames[0]))  # a zmq.Frame from a remote client: orjson wants a buffer
+        except orjson.JSONDecodeError:
+            raise ProtocolError("malformed sync_secrets request: the frame is not JSON") from None
+        if not isinstance(secrets, list):
+            raise ProtocolError("malformed sync_secrets request: the frame holds a list of secrets")
+        names = await asyncio.to_thread(self._secrets.put, secrets)
+        self._reply(peer, request_id, "info", {"secrets": names})
+
+    async def _op_delete_secrets(self, peer, request_id, request, frames) -> None:
+        names = request.get("names")
+        if not isinstance(names, list):
+            raise ProtocolError("malformed delete_secrets request: 'names' is a list of secret names")
+        deleted = await asyncio.to_thread(self._secrets.delete, names)
+        self._reply(peer, request_id, "info", {"deleted": deleted})
+
+    async def _op_secrets(self, peer, request_id, request, frames) -> None:
+        """The secrets on the cluster: names, variable names and files, never a value."""
+        self._reply(peer, request_id, "info", {"secrets": await asyncio.to_thread(self._secrets.describe)})
+
+    async def _op_serve(self, peer, request_id, request, frames) -> None:
+        """Serve a call as an HTTP endpoint (see :mod:`rh_core.http_door`); when this server's
+        Python cannot import the HTTP library, say what to install instead."""
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT})
+            return
+        await self._http.serve(request.get("name"), bool(request.get("public")), request.get("call"), frames)
+        self._write_state()  # its http_port, for clients that read the record
+        self._reply(peer, request_id, "info", {"port": self._http.port, "name": request["name"]})
+
+    async def _op_unserve(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": self._http.remove(request.get("name"))})
+
+    async def _op_endpoints(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"endpoints": self._http.describe(), "port": self._http.port})
+
+    async def _op_run_app(self, peer, request_id, request, frames) -> None:
+        """Run an ASGI app (see :mod:`rh_core.app_host`) and serve it through the door; when the
+        server cannot import aiohttp, or the app's environment uvicorn, say what to install."""
+        record = request.get("app")
+        if not isinstance(record, dict):
+            raise ProtocolError("malformed run_app request: 'app' describes the app")
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT, "env": None})
+            return
+        env = await asyncio.to_thread(self.environment, record.get("env"))
+        if not await _imports(env, "uvicorn"):
+            self._reply(peer, request_id, "info", {"missing": APP_REQUIREMENT, "env": record.get("env")})
+            return
+        if record.get("name") in self._http:
+            raise ProtocolError(f"a function is served as {record.get('name')!r}; remove that endpoint first "
+                                "(cluster.remove_endpoint) or choose another name")
+        await self._http.open()
+        await self._apps.run(record)
+        self._write_state()
+        self._reply(peer, request_id, "info", {"port": self._http.port})
+
+    async def _op_remove_app(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": await self._apps.remove(request.get("name"))})
+
+    async def _op_apps(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"apps": self._apps.describe(), "port": self._http.port})
+
+    async def _op_app_logs(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"log": self._apps.log_tail(request.get("name"))})
+
+    async def _op_http_token(self, peer, request_id, request, frames) -> None:
+        """The HTTP endpoints' bearer token, to an authenticated client only (as every reply is)."""
+        token = await asyncio.to_thread(self._http.token, bool(request.get("rotate")))
+        self._reply(peer, request_id, "info", {"token": token})
 
     async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
@@ -928,6 +1031,20 @@ class Server:
 CALL_MODES = ("call", "remote", "enqueue", "map", "create")
 
 
+async def _imports(env: Any, module: str) -> bool:
+    """Whether ``env``'s interpreter can import ``module``."""
+    process = await asyncio.create_subprocess_exec(env.python, "-c", f"import {module}", env={**os.environ, **env.variables},
+                                                   stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    return await process.wait() == 0
+
+
+def error_outcome(exc: BaseException) -> Outcome:
+    """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
+    failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
+    return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
+
+
 def _outcome_bytes(outcome: Outcome) -> int:
     return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
@@ -959,6 +1076,9 @@ def check_call_request(request: dict, frame_count: int) -> None:
         check_run_key(ref)
     if request.get("env") is not None and not isinstance(request["env"], str):
         raise wrong("env", "an environment name or null")
+    secrets = request.get("secrets")
+    if secrets is not None and (not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets)):
+        raise wrong("secrets", "a list of secret names")
     if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
         raise wrong("function_ref", "an object or null")
     if request.get("code") is not None and not isinstance(request["code"], dict):

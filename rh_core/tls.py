@@ -13,7 +13,9 @@ the secret), so a stranger can make it read no more than that, and an answer cap
 connection is worthless on the next. Connections that have not proven it within
 :data:`PRE_AUTH_SECONDS` are closed, and at most :data:`MAX_PENDING` of them are held: a new one
 replaces the oldest. (TLS itself already keeps a recorded connection from being replayed: every
-connection has fresh keys.) Past the door, ZeroMQ asks for the secret again (see rh_core.server).
+connection has fresh keys.) Past the door, ZeroMQ asks for the secret again (see rh_core.server). An admitted connection
+that speaks HTTP rather than ZeroMQ goes to the server's HTTP door instead (endpoints and ASGI
+apps, which check their own bearer token): clients reach it through their :class:`PinnedTunnel`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 
 from rh_core.errors import AuthenticationError, RhError
 from rh_core.files import check_private_path, write_atomically
@@ -106,12 +109,20 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+#: The first byte of every ZeroMQ greeting (ZMTP 3); an HTTP request starts with a method's letter.
+ZMTP_SIGNATURE_START = b"\xff"
+
+
 class FrontDoor:
     """Accepts TLS on ``host:port`` and forwards each connection that proves the secret to
-    ``127.0.0.1:target_port`` (see the module docstring for what it reads before that)."""
+    ``127.0.0.1:target_port`` (see the module docstring for what it reads before that), or, when
+    what the admitted client sends first is HTTP rather than a ZeroMQ greeting, to the server's
+    HTTP door (``http_port()``; None while nothing is served): one port for both."""
 
-    def __init__(self, context: ssl.SSLContext, secret: bytes, target_port: int):
+    def __init__(self, context: ssl.SSLContext, secret: bytes, target_port: int,
+                 http_port: Callable[[], int | None] = lambda: None):
         self._context, self._secret, self._target_port = context, secret, target_port
+        self._http_port = http_port
         self._loop = asyncio.get_running_loop()
         self._pending: dict[asyncio.Task, None] = {}  # in arrival order: the oldest is replaced first
         self._admitted: set[asyncio.Task] = set()
@@ -166,11 +177,16 @@ class FrontDoor:
                 proof = await reader.readexactly(PROOF_BYTES)  # all that is read before the secret is proven
                 if not hmac.compare_digest(proof, proof_of_secret(self._secret, nonce)):
                     return
-                target_reader, target = await asyncio.open_connection("127.0.0.1", self._target_port)
             writer.write(ADMITTED)
             if task in self._pending:  # (else it was replaced meanwhile, and is being cancelled)
                 del self._pending[task]
                 self._admitted.add(task)
+            first = await reader.read(1)  # both protocols' clients speak first
+            port = self._target_port if first == ZMTP_SIGNATURE_START else self._http_port()
+            if not first or port is None:
+                return
+            target_reader, target = await asyncio.open_connection("127.0.0.1", port)
+            target.write(first)
             await asyncio.gather(_pump(reader, target), _pump(target_reader, writer))
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
             pass
@@ -192,13 +208,15 @@ class FrontDoor:
 
 
 async def serve_front_door(host: str, port: int, cert_path: str, key_path: str, target_port: int,
-                           secret: bytes) -> tuple[FrontDoor, int]:
+                           secret: bytes, http_port: Callable[[], int | None] = lambda: None
+                           ) -> tuple[FrontDoor, int]:
     """Accept TLS on ``host:port`` and forward each connection that proves ``secret`` to
-    ``127.0.0.1:target_port``; returns the door and the port it listens on."""
+    ``127.0.0.1:target_port``, or its HTTP to ``http_port()`` (see :class:`FrontDoor`); returns the
+    door and the port it listens on."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
-    door = FrontDoor(context, secret, target_port)
+    door = FrontDoor(context, secret, target_port, http_port)
     return door, door.open(host, port)
 
 
@@ -297,12 +315,18 @@ class PinnedTunnel:
         await asyncio.gather(_pump(local_reader, writer), _pump(reader, local_writer))
 
     def close(self) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             self._server.close()
+            # Connections still open (an HTTP client's keep-alive) end here, not as pending tasks
+            # that asyncio complains about when the interpreter exits.
+            forwarding = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in forwarding:
+                task.cancel()
+            await asyncio.gather(*forwarding, return_exceptions=True)
             self._loop.stop()
 
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(stop)
+            asyncio.run_coroutine_threadsafe(stop(), self._loop)
             self._thread.join(5)
 
 
@@ -360,6 +384,12 @@ def _tls_cluster_class():
 
         def stop_server(self) -> bool:
             raise RhError(f"{self.name}'s server can only be stopped on the cluster (`rh server stop` there)")
+
+        def http_address(self, port: int) -> str:
+            # The front door takes HTTP too (after the tunnel's proof, what the client says first
+            # tells it apart), so the pinned tunnel to it reaches the HTTP door as well.
+            self.connection()
+            return f"http://127.0.0.1:{self._tunnel.local_port}"
 
         def close(self) -> None:
             self._forget_connection()

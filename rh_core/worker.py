@@ -20,39 +20,31 @@ import sys
 from rh_core.heap import keep_freed_memory
 from rh_core.link import Link, as_frame
 from rh_core.plugin_types import Outcome, Task
+from rh_core.processes import die_with_parent
 from rh_core.runner import Runner
 
 
 def task_message(task: Task) -> tuple:
     """What the executor sends a worker for one task (the inverse of :func:`task_from`)."""
     refs = [(key, outcome.status, [as_frame(f) for f in outcome.frames]) for key, outcome in task.refs.items()]
-    return (task.key, task.header, as_frame(task.function or b""), [as_frame(f) for f in task.arguments], refs)
+    return (task.key, task.header, as_frame(task.function or b""), [as_frame(f) for f in task.arguments], refs,
+            task.variables)
 
 
 def task_from(message: tuple) -> Task:
-    key, header, function, arguments, refs = message
+    key, header, function, arguments, refs, variables = message
     return Task(key=key, header=header, function=function, arguments=arguments,
-                refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs})
+                refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs},
+                variables=variables)
 
 
 def done_message(key: str, outcome: Outcome) -> tuple:
     return ("done", key, outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the server that spawned it dies (even by SIGKILL)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent check in main() still ends orphaned workers
-
-
 def main(link_fd: str, log_endpoint: str, concurrency: str | None = None) -> None:
     server_pid = os.getppid()
-    _die_with_parent()
+    die_with_parent()
     keep_freed_memory()
     link = Link(int(link_fd))
     runner = Runner(log_endpoint)

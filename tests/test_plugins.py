@@ -84,7 +84,8 @@ def test_unknown_names_list_the_valid_ones(fake_plugins):
     with pytest.raises(UnknownNameError, match="unknown executor 'nope'; .*brokenplug.* failed to load and may be "
                                                "what provides it.*; valid executors: fine, good, process"):
         host.executor("nope")
-    with pytest.raises(UnknownNameError, match="valid plugin kinds: builtin, cluster_preset, executor, installer, provisioner, store, transport"):
+    with pytest.raises(UnknownNameError, match="valid plugin kinds: builtin, cluster_preset, executor, installer, provisioner, "
+                                                   "secret_provider, store, transport"):
         host.registry("widget")
 
 

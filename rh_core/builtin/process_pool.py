@@ -1,7 +1,9 @@
 """The built-in ``process`` executor: pools of worker processes on the cluster's head machine.
 
 Each environment has its own pool, started when its first task arrives (the default environment's
-at server start), whose workers run that environment's interpreter. Each worker runs one task at a
+at server start), whose workers run that environment's interpreter. Tasks with secrets (``Task.variables``)
+get pools of their own, one per environment and set of variable names, so a worker that ever held
+a secret's values runs only tasks that are given the same variables. Each worker runs one task at a
 time (see :mod:`rh_core.worker`); tasks wait in arrival order for a free worker of their pool.
 After an install into an environment, its workers are replaced as they become idle, so new calls
 see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
@@ -55,10 +57,14 @@ class _Worker:
         kill_group(self.process)
 
 
-class _Pool:
-    """The workers of one environment and the tasks waiting for them."""
+PoolKey = tuple  # (environment name, the sorted variable names of the secrets its tasks get)
 
-    def __init__(self, env: Environment, size: int):
+
+class _Pool:
+    """The workers of one environment (and set of secret variable names) and the tasks waiting for them."""
+
+    def __init__(self, key: PoolKey, env: Environment, size: int):
+        self.key = key
         self.env = env
         self.size = size
         self.generation = 0  # bumped when the environment changes; older workers are retired
@@ -71,7 +77,8 @@ class _Pool:
 
     @property
     def label(self) -> str:
-        return f"environment {self.env.name!r}" if self.env.name else "the default environment"
+        label = f"environment {self.env.name!r}" if self.env.name else "the default environment"
+        return label + (f" (with secret variables {', '.join(self.key[1])})" if self.key[1] else "")
 
 
 async def spawn_worker(env: Environment, log_endpoint: str,
@@ -116,7 +123,7 @@ class ProcessExecutor:
         self.start_timeout = float(start_timeout)
         self._ids = itertools.count()
         self._workers: set[_Worker] = set()
-        self._pools: dict[str | None, _Pool] = {}
+        self._pools: dict[PoolKey, _Pool] = {}
         self._stopping = False
         self._watchers: set[asyncio.Task] = set()
 
@@ -126,7 +133,7 @@ class ProcessExecutor:
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "workers": sorted(w.process.pid for w in self._workers),
-                "environments": sorted(name or "default" for name in self._pools),
+                "environments": sorted({name or "default" for name, _ in self._pools}),
                 "instances": self._instances.describe()}
 
     async def start(self, context: ServerContext) -> None:
@@ -137,7 +144,7 @@ class ProcessExecutor:
         self._context = context
         self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
         self._instances = InstanceProcesses(context, self.start_timeout)
-        self._pool(None)
+        self._pool((None, ()))
 
     def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
         """A remote instance runs in a worker process of its own (see :mod:`rh_core.builtin.process_instances`)."""
@@ -146,11 +153,11 @@ class ProcessExecutor:
     async def stop_instance(self, instance_id: str) -> None:
         await self._instances.stop(instance_id)
 
-    def _pool(self, env_name: str | None) -> _Pool:
-        """The pool of an environment, started on first use."""
-        pool = self._pools.get(env_name)
+    def _pool(self, key: PoolKey) -> _Pool:
+        """The pool of an environment and set of secret variable names, started on first use."""
+        pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[env_name] = _Pool(self._context.environment(env_name), self.num_workers)
+            pool = self._pools[key] = _Pool(key, self._context.environment(key[0]), self.num_workers)
             for _ in range(pool.size):
                 self._spawn(pool)
         return pool
@@ -203,7 +210,7 @@ class ProcessExecutor:
                     "a longer start: start the server with -o start_timeout=SECONDS"
                 ))
                 return
-        if self._pools.get(pool.env.name) is pool and not worker.retiring:  # a failed pool is not refilled
+        if self._pools.get(pool.key) is pool and not worker.retiring:  # a failed pool is not refilled
             self._spawn(pool)
 
     def _pool_failed(self, pool: _Pool, error: WorkerDiedError) -> None:
@@ -212,8 +219,8 @@ class ProcessExecutor:
             _, future = pool.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
-        if self._pools.get(pool.env.name) is pool:
-            del self._pools[pool.env.name]
+        if self._pools.get(pool.key) is pool:
+            del self._pools[pool.key]
         for worker in list(pool.workers):
             if worker.current is None:  # calls that run go on; their workers retire when done
                 worker.kill()
@@ -240,7 +247,7 @@ class ProcessExecutor:
         if not worker.started:  # its first message: it is ready
             worker.started = pool.ever_started = True
             pool.start_failures = 0
-        if worker.generation != pool.generation or self._pools.get(pool.env.name) is not pool:
+        if worker.generation != pool.generation or self._pools.get(pool.key) is not pool:
             worker.kill()  # its environment changed since it started, or its pool failed
             return
         if pool.surplus and not pool.waiting:
@@ -277,20 +284,18 @@ class ProcessExecutor:
         if "instance" in task.header:  # a method call: its instance's own process runs it
             return self._instances.submit(task)
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        pool = self._pool(task.env)
+        pool = self._pool((task.env, tuple(sorted(task.variables))) if task.variables else (task.env, ()))
         pool.waiting.append((task, future))
         self._dispatch(pool)
         return future
 
     def environment_changed(self, env_name: str | None) -> None:
         """Packages changed in an environment: its workers are replaced as they become idle."""
-        pool = self._pools.get(env_name)
-        if pool is None:
-            return
-        pool.generation += 1
-        for worker in list(pool.idle):
-            pool.idle.remove(worker)
-            worker.kill()
+        for pool in [pool for (name, _), pool in self._pools.items() if name == env_name]:
+            pool.generation += 1
+            for worker in list(pool.idle):
+                pool.idle.remove(worker)
+                worker.kill()
 
     def _dispatch(self, pool: _Pool) -> None:
         while pool.idle and pool.waiting:

@@ -249,3 +249,22 @@ def call_it(fn, *args, **kwargs):
 def call_method(instance, method, *args):
     """Calls a method of a remote instance it was handed."""
     return getattr(instance, method)(*args)
+def environment_variable(name):
+    """The value of an environment variable in the worker, or None."""
+    return os.environ.get(name)
+
+
+def environment_variables(*names):
+    return {name: os.environ.get(name) for name in names}
+
+
+class TeapotError(Exception):
+    """An exception that names its HTTP status, as FastAPI's HTTPException does."""
+
+    def __init__(self, status_code, detail):
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
+
+
+def fail_with_status(status_code, detail):
+    raise TeapotError(status_code, detail)

@@ -211,6 +211,32 @@ def test_bootstrap_as_a_non_root_user(unix_user, sshd, tmp_path):  # unix_user f
         cluster.down()
 
 
+@pytest.mark.slow
+def test_secrets_land_owner_only_in_the_cluster_users_home(unix_user, sshd, tmp_path):
+    import pwd
+    import stat
+
+    token = os.urandom(12).hex()
+    cluster = rh.cluster(name="byo-secrets", ips=[sshd.host], ssh_creds=ssh_creds(sshd, tmp_path, ssh_user=unix_user),
+                         executor_options={"num_workers": 1})
+    try:
+        custom = rh.Secret(name="tool", values={"TOOL_TOKEN": token}, files={"~/.config/tool/token": token})
+        assert cluster.sync_secrets([custom]) == ["tool"]  # over SSH, to a server running as that user
+        home = os.path.expanduser(f"~{unix_user}")
+        written = os.path.join(home, ".config", "tool", "token")
+        with open(written) as f:
+            assert f.read() == token
+        assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(written)).st_mode) == 0o700
+        assert pwd.getpwuid(os.stat(written).st_uid).pw_name == unix_user
+        f = rh.function(fns.environment_variable).to(cluster, secrets=["tool"])
+        assert f("TOOL_TOKEN") == token
+        assert rh.function(fns.environment_variable).to(cluster)("TOOL_TOKEN") is None
+        assert cluster.delete_secrets(["tool"]) == ["tool"] and not os.path.exists(written)
+    finally:
+        cluster.down()
+
+
 def test_host_without_python3_is_named_with_the_cause(unix_user, sshd, tmp_path):
     home = os.path.expanduser(f"~{unix_user}")
     with open(os.path.join(home, ".bashrc"), "w") as rc:  # this user's SSH sessions find no python3

@@ -474,6 +474,10 @@ class RayExecutor(CoroutineExecutor):
         ray = self._ray
         if ray is None or self._remote is None:
             raise RhError("the ray executor is not running: the server calls start() before run()")
+        if task.variables:
+            # Ray would need them in a runtime_env, which it records in its own logs and state.
+            raise RhError("functions sent with secrets=[...] cannot run on the ray executor yet: use the process "
+                          "executor for them, or cluster.sync_secrets([...]) and read the files the secret writes")
         if "instance" in task.header:  # a method call: its instance's actor runs it
             instance = self._instances.get(task.header["instance"]["id"])
             if instance is None:
