@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import stat
 import sys
 import tarfile
 import threading
@@ -133,6 +134,12 @@ def ray_temp_dir(state_dir: str) -> str:
     if len(path) + _RAY_SOCKET_SUFFIX > _UNIX_PATH_MAX:
         digest = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
         path = os.path.join("/tmp", f"rh-ray-{os.getuid()}-{digest}")
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            # Ray opens its temp dir to every user when it starts (chmod 0777, for machines shared
+            # through one /tmp/ray): ours was made owner-only by us, so it is closed again.
+            os.chmod(path, 0o700)
     return private_directory(path)
 
 

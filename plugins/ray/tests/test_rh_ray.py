@@ -113,6 +113,23 @@ def test_ray_temp_dir_stays_short_enough_for_unix_sockets(tmp_path):
         os.rmdir(path)
 
 
+def test_a_temp_dir_ray_opened_to_everyone_is_closed_again_and_another_users_is_refused(tmp_path):
+    from rh_core.errors import UntrustedPathError
+
+    long_state_dir = str(tmp_path / ("y" * 60))
+    path = ray_temp_dir(long_state_dir)
+    try:
+        os.chmod(path, 0o777)  # what `ray start` does to its temp dir
+        assert ray_temp_dir(long_state_dir) == path  # a server restarted beside the same Ray head
+        assert os.stat(path).st_mode & 0o777 == 0o700
+        if os.geteuid() == 0:  # only root can give a folder away
+            os.chown(path, 65534, 65534)  # made first by another user (nobody), under the predictable name
+            with pytest.raises(UntrustedPathError, match="belongs to user"):
+                ray_temp_dir(long_state_dir)
+    finally:
+        os.rmdir(path)
+
+
 # -------------------------------------------------------------------------------------------------
 # The executor, through a real server
 
