@@ -121,7 +121,7 @@ class HttpDoor:
             raise ProtocolError(f"an app is served as {name!r}; remove it first (app.remove()) or choose another name")
         if not isinstance(call, dict) or set(call) - set(CALL_FIELDS):
             raise ProtocolError(f"malformed serve request: 'call' holds only {', '.join(CALL_FIELDS)}")
-        check_call_request({**call, "key": name}, len(frames) + 1)  # + 1: the body, sent with each call
+        check_call_request({**call, "key": name, "mode": "call"}, len(frames) + 1)  # + 1: the body, sent with each call
         function = [bytes(frame) for frame in frames[:call["n_fn"]]]
         record = {"name": name, "public": bool(public), "call": call}
         await asyncio.to_thread(self._keep, record, function)
