@@ -320,12 +320,13 @@ class Function(Generic[P, R]):
         Calls run like any other call (this function's ``options()``, environment and secrets), and
         the endpoint stays served across server restarts until :meth:`Cluster.remove_endpoint`.
         """
+        from rh_core.http_door import CALL_FIELDS
+
         system, _ = self._placed()
         name = name or self.name
         header, function_frames = self._header("call", [], {k: v for k, v in self.call_options.items()
                                                             if k != "stream_logs"})
-        call = {field: header[field] for field in ("fn_id", "function_ref", "code", "n_fn", "options", "env",
-                                                   "secrets") if field in header}
+        call = {field: header[field] for field in CALL_FIELDS if field in header}
         request = {"name": name, "public": public, "call": call}
         reply = system.request("serve", request, function_frames)
         if "missing" in reply.header:  # the server's Python has no HTTP library yet: an ordinary install

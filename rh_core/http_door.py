@@ -51,10 +51,11 @@ ENDPOINTS_DIR = "endpoints"
 MAX_BODY_BYTES = 256 * 2**20
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: The fields of a call request an endpoint keeps (see rh_core.server.check_call_request).
-CALL_FIELDS = ("fn_id", "function_ref", "code", "n_fn", "options", "env", "secrets")
+CALL_FIELDS = ("fn_id", "function_ref", "code", "n_fn", "options", "env", "secrets", "instance")
 #: Statuses of the errors the server itself reports for a call (Outcome.error).
 SERVER_ERROR_STATUS = {"CallTimeoutError": 504, "RunCancelledError": 503, "WorkerDiedError": 502,
-                       "SecretError": 503, "StaleCodeError": 503}
+                       "SecretError": 503, "StaleCodeError": 503,
+                       "InstanceNotFoundError": 410, "InstanceDiedError": 410}  # a method's instance ended
 
 StartCall = Callable[[dict, list, dict], "asyncio.Future[Outcome]"]
 

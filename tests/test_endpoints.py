@@ -143,3 +143,17 @@ def test_endpoints_through_the_tls_front_door(exposed_server):
             http(direct, [5], token=token, context=unverified)
     finally:
         cluster.close()
+
+
+def test_a_remote_instances_method_is_served_with_its_state_until_the_instance_ends(running_cluster):
+    counter = rh.module(fns.Counter).to(running_cluster, name="served-counter")(10)
+    token = running_cluster.http_token()
+    url = counter.incr.endpoint("counter-incr")
+    assert url.endswith("/counter-incr")
+    assert ok(url, {"by": 5}, token=token) == 15
+    assert ok(url, [2], token=token) == 17  # the same instance: its state lives between calls
+    assert counter.count == 17  # and the Python handle sees what HTTP callers did
+    counter.release()
+    status, _, body = http(url, {"by": 1}, token=token)
+    assert status == 410, body  # gone, with the reason
+    assert json.loads(body)["error"] in ("InstanceNotFoundError", "InstanceDiedError")
