@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
-from rh_core import serialize, shm
+from rh_core import progress, serialize, shm
 from rh_core.client import Reply
 from rh_core.cluster import Cluster, decode_outcome, split_parts
 from rh_core.compat import add_note
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory", "cancel_on_interrupt")
+CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory", "cancel_on_interrupt",
+                "progress")
 CHUNKS_PER_WORKER = 4
 
 
@@ -111,8 +112,9 @@ class Function(Generic[P, R]):
     def options(self, **options: Any) -> Function[P, R]:
         """A copy whose calls use these options: ``timeout`` (s), ``stream_logs``, ``num_cpus``,
         ``num_gpus``, ``resources``, ``memory`` (these four reach executors that schedule, like Ray),
-        and ``cancel_on_interrupt`` (default True: Ctrl-C on a waiting call cancels its run on the
-        cluster; False keeps it running, and says how to fetch or cancel it)."""
+        ``cancel_on_interrupt`` (default True: Ctrl-C on a waiting call cancels its run on the
+        cluster; False keeps it running, and says how to fetch or cancel it), and ``progress``
+        (``map``/``starmap``: a progress bar on stderr, advanced as chunks of items finish)."""
         unknown = sorted(set(options) - set(CALL_OPTIONS))
         if unknown:
             raise TypeError(f"unknown call option(s) {', '.join(unknown)}; valid options: {', '.join(CALL_OPTIONS)}")
@@ -282,9 +284,10 @@ class Function(Generic[P, R]):
         header, function_frames = self._header("map", refs, options)
         chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
         header["chunks"] = [len(frames) for frames in chunk_frames]
-        with _interruptible(system, header["key"], options):
+        with _interruptible(system, header["key"], options), progress.items_done(
+                len(items), [len(chunk) for chunk in chunks], show=bool(options.get("progress"))) as on_log:
             reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
-                                   check_after=_check_after(options))
+                                   check_after=_check_after(options), on_log=on_log)
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":

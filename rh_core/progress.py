@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 #: Loggers whose level ``log_level`` sets: the core's and the plugins' that ship with it.
@@ -49,6 +49,33 @@ def step(logger: logging.Logger, name: str, detail: str = "") -> Iterator[None]:
     finally:
         _STATUS.end(token)
     logger.info("%s%s (%.2f s)", name, f": {detail}" if detail else "", time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def items_done(total: int, chunk_sizes: list[int], *, show: bool) -> Iterator[Callable[[str, bytes], None]]:
+    """A ``map``'s progress bar on stderr while the block runs, when ``show``: yields the log sink
+    of its request, which advances the bar by a chunk's items when the server says that chunk is
+    done (a ``progress`` line naming its index) and passes the function's output on."""
+    from rh_core.client import write_log
+
+    if not show:
+        yield write_log
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True))
+    items = bar.add_task("map", total=total)
+
+    def on_log(stream: str, text: bytes) -> None:
+        if stream == "progress":
+            bar.advance(items, chunk_sizes[int(text)])
+        else:
+            write_log(stream, text)
+
+    with bar:
+        yield on_log
 
 
 def _wanted() -> bool:

@@ -582,7 +582,12 @@ class Server:
         ]
         for chunk in chunks:
             self._route_replies(chunk, peer, request_id)
-        outcomes = await asyncio.gather(*(self._start(chunk) for chunk in chunks))
+        finishing = [self._start(chunk) for chunk in chunks]
+        if task.options.get("progress"):  # the caller shows a progress bar: say which chunk is done
+            for index, future in enumerate(finishing):
+                future.add_done_callback(lambda _, index=index: self._reply(
+                    peer, request_id, "log", {"stream": "progress"}, [str(index).encode()]))
+        outcomes = await asyncio.gather(*finishing)
         for chunk in chunks:
             self._unroute_replies(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))

@@ -247,3 +247,22 @@ def test_a_map_of_callers_over_every_worker_finishes_and_the_lent_workers_retire
         assert rh.function(fns.add).to(cluster)(2, 3) == 5
     finally:
         cluster.stop_server()
+
+
+def test_a_map_asked_for_progress_advances_a_bar_as_chunks_finish(process_cluster, capfd, monkeypatch):
+    import rich.progress
+
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    advanced = []
+    real_advance = rich.progress.Progress.advance
+    monkeypatch.setattr(rich.progress.Progress, "advance",
+                        lambda self, task, by=1: (advanced.append(by), real_advance(self, task, by))[1])
+    double = rh.function(fns.double).to(process_cluster)
+    assert double.options(progress=True).map(range(50)) == [2 * x for x in range(50)]
+    assert len(advanced) > 1 and sum(advanced) == 50  # one step per chunk, as each finished
+    assert "50/50" in capfd.readouterr().err
+    advanced.clear()
+    assert double.map(range(10)) == [2 * x for x in range(10)]
+    assert advanced == [] and "10/10" not in capfd.readouterr().err  # only when asked
