@@ -127,7 +127,7 @@ class ByoStack(RhStack):
         import pathlib
 
         import rh_core as rh
-        from rh_core.wheels import Platform, cache_root, resolve_wheelhouse
+        from rh_core.bootstrap.wheels import Platform, cache_root, resolve_wheelhouse
 
         from rh_core.testing.sshd import start_sshd
 

@@ -50,10 +50,10 @@ def main() -> None:
     try:
         bring_up(server, root, "warmup")  # fills the wheel cache: later bring-ups reuse it
         logging.basicConfig(level=logging.WARNING, format="  %(message)s", stream=sys.stderr)
-        logging.getLogger("rh_core.remote").setLevel(logging.INFO)
+        logging.getLogger("rh_core.clusters.remote").setLevel(logging.INFO)
         print("one bring-up, step by step:", file=sys.stderr)
         single = [bring_up(server, root, f"one-{i}") for i in range(ROUNDS)]
-        logging.getLogger("rh_core.remote").setLevel(logging.WARNING)
+        logging.getLogger("rh_core.clusters.remote").setLevel(logging.WARNING)
         together = []
         for i in range(ROUNDS):
             started = time.perf_counter()

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 
 import zmq
 
-OUT_OF_BAND_MIN = 64 * 1024  # the same threshold rh_core.serialize uses
+OUT_OF_BAND_MIN = 64 * 1024  # the same threshold rh_core.wire.serialize uses
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

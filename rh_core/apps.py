@@ -19,7 +19,7 @@ import attrs
 from rh_core.errors import RhError
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
     from rh_core.secrets import Secret
 
 
@@ -41,7 +41,7 @@ class AsgiApp:
         from rh_core.function import _code_on_cluster, _inside, _installed_roots
         from rh_core.packages import env_name, install_packages
         from rh_core.secrets import send_secrets
-        from rh_core.workdir import working_directory
+        from rh_core.support.workdir import working_directory
 
         system.connection()
         module, attr, module_file = _reference(self.app)

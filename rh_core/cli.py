@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
 # Exit codes, one meaning each (shown by `rh --help`).
 EXIT_OK = 0
@@ -127,7 +127,7 @@ def configure_logging() -> None:
     """This command's log lines on stderr: rh_core's (and its plugins') at the config file's
     ``log_level``; other libraries' (paramiko's, say) only from WARNING up."""
     from rh_core import config
-    from rh_core.progress import show_logs
+    from rh_core.client.progress import show_logs
 
     show_logs(config.current().log_level.upper())
 
@@ -136,7 +136,7 @@ def load_cluster(name: str | None, *, dryrun: bool = True) -> Cluster:
     """The cluster saved as ``name``, or the local cluster (rh.here) when no name is given."""
     configure_logging()
     if name is None:
-        from rh_core.cluster import LocalCluster
+        from rh_core.clusters.base import LocalCluster
 
         return LocalCluster()
     from rh_core.names import load_cluster as load
@@ -375,7 +375,7 @@ def server() -> None:
 
 
 def _local(executor: str | None = None, workers: int | None = None):
-    from rh_core.cluster import LocalCluster
+    from rh_core.clusters.base import LocalCluster
 
     options = {"num_workers": workers} if workers else {}
     return LocalCluster(executor=executor, executor_options=options)
@@ -439,7 +439,7 @@ def status(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def plugins(as_json: bool) -> None:
     """List installed plugins, their versions and hooks, and any that failed to load."""
-    from rh_core.plugins import PluginHost
+    from rh_core.plugin.host import PluginHost
 
     rows = PluginHost().plugins()
     if as_json:
@@ -457,7 +457,7 @@ def plugins(as_json: bool) -> None:
 
 
 def main() -> None:
-    from rh_core.plugins import PluginHost
+    from rh_core.plugin.host import PluginHost
 
     PluginHost().add_commands(cli)
     cli()

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from rh_core.errors import ConfigError, ConfigValueError
-from rh_core.files import write_atomically
+from rh_core.support.files import write_atomically
 
 #: The newest config file format this rh_core reads (``format:`` at the top of the file).
 CONFIG_FORMAT = 1
@@ -113,7 +113,7 @@ class Config:
 
 def config_path() -> str:
     """``$RH_HOME/config.yaml`` (``~/.rh/config.yaml`` by default)."""
-    from rh_core.cluster import rh_home
+    from rh_core.support.paths import rh_home
 
     return os.path.join(rh_home(), "config.yaml")
 
@@ -135,7 +135,7 @@ def reload() -> None:
 def _read_cached(path: str) -> Config:
     settings = read(path)
     if "log_level" in settings.values:  # the user asked: rh_core's lines at that level, in a script too
-        from rh_core.progress import show_logs
+        from rh_core.client.progress import show_logs
 
         show_logs(settings.log_level.upper())
     return settings

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
-from rh_core import progress, serialize, shm
-from rh_core.client import Reply
-from rh_core.cluster import Cluster, decode_outcome, split_parts
-from rh_core.compat import add_note
+from rh_core.client import progress
+from rh_core.wire import serialize, shm
+from rh_core.client.connection import Reply
+from rh_core.clusters.base import Cluster, decode_outcome, split_parts
+from rh_core.support.compat import add_note
 from rh_core.errors import RhError
-from rh_core.ref import Ref, new_run_key
-from rh_core.workdir import working_directory
+from rh_core.clusters.ref import Ref, new_run_key
+from rh_core.support.workdir import working_directory
 
 if TYPE_CHECKING:
     from rh_core.secrets import Secret
@@ -309,7 +310,7 @@ class Function(Generic[P, R]):
                 results.append(exc)
         return results
 
-    # --- HTTP (rh_core.http_door) ---------------------------------------------------------------
+    # --- HTTP (rh_core.server.http_door) ---------------------------------------------------------------
 
     def endpoint(self, name: str | None = None, *, public: bool = False) -> str:
         """Serve the function over HTTP on its cluster, as ``POST /<name>`` (default: its name), and
@@ -323,7 +324,7 @@ class Function(Generic[P, R]):
         Calls run like any other call (this function's ``options()``, environment and secrets), and
         the endpoint stays served across server restarts until :meth:`Cluster.remove_endpoint`.
         """
-        from rh_core.http_door import CALL_FIELDS
+        from rh_core.server.http_door import CALL_FIELDS
 
         system, _ = self._placed()
         name = name or self.name
@@ -516,9 +517,9 @@ def _inside(path: str, directory: str) -> bool:
 
 def _calling_run() -> str | None:
     """The run this call is made from when the caller is itself a function on a worker (only
-    workers load :mod:`rh_core.runner`): a server that runs both lends the caller's worker, which
+    workers load :mod:`rh_core.worker.runner`): a server that runs both lends the caller's worker, which
     waits meanwhile, so a pool of callers cannot deadlock waiting for their callees."""
-    runner = sys.modules.get("rh_core.runner")
+    runner = sys.modules.get("rh_core.worker.runner")
     return runner.current_call_key() if runner is not None else None
 
 
@@ -567,7 +568,7 @@ async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
 def _check_after(options: dict[str, Any]) -> float:
     """When a call waiting for its reply first makes sure the server still answers: soon after its
     timeout, by which the server should have reported it, or at the usual heartbeat."""
-    from rh_core.client import HEARTBEAT_SECONDS
+    from rh_core.client.connection import HEARTBEAT_SECONDS
 
     timeout = options.get("timeout")
     return float(timeout) + 2.0 if timeout else HEARTBEAT_SECONDS

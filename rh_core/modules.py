@@ -21,10 +21,10 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from rh_core.cluster import Cluster, decode_outcome, split_parts
+from rh_core.clusters.base import Cluster, decode_outcome, split_parts
 from rh_core.errors import RhError
 from rh_core.function import Function, _Shipped, function
-from rh_core.plugin_types import NAME_PATTERN
+from rh_core.plugin.interfaces import NAME_PATTERN
 
 T = TypeVar("T")
 

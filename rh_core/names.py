@@ -31,11 +31,11 @@ from rh_core.errors import (
     RhError,
     StoreError,
 )
-from rh_core.plugin_types import Store
-from rh_core.redact import holds_private_key, is_secret_key
+from rh_core.plugin.interfaces import Store
+from rh_core.support.redact import holds_private_key, is_secret_key
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
     from rh_core.function import Function
 
 #: The newest saved-resource format this rh_core writes and reads.
@@ -125,7 +125,7 @@ def parse_name(name: str, *, folder: bool = False) -> ResourceName:
 
 def _local_store() -> Store:
     from rh_core.builtin.dir_store import DirectoryStore
-    from rh_core.cluster import rh_home
+    from rh_core.support.paths import rh_home
 
     return DirectoryStore(path=os.path.join(rh_home(), "names"), private=True)
 
@@ -133,7 +133,7 @@ def _local_store() -> Store:
 def shared_store(store: Mapping[str, Any] | None = None) -> Store:
     """The shared (``@/``) store from the config file, or from ``store`` given for this call."""
     from rh_core import config
-    from rh_core.plugins import default_host
+    from rh_core.plugin.host import default_host
 
     settings = config.current().with_overrides(store=store).store
     if not settings:
@@ -227,7 +227,7 @@ def without_secrets(config: Mapping[str, Any], where: str = "") -> tuple[dict[st
     """``config`` without credential values or one-time settings (:data:`ONE_TIME_KEYS`), and the
     dotted keys of the credentials that were dropped.
 
-    Keys naming a secret (:data:`rh_core.redact.SECRET_WORDS`) are dropped; a value holding a
+    Keys naming a secret (:data:`rh_core.support.redact.SECRET_WORDS`) are dropped; a value holding a
     private key's contents is refused outright, since the caller meant it to be used.
     """
     kept: dict[str, Any] = {}
@@ -330,7 +330,7 @@ def save(resource: Cluster | Function, name: str | None = None, *, overwrite: bo
     Saving over an existing name needs ``overwrite=True``. ``store`` replaces the config file's
     shared-store settings for this call.
     """
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
     resource_name = parse_name(name or f"~/{resource.name}")
     target, where = _store_for(resource_name, store)
@@ -347,10 +347,12 @@ def save(resource: Cluster | Function, name: str | None = None, *, overwrite: bo
     return str(resource_name)
 
 
-def load_cluster(name: str, *, dryrun: bool = False, store: Mapping[str, Any] | None = None) -> Cluster:
+def load_cluster(name: str, *, dryrun: bool = False, store: Mapping[str, Any] | None = None,
+                 secret: str | None = None) -> Cluster:
     """The cluster saved (or builtin) as ``name``, with its status refreshed (machines and server
-    asked, nothing started) unless ``dryrun``."""
-    from rh_core.cluster import Cluster
+    asked, nothing started) unless ``dryrun``. ``secret`` is the secret of a cluster reached through
+    its TLS port, which is never saved."""
+    from rh_core.clusters.base import Cluster
 
     resource_name = parse_name(name)
     if resource_name.scope == BUILTIN:
@@ -365,6 +367,10 @@ def load_cluster(name: str, *, dryrun: bool = False, store: Mapping[str, Any] | 
     if not isinstance(cluster, Cluster):
         raise RhError(f"{resource_name} is a function, not a cluster; load it with rh.function(name={name!r})")
     cluster.saved_name = str(resource_name)
+    if secret is not None:
+        if not hasattr(cluster, "secret"):
+            raise TypeError(f"{resource_name} is not reached through a TLS port: it takes no secret")
+        cluster.secret = secret
     if not dryrun:
         cluster.refresh_status()
     return cluster
@@ -442,7 +448,7 @@ def describe(name: str, *, store: Mapping[str, Any] | None = None) -> dict[str, 
     """The saved record of ``name`` as stored (for ``rh ls -l`` and inspection); nothing is loaded."""
     resource_name = parse_name(name)
     if resource_name.scope == BUILTIN:
-        from rh_core.cluster import Cluster
+        from rh_core.clusters.base import Cluster
 
         resource = _builtin(resource_name)
         return {"kind": "cluster" if isinstance(resource, Cluster) else "function", "name": resource_name.path}
@@ -476,7 +482,7 @@ def _cluster_record(cluster: Cluster, name: ResourceName) -> dict[str, Any]:
 
 
 def _cluster_from_record(record: Mapping[str, Any], where: str, *, shared: bool = False) -> Cluster:
-    from rh_core.cluster import from_config
+    from rh_core.clusters.base import from_config
 
     if shared:
         check_shared_paths(record["cluster"], where)
@@ -516,8 +522,8 @@ def _cluster_from_reference(reference: Mapping[str, Any] | None, *, where: str, 
 
 def _function_record(function: Function, name: ResourceName) -> tuple[dict[str, Any], bytes | None]:
     """The record of a function, and the archive of its working directory (None when installed)."""
-    from rh_core import serialize
-    from rh_core.workdir import working_directory
+    from rh_core.wire import serialize
+    from rh_core.support.workdir import working_directory
 
     fn = function.fn
     if not serialize.is_importable_by_reference(fn):
@@ -551,7 +557,7 @@ def _function_record(function: Function, name: ResourceName) -> tuple[dict[str, 
 def _fetched_code_dir(path: str) -> str | None:
     """The fetched working directory (``$RH_HOME/code/<digest>``) holding ``path``, when ``path`` is
     the code of a function loaded by name: saving it again packs that directory."""
-    from rh_core.cluster import rh_home
+    from rh_core.support.paths import rh_home
 
     cache = os.path.realpath(os.path.join(rh_home(), "code"))
     if not path.startswith(cache + os.sep):
@@ -619,7 +625,7 @@ def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:
     import tarfile
     import tempfile
 
-    from rh_core.cluster import rh_home
+    from rh_core.support.paths import rh_home
 
     digest = str(code.get("sha256", ""))
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
@@ -728,7 +734,7 @@ def _builtin_registries() -> list[Any]:
     """Where ``^name`` is looked up: builtins (``rh_register_builtins``), then cluster presets
     (``rh_register_cluster_presets``: ``rh.cluster`` keyword arguments) when that kind exists."""
     from rh_core.errors import UnknownNameError
-    from rh_core.plugins import default_host
+    from rh_core.plugin.host import default_host
 
     host = default_host()
     registries = [host.registry("builtin")]
@@ -746,7 +752,7 @@ def _builtin_names() -> list[str]:
 def _builtin(name: ResourceName) -> Cluster | Function:
     """A builtin, built fresh for each load: a record, a factory's product, a copy of a registered
     cluster, or (for a cluster preset) ``rh.cluster(name=..., **preset)``."""
-    from rh_core.cluster import Cluster, from_config
+    from rh_core.clusters.base import Cluster, from_config
     from rh_core.function import Function
 
     registry = next((r for r in _builtin_registries() if name.path in r.names()), None)
@@ -754,7 +760,7 @@ def _builtin(name: ResourceName) -> Cluster | Function:
         raise ResourceNotFoundError(str(name), "the builtins registered by plugins", _near(name, _builtin_names()))
     target = registry.get(name.path)
     if registry.kind == "cluster_preset":
-        from rh_core.remote import cluster
+        from rh_core.clusters.remote import cluster
 
         return cluster(name=name.path, **target)
     if isinstance(target, Mapping):

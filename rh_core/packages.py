@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rh_core.envs import check_name
+from rh_core.server.envs import check_name
 from rh_core.errors import InstallError
-from rh_core.plugin_types import InstallerClaim, InstallStep
+from rh_core.plugin.interfaces import InstallerClaim, InstallStep
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
 # "pip:rich" or "conda:conda-forge::numpy", but not "https://..." nor "C:..." nor "name @ url"
 _METHOD_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]+):(?!//)(.*)$", re.DOTALL)
@@ -42,7 +42,7 @@ class Package:
     def to(self, destination: str, *, endpoint_url: str | None = None) -> Package:
         """A copy of this local folder at ``destination`` (``s3://bucket/prefix``), which any cluster
         with access to the bucket installs from; only files that changed are uploaded again."""
-        from rh_core import s3
+        from rh_core.support import s3
 
         if not os.path.isdir(self.spec):
             raise InstallError(f"only a local folder can be copied to {destination}; {self.spec!r} is not one")

@@ -2,7 +2,7 @@
 environment variables of the functions sent with them.
 
 ``rh.secret("aws")`` reads a provider's usual local credentials (providers are plugins, see
-:func:`rh_core.hookspecs.rh_register_secret_providers`); ``rh.secret(name="openai",
+:func:`rh_core.plugin.hookspecs.rh_register_secret_providers`); ``rh.secret(name="openai",
 values={"OPENAI_API_KEY": ...})`` makes a custom one. A secret's values travel only in requests to
 the cluster's server (authenticated, through SSH or TLS), and are never part of a repr, a log or a
 saved record.
@@ -19,8 +19,8 @@ import attrs
 from rh_core.errors import SecretError
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
-    from rh_core.plugins import PluginHost
+    from rh_core.clusters.base import Cluster
+    from rh_core.plugin.host import PluginHost
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -95,7 +95,7 @@ def secret(provider: str | None = None, *, name: str | None = None, values: Mapp
         raise SecretError(f"rh.secret({provider!r}) reads the {provider} credentials of this machine; for values of "
                           f"your own, leave the provider out: rh.secret(name={name or provider!r}, values={{...}})")
     if host is None:
-        from rh_core.plugins import default_host
+        from rh_core.plugin.host import default_host
 
         host = default_host()
     contents = host.secret_provider(provider)().read()
@@ -108,7 +108,7 @@ def resolve(secrets: Iterable[Secret | str], host: PluginHost | None = None) -> 
     if isinstance(secrets, (str, Secret)):
         raise SecretError("secrets are given as a list: secrets=['aws'] or secrets=[rh.secret(...)]")
     if host is None:
-        from rh_core.plugins import default_host
+        from rh_core.plugin.host import default_host
 
         host = default_host()
     providers = host.registry("secret_provider").names()

@@ -214,7 +214,7 @@ def rh_register_builtins(register):
 
 
 def make_byo():
-    return rh_core.cluster(name="test-byo", ips=["127.0.0.1"],
+    return rh_core.clusters.base(name="test-byo", ips=["127.0.0.1"],
                            ssh_creds={"ssh_user": "nobody", "ssh_private_key": "/nonexistent/key"})
 
 
@@ -229,7 +229,7 @@ def make_double():
 def builtins_plugin(tmp_path, monkeypatch) -> Iterator[Path]:
     """An installed plugin (dist-info with an entry point) that registers three builtins; yields the
     site folder to put on PYTHONPATH for subprocesses. The in-process default host is rebuilt."""
-    from rh_core.plugins import default_host
+    from rh_core.plugin.host import default_host
 
     site = tmp_path / "site"
     site.mkdir()

@@ -192,7 +192,7 @@ def test_large_messages_from_another_user_are_refused_before_they_are_read(runni
 
 @pytest.mark.parametrize("way_in", ["zeromq", "link"])
 def test_a_client_with_a_wrong_secret_gets_an_authentication_error(running_cluster, way_in):
-    from rh_core.client import LINK_SCHEME, Connection
+    from rh_core.client.connection import LINK_SCHEME, Connection
 
     state = running_cluster.read_state()
     address = state["local_endpoint"] if way_in == "zeromq" else LINK_SCHEME + state["link"]

@@ -40,7 +40,7 @@ def test_help_lists_every_command_and_the_exit_codes():
 
 def test_the_cli_and_the_package_import_nothing_heavy():
     """What keeps `rh --help` fast: commands import their dependencies when they run."""
-    probe = ("import sys, rh_core.cli; heavy = ('zmq', 'yaml', 'boto3', 'cloudpickle', 'asyncio', 'rh_core.cluster'); "
+    probe = ("import sys, rh_core.cli; heavy = ('zmq', 'yaml', 'boto3', 'cloudpickle', 'asyncio', 'rh_core.clusters.base'); "
              "print(','.join(m for m in heavy if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == ""
@@ -220,9 +220,9 @@ def test_log_level_from_the_config_file_applies_to_commands(home, tmp_path):
         import logging, sys
         from rh_core.cli import configure_logging
         configure_logging()
-        logging.getLogger("rh_core.remote").debug("from the core")
+        logging.getLogger("rh_core.clusters.remote").debug("from the core")
         logging.getLogger("paramiko.transport").info("from paramiko")
     """)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     # The core's level, not paramiko's (nor any other library's).
-    assert done.stderr.splitlines() == ["DEBUG rh_core.remote: from the core"]
+    assert done.stderr.splitlines() == ["DEBUG rh_core.clusters.remote: from the core"]

@@ -202,10 +202,10 @@ def test_log_level_in_the_file_sets_the_cores_level_in_a_script_and_never_parami
         "from rh_core import config\n"
         "import rh_byo_ssh.transport\n"
         "config.current()\n"
-        "logging.getLogger('rh_core.remote').info('core step line')\n"
+        "logging.getLogger('rh_core.clusters.remote').info('core step line')\n"
         "logging.getLogger('rh_byo_ssh.transport').info('plugin step line')\n"
         "logging.getLogger('paramiko.transport').info('paramiko connection line')\n"
-        "logging.getLogger('rh_core.remote').warning('core warning line')\n"
+        "logging.getLogger('rh_core.clusters.remote').warning('core warning line')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "RH_HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=60)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import rh_core as rh
-from rh_core import serialize
+from rh_core.wire import serialize
 from rh_core.testing import functions as fns
 
 
@@ -231,7 +231,7 @@ def test_the_server_works_in_its_own_directory_not_the_one_it_was_started_from(t
 def test_a_deleted_state_directory_stops_its_server(own_cluster):
     import shutil
 
-    from rh_core.processes import pid_alive
+    from rh_core.support.processes import pid_alive
 
     pid = own_cluster.status()["pid"]
     shutil.rmtree(own_cluster.state_dir)

@@ -11,7 +11,7 @@ import random
 import pytest
 
 import rh_core as rh
-from rh_core.client import read_secret
+from rh_core.client.connection import read_secret
 from rh_core.testing import functions as fns
 
 OPS = ["ping", "call", "get", "status", "release", "runs", "logs", "cancel", "install", "shutdown", "nope", ""]
@@ -24,7 +24,7 @@ class LinkSocket:
     def __init__(self, path: str):
         import socket
 
-        from rh_core.link import ClientLink
+        from rh_core.wire.link import ClientLink
 
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
@@ -53,7 +53,7 @@ def raw_socket(request, running_cluster):
     else:
         import zmq
 
-        from rh_core.client import authenticate_zmq
+        from rh_core.client.connection import authenticate_zmq
 
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)

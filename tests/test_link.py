@@ -1,5 +1,5 @@
 """Clients on the server's machine reach it over its link socket (``DIR/link.sock``, see
-rh_core.link), everyone else through ZeroMQ. The link serves the same requests, and no client on it
+rh_core.wire.link), everyone else through ZeroMQ. The link serves the same requests, and no client on it
 can stop the server: not one that writes garbage, nor one that stops reading its replies."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 import rh_core as rh
-from rh_core import serialize
-from rh_core.client import LINK_SCHEME, Connection, read_secret
-from rh_core.link import ENVELOPE_MAX_BYTES, FRAME_LENGTH, ClientLink
+from rh_core.wire import serialize
+from rh_core.client.connection import LINK_SCHEME, Connection, read_secret
+from rh_core.wire.link import ENVELOPE_MAX_BYTES, FRAME_LENGTH, ClientLink
 from rh_core.testing import functions as fns
 
 

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 import rh_core as rh
-from rh_core.processes import pid_alive
+from rh_core.support.processes import pid_alive
 from rh_core.testing import functions as fns
 from rh_core.testing.fixtures import wait_for
 
@@ -94,7 +94,7 @@ def test_the_counter_example_runs_on_rh_here(tmp_path):
 def test_an_executor_without_instances_refuses_them_saying_so():
     import asyncio
 
-    from rh_core.plugin_types import CoroutineExecutor, InstanceSpec
+    from rh_core.plugin.interfaces import CoroutineExecutor, InstanceSpec
 
     class Plain(CoroutineExecutor):
         name = "plain"

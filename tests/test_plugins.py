@@ -10,7 +10,7 @@ import pytest
 
 import rh_core as rh
 from rh_core.errors import PluginError, UnknownNameError
-from rh_core.plugins import PluginHost
+from rh_core.plugin.host import PluginHost
 
 
 @pytest.fixture
@@ -155,3 +155,26 @@ def test_import_rh_core_imports_no_plugin_dependencies():
     script = "import sys, rh_core; print(sorted(m for m in ('ray', 'sky', 'paramiko', 'click') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_patching_the_cluster_factory_replaces_it_and_undoing_restores_it():
+    # Users' own tests patch the API this way; rh_core.cluster is also the old name of a module.
+    import subprocess
+    import sys
+
+    code = (
+        "import rh_core as rh\n"
+        "from unittest import mock\n"
+        "original = rh.cluster\n"
+        "with mock.patch('rh_core.cluster') as fake:\n"
+        "    assert rh.cluster is fake\n"
+        "    import rh_core.clusters.base, rh_core.function\n"
+        "    assert rh.cluster is fake\n"
+        "assert rh.cluster is original and callable(rh.function)\n"
+        "from rh_core.cluster import Cluster\n"  # the old name of the cluster classes' module still imports
+        "assert Cluster.__module__ == 'rh_core.clusters.base' and rh.cluster is original\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -37,8 +37,8 @@ def test_the_worker_link_carries_small_and_large_buffers_and_refuses_anything_bu
     import socket
     import threading
 
-    from rh_core.link import Link
-    from rh_core.serialize import OUT_OF_BAND_MIN
+    from rh_core.wire.link import Link
+    from rh_core.wire.serialize import OUT_OF_BAND_MIN
 
     ours, theirs = socket.socketpair()
     sender, receiver = Link(ours.detach()), Link(theirs.detach())
@@ -80,7 +80,7 @@ def test_a_worker_whose_message_stops_half_way_is_replaced_within_seconds(proces
 
     import rh_core as rh
     from rh_core.errors import WorkerDiedError
-    from rh_core.link import STALL_SECONDS
+    from rh_core.wire.link import STALL_SECONDS
     from rh_core.testing import functions as fns
 
     garble = rh.function(fns.write_to_link).to(process_cluster)
@@ -184,7 +184,7 @@ def test_workers_that_cannot_start_fail_the_calls_waiting_for_them_naming_the_ti
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import time\nif b'rh_core.worker' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
+        "import time\nif b'rh_core.worker.process' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
     monkeypatch.setenv("PYTHONPATH", str(site))
     cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"),
                               executor_options={"num_workers": 1, "start_timeout": 1})
@@ -200,7 +200,7 @@ def test_a_timed_out_call_takes_the_processes_it_started_with_it(own_cluster, tm
     import time
 
     import rh_core as rh
-    from rh_core.cluster import pid_alive
+    from rh_core.clusters.base import pid_alive
     from rh_core.testing import functions as fns
 
     pid_file = tmp_path / "child.pid"

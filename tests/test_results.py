@@ -8,8 +8,8 @@ import pytest
 
 import rh_core as rh
 from rh_core import config
-from rh_core.results import SpilledResults
-from rh_core.plugin_types import Outcome
+from rh_core.server.results import SpilledResults
+from rh_core.plugin.interfaces import Outcome
 from rh_core.testing import functions as fns
 
 
@@ -91,7 +91,7 @@ def test_unfetched_results_beyond_the_memory_budget_live_on_disk_not_in_the_serv
         with open(f"/proc/{server.pid}/status") as f:
             rss_mib = int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
         # Held all in memory, 800 MiB; the server keeps up to 256 MiB of freed heap for its next large
-        # buffers (rh_core.heap), so its RSS stays below the sum of that and the budget, with room.
+        # buffers (rh_core.wire.heap), so its RSS stays below the sum of that and the budget, with room.
         assert rss_mib < 600, f"the server holds {rss_mib:.0f} MiB for 800 MiB of results kept on disk"
         assert cluster.get(keys[0]) == bytes([0]) * (4 * 2**20)  # read back from disk
         assert cluster.get(keys[-1]) == bytes([199 % 251]) * (4 * 2**20)

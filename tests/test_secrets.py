@@ -14,9 +14,9 @@ import pytest
 
 import rh_core as rh
 from rh_core import hookimpl
-from rh_core.client import Connection, read_secret
-from rh_core.plugin_types import SecretContents
-from rh_core.plugins import PluginHost
+from rh_core.client.connection import Connection, read_secret
+from rh_core.plugin.interfaces import SecretContents
+from rh_core.plugin.host import PluginHost
 from rh_core.testing import functions as fns
 
 # Made at random, so that no file of the working directory (which saving a function archives) holds them.

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from rh_core import shm
+from rh_core.wire import shm
 
 MIB = 2**20
 
@@ -64,7 +64,7 @@ def test_a_segment_the_receiver_did_not_reuse_goes_back_to_its_sender_once(prefi
 
 
 def test_a_handed_back_segment_is_taken_while_loading_a_value(prefix):
-    from rh_core import serialize
+    from rh_core.wire import serialize
 
     _, descriptor = shm.share([b"pickle", b"a" * (2 * MIB)], prefix)
     received = []
@@ -127,7 +127,7 @@ def test_a_forked_child_neither_reuses_nor_removes_its_parents_segments(prefix):
 
 def test_a_process_removes_the_segments_it_owns_when_it_exits_and_leaves_those_in_flight(prefix):
     script = textwrap.dedent(f"""
-        from rh_core import shm
+        from rh_core.wire import shm
         _, descriptor = shm.share([b"p", b"q" * (2 * 2**20)], {prefix!r})
         assert shm.attach(descriptor) == b"q" * (2 * 2**20)  # now owned: reused for the next buffer
         _, in_flight = shm.share([b"p", b"r" * (3 * 2**20)], {prefix!r})
@@ -143,7 +143,7 @@ def test_a_process_removes_the_segments_it_owns_when_it_exits_and_leaves_those_i
 def test_large_received_bytes_are_copies_marked_for_huge_pages():
     import ctypes
 
-    from rh_core.heap import bytes_from
+    from rh_core.wire.heap import bytes_from
 
     data = os.urandom(3 * MIB)
     copy = bytes_from(memoryview(data)[1:])
@@ -178,7 +178,7 @@ def _huge_pages_on_request():
 
 
 def test_a_received_bytes_buffer_becomes_the_value_without_another_copy():
-    from rh_core import serialize
+    from rh_core.wire import serialize
 
     stream, _ = serialize.dumps(os.urandom(3 * MIB), [])
     received = os.urandom(3 * MIB)  # what shm.attach returns: a bytes object of its own
@@ -243,7 +243,7 @@ def test_a_64_mib_dev_shm_as_in_docker_carries_100_mib_arguments_and_results(tmp
 
 def _orphaned(prefix):
     """Segments named ``prefix...`` whose owner no longer runs."""
-    from rh_core.processes import pid_alive
+    from rh_core.support.processes import pid_alive
 
     return [name for name in _segments_named(prefix) if not pid_alive(shm.owner_of(name))]
 

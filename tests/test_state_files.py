@@ -18,7 +18,7 @@ import pytest
 import zmq  # noqa: F401
 
 import rh_core as rh
-from rh_core.client import read_secret
+from rh_core.client.connection import read_secret
 from rh_core.errors import UntrustedPathError
 from rh_core.testing import functions as fns
 
@@ -49,8 +49,8 @@ def wait_for_state(process: subprocess.Popen, state_dir: str) -> dict | None:
 def run_code_with(port: int, secret: str, marker: str) -> dict:
     """As the attacker: call the server on its loopback port with ``secret``, running code that
     writes ``marker`` (proof that it ran, and as whom)."""
-    from rh_core import serialize
-    from rh_core.client import Connection
+    from rh_core.wire import serialize
+    from rh_core.client.connection import Connection
 
     connection = Connection(f"tcp://127.0.0.1:{port}", lambda: None, secret=secret)
     code = f"import os; open({marker!r}, 'w').write(str(os.getuid()))"
@@ -99,7 +99,7 @@ def test_a_state_folder_another_user_owns_is_refused(other_user):
 
 
 def test_a_state_folder_not_made_yet_is_made_ours_unless_it_would_lie_in_another_users(other_user, tmp_path):
-    from rh_core.files import private_directory
+    from rh_core.support.files import private_directory
 
     fresh = tmp_path / "not" / "yet" / "made"  # RH_HOME on first use, say
     assert private_directory(str(fresh)) == str(fresh)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import rh_core as rh
-from rh_core.client import read_secret
+from rh_core.client.connection import read_secret
 from rh_core.testing import functions as fns
 from rh_core.testing.sshd import free_port
 from test_auth import peak_rss
@@ -63,13 +63,34 @@ def test_calls_through_the_tls_front_door_with_the_pinned_certificate(exposed_se
         f = rh.function(fns.add).to(cluster)
         assert f(1, 2) == 3
         assert f.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
-        payload = os.urandom(4 * 2**20 + 3)  # sent in five pieces (rh_core.client.split_frames)
+        payload = os.urandom(4 * 2**20 + 3)  # sent in five pieces (rh_core.client.connection.split_frames)
         assert rh.function(fns.echo).to(cluster)(payload) == payload
         assert "secret" not in json.dumps(cluster.config())
         with pytest.raises(rh.RhError, match="has no shell"):
             cluster.run(["true"])
     finally:
         cluster.close()
+
+
+def test_a_saved_tls_cluster_loads_by_name_and_takes_its_secret_again(exposed_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("RH_HOME", str(tmp_path / "home"))
+    state, secret = exposed_server
+    cluster = rh.cluster(name="exposed", address=state["tls"]["address"], tls_fingerprint=state["tls"]["fingerprint"],
+                         secret=secret)
+    cluster.save()
+    cluster.close()
+    saved_files = [p.read_text() for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert saved_files and not any(secret in text for text in saved_files)  # the secret is never written
+
+    loaded = rh.cluster("exposed", secret=secret)
+    try:
+        assert loaded.address == state["tls"]["address"]
+        assert rh.function(fns.add).to(loaded)(2, 3) == 5
+    finally:
+        loaded.close()
+    without = rh.cluster("exposed", dryrun=True)
+    with pytest.raises(rh.AuthenticationError, match=r"rh.cluster\('~/exposed', secret=...\)"):
+        without.connection()
 
 
 def test_a_wrong_fingerprint_is_refused_before_any_request(exposed_server):
@@ -176,7 +197,7 @@ def test_nothing_is_read_in_bulk_before_the_secret_is_proven(exposed_server):
 
 
 def test_an_answer_captured_from_one_connection_is_refused_on_the_next(exposed_server):
-    from rh_core.tls import ADMITTED, proof_of_secret
+    from rh_core.wire.handshake import ADMITTED, proof_of_secret
 
     state, secret = exposed_server
     with tls_to(state["tls"]["address"]) as first:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rh_core.errors import RhError
-from rh_core.wheels import Platform, WheelhouseError, resolve_wheelhouse
+from rh_core.bootstrap.wheels import Platform, WheelhouseError, resolve_wheelhouse
 
 GLIBC_2_31_X86 = Platform(system="Linux", machine="x86_64", libc="glibc", libc_version="2.31", python="3.10")
 AARCH64 = Platform(system="Linux", machine="aarch64", libc="glibc", libc_version="2.35", python="3.12")

@@ -13,7 +13,7 @@ import json
 import os
 
 from rh_core.errors import SecretError
-from rh_core.plugin_types import SecretContents
+from rh_core.plugin.interfaces import SecretContents
 
 
 def _read(path: str) -> str | None:

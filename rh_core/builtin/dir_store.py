@@ -7,8 +7,8 @@ import errno
 import os
 
 from rh_core import hookimpl
-from rh_core.files import write_atomically
-from rh_core.names import StoreError
+from rh_core.support.files import write_atomically
+from rh_core.errors import StoreError
 
 
 @hookimpl

@@ -21,9 +21,9 @@ from typing import Any
 
 from rh_core.builtin.process_pool import exit_cause, kill_group, spawn_worker
 from rh_core.errors import InstanceDiedError, InstanceNotFoundError, WorkerDiedError
-from rh_core.link import Link
-from rh_core.plugin_types import InstanceSpec, Outcome, ServerContext, Task
-from rh_core.worker import task_message
+from rh_core.wire.link import Link
+from rh_core.plugin.interfaces import InstanceSpec, Outcome, ServerContext, Task
+from rh_core.worker.process import task_message
 
 
 class _InstanceProcess:

@@ -4,7 +4,7 @@ Each environment has its own pool, started when its first task arrives (the defa
 at server start), whose workers run that environment's interpreter. Tasks with secrets (``Task.variables``)
 get pools of their own, one per environment and set of variable names, so a worker that ever held
 a secret's values runs only tasks that are given the same variables. Each worker runs one task at a
-time (see :mod:`rh_core.worker`); tasks wait in arrival order for a free worker of their pool.
+time (see :mod:`rh_core.worker.process`); tasks wait in arrival order for a free worker of their pool.
 After an install into an environment, its workers are replaced as they become idle, so new calls
 see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
 replaced; a call whose future is cancelled (its timeout expired) has its worker killed and replaced.
@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rh_core.errors import WorkerDiedError
-from rh_core.link import Link, bound_stalls
-from rh_core.plugin_types import Environment, InstanceSpec, Outcome, ServerContext, Task
-from rh_core.worker import task_message
+from rh_core.wire.link import Link, bound_stalls
+from rh_core.plugin.interfaces import Environment, InstanceSpec, Outcome, ServerContext, Task
+from rh_core.worker.process import task_message
 
 START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
 START_FAILURES = 3  # workers in a row that die before ready: the environment cannot start them

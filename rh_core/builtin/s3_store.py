@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rh_core import hookimpl
-from rh_core.names import StoreError
+from rh_core.errors import StoreError
 
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
                 "InvalidToken", "ExpiredToken", "403"}

@@ -33,7 +33,7 @@ class InstallerContract:
     def test_prepare_gives_a_json_safe_step_naming_the_requirement(self, cluster, requirement):
         host = rh.default_host()
         from rh_core.packages import claim
-        from rh_core.plugin_types import InstallStep
+        from rh_core.plugin.interfaces import InstallStep
 
         claimed = claim(requirement, host)
         step = host.installer(claimed.method)().prepare(cluster, claimed)

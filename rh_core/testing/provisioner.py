@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from rh_core.plugin_types import ClusterInfo
+from rh_core.plugin.interfaces import ClusterInfo
 
 
 class ProvisionerContract:

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from rh_core.errors import InstallError
-from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
+from rh_core.plugin.interfaces import Environment, InstallerClaim, InstallStep
 
 #: Run by the environment's own Python: compile the file (a syntax error fails the install before
 #: anything is written), then write it where that interpreter imports modules from.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rh_core.errors import RhError
-from rh_core.plugin_types import ClusterInfo
+from rh_core.plugin.interfaces import ClusterInfo
 
 #: ``ssh_creds`` keys (the spec's names) and the ssh transport options they become.
 CREDENTIAL_KEYS = {

@@ -15,8 +15,8 @@ import re
 import sys
 from collections.abc import Callable
 
-from rh_core.cluster import rh_home
-from rh_core.files import write_atomically
+from rh_core.support.paths import rh_home
+from rh_core.support.files import write_atomically
 
 MARKER = "# Added by rh (rh-byo-ssh) so `ssh NAME` reaches rh clusters; remove with `rh ssh-config --remove`"
 

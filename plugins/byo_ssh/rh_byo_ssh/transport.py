@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 import paramiko
-from rh_core import workdir
+from rh_core.support import workdir
 from rh_core.errors import RhError
-from rh_core.workdir import Listing
+from rh_core.support.workdir import Listing
 
 __all__ = [
     "SSHAuthError",
@@ -284,7 +284,7 @@ class SSHTransport:
         With the default ``remote_root`` that is ``~/.rh/sync/<name>-<hash>``, ``<name>`` being the
         directory's name and ``<hash>`` a short hash of its absolute local path.
 
-        Which files travel is :func:`rh_core.workdir.listing`'s rule: in a git work tree those git
+        Which files travel is :func:`rh_core.support.workdir.listing`'s rule: in a git work tree those git
         keeps (``.gitignore`` respected), elsewhere all but what an ``.rhignore`` excludes. Files unchanged in size and mtime are not sent again, and
         files gone locally are deleted there. rsync over the system ssh is used when both ends
         have rsync and key authentication is in use; SFTP otherwise. :attr:`last_sync` tells

@@ -83,7 +83,7 @@ def test_each_bring_up_step_logs_one_info_line_with_its_duration_and_paramiko_st
         assert rh.function(fns.quiet_add).to(cluster)(1, 2) == 3
     finally:
         cluster.down()
-    lines = [record.getMessage() for record in caplog.records if record.name == "rh_core.remote"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "rh_core.clusters.remote"]
     for step in BRINGUP_STEPS:
         assert any(line.startswith(step) and line.endswith(" s)") for line in lines), (step, lines)
     assert not [record for record in caplog.records if record.name.startswith("paramiko")]

@@ -239,7 +239,7 @@ def test_second_sync_of_an_unchanged_tree_sends_nothing(make_transport, tmp_path
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_plain_directory_honours_its_rhignore_in_the_sync_and_the_fingerprint(make_transport, tmp_path, method):
-    from rh_core.workdir import fingerprint
+    from rh_core.support.workdir import fingerprint
 
     transport = make_transport(use_system_ssh=method == "rsync", remote_root=str(tmp_path / "remote-rh"))
     source = tmp_path / "project"  # not a git work tree
@@ -273,11 +273,11 @@ def test_syncing_more_than_sync_warn_mb_warns_with_the_largest_files_and_the_fix
 
     cluster = rh.LocalCluster(name="warned", state_dir=str(tmp_path / "state"))
     try:
-        with caplog.at_level("WARNING", logger="rh_core.workdir"):
+        with caplog.at_level("WARNING", logger="rh_core.support.workdir"):
             cluster.sync_directory(str(source))
     finally:
         config.reload()
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rh_core.workdir"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rh_core.support.workdir"]
     assert "syncing 3 MB in 2 files" in warning and "weights.pt" in warning and ".rhignore" in warning
 
 

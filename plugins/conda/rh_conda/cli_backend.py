@@ -17,7 +17,7 @@ from typing import Any
 
 from rh_conda.request import CondaRequest, SolveFailed
 from rh_core.errors import InstallError
-from rh_core.plugin_types import Environment, InstallStep
+from rh_core.plugin.interfaces import Environment, InstallStep
 
 CLI_NAMES = ("micromamba", "mamba", "conda")
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from rh_conda.request import CondaRequest, SolveFailed, env_label, parse
 from rh_core.errors import InstallError
-from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
+from rh_core.plugin.interfaces import Environment, InstallerClaim, InstallStep
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
 PACKAGE_OPTIONS = ("channels", "tool")
 

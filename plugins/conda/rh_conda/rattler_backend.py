@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from rh_conda.request import CondaRequest, SolveFailed, env_label, package_name
 from rh_core.errors import InstallError
-from rh_core.files import write_atomically
-from rh_core.plugin_types import Environment, InstallStep
+from rh_core.support.files import write_atomically
+from rh_core.plugin.interfaces import Environment, InstallStep
 
 T = TypeVar("T")
 

@@ -14,10 +14,10 @@ from rh_conda.installer import CondaInstaller
 from rh_conda.request import parse
 
 import rh_core as rh
-from rh_core.envs import ClusterEnvironment, install
+from rh_core.server.envs import ClusterEnvironment, install
 from rh_core.errors import InstallError
 from rh_core.packages import claim
-from rh_core.plugin_types import InstallStep
+from rh_core.plugin.interfaces import InstallStep
 
 
 def step_for(requirement, **options) -> InstallStep:

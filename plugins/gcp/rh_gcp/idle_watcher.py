@@ -65,8 +65,8 @@ def watch(state_dir: str, endpoint: str, server_pid: int, config: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another watcher serves this server
-    from rh_core.client import ping, read_secret
-    from rh_core.cluster import pid_alive
+    from rh_core.client.connection import ping, read_secret
+    from rh_core.clusters.base import pid_alive
 
     secret = read_secret(state_dir)
     log(f"watching the server (pid {server_pid}) every {config['interval']} s for {config['instances']}")

@@ -23,8 +23,8 @@ import subprocess
 import time
 from typing import Any
 
-from rh_core.compat import add_note
-from rh_core.plugin_types import ClusterInfo
+from rh_core.support.compat import add_note
+from rh_core.plugin.interfaces import ClusterInfo
 
 from rh_gcp.compute import ComputeAPI, GCPCredentialsError, GCPError, parse_time
 from rh_gcp.spec import GCPSpec, GCPSpecError, check_cluster_name, instance_names
@@ -43,7 +43,7 @@ READY_TIMEOUT_SECONDS = 600
 
 def state_dir(*parts: str) -> str:
     """``$RH_HOME/gcp/...`` on this machine."""
-    from rh_core.cluster import rh_home
+    from rh_core.support.paths import rh_home
 
     return os.path.join(rh_home(), "gcp", *parts)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import rh_core as rh
-from rh_core.cluster import pid_alive
+from rh_core.clusters.base import pid_alive
 from rh_core.testing import functions as fns
 from rh_core.testing.fixtures import wait_for
 
@@ -49,7 +49,7 @@ def test_a_gcp_direct_cluster_launches_runs_calls_stops_when_idle_restarts_on_th
         stand_in, options, anonymous, watcher_on_stand_in, sshd, monkeypatch, remote_dir):
     # The client rechecks a connection idle for longer than this before the next call (60 s; autostop
     # is at least a minute). The autostop below lasts 3 s instead of minutes, so this shrinks alike.
-    monkeypatch.setattr("rh_core.remote.IDLE_RECHECK_SECONDS", 1.0)
+    monkeypatch.setattr("rh_core.clusters.remote.IDLE_RECHECK_SECONDS", 1.0)
     gpu = rh.cluster(name="g1", **options(instance_type="n1-standard-8", num_nodes=2, autostop_mins=30))
     gpu.remote_dir = remote_dir
     try:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core.errors import InstallError
-from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
+from rh_core.plugin.interfaces import Environment, InstallerClaim, InstallStep
 from rh_git.source import parse_source
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
 GIT_OPTIONS = ("revision", "install_method", "subdirectory", "token", "token_user", "ssh_key", "ssh_known_hosts")
 DEFAULT_TOKEN_USER = "x-access-token"  # GitHub's name for a token; GitLab and others accept any user
@@ -107,7 +107,7 @@ class GitInstaller:
         return f"git:{step.spec}#{step.options.get('subdirectory') or ''}"
 
     def install(self, step: InstallStep, env: Environment) -> None:
-        from rh_core.plugins import default_host
+        from rh_core.plugin.host import default_host
 
         commit = self._commits.get(_key(step)) or self._resolve_commit(step, env)
         git = Git(step, env)
@@ -144,7 +144,7 @@ def _check_method(cluster: Cluster | None, method: str, url: str) -> None:
     if cluster is not None:
         host = cluster.host
     else:
-        from rh_core.plugins import default_host
+        from rh_core.plugin.host import default_host
 
         host = default_host()
     valid = [name for name in host.registry("installer").names() if name != "git"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rh_core import hookimpl
-from rh_core.plugin_types import InstallerClaim
+from rh_core.plugin.interfaces import InstallerClaim
 
 
 @hookimpl

@@ -10,7 +10,7 @@ import pytest
 from git_repos import Repo, SmartHttp, make_repo, start_git_daemon
 
 import rh_core as rh
-from rh_core.envs import ClusterEnvironment
+from rh_core.server.envs import ClusterEnvironment
 from rh_core.testing.sshd import stop
 
 

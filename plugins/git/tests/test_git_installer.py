@@ -13,10 +13,10 @@ from rh_git.installer import GitInstaller
 from rh_git.source import parse_source
 
 import rh_core as rh
-from rh_core.envs import install
+from rh_core.server.envs import install
 from rh_core.errors import InstallError
 from rh_core.packages import claim
-from rh_core.plugin_types import InstallStep
+from rh_core.plugin.interfaces import InstallStep
 
 
 def step_for(requirement) -> InstallStep:

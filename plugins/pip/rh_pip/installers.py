@@ -2,7 +2,7 @@
 
 ``prepare`` runs on the client: it checks local paths and syncs them to the cluster (so a path in a
 step is always a path on the cluster). ``resolve`` and ``install`` run in the cluster server, with
-pip run against the environment's interpreter (:meth:`rh_core.envs.ClusterEnvironment.pip`).
+pip run against the environment's interpreter (:meth:`rh_core.server.envs.ClusterEnvironment.pip`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import re
 import sysconfig
 from typing import Any
 
-from rh_core.cluster import Cluster
-from rh_core.compat import file_digest
+from rh_core.clusters.base import Cluster
+from rh_core.support.compat import file_digest
 from rh_core.errors import InstallError
-from rh_core.plugin_types import Environment, InstallerClaim, InstallStep
+from rh_core.plugin.interfaces import Environment, InstallerClaim, InstallStep
 
 PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
 PROJECT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -55,7 +55,7 @@ def _shipped_if_offline(cluster: Cluster, lines: list[str], *, digest: str = "",
     platform = cluster.offline_platform()
     if platform is None:
         return {}
-    from rh_core.wheels import resolve_requirements
+    from rh_core.bootstrap.wheels import resolve_requirements
 
     folder = resolve_requirements(lines, platform, digest=digest, cwd=cwd)
     return {"find_links": cluster.sync_directory(folder), "no_index": True}
@@ -153,7 +153,7 @@ class LocalInstaller:
 
     def resolve(self, step: InstallStep, env: Environment) -> str:
         if step.options.get("source") == "s3":
-            from rh_core import s3
+            from rh_core.support import s3
 
             bucket, prefix = s3.parse_url(step.spec)
             folder = self._s3_folder(step, env)

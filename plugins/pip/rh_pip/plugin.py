@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from rh_core import hookimpl
-from rh_core.plugin_types import InstallerClaim
+from rh_core.plugin.interfaces import InstallerClaim
 
 
 @hookimpl

@@ -187,7 +187,7 @@ def moto_s3(monkeypatch):
 
 
 def test_a_local_folder_copied_to_s3_installs_from_there_and_reuploads_only_changes(moto_s3, tmp_path):
-    from rh_core import s3
+    from rh_core.support import s3
 
     lib = tmp_path / "s3lib"
     (lib / "pkg").mkdir(parents=True)

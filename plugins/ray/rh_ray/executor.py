@@ -24,15 +24,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
-from rh_core.cluster import KEEP_RAY_FILE
+from rh_core.clusters.base import KEEP_RAY_FILE
 from rh_core.errors import InstanceDiedError, InstanceNotFoundError, RhError, WorkerDiedError
-from rh_core.files import private_directory
-from rh_core.plugin_types import CoroutineExecutor, Environment, InstanceSpec, Outcome, ServerContext, Task
+from rh_core.support.files import private_directory
+from rh_core.plugin.interfaces import CoroutineExecutor, Environment, InstanceSpec, Outcome, ServerContext, Task
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from rh_core.runner import Runner
+    from rh_core.worker.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ HEAD_DIR = "ray-head"
 DEFAULT_NODE_TIMEOUT_S = 30.0
 _HEALTH_CHECK_FAILURES = 5  # Ray's default health_check_failure_threshold, kept
 CODE_CHECK_TTL = 1.0  # how often the synced code a task imports is re-read before copying it to other nodes
-INSTALL_RECORD = "installed.json"  # in an environment's root (rh_core.envs); every install rewrites it
+INSTALL_RECORD = "installed.json"  # in an environment's root (rh_core.server.envs); every install rewrites it
 INTERPRETER_CHECK_TIMEOUT = 120.0
 
 
@@ -165,7 +165,7 @@ def run_in_worker(log_endpoint: str, task: Task, server_node: str | None = None,
 
 
 def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str | None) -> Runner:
-    from rh_core.runner import Runner
+    from rh_core.worker.runner import Runner
 
     if server_node is None or _ray_node_id() == server_node:
         return Runner(log_endpoint)
@@ -369,7 +369,7 @@ class RayExecutor(CoroutineExecutor):
             node_ip = self._node_addresses.get(self._node_id or "")
             if node_ip:
                 self._relay = LogRelay(node_ip, self._log_endpoint)
-            from rh_core.workdir import fingerprint as code_fingerprint
+            from rh_core.support.workdir import fingerprint as code_fingerprint
 
             self._code_copies = NodeCopies(ray, "code", code_fingerprint, ttl=CODE_CHECK_TTL)
             # Read every time: a call right after an install must find the new environment on every node.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from rh_core import hookimpl
 
 if TYPE_CHECKING:
-    from rh_core.cluster import Cluster
+    from rh_core.clusters.base import Cluster
 
 
 @hookimpl

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rh_core.cluster import KEEP_RAY_FILE, tail
+from rh_core.clusters.base import KEEP_RAY_FILE, tail
 from rh_ray.executor import HEAD_DIR, ray_temp_dir
 
 MARKER = "RH_RAY_NODE"

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from rh_core.errors import RhError
-from rh_core.remote import remote_shell_path
+from rh_core.clusters.remote import remote_shell_path
 
 logger = logging.getLogger(__name__)
 

@@ -156,7 +156,7 @@ def test_teardown_hook_leaves_head_and_workers_alone_when_the_server_keeps_ray()
 
 
 def test_stop_head_keeps_a_head_marked_for_the_next_server_and_stops_an_unmarked_one(tmp_path):
-    from rh_core.cluster import KEEP_RAY_FILE
+    from rh_core.clusters.base import KEEP_RAY_FILE
 
     head_dir = tmp_path / "ray-head"
     head_dir.mkdir()
@@ -306,7 +306,7 @@ class FakeRay:
 
 
 def fake_environment(root: Path, installed: dict[str, Any]) -> Path:
-    """An environment's root as rh_core.envs lays it out, with a venv whose python links to this one."""
+    """An environment's root as rh_core.server.envs lays it out, with a venv whose python links to this one."""
     (root / "venv" / "bin").mkdir(parents=True)
     (root / "venv" / "bin" / "python").symlink_to(sys.executable)
     (root / "installed.json").write_text(json.dumps(installed))
@@ -357,7 +357,7 @@ def test_the_items_of_one_map_make_one_copy(tmp_path):
 
 
 def test_a_forgotten_copy_is_sent_again_even_where_it_looks_current(tmp_path):
-    from rh_core.workdir import fingerprint
+    from rh_core.support.workdir import fingerprint
 
     root = tmp_path / "head" / "code"
     root.mkdir(parents=True)

@@ -60,8 +60,8 @@ def watch(state_dir: str, endpoint: str, server_pid: int, db_path: str, interval
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another watcher serves this server
-    from rh_core.client import ping, read_secret
-    from rh_core.cluster import pid_alive
+    from rh_core.client.connection import ping, read_secret
+    from rh_core.clusters.base import pid_alive
 
     secret = read_secret(state_dir)  # the server answers only requests that carry it
     log(f"watching the server (pid {server_pid}) every {interval} s; SkyPilot's idle timer: {db_path}")

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from rh_core.files import write_atomically
+from rh_core.support.files import write_atomically
 
 STATE_FILE = "fake-skypilot.json"
 DIRECTORY_VARIABLE = "RH_SKY_FAKE_DIR"

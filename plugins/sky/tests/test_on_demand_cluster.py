@@ -150,7 +150,7 @@ def test_a_call_after_an_autostop_brings_the_cluster_back(cloud, cluster, machin
     stop(first_process)
     cluster.transport.close()  # the stopped machine's connections die with it
     fake.set_machines(ssh_port=second.port)
-    monkeypatch.setattr("rh_core.remote.IDLE_RECHECK_SECONDS", 0.0)  # check the connection before every call
+    monkeypatch.setattr("rh_core.clusters.remote.IDLE_RECHECK_SECONDS", 0.0)  # check the connection before every call
     assert add(20, 22) == 42
     assert fake.calls("start")[-1]["cluster_name"] == NAME
     assert cluster.cluster_info.transport_options["port"] == second.port

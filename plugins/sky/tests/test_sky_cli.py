@@ -88,7 +88,7 @@ def test_down_of_an_unknown_cluster_is_not_an_error(fake_sky):
 def test_rh_help_and_import_never_import_skypilot():
     code = ("import sys, rh_core\n"
             "from rh_core.cli import cli\n"
-            "from rh_core.plugins import PluginHost\n"
+            "from rh_core.plugin.host import PluginHost\n"
             "PluginHost().add_commands(cli)\n"
             "assert 'sky' in cli.commands, sorted(cli.commands)\n"
             "print(sorted(m for m in sys.modules if m == 'sky' or m.startswith('sky.')))\n")

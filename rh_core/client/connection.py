@@ -1,0 +1,432 @@
+"""The client side of the wire protocol (see :mod:`rh_core.server.server`).
+
+Each thread gets its own DEALER socket, so threads never wait on each other. While a reply is
+outstanding the client polls in short slices and asks the cluster whether its server is still
+alive, so a dead server is reported within seconds instead of hanging; every
+``HEARTBEAT_SECONDS`` (sooner for a call with a timeout) it also pings the server, so a server that
+lives but does not answer (stopped with SIGSTOP, wedged) is reported too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from rh_core import errors
+from rh_core.errors import ConnectionLostError, RhError
+
+POLL_SLICE_MS = 500
+#: While a request waits for its reply, how often the client makes sure the server still answers
+#: (a ping on a connection of its own): a stopped or wedged server is reported, never waited on.
+HEARTBEAT_SECONDS = 30.0
+PING_TIMEOUT = 5.0  # how long such a ping may take before the server counts as not answering
+
+
+class Reply:
+    __slots__ = ("frames", "header", "kind")
+
+    def __init__(self, kind: str, header: dict[str, Any], frames: list):
+        self.kind, self.header, self.frames = kind, header, frames
+
+
+def write_log(stream: str, text: bytes) -> None:
+    """Default log sink: the function's stdout and stderr go to ours."""
+    target = sys.stderr if stream == "stderr" else sys.stdout
+    target.write(text.decode("utf-8", "replace"))
+    target.flush()
+
+
+# pyzmq's send_multipart/recv_multipart wrap every frame in Python and do arithmetic on enum flags,
+# which costs more than libzmq's own send; these call its Cython layer with plain int flags.
+_SNDMORE = 2  # zmq.SNDMORE
+_zmq_socket: Any = None  # zmq.backend.Socket, imported on first use: `import rh_core` stays fast
+
+
+def _base_socket() -> Any:
+    global _zmq_socket
+    if _zmq_socket is None:
+        from zmq.backend import Socket
+
+        _zmq_socket = Socket
+    return _zmq_socket
+
+
+def send_frames(socket: Any, frames: Sequence, flags: int = 0) -> None:
+    """``socket.send_multipart(frames, flags, copy=False)`` without pyzmq's per-frame Python layer
+    (frames under ``socket.copy_threshold`` bytes are still copied)."""
+    send, more = _base_socket().send, flags | _SNDMORE
+    for frame in frames[:-1]:
+        send(socket, frame, more, False)
+    send(socket, frames[-1], flags, False)
+
+
+def recv_frames(socket: Any, flags: int = 0) -> list:
+    """``socket.recv_multipart(flags, copy=False)`` without pyzmq's per-frame Python layer."""
+    recv = _base_socket().recv
+    frame = recv(socket, flags, False)
+    frames = [frame]
+    while frame.more:
+        frame = recv(socket, 0, False)
+        frames.append(frame)
+    return frames
+
+
+SECRET_FILE = "secret"  # in a server's state directory, owner-only: every request must carry it
+
+# The ZeroMQ port reads no frame longer than rh_core.wire.link.ENVELOPE_MAX_BYTES, the link socket's
+# limit for what is read before a request is authenticated: on this port the proof is the
+# connection's handshake (ZMTP PLAIN, the secret as password, checked by the server's ZAP handler),
+# and libzmq checks each frame's announced size before reading it (ZMQ_MAXMSGSIZE), so the
+# handshake's frames are the only ones a stranger can send. libzmq holds authenticated clients to
+# the limit too, so a client sends a longer frame in pieces (:func:`split_frames`), which the
+# server joins once it has authenticated the request.
+_PLAIN_USERNAME = b"rh"
+
+
+def authenticate_zmq(socket: Any, secret: str | None) -> None:
+    """Make a ZeroMQ client socket prove ``secret`` in its handshake, as the server requires of
+    every connection (call before ``connect``)."""
+    socket.plain_username = _PLAIN_USERNAME
+    socket.plain_password = (secret or "").encode()
+
+
+def split_frames(frames: Sequence[Any]) -> tuple[list[Any], list[int] | None]:
+    """``frames`` with each one longer than ``ENVELOPE_MAX_BYTES`` cut into pieces of at most that
+    size (views, not copies), and how many pieces each frame became (None when none was cut)."""
+    from rh_core.wire.link import ENVELOPE_MAX_BYTES
+
+    pieces: list[Any] = []
+    counts: list[int] = []
+    for frame in frames:
+        view = memoryview(frame)
+        if view.nbytes <= ENVELOPE_MAX_BYTES:
+            pieces.append(frame)
+            counts.append(1)
+            continue
+        view = view.cast("B")
+        cut = [view[start:start + ENVELOPE_MAX_BYTES] for start in range(0, view.nbytes, ENVELOPE_MAX_BYTES)]
+        pieces += cut
+        counts.append(len(cut))
+    return pieces, (counts if len(pieces) > len(counts) else None)
+
+
+def join_frames(pieces: Sequence[Any], counts: Any) -> list[Any]:
+    """The frames :func:`split_frames` cut into ``pieces``, whole again; ``counts`` comes from the
+    request, so a wrong one is a ProtocolError."""
+    if (not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts)
+            or sum(counts) != len(pieces)):
+        raise errors.ProtocolError("malformed request: 'pieces' must count the pieces of each frame, adding up to "
+                                   "the frames sent")
+    frames, start = [], 0
+    for count in counts:
+        frames.append(pieces[start] if count == 1 else b"".join(pieces[start:start + count]))
+        start += count
+    return frames
+
+
+LINK_SCHEME = "link://"  # an address ``link:///path/to/link.sock``: the server's link socket (rh_core.wire.link)
+
+
+class _ZmqCarrier:
+    """Messages through a ZeroMQ DEALER socket: how clients on other machines reach the server
+    (through an SSH tunnel or TLS)."""
+
+    def __init__(self, address: str, secret: str):
+        import zmq  # here, not at module level: `import rh_core` stays fast
+
+        self._again = zmq.Again
+        self._address = address
+        self._socket = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # a receive gives up after a slice
+        authenticate_zmq(self._socket, secret)
+        # A refused handshake shows only as an event: watched, so a wrong secret is named at once.
+        self._refusals = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._socket.connect(address)
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
+        pieces, counts = split_frames(frames)
+        if counts is not None:
+            import orjson
+
+            envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
+        from rh_core.wire.link import ENVELOPE_MAX_BYTES
+
+        if len(envelope) > ENVELOPE_MAX_BYTES:
+            raise RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} a "
+                          "server reads in one frame; pass fewer refs or smaller options")
+        send_frames(self._socket, [envelope, *pieces])
+
+    def receive(self) -> tuple[Any, list] | None:
+        """The next message as ``(envelope, frames)``, or None when none came within a slice."""
+        try:
+            message = recv_frames(self._socket)
+        except self._again:
+            if self._refusals.poll(0):
+                raise errors.AuthenticationError(
+                    f"the server at {self._address} refused this client's secret when it connected; clients read it "
+                    "from the server's state directory on the cluster, so check that it is that server's secret"
+                ) from None
+            return None
+        return message[0].buffer, [frame.buffer for frame in message[1:]]
+
+    def close(self) -> None:
+        self._socket.disable_monitor()
+        self._refusals.close(linger=0)
+        self._socket.close(linger=0)
+
+
+class _LinkCarrier:
+    """Messages over the server's link socket: a client on the server's own machine."""
+
+    def __init__(self, path: str):
+        import socket
+
+        from rh_core.support.files import check_socket_peer
+        from rh_core.wire.link import ClientLink
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            check_socket_peer(sock, path)
+        except BaseException:
+            sock.close()
+            raise
+        self._link = ClientLink(sock)
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
+        self._link.send_envelope(envelope, frames)
+
+    def receive(self) -> tuple[Any, list] | None:
+        if not self._link.ready(POLL_SLICE_MS / 1000):
+            return None
+        return self._link.receive_envelope()
+
+    def close(self) -> None:
+        self._link.close()
+
+
+class Connection:
+    """Talks to one server address; ``liveness()`` returns why the server is gone, or None.
+
+    Addresses are ZeroMQ's (``tcp://``, ``ipc://``) or ``link://`` followed by the path of a server's
+    link socket, which clients on the server's machine use (see :mod:`rh_core.wire.link`)."""
+
+    def __init__(self, address: str, liveness: Callable[[], str | None], secret: str | None = None):
+        self.address = address
+        self._liveness = liveness
+        self._secret = secret or ""
+        self._local = threading.local()
+        self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own carrier
+
+    def _new_carrier(self) -> _ZmqCarrier | _LinkCarrier:
+        if self.address.startswith(LINK_SCHEME):
+            return _LinkCarrier(self.address[len(LINK_SCHEME):])
+        return _ZmqCarrier(self.address, self._secret)
+
+    def _carrier(self) -> _ZmqCarrier | _LinkCarrier:
+        carrier = getattr(self._local, "carrier", None)
+        if carrier is None or self._local.pid != os.getpid():  # none yet, or the parent's (after fork)
+            carrier = self._new_carrier()
+            self._local.carrier, self._local.pid = carrier, os.getpid()
+        return carrier
+
+    def _drop_carrier(self) -> None:
+        carrier = getattr(self._local, "carrier", None)
+        if carrier is not None and self._local.pid == os.getpid():
+            carrier.close()
+        self._local.carrier = None
+
+    def _why_closed(self) -> str:
+        """Why the server closed this thread's link: it died, mostly, which liveness tells within moments."""
+        deadline = time.monotonic() + 1.0
+        while (reason := self._liveness()) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return reason or "it closed the connection"
+
+    def _lost(self, op: str, reason: str) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"lost the cluster server at {self.address} while waiting for {op!r}: {reason}. "
+            "The next call reconnects, or starts a new server; finished .remote() results are kept "
+            "on the cluster's disk and stay fetchable by key."
+        )
+
+    def request(
+        self,
+        op: str,
+        header: dict[str, Any],
+        frames: Sequence[Any] = (),
+        *,
+        on_log: Callable[[str, bytes], None] = write_log,
+        timeout: float | None = None,
+        check_after: float = HEARTBEAT_SECONDS,
+    ) -> Reply:
+        """Send one request and wait for its final reply, passing log replies to ``on_log``.
+
+        ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
+        (None waits as long as the server lives). After ``check_after`` seconds without the
+        reply, and every ``HEARTBEAT_SECONDS`` after that, the server must answer a ping, or the
+        request fails with :class:`ConnectionLostError`.
+        """
+        carrier = self._carrier()
+        try:
+            request_id = self._send(carrier, op, header, frames)
+            reply = self._next_reply(carrier, request_id, op, on_log, timeout, check_after)
+        except BaseException:  # lost, timed out or interrupted: the stream may end in half a message
+            self._drop_carrier()
+            raise
+        if reply.kind == "fail":
+            raise _rebuild_failure(reply.header)
+        if reply.kind == "item":
+            self._drop_carrier()  # the rest of the items would follow; this connection cannot be reused
+            raise errors.ProtocolError(f"the server streams items in reply to {op!r}, which does not read them")
+        return reply
+
+    def stream(
+        self,
+        op: str,
+        header: dict[str, Any],
+        frames: Sequence[Any] = (),
+        *,
+        on_log: Callable[[str, bytes], None] = write_log,
+        check_after: float = HEARTBEAT_SECONDS,
+    ) -> Generator[Reply, None, Reply]:
+        """Like :meth:`request` for a request whose replies include ``item`` replies: yields each as it
+        arrives, and returns the final reply. It runs on a connection of its own, so the caller may
+        make other requests on this thread between items; closing the generator early closes it."""
+        try:
+            carrier = self._new_carrier()
+        except OSError as exc:
+            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost.sent = False
+            raise lost from None
+        try:
+            request_id = self._send(carrier, op, header, frames)
+            while True:
+                reply = self._next_reply(carrier, request_id, op, on_log, None, check_after)
+                if reply.kind == "fail":
+                    raise _rebuild_failure(reply.header)
+                if reply.kind != "item":
+                    return reply
+                yield reply
+        finally:
+            carrier.close()
+
+    def _send(self, carrier: _ZmqCarrier | _LinkCarrier, op: str, header: dict[str, Any], frames: Sequence[Any]) -> int:
+        """Send a request on ``carrier``; returns its id."""
+        import orjson
+
+        request_id = next(self._request_ids)
+        envelope = orjson.dumps({"id": request_id, "op": op, "auth": self._secret, **header})
+        try:
+            carrier.send(envelope, frames)
+        except OSError as exc:  # a link socket nobody listens on, or closed: the server is gone
+            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost.sent = False  # the server reads a request whole before it acts on it
+            raise lost from None
+        return request_id
+
+    def _next_reply(self, carrier: _ZmqCarrier | _LinkCarrier, request_id: int, op: str,
+                    on_log: Callable[[str, bytes], None], timeout: float | None, check_after: float) -> Reply:
+        """The next reply to ``request_id`` other than a log line (those go to ``on_log``): an item
+        or the final reply (``fail`` included). Raises when the server is gone."""
+        import orjson
+
+        waited = 0.0
+        while True:
+            try:
+                reply = carrier.receive()
+            except (EOFError, OSError):
+                raise self._lost(op, self._why_closed()) from None
+            if reply is not None:
+                fields = orjson.loads(reply[0])
+                if fields.get("id") != request_id:
+                    continue  # a late reply to a request we gave up on
+                kind = fields.pop("kind")
+                if kind == "log":
+                    on_log(fields["stream"], bytes(reply[1][0]))
+                    continue
+                return Reply(kind, fields, reply[1])
+            waited += POLL_SLICE_MS / 1000
+            reason = self._liveness()
+            if reason is None and waited >= check_after:
+                check_after = waited + HEARTBEAT_SECONDS
+                if not self._answers_ping():
+                    reason = (f"it does not answer: no reply to a ping within {PING_TIMEOUT:g} s after "
+                              f"{waited:.0f} s of waiting. Its process lives, but is stopped (SIGSTOP, a "
+                              "debugger) or stuck; look at its log, or restart it")
+            if reason is not None:
+                raise self._lost(op, reason)
+            if timeout is not None and waited >= timeout:
+                raise TimeoutError(f"no reply to {op!r} from {self.address} within {timeout} s")
+
+    def _answers_ping(self) -> bool:
+        """Whether the server answers a ping within ``PING_TIMEOUT``, on a connection of its own."""
+        import orjson
+
+        try:
+            carrier = self._new_carrier()
+        except OSError:
+            return False
+        try:
+            carrier.send(orjson.dumps({"id": "heartbeat", "op": "ping", "auth": self._secret}), [])
+            deadline = time.monotonic() + PING_TIMEOUT
+            while time.monotonic() < deadline:
+                if carrier.receive() is not None:
+                    return True
+            return False
+        except (OSError, EOFError, errors.ProtocolError):
+            return False
+        finally:
+            carrier.close()
+
+    def close(self) -> None:
+        self._drop_carrier()
+
+
+def ping(address: str, timeout: float, secret: str | None = None) -> dict[str, Any] | None:
+    """The server's info, or None when nothing answers at ``address`` within ``timeout`` seconds
+    (also when ``secret`` is not the cluster's: the server refuses the connection)."""
+    import zmq
+
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    authenticate_zmq(socket, secret)
+    try:
+        socket.connect(address)
+        socket.send(json.dumps({"id": "liveness", "op": "ping", "auth": secret or ""}).encode())
+        if socket.poll(int(timeout * 1000)):
+            return json.loads(socket.recv())
+        return None
+    finally:
+        socket.close(linger=0)
+
+
+def read_secret(state_dir: str) -> str | None:
+    """The secret of the server whose state directory is ``state_dir`` (on this machine); one that
+    is not ours alone raises :class:`rh_core.errors.UntrustedPathError`."""
+    from rh_core.support.files import read_private
+
+    secret = read_private(os.path.join(state_dir, SECRET_FILE), secret=True)
+    return (secret or b"").decode().strip() or None
+
+
+def _rebuild_failure(header: dict[str, Any]) -> Exception:
+    error_type = header.get("type", "RhError")
+    if error_type == "TimeoutError":
+        return TimeoutError(header["message"])
+    if error_type == "KeyError":
+        return KeyError(header["message"])
+    cls = getattr(errors, error_type, None)
+    if not (isinstance(cls, type) and issubclass(cls, RhError)):
+        cls = RhError
+    try:
+        return cls(header["message"])
+    except TypeError:
+        return RhError(header["message"])

@@ -1,0 +1,755 @@
+"""Clusters on other machines: brought up by a provisioner plugin, reached through a transport plugin.
+
+Bootstrap works over any transport: probe the head (its platform and Pythons, in one round trip),
+install the client's exact rh_core and plugins into ``~/.rh/venv`` there from wheels resolved on
+the client for that platform (:mod:`rh_core.bootstrap.wheels`), start the server detached, and reach its port
+through ``transport.forward``. A server started from another build is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, overload
+
+import attrs
+
+from rh_core.client import progress
+from rh_core.wire import serialize
+from rh_core.clusters.base import KEEP_RAY_FILE, Cluster
+from rh_core.support.compat import add_note
+from rh_core.errors import RhError, ServerStartError, VersionMismatchError
+from rh_core.plugin.interfaces import ClusterInfo
+from rh_core.support.redact import secrets_hidden
+from rh_core.bootstrap.wheels import (
+    MIN_CLUSTER_PYTHON,
+    PROBE_PLATFORM,
+    OwnWheels,
+    Platform,
+    build_own_wheels,
+    cache_root,
+    resolve_wheelhouse,
+)
+
+if TYPE_CHECKING:
+    from rh_core.client.connection import Connection
+    from rh_core.clusters.status import ClusterStatus
+
+logger = logging.getLogger(__name__)
+
+#: A connection unused this long is checked before the next request: the machines behind it may
+#: have been stopped meanwhile (an on-demand cluster's autostop).
+IDLE_RECHECK_SECONDS = 60.0
+
+REMOTE_HOME = "~/.rh"
+
+
+def remote_shell_path(path: str) -> str:
+    """``path`` on a cluster machine as one shell word, a leading ``~`` expanded there (as the probe
+    expands ``remote_dir``), for commands run through a transport."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+# Run with the venv's python when there is one, else the host's python3; prints what bootstrap needs
+# to know in one round trip: the machine's platform, the Pythons on its PATH, the venv and the server.
+_PROBE = PROBE_PLATFORM + r"""
+import json, os, shutil, sys
+rh = os.path.expanduser(sys.argv[1])
+def read(path):
+    try:
+        with open(path) as f: return f.read().strip()
+    except OSError: return None
+state = read(rh + "/server/server.json")
+try:
+    state = json.loads(state); os.kill(state["pid"], 0)
+    if state.get("process_start"):  # the pid is that server's, not a later process's
+        with open("/proc/%d/stat" % state["pid"]) as f:
+            assert f.read().rpartition(")")[2].split()[19] == state["process_start"]
+except Exception:
+    state = None
+def choose_python(prefer):
+    # The venv's interpreter: Python `prefer` when the machine has it (functions sent by value need
+    # the client's minor version), else python3 when new enough, else the newest 3.10+. Each is run
+    # once: a name on the PATH may be a shim that does not work (pyenv's, for inactive versions).
+    import subprocess
+    names = ["python" + prefer, "python3"] + ["python3.%d" % m for m in range(20, 9, -1)]
+    found, seen = [], set()
+    for name in names:
+        path = shutil.which(name)
+        if not path or path in seen: continue
+        seen.add(path)
+        try:
+            said = subprocess.run([path, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if not said: continue
+        found.append({"name": name, "path": path, "version": said})
+        if tuple(map(int, said.split("."))) >= (3, 10) and (name != "python" + prefer or said == prefer):
+            return found[-1], found
+    return None, found
+venv_build = read(rh + "/venv/rh-build-id")
+# argv: root [build prefer]: with a build the venv does not hold, find the interpreter for a new one.
+chosen, pythons = choose_python(sys.argv[3]) if sys.argv[2:] and sys.argv[2] != venv_build else (None, [])
+print(json.dumps({**rh_platform(), "executable": sys.executable, "chosen": chosen, "pythons": pythons,
+                  "root": rh, "server": state, "secret": read(rh + "/server/secret"),
+                  "venv_build": venv_build, "rsync": bool(shutil.which("rsync"))}))
+"""
+
+# Run with the server's python: exit 0 and print "reachable" when the package index its pip uses answers.
+_INDEX_CHECK = r"""
+import os, subprocess, sys, urllib.request
+index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
+said = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+for line in said.splitlines():
+    key, _, value = line.partition("=")
+    if key.endswith(".index-url"):
+        index = value.strip().strip("'\"")
+try:
+    urllib.request.urlopen(index.rstrip("/") + "/pip/", timeout=5).close()
+except Exception as exc:
+    print("%s: %s" % (index, exc)); sys.exit(1)
+print("reachable")
+"""
+
+# Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
+# its state file, printing it, or the log's tail when the server dies first.
+_START = r"""
+import json, os, signal, subprocess, sys, time
+state_dir, build, node_address, old_pid, argv = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+if old_pid:
+    try:
+        os.kill(old_pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(old_pid, 0); time.sleep(0.05)
+        os.kill(old_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+from rh_core.errors import UntrustedPathError
+from rh_core.support.files import open_private, private_directory
+try:  # the server checks its folder too, but the log is opened here first
+    private_directory(state_dir)
+except UntrustedPathError as exc:
+    print(json.dumps({"ok": False, "code": None, "log": str(exc)})); sys.exit(0)
+log_path = os.path.join(state_dir, "server.log")
+log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
+child = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                         env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
+deadline = time.time() + 120
+while time.time() < deadline:
+    try:
+        with open(os.path.join(state_dir, "server.json")) as f: state = json.load(f)
+        if state.get("pid") == child.pid:
+            with open(os.path.join(state_dir, "secret")) as f: secret = f.read().strip()
+            print(json.dumps({"ok": True, "state": state, "secret": secret})); sys.exit(0)
+    except (OSError, ValueError):
+        pass
+    if child.poll() is not None:
+        break
+    time.sleep(0.05)
+with open(log_path, errors="replace") as f: tail = "".join(f.readlines()[-30:])
+print(json.dumps({"ok": False, "code": child.poll(), "log": tail}))
+"""
+
+
+@attrs.define(eq=False)
+class RemoteCluster(Cluster):
+    """A cluster whose machines a provisioner plugin brings up (``"byo"``: hosts given by address).
+
+    :param provisioner: the provisioner plugin's name.
+    :param spec: the provisioner's options (for ``byo``: ``ips``, ``ssh_creds``).
+    :param executor: how calls run there (``"process"`` or ``"ray"``).
+    """
+
+    name: str
+    provisioner: str = "byo"
+    spec: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    executor: str = "process"
+    executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    remote_dir: str = REMOTE_HOME
+    _cluster_info: ClusterInfo | None = attrs.field(default=None, init=False, repr=False)
+    _transport: Any = attrs.field(default=None, init=False, repr=False)
+    _address: str | None = attrs.field(default=None, init=False, repr=False)
+    _server_state: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
+    _bootstrap_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _last_request_at: float = attrs.field(default=0.0, init=False, repr=False)
+    _head_probe: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
+    _reaches_index: bool | None = attrs.field(default=None, init=False, repr=False)
+
+    # --- machines ------------------------------------------------------------------------------
+
+    @property
+    def cluster_info(self) -> ClusterInfo:
+        """Where the machines are; brings them up through the provisioner when not known yet."""
+        if self._cluster_info is None:
+            self._cluster_info = self.host.provisioner(self.provisioner)().up(self)
+        return self._cluster_info
+
+    def up(self) -> RemoteCluster:
+        info = self.host.provisioner(self.provisioner)().up(self)
+        if info != self._cluster_info:  # other machines (or first ones): nothing of the old ones applies
+            self._drop_machines()
+        self._cluster_info = info
+        self.connection()
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "remote", "name": self.name, "provisioner": self.provisioner, "spec": self.spec,
+                "executor": self.executor, "executor_options": self.executor_options, "remote_dir": self.remote_dir}
+
+    @property
+    def transport(self):
+        if self._transport is None:
+            self._transport = self._new_transport(self.cluster_info.head)
+        return self._transport
+
+    def _setup_dir(self) -> str:
+        return self.remote_dir
+
+    def run(self, commands: list[str] | str, *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands on the head machine, with the cluster's Python environment (where
+        functions run) first on ``PATH``: ``pip install x`` installs there, ``python`` is its python."""
+        if isinstance(commands, str):
+            commands = [commands]
+        venv = remote_shell_path(f"{self.remote_dir.rstrip('/')}/venv")
+        prefix = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; '
+        return self.transport.run([prefix + command for command in commands], stream_logs=stream_logs)
+
+    def down(self) -> None:
+        """Stop the server and let the provisioner take the machines down (machines it reports
+        stopped or down have no server to stop, and are not started for it)."""
+        provisioner = self._provisioner()
+        if provisioner.status(self) not in ("stopped", "down"):
+            self.stop_server()
+        provisioner.down(self)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._cluster_info = None
+
+    # --- machines that a provisioner launches and stops (on-demand clusters) --------------------
+    # Optional provisioner methods used here: ``refreshed_status(cluster)``, ``autostop_minutes(cluster)``
+    # and ``set_autostop(cluster, minutes)`` (rh-sky's provisioner has them; ``byo`` has none).
+
+    def up_if_not(self) -> RemoteCluster:
+        """Bring the machines up unless the provisioner reports them up; then make sure the server runs."""
+        if self._provisioner().status(self) != "up":
+            self._drop_machines()
+            return self.up()
+        self.connection()
+        return self
+
+    def status(self, refresh: bool = False) -> dict[str, Any]:
+        """What the server reports about itself (pid, port, versions, executor, calls), starting it if needed.
+
+        ``refresh=True`` first asks the provisioner how the provider sees the machines right now,
+        returned as ``"machines"`` (``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``); machines
+        that are not up are not started, and only ``{"name", "machines"}`` is returned.
+        """
+        if not refresh:
+            return super().status()
+        provisioner = self._provisioner()
+        machines = getattr(provisioner, "refreshed_status", provisioner.status)(self)
+        if machines != "up":
+            return {"name": self.name, "machines": machines}
+        return {**super().status(), "machines": machines}
+
+    def keep_warm(self, mins: int = -1) -> RemoteCluster:
+        """Keep the machines up until they have been idle for ``mins`` minutes (``-1``: until
+        :meth:`down`). This changes the running machines' autostop; a later launch or restart uses
+        the cluster's own ``autostop_mins`` again."""
+        self._provisioner_method("set_autostop", "keep_warm()")(self, mins)
+        return self
+
+    @contextlib.contextmanager
+    def pause_autostop(self) -> Iterator[RemoteCluster]:
+        """Suspend autostop inside the ``with`` block (while a notebook is open, around a long call)
+        and restore the previous setting when it ends, also after an error."""
+        minutes = self._provisioner_method("autostop_minutes", "pause_autostop()")(self)
+        set_autostop = self._provisioner_method("set_autostop", "pause_autostop()")
+        if minutes < 0:  # no autostop to pause
+            yield self
+            return
+        set_autostop(self, -1)
+        try:
+            yield self
+        finally:
+            set_autostop(self, minutes)
+
+    def connection(self) -> Connection:
+        """The connection to the server. Machines the provisioner reports stopped or down (an
+        autostop, a teardown elsewhere) are brought back up first, with its progress display."""
+        try:
+            return super().connection()
+        except ConnectionError:  # the machines do not answer: did the provisioner's side stop them?
+            if self._cluster_info is None or self._provisioner().status(self) not in ("stopped", "down"):
+                raise
+        self._bring_machines_back()
+        return super().connection()
+
+    def request(self, op: str, header: dict[str, Any], frames: Any = (), **kwargs: Any):
+        # After a quiet spell, make sure the server still answers before sending: a request sent into
+        # the tunnel of stopped machines would fail, where connection() can bring them back first.
+        if (self._connection is not None and time.monotonic() - self._last_request_at > IDLE_RECHECK_SECONDS
+                and self._liveness() is not None):
+            self._forget_connection()
+        try:
+            return super().request(op, header, frames, **kwargs)
+        finally:
+            self._last_request_at = time.monotonic()
+
+    def _bring_machines_back(self) -> None:
+        self._drop_machines()
+        self._cluster_info = self._provisioner().up(self)
+
+    def _drop_machines(self) -> None:
+        """Forget the connection, transport and syncs of machines that stopped or were replaced."""
+        self._forget_connection()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._synced.clear()  # new or restarted machines may not have what was synced to the old ones
+        self._reaches_index = None
+
+    def _provisioner(self) -> Any:
+        return self.host.provisioner(self.provisioner)()
+
+    def _provisioner_method(self, method: str, feature: str) -> Any:
+        found = getattr(self._provisioner(), method, None)
+        if found is None:
+            raise RhError(
+                f"cluster {self.name!r} has no {feature}: its {self.provisioner!r} provisioner does not stop "
+                "machines by itself (on-demand clusters such as rh.cluster(name=..., instance_type=...) do)"
+            )
+        return found
+
+    # --- server --------------------------------------------------------------------------------
+
+    def _distributions(self) -> list[str]:
+        """rh-core, the plugin distribution that provides the executor, and every distribution that
+        provides installers (they run in the cluster's server)."""
+        names = ["rh-core"]
+        owners = [self.host.registry("executor").owner(self.executor)]
+        installers = self.host.registry("installer")
+        owners += [installers.owner(name) for name in installers.names()]
+        for owner in owners:
+            distribution = self.host.distribution_of(owner)
+            if distribution and distribution not in names:
+                names.append(distribution)
+        return names
+
+    def provisioned_by(self, provisioner_class: type) -> bool:
+        """True when this cluster's provisioner (under any of its registered names) is
+        ``provisioner_class`` or a subclass: how a plugin's hooks recognise its own clusters."""
+        try:
+            registered = self.host.provisioner(self.provisioner)
+        except Exception:  # an unknown provisioner is nobody's; using the cluster reports it
+            return False
+        return isinstance(registered, type) and issubclass(registered, provisioner_class)
+
+    def transport_to(self, address: str):
+        """A transport to one machine of the cluster (the head's is :attr:`transport`)."""
+        if address == self.cluster_info.head:
+            return self.transport
+        return self._new_transport(address)
+
+    def _options_for(self, address: str) -> dict[str, Any]:
+        """The transport options of one machine: the shared ones with its own merged over them."""
+        info = self.cluster_info
+        return {"remote_root": self.remote_dir, **info.transport_options, **info.host_options.get(address, {})}
+
+    def _new_transport(self, address: str):
+        return self.host.transport(self.cluster_info.transport)(address, **self._options_for(address))
+
+    def _where(self, address: str) -> str:
+        """``user@address`` as errors name a machine."""
+        user = self._options_for(address).get("user")
+        return f"{user}@{address}" if user else address
+
+    def _run_checked(self, transport, command: str, what: str, address: str) -> str:
+        (code, out, err), = transport.run([command])
+        if code != 0:
+            raise ServerStartError(f"{what} failed on {self._where(address)} (exit {code}): {(err or out)[-2000:]}")
+        return out
+
+    def _probe(self, transport=None, address: str | None = None, *, build_id: str | None = None,
+               prefer_python: str | None = None) -> dict[str, Any]:
+        """One round trip: a machine's platform, rsync, venv build and running server; when its venv
+        does not hold ``build_id``, also the interpreter for a new one (``prefer_python`` first).
+        Run by the venv's python when there is one (it skips shims such as pyenv's, ~0.3 s, and is
+        what the server runs), else by the host's ``python3``."""
+        transport = transport or self.transport
+        address = address or self.cluster_info.head
+        root = self.remote_dir
+        venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
+        args = [root] + ([build_id, prefer_python or serialize.python_version()] if build_id else [])
+        probe = f"-c {shlex.quote(_PROBE)} {' '.join(shlex.quote(arg) for arg in args)}"
+        (code, out, err), = transport.run([f"{venv} {probe} 2>/dev/null || python3 {probe}"])
+        if code != 0:
+            raise ServerStartError(
+                f"{self._where(address)} has no working python3 on the PATH of its SSH sessions (exit {code}: {err.strip()[-500:]}); "
+                "install Python 3 there (e.g. `apt-get install -y python3 python3-venv`)"
+            )
+        return json.loads(out.strip().splitlines()[-1])
+
+    def _no_python_error(self, probe: dict[str, Any], address: str, prefer: str) -> VersionMismatchError:
+        floor = "%d.%d" % MIN_CLUSTER_PYTHON
+        found = ", ".join(f"{p['name']} is Python {p['version']}" for p in probe["pythons"]) or "none that runs"
+        return VersionMismatchError(
+            f"{self._where(address)} has no Python {floor} or later on the PATH of its SSH sessions ({found}); "
+            f"rh_core's server needs {floor}+. Install one there, e.g. `apt-get install -y python3.{MIN_CLUSTER_PYTHON[1] + 2}`"
+            f" (Ubuntu 20.04: the deadsnakes PPA) or `uv python install {prefer}`, then call again"
+        )
+
+    def install_runtime(self, address: str, *, prefer_python: str | None = None) -> str:
+        """Make sure ``address`` has the client's rh_core and executor plugin in its venv; return that
+        venv's python. Used for the head by bootstrap, and by executor plugins for worker nodes
+        (which pass ``prefer_python``, the head's version: Ray needs one Python on every node)."""
+        transport = self.transport_to(address)
+        build_id = self._own_wheels().build_id
+        probe = self._probe(transport, address, build_id=build_id, prefer_python=prefer_python)
+        self._ensure_venv(transport, address, probe, build_id)
+        return f"{probe['root']}/venv/bin/python"
+
+    def offline_platform(self) -> Platform | None:
+        """The head's platform when its server's Python reaches no package index (asked once per
+        machine: the index its pip is configured with, else PyPI), else None."""
+        self.connection()
+        if self._reaches_index is None:
+            python = shlex.quote(str(self._info.get("python_executable") or "python3"))
+            with progress.step(logger, "index check", self._where(self.cluster_info.head)):
+                (code, out, _), = self.transport.run([f"{python} -c {shlex.quote(_INDEX_CHECK)}"])
+            self._reaches_index = code == 0 and out.strip().endswith("reachable")
+            if not self._reaches_index:
+                logger.info("%s reaches no package index (%s): requirements are resolved here and shipped",
+                            self._where(self.cluster_info.head), out.strip()[-300:])
+        if self._reaches_index:
+            return None
+        probe = self._head_probe or self._probe()
+        return Platform.from_probe({**probe, "python": self._info.get("python") or probe["python"]})
+
+    def _own_wheels(self) -> OwnWheels:
+        return build_own_wheels(self._distributions(), cache_root())
+
+    def _ensure_venv(self, transport, address: str, probe: dict[str, Any], build_id: str) -> None:
+        """Install the client's build ``build_id`` into ``<remote_dir>/venv`` on ``address`` unless
+        it is there, from wheels resolved here for the machine's platform (see :meth:`_probe`)."""
+        if probe["venv_build"] == build_id:
+            return
+        if probe["chosen"] is None:
+            raise self._no_python_error(probe, address, serialize.python_version())
+        version, interpreter = probe["chosen"]["version"], probe["chosen"]["path"]
+        target = Platform.from_probe({**probe, "python": version})
+        with progress.step(logger, "wheels", f"for {target.describe()}"):
+            wheelhouse = resolve_wheelhouse(self._distributions(), target, cache_root())
+        venv = shlex.quote(f"{probe['root']}/venv")
+        with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
+            remote_wheels = transport.sync_directory(wheelhouse.path)
+        requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
+        # --no-compile: bytecode is written on first import instead, which halves the install (BENCHMARKS.md).
+        install_from_wheels = f"install --quiet --no-compile --no-index --find-links {shlex.quote(remote_wheels)}"
+        in_venv = probe["executable"].startswith(f"{probe['root']}/venv/")
+        if in_venv and probe["python"] == version and probe["venv_build"] is not None:
+            # Another build in a venv of the same Python: our distributions are replaced even where
+            # their version is the same; dependencies already there stay.
+            pip = f"{venv}/bin/python -m pip {install_from_wheels}"
+            install = f"{pip} --force-reinstall --no-deps {requirements} && {pip} {requirements}"
+        else:  # no venv yet, a half-made one, or one of another Python: one pip run into a new one
+            pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
+            install = (f"{shlex.quote(interpreter)} -m venv --clear --without-pip {venv} && "
+                       f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
+        with progress.step(logger, "install", f"rh_core into {probe['root']}/venv (Python {version})"):
+            self._run_checked(transport, f"{install} && echo {build_id} > {venv}/rh-build-id",
+                              f"installing rh_core (wheels for {target.describe()})", address)
+
+    def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
+        with self._bootstrap_lock:
+            head = self.cluster_info.head
+            prepare_forward = getattr(self.transport, "prepare_forward", None)
+            if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
+                with progress.step(logger, "connect", self._where(head)):
+                    prepare_forward()
+            build_id = self._own_wheels().build_id
+            with progress.step(logger, "probe", self._where(head)):
+                probe = self._probe(build_id=build_id)
+            self._head_probe = probe
+            self._ensure_venv(self.transport, head, probe, build_id)
+            state, secret = probe["server"], probe["secret"]
+            if not (state and state.get("build") == build_id and state.get("executor") == self.executor):
+                with progress.step(logger, "start server", f"{self.executor} executor on {self._where(head)}"):
+                    state, secret = self._start_server(probe, build_id, state)
+            with progress.step(logger, "tunnel", f"to port {state['port']} on {self._where(head)}"):
+                host, port = self.transport.forward(state["port"])
+            # The secret came over the authenticated transport; it is kept in memory only.
+            state = {**state, "secret": secret}
+            self._server_state = state
+            self._address = f"tcp://{host}:{port}"
+            return self._address, state
+
+    def _start_server(self, probe: dict[str, Any], build_id: str, old: dict[str, Any] | None
+                      ) -> tuple[dict[str, Any], str]:
+        """Start the server on the head (replacing ``old``); its state and secret."""
+        from rh_core.config import server_arguments
+
+        head = self.cluster_info.head
+        argv = ["--executor", self.executor, *server_arguments()]
+        for key, value in self.executor_options.items():
+            argv += ["-o", f"{key}={json.dumps(value)}"]
+        old_pid = old["pid"] if old else 0
+        command = " ".join(shlex.quote(part) for part in [
+            f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
+            build_id, head, str(old_pid), *argv])
+        started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
+                             .strip().splitlines()[-1])
+        if not started["ok"]:
+            raise ServerStartError(
+                f"the server on {self._where(head)} exited with code {started['code']} while starting; "
+                f"its log ends with:\n{started['log']}"
+            )
+        return started["state"], started["secret"]
+
+    def _liveness(self) -> str | None:
+        from rh_core.client.connection import ping
+
+        if self._address is None:
+            return "not connected"
+        state = self._server_state or {}
+        tunnel_problem = getattr(self._transport, "tunnel_problem", None)
+        problem = tunnel_problem(state["port"]) if tunnel_problem is not None and "port" in state else None
+        if problem is not None:  # known at once, with its cause, where a ping would wait 2 s
+            return self._with_provider_report(
+                f"the SSH tunnel to the server on {self._where(self.cluster_info.head)} (pid {state.get('pid')}) "
+                f"broke: {problem}")
+        if ping(self._address, timeout=2.0, secret=(self._server_state or {}).get("secret")) is None:
+            pid = (self._server_state or {}).get("pid")
+            return self._with_provider_report(
+                f"the server on {self._where(self.cluster_info.head)} (pid {pid}) does not answer through its tunnel")
+        return None
+
+    def _with_provider_report(self, reason: str) -> str:
+        """``reason`` with what the provider says happened to the machines (a Spot VM preempted, an
+        instance stopped or deleted), when the provisioner can tell (its optional ``explain_lost``)."""
+        explain_lost = getattr(self._provisioner(), "explain_lost", None)
+        if explain_lost is None:
+            return reason
+        try:
+            report = explain_lost(self)
+        except Exception as exc:  # the server is gone either way; say why we cannot tell more
+            report = f"the provider could not be asked why ({type(exc).__name__}: {exc})"
+        return f"{reason}; {report}" if report else reason
+
+    def stop_server(self) -> bool:
+        """Stop the server on the head machine, if one runs."""
+        self._forget_connection()
+        state = self._probe()["server"]
+        if state:
+            # Wait until it has exited (a zombie counts as exited): an executor's shutdown can take
+            # seconds (Ray's does), and a restart that probed meanwhile would reuse the dying server.
+            pid = int(state["pid"])
+            self.transport.run([f"kill {pid}; for _ in $(seq 300); do case \"$(ps -o stat= -p {pid})\" in ''|Z*) exit 0;; esac; "
+                                f"sleep 0.1; done; kill -9 {pid}"])
+        # Here and not only in down(), and after the server has gone (or was found gone): what plugins
+        # started beside it (a Ray head, Ray worker nodes) must not outlive it, also when it was killed.
+        self.host.cluster_teardown(self)
+        return bool(state)
+
+    def restart_server(self, restart_ray: bool = True) -> None:
+        """Stop the server on the head machine and start a new one.
+
+        :param restart_ray: with the ``ray`` executor, whether the cluster's Ray (its head and worker
+            nodes) restarts too (the default). With ``False`` only the server restarts: Ray keeps
+            running, with its actors and objects, and the new server joins it. Other executors
+            ignore it.
+        """
+        if not restart_ray:
+            shell_path = remote_shell_path(f"{self.remote_dir.rstrip('/')}/server")
+            self._run_checked(self.transport, f"mkdir -p {shell_path} && touch {shell_path}/{KEEP_RAY_FILE}",
+                              "asking the server to keep Ray running", self.cluster_info.head)
+        self.stop_server()
+        self.connection()
+
+    def refresh_status(self) -> ClusterStatus:
+        """Ask the provisioner about the machines, then the head about its server (over the
+        transport, as bootstrap's probe does); nothing is started or installed."""
+        from rh_core.clusters.status import ClusterStatus
+
+        shown = self.saved_name or self.name
+        server = None
+        try:
+            machines = self.host.provisioner(self.provisioner)().status(self)
+        except Exception as exc:
+            machines, reason = "unknown", f"The {self.provisioner} provisioner could not tell: {exc}"
+        else:
+            reason = ""
+        if machines in ("stopped", "down"):
+            explanation = f"The machines are {machines}; `rh up {shown}` brings them up and starts the server."
+        else:
+            try:
+                state = self._probe()["server"]
+            except Exception as exc:
+                explanation = " ".join(filter(None, [reason, f"The head cannot be reached: {exc}"]))
+            else:
+                machines = "up"
+                if state:
+                    server = dict(state)
+                    explanation = (f"The server (pid {state.get('pid')}) runs on {self._where(self.cluster_info.head)} "
+                                   f"with the {state.get('executor')} executor; `rh down {shown}` stops it.")
+                else:
+                    explanation = (f"The machines answer but no server runs on {self._where(self.cluster_info.head)}; "
+                                   f"it starts on the first call, or with `rh up {shown}`.")
+        self._last_status = ClusterStatus(name=shown, kind=self.provisioner, machines=machines, server=server,
+                                          explanation=explanation)
+        return self._last_status
+
+
+#: The ``ssh_creds`` keys, which people also pass to ``rh.cluster`` itself by mistake.
+SSH_CREDS_KEYS = ("ssh_user", "ssh_private_key", "ssh_port", "password", "passphrase", "known_hosts",
+                  "trust_new_host", "use_agent", "connect_timeout")
+
+
+def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, provider: str | None) -> None:
+    """Machines you bring take no options beyond ``ips`` and ``ssh_creds``: any other keyword would
+    be silently ignored (``ssh_port=2222`` would connect to port 22), so it is an error."""
+    if instance_type is not None or provider is not None:
+        raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
+                        "ones: pass one or the other")
+    if not options:
+        return
+    creds = {key: value for key, value in options.items() if key in SSH_CREDS_KEYS}
+    if creds:
+        raise TypeError(
+            f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in ssh_creds: "
+            f"rh.cluster(ips=[...], ssh_creds={creds!r})")
+    raise TypeError(
+        f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
+        "ips, ssh_creds, executor, executor_options")
+
+
+@overload
+def cluster(name: str | None = None, *, ips: list[str], ssh_creds: dict[str, Any] | None = None,
+            executor: str = "process", executor_options: dict[str, Any] | None = None) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, instance_type: str, provider: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str | None = None, *, provider: str, instance_type: str | None = None, executor: str = "process",
+            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
+@overload
+def cluster(name: str, *, dryrun: bool = False, store: dict[str, Any] | None = None) -> Cluster: ...
+@overload
+def cluster(name: str | None = None, *, address: str, tls_fingerprint: str, secret: str = "") -> Cluster: ...
+
+
+def cluster(
+    name: str | None = None,
+    *,
+    ips: list[str] | None = None,
+    ssh_creds: dict[str, Any] | None = None,
+    executor: str = "process",
+    executor_options: dict[str, Any] | None = None,
+    dryrun: bool = False,
+    store: dict[str, Any] | None = None,
+    instance_type: str | None = None,
+    provider: str | None = None,
+    **options: Any,
+) -> Cluster:
+    """A cluster: hosts you bring (``ips`` and ``ssh_creds``), with ``executor`` running the calls.
+
+    ``ssh_creds`` takes ``ssh_user``, ``ssh_private_key``, ``ssh_port``, ``password``,
+    ``passphrase``, ``known_hosts`` and ``trust_new_host`` (see the ssh transport).
+
+    A name alone loads a saved cluster (``~/x`` local, ``@/x`` shared, ``^x`` builtin, a bare ``x``
+    meaning ``~/x``) and refreshes its status; ``dryrun=True`` only builds the object, connecting
+    to nothing. ``store`` replaces the config file's shared store for this call.
+
+    ``instance_type`` or ``provider`` make an on-demand cluster, launched by a provisioner plugin
+    when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
+    """
+    if ips:
+        _refuse_byo_options(options, instance_type, provider)
+        return RemoteCluster(
+            name=name or f"byo-{ips[0]}",
+            provisioner="byo",
+            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {})},
+            executor=executor,
+            executor_options=dict(executor_options or {}),
+        )
+    if "address" in options or "tls_fingerprint" in options:
+        from rh_core.clusters.tls import tls_cluster
+
+        return tls_cluster(name or options["address"], options.pop("address"), options.pop("tls_fingerprint", ""),
+                           options.pop("secret", ""))
+    # (sky plugin work) on-demand clusters: provider= / instance_type= choose a provisioner here.
+    preset_with_options = bool(name and name.startswith("^") and (options or executor_options or executor != "process"))
+    if instance_type is not None or provider is not None or preset_with_options:
+        return on_demand_cluster(name, instance_type=instance_type, provider=provider, executor=executor,
+                                 executor_options=executor_options, **options)
+    # (names work) a name alone ("~/x", "@/x", "^x") loads a saved or builtin cluster here.
+    if name is not None and ssh_creds is None and executor_options is None and set(options) <= {"secret"}:
+        from rh_core.errors import ResourceNotFoundError
+        from rh_core.names import load_cluster
+
+        try:
+            return load_cluster(name, dryrun=dryrun, store=store, secret=options.get("secret"))
+        except ResourceNotFoundError as exc:
+            add_note(exc, "To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
+                         "you have, or rh.cluster(name=..., instance_type='A100:1') to launch them.")
+            raise
+    raise TypeError(
+        "rh.cluster needs the hosts to use: rh.cluster(ips=['10.0.0.1'], ssh_creds={'ssh_user': ..., "
+        "'ssh_private_key': ...}), or the machines to launch: rh.cluster(name='gpu', instance_type='A100:1'); "
+        "use rh.here for this machine"
+    )
+
+
+def on_demand_cluster(
+    name: str | None,
+    *,
+    instance_type: str | None = None,
+    provider: str | None = None,
+    executor: str = "process",
+    executor_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> RemoteCluster:
+    """A cluster whose machines a provisioner launches on first use: ``rh.cluster(name='gpu',
+    instance_type='A100:4', provider='gcp', autostop_mins=60, ...)``.
+
+    ``provider`` names a registered provisioner or one of its aliases (rh-sky registers ``"sky"``
+    and every cloud SkyPilot knows, ``"gcp"``, ``"aws"``, ...); without one, ``default_provider``
+    from the config file, else ``"cheapest"``. The provisioner checks the other options when it has
+    a ``validate_spec(spec)`` method. ``name='^preset'`` starts from a cluster preset's options.
+    """
+    from rh_core.config import current
+    from rh_core.plugin.host import default_host
+
+    host = default_host()
+    given = {key: value for key, value in {"instance_type": instance_type, "provider": provider, **options}.items()
+             if value is not None}
+    if name and name.startswith("^"):
+        name = name[1:]
+        given = {**host.registry("cluster_preset").get(name), **given}
+    if not name:
+        raise TypeError(
+            "an on-demand cluster needs a name, by which its provisioner finds its machines again: "
+            "rh.cluster(name='my-gpu', instance_type='A100:1')"
+        )
+    provider = given.pop("provider", None) or current().default_provider or "cheapest"
+    provisioner = host.provisioner(provider)()  # an unknown provider is named with the valid ones
+    spec = {"provider": provider, **given}
+    validate_spec = getattr(provisioner, "validate_spec", None)
+    if validate_spec is not None:
+        spec = validate_spec(spec)
+    return RemoteCluster(name=name, provisioner=provider, spec=spec, executor=executor,
+                         executor_options=dict(executor_options or {}))
+

@@ -1,0 +1,283 @@
+"""The plugin host: loads plugins through pluggy and offers one typed method per hook.
+
+The rest of rh_core never touches ``pm.hook``; it asks the host. Environment variables are read
+when a host is created, never at import:
+
+* ``RH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-in plugins;
+* ``RH_PLUGINS=ray,pip`` loads only the named entry points (an allow-list).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.metadata
+import os
+import traceback
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pluggy
+
+from rh_core.plugin import hookspecs
+from rh_core.errors import PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    import click
+
+    from rh_core.clusters.base import Cluster
+    from rh_core.plugin.interfaces import InstallerClaim
+
+ENTRY_POINT_GROUP = "rh_core.plugins"
+BUILTIN_PLUGINS = ("rh_core.builtin.local_transport", "rh_core.builtin.process_executor",
+                   "rh_core.builtin.dir_store", "rh_core.builtin.s3_store", "rh_core.builtin.secret_providers")
+KINDS = ("provisioner", "transport", "installer", "executor", "store", "builtin", "cluster_preset",
+         "secret_provider")
+
+#: Names that the plugins published with rh_core register, by kind, and the distribution that
+#: brings each: asking for one that is not installed says what to ``pip install``. (Only SkyPilot's
+#: most used clouds are listed: rh-sky registers every cloud SkyPilot knows.)
+KNOWN_NAMES: dict[str, dict[str, str]] = {
+    "executor": {"ray": "rh-ray"},
+    "transport": {"ssh": "rh-byo-ssh"},
+    "provisioner": {"byo": "rh-byo-ssh", "gcp-direct": "rh-gcp",
+                    **dict.fromkeys(("sky", "cheapest", "aws", "gcp", "azure", "lambda", "kubernetes", "k8s",
+                                     "runpod", "oci", "nebius", "vast", "fluidstack", "paperspace", "cudo", "do",
+                                     "ibm", "scp", "vsphere"), "rh-sky")},
+    "installer": {"pip": "rh-pip", "reqs": "rh-pip", "local": "rh-pip", "conda": "rh-conda", "git": "rh-git"},
+}
+
+
+def unknown_name_hint(kind: str, name: str, valid: list[str], failed: Mapping[str, PluginInfo]) -> str:
+    """What to say about an unknown ``name``: the distribution that brings it (or that it failed to
+    load, and why), else the near misses among ``valid``."""
+    distribution = KNOWN_NAMES.get(kind, {}).get(name)
+    if distribution is not None:
+        broken = next((info for info in failed.values() if info.distribution == distribution), None)
+        if broken is not None:
+            return (f"it comes with {distribution}, which is installed but failed to load ({broken.error}); "
+                    f"`rh plugins` shows it")
+        return f"it comes with the {distribution} plugin: `pip install {distribution}`"
+    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    said = [f"did you mean {' or '.join(repr(n) for n in near)}?"] if near else []
+    if failed:
+        said.append(f"the plugin(s) {', '.join(sorted(failed))} failed to load and may be what provides it "
+                    "(`rh plugins` says why)")
+    return "; ".join(said)
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """One row of ``rh plugins``."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    error: str | None = None
+
+
+@attrs.define
+class Registry:
+    """Implementations of one plugin kind by name; ``"module:attr"`` targets import on first use."""
+
+    kind: str
+    _targets: dict[str, Any] = attrs.field(factory=dict)
+    _owners: dict[str, str] = attrs.field(factory=dict)
+    _failed: Mapping[str, PluginInfo] = attrs.field(factory=dict)  # plugins that failed to load, by name
+
+    def unknown(self, name: str, *, called: str | None = None) -> UnknownNameError:
+        """The error for a name nobody registered, with what to install or the near misses;
+        ``called`` is what the user calls this kind (``"install method"``)."""
+        return UnknownNameError(called or self.kind, name, self.names(),
+                                unknown_name_hint(self.kind, name, self.names(), self._failed))
+
+    def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), owner: str = "?") -> None:
+        for key in (name, *aliases):
+            if key in self._targets:
+                raise PluginError(
+                    f"{self.kind} {key!r} is registered by both {self._owners[key]!r} and {owner!r}; "
+                    f"uninstall one of them or disable it with RH_PLUGINS"
+                )
+            self._targets[key] = target
+            self._owners[key] = owner
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def owner(self, name: str) -> str:
+        """The name of the plugin that registered ``name``."""
+        if name not in self._owners:
+            raise self.unknown(name)
+        return self._owners[name]
+
+    def get(self, name: str) -> Any:
+        """The implementation registered as ``name``, imported if it was registered as a string."""
+        try:
+            target = self._targets[name]
+        except KeyError:
+            raise self.unknown(name) from None
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            try:
+                target = getattr(importlib.import_module(module_name), attr)
+            except ImportError as exc:
+                raise PluginError(
+                    f"{self.kind} {name!r} needs a module that is not installed ({exc.name}); "
+                    f"install the plugin {self._owners[name]!r} with its dependencies"
+                ) from exc
+            self._targets[name] = target
+        return target
+
+
+class PluginHost:
+    """Loads built-in and installed plugins and answers for them; see module docstring."""
+
+    def __init__(self, *, autoload: bool | None = None, allow: list[str] | None = None):
+        if autoload is None:
+            autoload = os.environ.get("RH_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        if allow is None and os.environ.get("RH_PLUGINS"):
+            allow = [name.strip() for name in os.environ["RH_PLUGINS"].split(",") if name.strip()]
+        self._pm = pluggy.PluginManager("rh_core")
+        self._pm.add_hookspecs(hookspecs)
+        if os.environ.get("RH_TRACE_HOOKS"):
+            self._pm.trace.root.setwriter(print)
+            self._pm.enable_tracing()
+        self._failed: dict[str, PluginInfo] = {}
+        self._distributions: dict[str, importlib.metadata.Distribution] = {}
+        self._registries: dict[str, Registry] = {}
+        for module_name in BUILTIN_PLUGINS:
+            self._pm.register(importlib.import_module(module_name), name=module_name.rsplit(".", 1)[1])
+        if autoload:
+            self._load_entry_points(allow)
+        self._pm.check_pending()
+
+    def _load_entry_points(self, allow: list[str] | None) -> None:
+        # Each plugin in its own try: one broken plugin is reported, never fatal to the others.
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and entry_point.name not in allow:
+                continue
+            dist = entry_point.dist
+            if self._pm.get_plugin(entry_point.name) is not None or entry_point.name in self._failed:
+                continue
+            try:
+                plugin = entry_point.load()
+                self._pm.register(plugin, name=entry_point.name)
+                unknown = sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or () if not caller.has_spec())
+                if unknown:
+                    self._pm.unregister(plugin)
+                    raise PluginError(
+                        f"implements hooks this rh_core does not have: {', '.join(unknown)}; it may need a newer "
+                        f"rh_core (this is {_own_version()}), or the hook names are misspelt"
+                    )
+                if dist is not None:
+                    self._distributions[entry_point.name] = dist
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self._failed[entry_point.name] = PluginInfo(
+                    name=entry_point.name,
+                    distribution=dist.metadata["Name"] if dist else None,
+                    version=dist.version if dist else None,
+                    hooks=(),
+                    error=error,
+                )
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object by hand (tests, notebooks); registries are rebuilt."""
+        self._pm.register(plugin, name=name)
+        self._pm.check_pending()
+        self._registries.clear()
+
+    # --- introspection -------------------------------------------------------------------------
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every loaded plugin with its version and hooks, then every plugin that failed to load."""
+        rows = []
+        for name, plugin in self._pm.list_name_plugin():
+            if plugin is None:
+                continue
+            dist = self._distributions.get(name)
+            hooks = tuple(sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or ()))
+            rows.append(
+                PluginInfo(
+                    name=name,
+                    distribution=dist.metadata["Name"] if dist else "rh-core (built in)",
+                    version=dist.version if dist else _own_version(),
+                    hooks=hooks,
+                )
+            )
+        return rows + list(self._failed.values())
+
+    def distribution_of(self, plugin_name: str) -> str | None:
+        """The distribution (``rh-ray``) that installed a plugin; None for built-in plugins."""
+        dist = self._distributions.get(plugin_name)
+        return dist.metadata["Name"] if dist is not None else None
+
+    # --- the plugin kinds ----------------------------------------------------------------------
+
+    def registry(self, kind: str) -> Registry:
+        """All implementations of one plugin kind (``"executor"``, ``"transport"``, ...)."""
+        if kind not in KINDS:
+            raise UnknownNameError("plugin kind", kind, list(KINDS))
+        if kind not in self._registries:
+            registry = Registry(kind, failed=self._failed)
+            hook = getattr(self._pm.hook, f"rh_register_{kind}s")
+            for impl in hook.get_hookimpls():
+                owner = impl.plugin_name
+
+                def register(name: str, target: Any, *, aliases=(), _owner=owner) -> None:
+                    registry.register(name, target, aliases=tuple(aliases), owner=_owner)
+
+                impl.function(register=register)
+            self._registries[kind] = registry
+        return self._registries[kind]
+
+    def executor(self, name: str) -> Callable[..., Any]:
+        return self.registry("executor").get(name)
+
+    def transport(self, name: str) -> Callable[..., Any]:
+        return self.registry("transport").get(name)
+
+    def provisioner(self, name: str) -> Callable[..., Any]:
+        return self.registry("provisioner").get(name)
+
+    def installer(self, name: str) -> Callable[..., Any]:
+        return self.registry("installer").get(name)
+
+    def secret_provider(self, name: str) -> Callable[..., Any]:
+        return self.registry("secret_provider").get(name)
+
+    def claim_requirement(self, requirement: str) -> InstallerClaim:
+        claim = self._pm.hook.rh_claim_requirement(requirement=requirement)
+        if claim is None:
+            raise UnknownNameError("install method", requirement, self.registry("installer").names())
+        return claim
+
+    # --- command line and notifications --------------------------------------------------------
+
+    def add_commands(self, cli: click.Group) -> None:
+        self._pm.hook.rh_register_commands(cli=cli)
+
+    def cluster_ready(self, cluster: Cluster, info: Mapping[str, Any]) -> None:
+        self._pm.hook.rh_cluster_ready(cluster=cluster, info=dict(info))
+
+    def cluster_teardown(self, cluster: Cluster) -> None:
+        for impl in self._pm.hook.rh_cluster_teardown.get_hookimpls():
+            try:
+                impl.function(cluster=cluster)
+            except Exception:  # reported, never stops the teardown
+                traceback.print_exc()
+
+
+def _own_version() -> str:
+    from rh_core import __version__
+
+    return __version__
+
+
+@functools.cache
+def default_host() -> PluginHost:
+    """The host the user API uses, created on first use (tests may call ``default_host.cache_clear()``)."""
+    return PluginHost()

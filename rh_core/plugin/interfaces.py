@@ -1,0 +1,442 @@
+"""The interfaces each plugin kind implements, and the messages that pass between them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
+
+import attrs
+
+from rh_core.errors import RhError
+from rh_core.support.redact import secrets_hidden
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from rh_core.clusters.base import Cluster
+
+Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
+
+
+# -------------------------------------------------------------------------------------------------
+# Executors run on the cluster, inside the server process.
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One unit of work for an executor: call a function once, or over a chunk of map items.
+
+    ``header`` is the JSON-safe description a runner needs (see :mod:`rh_core.worker.runner`);
+    ``function`` is the cloudpickled function (empty when it goes by reference); ``arguments`` the
+    pickled ``(args, kwargs)`` or list of them for a map chunk; ``refs`` the already computed
+    values of every ``Ref`` the arguments mention, as ``{key: Outcome}``. A method call on a remote
+    instance has ``header["instance"]``: ``{"name", "id", "method"}`` (see :class:`InstanceSpec`).
+    """
+
+    key: str
+    header: dict[str, Any]
+    function: Any
+    arguments: Frames
+    refs: dict[str, Outcome] = attrs.field(factory=dict)
+    options: dict[str, Any] = attrs.field(factory=dict)
+    env: str | None = None  # the environment to run in; None: the cluster's default one
+    #: Environment variables of the secrets the function was sent with (``secrets=[...]``): run the
+    #: task only in a process that has them and that runs no task without the same variable names.
+    #: Never shown in a repr or a log.
+    variables: dict[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What running a task produced: ``ok`` with the pickled result, or ``err`` with the pickled
+    exception and its traceback; ``stale`` is an ``err`` whose call was refused before it ran because
+    the machine's copy of the code was not the caller's (an executor may copy the code there again
+    and retry it). The server never unpickles any of them."""
+
+    status: str  # "ok" | "err" | "stale"
+    frames: Frames
+    logged: bool = False  # the runner sent log lines; the server waits for their end marker
+    #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
+    #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
+    error: tuple[str, str] | None = None
+
+
+#: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+
+
+@attrs.frozen(kw_only=True)
+class InstanceSpec:
+    """A remote instance of a class (``rh.module``): its ``name`` on the cluster, the ``id`` of this
+    incarnation of it (a new one each time it is created under that name), and how many of its
+    method calls may run at once. The server lets at most ``max_concurrency`` of them reach the
+    executor at a time."""
+
+    name: str
+    id: str
+    max_concurrency: int = 1
+
+
+class ServerContext(Protocol):
+    """What the cluster server offers to its executor."""
+
+    @property
+    def log_endpoint(self) -> str:
+        """A ZeroMQ address runners push ``[key, stream, text]`` log messages to."""
+
+    @property
+    def state_dir(self) -> str:
+        """A directory private to this server for sockets and scratch files."""
+
+    def environment(self, name: str | None) -> Environment:
+        """The environment ``name`` on this machine (``None``: the default one), created if new.
+        Run a task of ``task.env`` with its :attr:`~Environment.python` and
+        :attr:`~Environment.variables`."""
+
+    def instance_ended(self, instance_id: str, reason: str) -> None:
+        """The process (or actor) of a remote instance ended without :meth:`Executor.stop_instance`:
+        it died, was killed, or was stopped because a call on it had to be. ``reason`` says which,
+        for the error every later call on it gets."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """How calls run on the cluster. One instance lives in the server process, in its event loop."""
+
+    name: str
+
+    async def start(self, context: ServerContext) -> None:
+        """Start workers; called once before the first task."""
+
+    @property
+    def parallelism(self) -> int:
+        """How many tasks can run at once; clients split ``map`` into chunks by it."""
+
+    def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        """Start running ``task`` and return a future of its outcome, without blocking.
+
+        Called in the server's event loop for every call and every map chunk. The server cancels
+        the future when the call's timeout expires: the executor must then stop whatever runs the
+        task. A task whose runner dies fails the future with
+        :class:`rh_core.errors.WorkerDiedError`. Subclass :class:`CoroutineExecutor` to write an
+        ``async def run(task)`` instead.
+        """
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """Create a remote instance: start a process (a Ray actor, ...) of its own and run the
+        class's constructor there, as :meth:`submit` runs a task (``task.function`` is the class,
+        its arguments the constructor's). Its outcome is the constructor's: ``ok`` and the instance
+        lives there until :meth:`stop_instance` or :meth:`stop`; ``err`` and nothing is kept.
+
+        Method calls on it then come to :meth:`submit` as tasks whose ``header["instance"]`` names
+        it, up to ``instance.max_concurrency`` at once: a runner's ``run`` calls the method on the
+        instance (:class:`rh_core.worker.runner.Runner` holds it). Async methods run on the instance's own
+        event loop. A method call whose future is cancelled (timeout, ``cancel``) is stopped with
+        ``Runner.cancel(key)`` where it can be (a coroutine, a generator between items); where it
+        cannot, the instance's process is killed. Whenever the process ends other than through
+        :meth:`stop_instance`, the calls it ran fail with :class:`~rh_core.errors.InstanceDiedError`
+        and the executor reports it with :meth:`ServerContext.instance_ended`.
+        """
+
+    async def stop_instance(self, instance_id: str) -> None:
+        """End a remote instance's process; calls it still runs or that wait for it fail."""
+
+    async def stop(self) -> None:
+        """Stop every worker (and instance) this executor started."""
+
+    def describe(self) -> dict[str, Any]:
+        """A small JSON-safe summary shown by ``rh server status``."""
+
+    # Optional: ``environment_changed(env_name)`` is called after packages were installed into an
+    # environment, so the executor can replace processes that imported the old ones.
+    # Optional: ``lend_worker(run_key) -> give_back | None`` is called when the function running as
+    # ``run_key`` makes a blocking call to this cluster and waits for it: an executor with a fixed
+    # number of workers starts one more until ``give_back()`` is called (after the call ends), so
+    # callers that fill every worker cannot deadlock waiting for their callees.
+
+
+class CoroutineExecutor:
+    """Base for executors written as a coroutine: implement ``async def run(task) -> Outcome``.
+
+    Cancelling the submitted future cancels ``run`` (``asyncio.CancelledError`` is raised at its
+    ``await``), which is where such an executor stops the task.
+    """
+
+    async def run(self, task: Task) -> Outcome:
+        raise NotImplementedError
+
+    def submit(self, task: Task) -> asyncio.Future[Outcome]:
+        import asyncio
+
+        return asyncio.ensure_future(self.run(task))
+
+    def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
+        """Remote instances need a process (or actor) of their own per instance: an executor that
+        has none says so. Override with :meth:`stop_instance` to run them (see :class:`Executor`)."""
+        import asyncio
+
+        refused: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        refused.set_exception(RhError(
+            f"the {getattr(self, 'name', type(self).__name__)!r} executor runs no remote instances (rh.module); "
+            "start the cluster's server with the process or ray executor"))
+        return refused
+
+    async def stop_instance(self, instance_id: str) -> None:
+        """Nothing to stop where no instance runs."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Transports, provisioners and installers run on the client.
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """How the client reaches one machine of a cluster.
+
+    A remote cluster creates it as ``Transport(address, remote_root=..., **options)``: ``options``
+    come from the provisioner's :class:`ClusterInfo`, and ``remote_root`` is the directory on the
+    machine where rh_core keeps its state (synced trees go below it).
+    """
+
+    def run(self, commands: list[str], *, stream_logs: bool = False) -> list[tuple[int, str, str]]:
+        """Run shell commands in order; return ``(returncode, stdout, stderr)`` for each."""
+
+    def sync_directory(self, local_path: str) -> str:
+        """Make ``local_path`` present on the machine; return its path there."""
+
+    def forward(self, remote_port: int, *, local_port: int | None = None) -> tuple[str, int]:
+        """Return a local ``(host, port)`` that reaches ``remote_port`` on the machine.
+
+        With ``local_port`` the tunnel listens there or raises when that port is taken; without
+        it a free port is chosen. Asking again for the same remote port returns the same tunnel.
+        """
+
+    def close_forward(self, remote_port: int) -> None:
+        """Let go of the tunnel to ``remote_port``: it closes when every :meth:`forward` that
+        returned it has been matched by a ``close_forward`` (the cluster's own tunnel to its server
+        must outlive a user's tunnel to the same port)."""
+
+    def shell_command(self) -> list[str]:
+        """The argv of an interactive shell on the machine (``ssh ...`` for remote ones)."""
+
+    def close(self) -> None:
+        """Release connections and tunnels."""
+
+
+@attrs.frozen(kw_only=True)
+class ClusterInfo:
+    """What a provisioner reports about machines that are up: their addresses and how to reach them.
+
+    ``transport`` names the transport plugin; the head's transport is created as
+    ``Transport(head, **transport_options)``, a worker's with its entry in ``host_options`` merged
+    over them. ``provider_data`` is the provisioner's own opaque state.
+    """
+
+    head: str
+    workers: tuple[str, ...] = ()
+    transport: str = "ssh"
+    transport_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    host_options: dict[str, dict[str, Any]] = attrs.field(factory=dict, repr=secrets_hidden)
+    provider_data: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """Brings machines up and down."""
+
+    def up(self, cluster: Cluster) -> ClusterInfo:
+        """Bring the cluster's machines up (or find them up) and say how to reach them."""
+
+    def down(self, cluster: Cluster) -> None:
+        """Stop or delete the cluster's machines."""
+
+    def status(self, cluster: Cluster) -> str:
+        """``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``."""
+
+    # Optional methods, used by RemoteCluster when a provisioner has them (an error says so
+    # otherwise): ``validate_spec(spec) -> spec`` checks and completes rh.cluster's options when
+    # the cluster object is made; ``refreshed_status(cluster)`` asks the provider instead of a
+    # cache; ``stop(cluster)`` stops machines keeping their disks; ``autostop_minutes(cluster)``
+    # and ``set_autostop(cluster, minutes)`` read and change idle shutdown (-1: never);
+    # ``explain_lost(cluster) -> str | None`` says what the provider reports happened to the
+    # machines when their server stopped answering (added to the caller's ConnectionLostError).
+
+
+# -------------------------------------------------------------------------------------------------
+# Installers: prepared on the client, run by the cluster server.
+
+
+@attrs.frozen(kw_only=True)
+class InstallerClaim:
+    """A requirement claimed by an installer: which install method, and what to install.
+
+    ``options`` carries method-specific settings parsed from the requirement (conda channels, a
+    git revision, ...); they must be JSON-safe.
+    """
+
+    method: str
+    spec: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class InstallStep:
+    """One install, as the cluster server receives it (JSON-safe: it crosses the wire).
+
+    ``spec`` is what to install as the cluster sees it (a requirement string, a path on the
+    cluster, a URL); ``requirement`` is what the user wrote, for messages; ``options`` is the
+    installer's own (a digest of a local folder's contents, channels, a revision, ...).
+    Secrets in ``options`` (a git token) must be listed in ``secret_options``: they are
+    never written to the install record or to a log.
+    """
+
+    method: str
+    spec: str
+    requirement: str
+    options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
+    secret_options: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstallStep:
+        return cls(**{**data, "secret_options": tuple(data.get("secret_options", ()))})
+
+
+class Environment(Protocol):
+    """An interpreter environment on the cluster that installers put packages into.
+
+    The default environment is the server's own interpreter; a named one (``rh.env(name=...)``)
+    is a venv of its own under the server's state directory, with a conda prefix beside it once
+    conda packages are asked for. Calls of functions sent to an environment run in worker
+    processes of its interpreter, with :attr:`variables` set.
+    """
+
+    @property
+    def name(self) -> str | None:
+        """The environment's name; ``None`` for the default environment."""
+
+    @property
+    def root(self) -> str:
+        """A directory owned by this environment (install record, lock, downloads, conda prefix)."""
+
+    @property
+    def python(self) -> str:
+        """Path of the environment's Python interpreter."""
+
+    @property
+    def conda_prefix(self) -> str:
+        """Where conda packages of this environment go (may not exist yet)."""
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """Environment variables its processes run with (``PATH`` with its ``bin`` dirs first, ...)."""
+
+    def lock(self) -> ContextManager[None]:
+        """Held while packages are installed here; hold it to read the environment's files whole
+        (an executor copying the environment to another machine does)."""
+
+    def run(self, argv: list[str], *, step: InstallStep, cwd: str | None = None,
+            extra_env: dict[str, str] | None = None, redact: tuple[str, ...] = ()) -> str:
+        """Run a tool for ``step`` with the environment's variables; return its output.
+
+        On failure raise :class:`rh_core.errors.InstallError` naming the requirement and carrying
+        the last lines of the tool's output, with every string in ``redact`` replaced by ``***``.
+        """
+
+    def pip(self, args: list[str], *, step: InstallStep, cwd: str | None = None) -> str:
+        """Run ``pip ARGS`` against this environment's interpreter, as :meth:`run` does."""
+
+
+@runtime_checkable
+class Installer(Protocol):
+    """Installs one kind of package (``pip``, ``conda``, ``git``, ...) into an environment.
+
+    Installers are instantiated with no arguments. :meth:`prepare` runs on the client; the other
+    two run in the cluster server, in a thread, with the environment's install lock held.
+    """
+
+    def prepare(self, cluster: Cluster, claim: InstallerClaim) -> InstallStep:
+        """Check the requirement on the client and make what it needs present on the cluster
+        (sync a local folder, for instance); return the step the server will run.
+
+        Raise :class:`rh_core.errors.InstallError` for a requirement that cannot work (a missing
+        path), before anything is installed anywhere.
+        """
+
+    def resolve(self, step: InstallStep, env: Environment) -> str:
+        """Check on the cluster that the step can be installed, and return its identity: two steps
+        with the same identity install the same thing (include a resolved revision or a content
+        digest, never a secret). Called for every step of a request before any is installed;
+        a step whose identity is already recorded in the environment is skipped.
+        """
+
+    def install(self, step: InstallStep, env: Environment) -> None:
+        """Install the step into ``env``; raise :class:`rh_core.errors.InstallError` on failure,
+        leaving ``env`` as it was before (the step is then not recorded, and the next attempt retries).
+        Called on the same instance that resolved the step.
+        """
+
+    # Optional: ``slot(step) -> str | None`` names what an install replaces (``"pip:numpy"``): when
+    # a step is installed, recorded installs in the same slot are forgotten, so asking again for
+    # an earlier version installs it again instead of being skipped.
+
+
+# -------------------------------------------------------------------------------------------------
+# Secret providers: read on the client, written on the cluster by the server.
+
+
+@attrs.frozen(kw_only=True)
+class SecretContents:
+    """What a secret provider found on the client: ``values``, the environment variables a
+    function sent with the secret gets (``{"AWS_ACCESS_KEY_ID": ...}``), and ``files``, where the
+    provider's own tools look for it on the cluster (``{"~/.aws/credentials": text}``, paths under
+    the home directory), written owner-only by ``cluster.sync_secrets``. Never shown in a repr."""
+
+    values: dict[str, str] = attrs.field(factory=dict, repr=False)
+    files: dict[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@runtime_checkable
+class SecretProvider(Protocol):
+    """One kind of credentials (``aws``, ``huggingface``, ...), read where its own tools keep them
+    on the client: files such as ``~/.aws/credentials``, or environment variables. Providers are
+    instantiated with no arguments; the cluster side needs none of their code."""
+
+    def read(self) -> SecretContents:
+        """The credentials as this machine holds them now. Raise :class:`rh_core.errors.SecretError`
+        naming every place looked at, and how to create them, when there are none."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Stores: where saved resources live (``@/name``, ``~/name``).
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where saved resources live: a flat space of ``/``-separated keys holding bytes.
+
+    Store plugins register a class whose keyword arguments are the options of the config file's
+    ``store:`` section (everything but ``backend``). Every method raises :class:`StoreError`,
+    naming the store, when it is unreachable or access is denied.
+    """
+
+    def describe(self) -> str:
+        """The store as a person would name it: ``s3://bucket/prefix``, ``directory /shared/rh``."""
+
+    def location(self, key: str) -> str:
+        """Where one key lives, for messages about that file."""
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or None when there is nothing."""
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; False when it was not there."""
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix``, sorted."""

@@ -1,0 +1,3 @@
+from rh_core.server.server import main
+
+main()

@@ -1,0 +1,1208 @@
+"""The cluster server: ``python -m rh_core.server --state-dir DIR [--executor NAME] [-o KEY=VALUE]``.
+
+It binds a ZeroMQ ROUTER socket on 127.0.0.1 (a free port) for clients on other machines (through
+an SSH tunnel or its TLS front door), listens on ``DIR/link.sock`` for clients on this machine
+(see :mod:`rh_core.wire.link`), records pid, port, link, versions and executor in ``DIR/server.json``,
+and routes calls to its executor. The server never unpickles what
+clients send: arguments, functions and results pass through it as opaque frames, and only the
+workers load them.
+
+Every message is ``[envelope, *frames]`` where the envelope is a JSON object (over the link, the
+pickled tuple ``(envelope, [frames])``). Requests carry
+``id`` and ``op`` (``ping``, ``call``, ``get``, ``put``, ``status``, ``release``, ``cancel``,
+``cancel_all``, ``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
+streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
+sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
+
+Remote bootstrap sets two environment variables for it: ``RH_BUILD_ID`` (which shipped wheels it
+runs) and ``RH_NODE_ADDRESS`` (the address the cluster's other machines reach this one at, for
+executors that span machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import hmac
+import json
+import os
+import resource
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+import orjson
+import uvloop
+import zmq
+
+from rh_core import __version__
+from rh_core.server import results
+from rh_core.wire import serialize, shm
+from rh_core.server.app_host import REQUIREMENT as APP_REQUIREMENT
+from rh_core.server.app_host import AppHost
+from rh_core.server.call_gate import CallGate
+from rh_core.wire.channel import Channel
+from rh_core.client.connection import SECRET_FILE, join_frames
+from rh_core.server.envs import ClusterEnvironment, install
+from rh_core.errors import (
+    CallTimeoutError,
+    ProtocolError,
+    RhError,
+    RunCancelledError,
+    ServerStartError,
+    UntrustedPathError,
+)
+from rh_core.support.files import open_private, private_directory, read_private, write_atomically
+from rh_core.wire.heap import keep_freed_memory
+from rh_core.server.instances import Instances, check_instance_field, spec_of
+from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
+from rh_core.server.http_door import HttpDoor, http_available
+from rh_core.wire.link import ENVELOPE_MAX_BYTES
+from rh_core.server.link_server import ServerLinkProtocol
+from rh_core.plugin.interfaces import Executor, InstallStep, Outcome, Task
+from rh_core.plugin.host import PluginHost
+from rh_core.support.processes import process_start_time
+from rh_core.clusters.ref import RUN_KEY
+from rh_core.server.secret_store import SecretStore
+
+STATE_FILE = "server.json"
+RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
+STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
+SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
+LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
+
+
+ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
+HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove the secret
+
+
+LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.wire.link)
+CLIENT_STALL_SECONDS = 1  # how long a link client may take none of its replies before it is dropped
+#: Descriptors kept free of link clients, for workers, log files and ZeroMQ's own (libzmq aborts
+#: the process when it cannot get one): a quarter of the limit, at least this many.
+RESERVED_DESCRIPTORS = 64
+
+
+def encode(envelope: dict[str, Any]) -> bytes:
+    return orjson.dumps(envelope)
+
+
+class Peer(Protocol):
+    """A connected client, as the server replies to it."""
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
+        """Send one reply; False when it cannot be delivered (the client is gone or stopped reading)."""
+
+
+class RouterPeer:
+    """A client reached through the ZeroMQ router: every client on another machine."""
+
+    __slots__ = ("_router", "_identity")
+
+    def __init__(self, router: Channel, identity: bytes):
+        self._router, self._identity = router, identity
+
+    def send(self, envelope: bytes, frames: Sequence[Any]) -> bool:
+        try:
+            self._router.send([self._identity, envelope, *frames])
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):  # disconnected, or its queue is full
+                raise
+            return False
+        return True
+
+
+class Server:
+    def __init__(self, state_dir: str, executor: Executor, host: str = "127.0.0.1", port: int = 0,
+                 results_max_mb: int = results.DEFAULT_MAX_MB, results_days: float = results.DEFAULT_DAYS,
+                 results_memory_mb: int = results.DEFAULT_MEMORY_MB,
+                 expose: tuple[str, int] | None = None, tls_files: tuple[str, str] | None = None):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ServerStartError(
+                f"refusing to listen on {host}: the server takes pickled code, so beyond loopback it is only "
+                "reachable through TLS; start it with --expose HOST:PORT (optionally --tls-cert/--tls-key)"
+            )
+        self._expose, self._tls_files = expose, tls_files
+        self.tls: dict[str, Any] | None = None
+        self.state_dir = os.path.abspath(state_dir)
+        self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
+                                               results_max_mb * 2**20, results_days * 86400)
+        # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
+        # not stall the event loop, and a release queued after a save deletes what it wrote.
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
+        # Kept results also on disk, in memory too until they pass this budget (oldest go first):
+        # unfetched results must not grow the server without bound.
+        self._results_memory_budget = results_memory_mb * 2**20
+        self._saved_in_memory: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
+        self.executor = executor
+        self._bind_host, self._bind_port = host, port
+        self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
+        self._results: dict[str, asyncio.Future[Outcome]] = {}
+        self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
+        self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
+        self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
+        self._item_routes: dict[str, tuple[Peer, str]] = {}  # task key -> the client reading its items
+        self._log_ends: dict[str, asyncio.Future[None]] = {}
+        self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
+        self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
+        self._run_logs: dict[str, Any] = {}  # run key -> its open log file
+        self.runs_dir = os.path.join(self.state_dir, "runs")
+        self._log_write_warned = False
+        self._tasks: set[asyncio.Task] = set()
+        self._environments: dict[str | None, ClusterEnvironment] = {}
+        self.instances = Instances(executor)
+        self._stopped = asyncio.Event()
+        self.started_at = time.time()
+        self.calls = 0
+        self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
+        self.link_path: str | None = None  # the link socket clients on this machine use, once open
+        self._links: set[ServerLinkProtocol] = set()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
+        self._accepting = False
+        # Large buffers may go through /dev/shm when every worker shares this machine.
+        self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
+        self._shm_sweep: asyncio.TimerHandle | None = None
+        self._secrets = SecretStore(self.state_dir)
+        # Endpoints and apps served before a restart load here, and are served again by serve().
+        self._apps = AppHost(self.state_dir, self.environment, self._secrets.variables)
+        self._http = HttpDoor(self.state_dir, self.start_call, self._apps)
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._secret = load_or_create_secret(self.state_dir).encode()
+        context = zmq.Context.instance()
+        self._zap = self._open_zap_handler(context)
+        router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A connection must prove the secret in its handshake before it can send a message, and no
+        # frame longer than ENVELOPE_MAX_BYTES is read, so a stranger on this port can make us read
+        # at most one such frame per connection, for at most HANDSHAKE_SECONDS. Clients send longer
+        # frames in pieces (rh_core.client.connection.split_frames), joined in _on_router_message.
+        router.plain_server = True
+        router.zap_domain = ZAP_DOMAIN
+        router.setsockopt(zmq.MAXMSGSIZE, ENVELOPE_MAX_BYTES)
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
+        # A reply to a client that is gone raises instead of vanishing: its result is kept by key.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self._bind_port:
+            router.bind(f"tcp://{self._bind_host}:{self._bind_port}")
+            self.port = self._bind_port
+        else:
+            self.port = router.bind_to_random_port(f"tcp://{self._bind_host}")
+        # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
+        self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
+        router.bind(self.local_endpoint)
+        self._open_link_door()
+        if self._expose is not None:
+            await self._open_front_door()
+        logs = context.socket(zmq.PULL)
+        logs.bind(self.log_endpoint)
+        self._logs = Channel(logs, self._on_log)
+        await self.executor.start(self)
+        try:
+            await self._http.open_if_serving()
+            await self._apps.start_all()
+        except Exception as exc:  # the endpoints wait; every other call works
+            sys.stderr.write(f"rh server: cannot serve the HTTP endpoints and apps: {exc}\n")
+        self._router = Channel(router, self._on_router_message)
+        shm.sweep()  # what servers that died left behind
+        self._sweep_run_logs()
+        self._expire_results()
+        self._write_state()
+        self._watch_state_dir(os.stat(self.state_dir))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stopped.set)
+        await self._stopped.wait()
+        if self.tls is not None:
+            self._front_door.close()
+        self._router.close()
+        self._zap.close()
+        self._close_link_door()
+        await self._apps.stop_all()
+        await self._http.close()
+        await self.executor.stop()
+        await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
+        shm.sweep(os.getpid())
+        self._remove_state()
+        self._logs.close()
+
+    def _open_zap_handler(self, context: zmq.Context) -> Channel:
+        """Answer libzmq's authentication requests (ZAP, RFC 27) for the router's connections: a
+        connection is let in when its handshake's PLAIN password is the secret."""
+        zap = context.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind("inproc://zeromq.zap.01")
+
+        def authenticate(frames: list) -> None:
+            _, request_id, domain, _, _, mechanism, *credentials = (frame.bytes for frame in frames)
+            let_in = (domain == ZAP_DOMAIN and mechanism == b"PLAIN" and len(credentials) == 2
+                      and hmac.compare_digest(credentials[1], self._secret))
+            status = [b"200", b"OK"] if let_in else [b"400", b"not this cluster's secret"]
+            zap_channel.send([b"1.0", request_id, *status, b"", b""])
+
+        zap_channel = Channel(zap, authenticate)
+        return zap_channel
+
+    async def _open_front_door(self) -> None:
+        from rh_core.server import front_door
+
+        cert, key = self._tls_files or front_door.self_signed(self.state_dir)
+        host, port = self._expose
+        self._front_door, bound = await front_door.serve_front_door(host, port, cert, key, self.port, self._secret,
+                                                             lambda: self._http.port)
+        self.tls = {"address": f"{host}:{bound}", "fingerprint": front_door.certificate_fingerprint(cert)}
+
+    def _watch_state_dir(self, first: os.stat_result) -> None:
+        """Stop when the state directory is deleted or replaced: clients find a server only through
+        it, so a server without it could never be reached or stopped again (an orphan)."""
+        try:
+            now = os.stat(self.state_dir)
+            gone = (now.st_dev, now.st_ino) != (first.st_dev, first.st_ino)
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            sys.stderr.write(f"rh server: its state directory {self.state_dir} was deleted or replaced; stopping\n")
+            self._stopped.set()
+            return
+        self._loop.call_later(STATE_DIR_CHECK_SECONDS, self._watch_state_dir, first)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "process_start": process_start_time(os.getpid()),
+            "port": self.port,
+            "local_endpoint": self.local_endpoint,
+            "link": self.link_path,
+            "version": __version__,
+            "build": os.environ.get("RH_BUILD_ID"),
+            "node_address": os.environ.get("RH_NODE_ADDRESS"),
+            "python": serialize.python_version(),
+            "python_executable": sys.executable,
+            "executor": self.executor.name,
+            "parallelism": self.executor.parallelism,
+            "shm": self._shm_prefix is not None,
+            "started_at": self.started_at,
+            "calls": self.calls,
+            "in_flight": len(self._running),
+            "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
+            "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
+            "state_dir": self.state_dir,
+            **self._spilled.describe(),
+            "results_in_memory_bytes": self._kept_bytes_in_memory(),
+            **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
+        }
+
+    def _write_state(self) -> None:
+        write_atomically(os.path.join(self.state_dir, STATE_FILE), json.dumps(self.info()))
+
+    def _remove_state(self) -> None:
+        path = os.path.join(self.state_dir, STATE_FILE)
+        try:
+            with open(path) as file:
+                if json.load(file).get("pid") == os.getpid():
+                    os.unlink(path)
+        except (OSError, ValueError):
+            pass
+
+    def environment(self, name: str | None) -> ClusterEnvironment:
+        if name not in self._environments:
+            self._environments[name] = ClusterEnvironment.open(self.state_dir, name)
+        return self._environments[name]
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _reply(self, peer: Peer, request_id: str, kind: str, fields: dict[str, Any], frames=()) -> bool:
+        """Send a reply; False when it could not be delivered: the client has disconnected (it was
+        killed, or its connection dropped) or has stopped reading (its queue is full)."""
+        return peer.send(encode({"id": request_id, "kind": kind, **fields}), frames)
+
+    def _reply_outcomes(self, peer: Peer, request_id: str, outcomes: list[Outcome]) -> bool:
+        parts = [[o.status, len(o.frames)] for o in outcomes]
+        frames = [frame for o in outcomes for frame in o.frames]
+        return self._reply(peer, request_id, "result", {"parts": parts}, frames)
+
+    def _deliver(self, peer: Peer, request_id: str, task: Task, outcome: Outcome) -> None:
+        """Reply with a call's outcome; when its caller is gone, keep it as a result by the run's key
+        (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
+        if self._reply_outcomes(peer, request_id, [outcome]):
+            return
+        kept = self._loop.create_future()
+        kept.set_result(outcome)
+        self._results[task.key] = kept
+        self._spill(task.key, kept)
+        sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
+                         f"cluster.get({task.key!r}) fetches it\n")
+
+    def _open_link_door(self) -> None:
+        """Listen on ``DIR/link.sock`` for clients on this machine (see :mod:`rh_core.wire.link`)."""
+        path = os.path.join(self.state_dir, LINK_SOCKET)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a server that died
+        door = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            door.bind(path)
+        except OSError as exc:
+            door.close()
+            raise ServerStartError(
+                f"cannot listen on {path}: {exc}. A Unix socket's path holds at most 107 bytes; "
+                "give the server a shorter --state-dir (RH_HOME for the local cluster)"
+            ) from None
+        door.listen(128)
+        door.setblocking(False)
+        self._door, self.link_path = door, path
+        self._accept_again()
+
+    def _accept_again(self) -> None:
+        if not self._accepting and self._door.fileno() >= 0:
+            self._accepting = True
+            self._loop.add_reader(self._door.fileno(), self._accept_links)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self._loop.remove_reader(self._door.fileno())
+
+    def _accept_links(self) -> None:
+        while True:
+            if len(self._links) >= self._link_capacity:  # more wait in the door's backlog until some leave
+                sys.stderr.write(f"rh server: {len(self._links)} local clients are connected, the most its "
+                                 "descriptors allow; others wait until one leaves\n")
+                self._stop_accepting()
+                return
+            try:
+                connection, _ = self._door.accept()
+            except BlockingIOError:  # none left waiting
+                return
+            except OSError as exc:  # out of file descriptors: wait a moment rather than spin
+                sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
+                self._stop_accepting()
+                self._loop.call_later(1.0, self._accept_again)
+                return
+            connection.setblocking(False)
+            peer = ServerLinkProtocol(self._check_request, self._serve, self._forget_link, CLIENT_STALL_SECONDS)
+            self._links.add(peer)
+            connecting = asyncio.ensure_future(
+                self._loop.connect_accepted_socket(lambda peer=peer: peer, sock=connection))
+            self._tasks.add(connecting)
+            connecting.add_done_callback(self._tasks.discard)
+
+    def _forget_link(self, peer: ServerLinkProtocol) -> None:
+        self._links.discard(peer)
+        if len(self._links) < self._link_capacity and not self._stopped.is_set():
+            self._accept_again()
+        if self._shm_prefix is not None and self._shm_sweep is None:
+            # The client may have been killed with shared-memory segments of its own: once the
+            # dust settles, remove those whose owner is gone (in a thread: it opens each one).
+            self._shm_sweep = self._loop.call_later(SHM_SWEEP_DELAY, self._sweep_orphaned_segments)
+
+    def _sweep_orphaned_segments(self) -> None:
+        self._shm_sweep = None
+
+        def done(removed: asyncio.Future) -> None:
+            if removed.result():
+                sys.stderr.write(f"rh server: removed {len(removed.result())} shared-memory segments of clients that "
+                                 "are gone\n")
+
+        self._loop.run_in_executor(None, shm.sweep_orphans, self._shm_prefix).add_done_callback(done)
+
+    def _close_link_door(self) -> None:
+        self._stop_accepting()
+        self._door.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.link_path)
+        for peer in list(self._links):
+            peer.close()
+
+    def _on_router_message(self, frames: list) -> None:
+        """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
+        peer = RouterPeer(self._router, frames[0].bytes)
+        request = self._check_request(peer, frames[1].buffer if len(frames) > 1 else b"")
+        if request is None:
+            return
+        frames = frames[2:]
+        if "pieces" in request:  # frames a client on another machine sent in pieces (see ENVELOPE_MAX_BYTES)
+            try:
+                frames = join_frames(frames, request["pieces"])
+            except ProtocolError as exc:
+                self._fail(peer, request["id"], exc)
+                return
+        self._serve(peer, request, frames)
+
+    def _check_request(self, peer: Peer, envelope: Any) -> dict[str, Any] | None:
+        """The request in ``envelope`` (JSON) when it is well formed and carries the secret; else
+        None, after a ``fail`` reply saying why. Nothing of a refused request is used."""
+        try:
+            request = orjson.loads(envelope)
+            if not isinstance(request, dict) or "id" not in request or "op" not in request:
+                raise ValueError("not a request")
+            authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
+        except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            return None
+        if not authenticated:
+            self._reply(peer, request["id"], "fail", {"type": "AuthenticationError", "message": (
+                "the request does not carry this cluster's secret; clients read it from the server's state "
+                "directory on the cluster (owner-only), so only the cluster's user can call its server"
+            )})
+            return None
+        return request
+
+    def _serve(self, peer: Peer, request: dict[str, Any], frames: list) -> None:
+        """Serve one authenticated request from ``peer``, with the frames after its envelope."""
+        request_id, op = request["id"], request["op"]
+        # The two hot paths are answered without a coroutine: liveness pings and plain calls (from
+        # a client, not from a function running here: see _lend_callers_worker).
+        if op == "ping":
+            self._reply(peer, request_id, "info", self.info())
+        elif op == "call" and request.get("mode") == "call" and not request.get("refs") and "caller" not in request:
+            try:
+                task = self._task(request, frames)
+            except Exception as exc:
+                self._fail(peer, request_id, exc)
+                return
+            self.calls += 1
+            self._route_replies(task, peer, request_id)
+            future = self._start(task)
+            future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
+        else:
+            task = asyncio.ensure_future(self._handle(peer, request_id, op, request, frames))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
+        self._unroute_replies(task)
+        self._deliver(peer, request_id, task, future.result())
+
+    def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
+        error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError)) else "ProtocolError"
+        self._reply(peer, request_id, "fail", {"type": error_type, "message": str(exc)})
+
+    async def _handle(self, peer: Peer, request_id: str, op: str, request: dict, frames: list) -> None:
+        try:
+            handler = getattr(self, f"_op_{op}", None)
+            if handler is None:
+                raise ProtocolError(f"unknown operation {op!r}")
+            await handler(peer, request_id, request, frames)
+        except Exception as exc:
+            self._fail(peer, request_id, exc)
+
+    def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
+        check_call_request(request, len(frames))
+        n_fn = request["n_fn"]
+        header = {"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
+                  "mode": request["mode"], "shm_prefix": self._shm_prefix if request.get("shm") else None,
+                  "stream": request.get("stream", False)}
+        if "instance" in request:  # the constructor of a remote instance, or a call of its methods
+            if request["mode"] != "create":
+                self.instances.check(request["instance"])
+            header["instance"] = request["instance"]
+        secrets = request.get("secrets")
+        return Task(
+            key=request["key"],
+            header=header,
+            function=frames[0] if n_fn else b"",
+            arguments=frames[n_fn:],
+            refs=refs or {},
+            options=request.get("options", {}),
+            env=request.get("env"),
+            variables=self._secrets.variables(secrets) if secrets else {},
+        )
+
+    def start_call(self, request: dict, frames: list, header: dict[str, Any]) -> asyncio.Future[Outcome]:
+        """Start a call the server makes on someone's behalf (an HTTP endpoint's caller), with
+        ``header`` added to the task's header; raises for a call it refuses."""
+        task = self._task(request, frames)
+        self.calls += 1
+        return self._start(attrs.evolve(task, header={**task.header, **header}))
+
+    def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
+        """Send what the task's worker sends while it runs to its caller: log lines when it asked for
+        them, and a generator's items when it reads them one by one."""
+        if task.options.get("stream_logs"):
+            self._log_routes[task.key] = (peer, request_id)
+        if task.header["stream"]:
+            self._item_routes[task.key] = (peer, request_id)
+
+    def _unroute_replies(self, task: Task) -> None:
+        self._log_routes.pop(task.key, None)
+        self._item_routes.pop(task.key, None)
+
+    async def _op_shutdown(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", self.info())
+        self._stopped.set()
+
+    async def _op_call(self, peer, request_id, request, frames) -> None:
+        self.calls += 1
+        refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
+        task = self._task(request, frames, refs)
+        mode = request["mode"]
+        if mode == "remote":  # its logs go to the server log: nobody waits on this request
+            final = self._results[task.key] = self._start(task)
+            final.add_done_callback(lambda done: self._spill(task.key, done))
+            self._reply(peer, request_id, "ack", {"key": task.key})
+            return
+        give_back = self._lend_callers_worker(request.get("caller"))
+        try:
+            if mode == "create":
+                await self._create_instance(peer, request_id, task)
+            elif mode == "map":
+                await self._map(peer, request_id, task, request["chunks"])
+            else:
+                self._route_replies(task, peer, request_id)
+                outcome = await self._start(task, exclusive=mode == "enqueue")
+                self._unroute_replies(task)
+                self._deliver(peer, request_id, task, outcome)
+        finally:
+            give_back()
+
+    def _lend_callers_worker(self, caller: str | None) -> Callable[[], None]:
+        """A call made by a function running here waits in that function's worker: the executor
+        may start another worker meanwhile (its optional ``lend_worker(run_key)``), so callers that
+        fill every worker still see their callees run. Returns what gives the worker back."""
+        lend = getattr(self.executor, "lend_worker", None)
+        if not isinstance(caller, str) or lend is None or caller not in self._running:
+            return _nothing
+        return lend(caller) or _nothing
+
+    async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
+        chunks = [
+            Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
+                 arguments=chunk, refs=task.refs, options=task.options, env=task.env, variables=task.variables)
+            for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
+        ]
+        for chunk in chunks:
+            self._route_replies(chunk, peer, request_id)
+        finishing = [self._start(chunk) for chunk in chunks]
+        if task.options.get("progress"):  # the caller shows a progress bar: say which chunk is done
+            for index, future in enumerate(finishing):
+                future.add_done_callback(lambda _, index=index: self._reply(
+                    peer, request_id, "log", {"stream": "progress"}, [str(index).encode()]))
+        outcomes = await asyncio.gather(*finishing)
+        for chunk in chunks:
+            self._unroute_replies(chunk)
+        self._reply_outcomes(peer, request_id, list(outcomes))
+
+    def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
+        """Submit a task (``exclusive``: an enqueued call, which runs alone; see
+        :mod:`rh_core.server.call_gate`); the returned future always resolves to an Outcome, after the
+        call's timeout is applied, executor failures are turned into ``err`` outcomes, and the
+        call's last log lines have gone out."""
+        final: asyncio.Future[Outcome] = self._loop.create_future()
+        final.add_done_callback(lambda _: self._running.pop(task.key, None))
+        fn_id = task.header["fn_id"]
+        gate = self._gates.get(fn_id)
+        if gate is None and not exclusive and "instance" not in task.header:
+            # The common case: nothing of this function is enqueued, and it is no instance's method.
+            self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
+            final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
+            self._submit(task, final)
+            return final
+        if gate is None:
+            instance = task.header.get("instance")
+            limit = self.instances.concurrency(instance) if instance and task.header["mode"] != "create" else None
+            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0), limit=limit)
+        self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
+        ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
+        final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
+        return final
+
+    def _ungated_call_finished(self, fn_id: str) -> None:
+        left = self._calls_running[fn_id] - 1
+        if left:
+            self._calls_running[fn_id] = left
+        else:
+            del self._calls_running[fn_id]
+        gate = self._gates.get(fn_id)
+        if gate is not None:  # it ran when the gate was made, and counts there
+            gate.plain_finished()
+            self._forget_gate_when_idle(fn_id, gate)
+
+    def _leave_gate(self, fn_id: str, gate: CallGate, ticket: Any) -> None:
+        gate.leave(ticket)
+        self._forget_gate_when_idle(fn_id, gate)
+
+    def _forget_gate_when_idle(self, fn_id: str, gate: CallGate) -> None:
+        if gate.idle and self._gates.get(fn_id) is gate:
+            del self._gates[fn_id]
+
+    def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
+        if task.header["mode"] == "create":
+            running = self.executor.start_instance(task, spec_of(task.header["instance"]))
+        else:
+            running = self.executor.submit(task)
+        self._running[task.key] = (running, final)
+        timeout = task.options.get("timeout")
+        timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
+
+        def settle(running: asyncio.Future) -> None:
+            if timer is not None:
+                timer.cancel()
+            if final.done():
+                return
+            if running.cancelled():
+                return  # only _expire and cancel cancel, and they settled `final` themselves
+            exc = running.exception()
+            if exc is not None:
+                final.set_result(error_outcome(exc))
+                return
+            outcome = running.result()
+            if outcome.logged:
+                self._after_logs(task.key, lambda: final.done() or final.set_result(outcome))
+            else:
+                final.set_result(outcome)
+
+        running.add_done_callback(settle)
+
+    def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
+        error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
+        if not final.done():
+            final.set_result(error_outcome(error))
+        running.cancel()  # the executor stops whatever runs it
+
+    def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
+        """Run ``then`` once the end-of-logs marker of ``key`` arrived (or after a short wait)."""
+        ended = self._log_ends.setdefault(key, self._loop.create_future())
+        timer = self._loop.call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
+
+        def done(_):
+            timer.cancel()
+            self._log_ends.pop(key, None)
+            then()
+
+        ended.add_done_callback(done)
+
+    def _spill(self, key: str, final: asyncio.Future) -> None:
+        """Keep a finished result on disk too (in the results thread), so it outlives a restart;
+        once there, memory holds it only within the results memory budget."""
+        if self._results.get(key) is not final:  # released meanwhile
+            return
+        saving = self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
+        saving.add_done_callback(lambda saved: saved.result() and self._saved(key, final))
+
+    def _save_result(self, key: str, outcome: Outcome) -> bool:
+        try:
+            why_not = self._spilled.save(key, outcome)
+        except OSError as exc:  # a full disk must not cost the result: it stays in memory
+            why_not = f"result {key} is not kept on disk: {exc}"
+        if why_not:
+            sys.stderr.write(f"rh server: {why_not}\n")
+        return why_not is None
+
+    def _kept_bytes_in_memory(self) -> int:
+        return sum(_outcome_bytes(future.result()) for future in self._results.values() if future.done())
+
+    def _saved(self, key: str, final: asyncio.Future) -> None:
+        """``key`` is on disk: beyond the memory budget, the oldest results on disk leave memory
+        (``_outcome`` reads them from disk when asked)."""
+        if self._results.get(key) is not final:
+            return
+        self._saved_in_memory[key] = _outcome_bytes(final.result())
+        total = sum(self._saved_in_memory.values())
+        while total > self._results_memory_budget and self._saved_in_memory:
+            oldest, size = self._saved_in_memory.popitem(last=False)
+            self._results.pop(oldest, None)
+            total -= size
+
+    def _expire_results(self) -> None:
+        def expired(done: concurrent.futures.Future) -> None:
+            for key in done.result():
+                self._results.pop(key, None)
+
+        self._disk.submit(self._spilled.expire).add_done_callback(
+            lambda done: self._loop.call_soon_threadsafe(expired, done))
+        self._loop.call_later(3600, self._expire_results)
+
+    async def _outcome(self, key: str) -> Outcome:
+        future = self._results.get(key)
+        if future is None and key in self._running:  # a call still running: wait for it
+            future = self._running[key][1]
+        if future is None:
+            spilled = await self._loop.run_in_executor(self._disk, self._spilled.load, key)
+            if spilled is not None:
+                return spilled
+            raise ProtocolError(
+                f"no result with key {key!r} on this cluster: it was released, or the server restarted "
+                "since the call was made. Call the function again."
+            )
+        return await asyncio.shield(future)
+
+    async def _op_cancel(self, peer, request_id, request, frames) -> None:
+        """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
+        for it gets :class:`RunCancelledError`."""
+        key = check_run_key(request["key"])
+        tasks = [k for k in self._running if run_key_of(k) == key]
+        if not tasks:
+            known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
+            raise ProtocolError(
+                f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
+                                                               "; check the key (ref.key) or the cluster")
+            )
+        self._cancel_tasks(tasks)
+        self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
+
+    async def _op_cancel_all(self, peer, request_id, request, frames) -> None:
+        """Stop every run on the cluster (``cluster.cancel_all()``); remote instances live on."""
+        runs = sorted({run_key_of(k) for k in self._running})
+        self._cancel_tasks(list(self._running))
+        self._reply(peer, request_id, "info", {"cancelled": runs})
+
+    def _cancel_tasks(self, task_keys: list[str]) -> None:
+        for task_key in task_keys:
+            running, final = self._running[task_key]
+            if not final.done():
+                error = RunCancelledError(f"run {run_key_of(task_key)} was cancelled")
+                final.set_result(error_outcome(error))
+            running.cancel()  # the executor stops the worker (or Ray task) running it
+
+    async def _op_runs(self, peer, request_id, request, frames) -> None:
+        """The runs in progress (with how many of their tasks run or wait) and the kept results."""
+        running: dict[str, int] = {}
+        for task_key in self._running:
+            running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
+        finished = sorted({key for key, future in self._results.items() if future.done()} | set(self._spilled.keys()))
+        self._reply(peer, request_id, "info", {"running": running, "finished": finished})
+
+    async def _op_logs(self, peer, request_id, request, frames) -> None:
+        """What a run has logged so far; with ``follow``, then every new line until it ends."""
+        key = check_run_key(request["key"])
+        path = self._run_log_path(key)
+        running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
+        if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
+            raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
+        handle = self._run_logs.get(key)
+        if handle is not None:
+            with contextlib.suppress(OSError):  # a full disk: what reached the file is still read
+                handle.flush()
+        try:
+            with open(path, "rb") as f:
+                logged = f.read()
+        except FileNotFoundError:
+            logged = b""
+        if logged:
+            self._reply(peer, request_id, "log", {"stream": "stdout"}, [logged])
+        if request.get("follow") and running:
+            # Registered in the same loop step as the read above, so no line falls in between.
+            self._followers.setdefault(key, []).append((peer, request_id))
+            try:
+                await asyncio.gather(*running)
+                await asyncio.sleep(0)  # let log lines already received go out first
+            finally:
+                followers = self._followers.get(key, [])
+                if (peer, request_id) in followers:
+                    followers.remove((peer, request_id))
+                if not followers:
+                    self._followers.pop(key, None)
+        self._reply(peer, request_id, "info", {"running": bool(running) and not request.get("follow")})
+
+    def _sweep_run_logs(self) -> None:
+        """Run logs are kept for RUN_LOG_DAYS days after their last line."""
+        cutoff = time.time() - RUN_LOG_DAYS * 86400
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.runs_dir):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    def _run_log_path(self, key: str) -> str:
+        return os.path.join(self.runs_dir, check_run_key(key) + ".log")
+
+    async def _op_install(self, peer, request_id, request, frames) -> None:
+        """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
+        from rh_core.plugin.host import default_host
+
+        name = request.get("env")
+        steps = [InstallStep.from_json(step) for step in request["steps"]]
+        env = await asyncio.to_thread(self.environment, name)
+        done = await asyncio.to_thread(install, env, steps, default_host().installer)
+        if done["installed"]:
+            environment_changed = getattr(self.executor, "environment_changed", None)
+            if environment_changed is not None:
+                environment_changed(name)
+        self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
+
+    async def _op_sync_secrets(self, peer, request_id, request, frames) -> None:
+        """Store secrets sent as one JSON frame and write their files (see :mod:`rh_core.server.secret_store`)."""
+        if len(frames) != 1:
+            raise ProtocolError("malformed sync_secrets request: the secrets travel as one JSON frame")
+        try:
+            secrets = orjson.loads(memoryview(frames[0]))  # a zmq.Frame from a remote client: orjson wants a buffer
+        except orjson.JSONDecodeError:
+            raise ProtocolError("malformed sync_secrets request: the frame is not JSON") from None
+        if not isinstance(secrets, list):
+            raise ProtocolError("malformed sync_secrets request: the frame holds a list of secrets")
+        names = await asyncio.to_thread(self._secrets.put, secrets)
+        self._reply(peer, request_id, "info", {"secrets": names})
+
+    async def _op_delete_secrets(self, peer, request_id, request, frames) -> None:
+        names = request.get("names")
+        if not isinstance(names, list):
+            raise ProtocolError("malformed delete_secrets request: 'names' is a list of secret names")
+        deleted = await asyncio.to_thread(self._secrets.delete, names)
+        self._reply(peer, request_id, "info", {"deleted": deleted})
+
+    async def _op_secrets(self, peer, request_id, request, frames) -> None:
+        """The secrets on the cluster: names, variable names and files, never a value."""
+        self._reply(peer, request_id, "info", {"secrets": await asyncio.to_thread(self._secrets.describe)})
+
+    async def _op_serve(self, peer, request_id, request, frames) -> None:
+        """Serve a call as an HTTP endpoint (see :mod:`rh_core.server.http_door`); when this server's
+        Python cannot import the HTTP library, say what to install instead."""
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT})
+            return
+        await self._http.serve(request.get("name"), bool(request.get("public")), request.get("call"), frames)
+        self._write_state()  # its http_port, for clients that read the record
+        self._reply(peer, request_id, "info", {"port": self._http.port, "name": request["name"]})
+
+    async def _op_unserve(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": self._http.remove(request.get("name"))})
+
+    async def _op_endpoints(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"endpoints": self._http.describe(), "port": self._http.port})
+
+    async def _op_run_app(self, peer, request_id, request, frames) -> None:
+        """Run an ASGI app (see :mod:`rh_core.server.app_host`) and serve it through the door; when the
+        server cannot import aiohttp, or the app's environment uvicorn, say what to install."""
+        record = request.get("app")
+        if not isinstance(record, dict):
+            raise ProtocolError("malformed run_app request: 'app' describes the app")
+        if not await asyncio.to_thread(http_available):
+            self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT, "env": None})
+            return
+        env = await asyncio.to_thread(self.environment, record.get("env"))
+        if not await _imports(env, "uvicorn"):
+            self._reply(peer, request_id, "info", {"missing": APP_REQUIREMENT, "env": record.get("env")})
+            return
+        if record.get("name") in self._http:
+            raise ProtocolError(f"a function is served as {record.get('name')!r}; remove that endpoint first "
+                                "(cluster.remove_endpoint) or choose another name")
+        await self._http.open()
+        await self._apps.run(record)
+        self._write_state()
+        self._reply(peer, request_id, "info", {"port": self._http.port})
+
+    async def _op_remove_app(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"removed": await self._apps.remove(request.get("name"))})
+
+    async def _op_apps(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"apps": self._apps.describe(), "port": self._http.port})
+
+    async def _op_app_logs(self, peer, request_id, request, frames) -> None:
+        self._reply(peer, request_id, "info", {"log": self._apps.log_tail(request.get("name"))})
+
+    async def _op_http_token(self, peer, request_id, request, frames) -> None:
+        """The HTTP endpoints' bearer token, to an authenticated client only (as every reply is)."""
+        token = await asyncio.to_thread(self._http.token, bool(request.get("rotate")))
+        self._reply(peer, request_id, "info", {"token": token})
+
+    async def _op_get(self, peer, request_id, request, frames) -> None:
+        keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
+        try:
+            outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+            raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
+        self._reply_outcomes(peer, request_id, list(outcomes))
+
+    async def _op_status(self, peer, request_id, request, frames) -> None:
+        states = {}
+        for key in map(check_run_key, request["keys"]):
+            future = self._results.get(key)
+            if future is None:
+                states[key] = "done" if self._spilled.has(key) else "unknown"
+            else:
+                states[key] = "done" if future.done() else "running"
+        self._reply(peer, request_id, "info", {"states": states})
+
+    async def _op_put(self, peer, request_id, request, frames) -> None:
+        """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
+        kept: ``cluster.get`` and refs reach it, it expires with results, ``release`` drops it."""
+        try:
+            key = check_run_key(request.get("key"))  # kept beside results, so named as they are
+        except ProtocolError as exc:
+            raise ProtocolError(f"cannot keep an object under that key: {exc}, e.g. 'weights' or 'run-1.config'") from None
+        if any(run_key_of(task_key) == key for task_key in self._running):
+            raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
+        # Copied: the frames may be views of a receive buffer, and this outlives the request.
+        outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
+        self._saved_in_memory.pop(key, None)
+        kept = self._results[key] = self._loop.create_future()
+        kept.set_result(outcome)
+        self._spill(key, kept)
+        self._reply(peer, request_id, "info", {"key": key})
+
+    async def _op_release(self, peer, request_id, request, frames) -> None:
+        for key in map(check_run_key, request["keys"]):
+            self._results.pop(key, None)
+            self._saved_in_memory.pop(key, None)
+            await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
+        self._reply(peer, request_id, "info", {})
+
+    # --- remote instances (rh.module) ---------------------------------------------------------
+
+    async def _create_instance(self, peer: Peer, request_id: str, task: Task) -> None:
+        """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
+        constructor runs as a call does: with its timeout, cancel and output."""
+        async def construct(task: Task) -> Outcome:
+            self._route_replies(task, peer, request_id)
+            try:
+                return await self._start(task)
+            finally:
+                self._unroute_replies(task)
+
+        instance_id, created, failed = await self.instances.get_or_create(task, construct)
+        if failed is not None:
+            self._reply_outcomes(peer, request_id, [failed])
+        else:
+            self._reply(peer, request_id, "info", {"instance_id": instance_id, "created": created})
+
+    def instance_ended(self, instance_id: str, reason: str) -> None:
+        """From the executor (:class:`~rh_core.plugin.interfaces.ServerContext`): an instance's process is gone."""
+        self.instances.ended(instance_id, reason)
+
+    async def _op_release_instance(self, peer, request_id, request, frames) -> None:
+        """End an instance (``m.release()``): its process stops; calls it runs fail."""
+        name, instance_id = request.get("name"), request.get("instance_id")
+        released = isinstance(name, str) and await self.instances.release(name, instance_id)
+        self._reply(peer, request_id, "info", {"released": released})
+
+    async def _op_instances(self, peer, request_id, request, frames) -> None:
+        """The remote instances on this cluster (see :meth:`Instances.describe`)."""
+        self._reply(peer, request_id, "info", {"instances": self.instances.describe()})
+
+    # --- logs ----------------------------------------------------------------------------------
+
+    def _on_log(self, frames: list) -> None:
+        key, stream = frames[0].bytes.decode(), frames[1].bytes
+        if stream == b"item":  # one item of a generator, pickled: straight on to the caller reading them
+            route = self._item_routes.get(key)
+            if route is not None:
+                self._reply(route[0], route[1], "item", {}, frames[2:])
+            return
+        text = frames[2].bytes
+        run_key = run_key_of(key)
+        if stream == b"eof":
+            ended = self._log_ends.setdefault(key, self._loop.create_future())
+            if not ended.done():
+                ended.set_result(None)
+            if not any(run_key_of(k) == run_key for k in self._running if k != key):
+                self._close_run_log(run_key)
+            return
+        self._keep(run_key, text)
+        for peer, request_id in self._followers.get(run_key, ()):
+            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
+        route = self._log_routes.get(key)
+        if route is not None:
+            peer, request_id = route
+            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
+        else:
+            sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
+            sys.stderr.flush()
+
+    def _keep(self, run_key: str, text: bytes) -> None:
+        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later. A full
+        or broken disk costs the kept copy only: the lines still reach whoever streams them."""
+        handle = self._run_logs.get(run_key)
+        try:
+            if handle is None:
+                os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
+                handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
+            handle.write(text)
+        except OSError as exc:
+            self._log_write_failed(run_key, exc)
+
+    def _close_run_log(self, run_key: str) -> None:
+        handle = self._run_logs.pop(run_key, None)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as exc:
+                self._log_write_failed(run_key, exc)
+
+    def _log_write_failed(self, run_key: str, exc: OSError) -> None:
+        if not self._log_write_warned:
+            self._log_write_warned = True
+            sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
+
+
+CALL_MODES = ("call", "remote", "enqueue", "map", "create")
+
+
+async def _imports(env: Any, module: str) -> bool:
+    """Whether ``env``'s interpreter can import ``module``."""
+    process = await asyncio.create_subprocess_exec(env.python, "-c", f"import {module}", env={**os.environ, **env.variables},
+                                                   stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    return await process.wait() == 0
+
+
+def error_outcome(exc: BaseException) -> Outcome:
+    """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
+    failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
+    return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
+
+
+def _outcome_bytes(outcome: Outcome) -> int:
+    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
+
+
+def _nothing() -> None:
+    pass
+
+
+def check_call_request(request: dict, frame_count: int) -> None:
+    """Refuse a ``call`` envelope whose fields have the wrong types, naming the field: such a
+    request comes from a broken or foreign client, and must not reach the executor."""
+    def wrong(field: str, expected: str) -> ProtocolError:
+        return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
+
+    if not isinstance(request.get("key"), str) or not request["key"]:
+        raise wrong("key", "a non-empty string")
+    if request.get("mode") not in CALL_MODES:
+        raise wrong("mode", f"one of {', '.join(CALL_MODES)}")
+    check_run_key(request.get("key"))
+    if not isinstance(request.get("fn_id"), str):
+        raise wrong("fn_id", "a string")
+    if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
+        raise wrong("n_fn", f"0 or 1 (and at most the {frame_count} frames sent)")
+    if not isinstance(request.get("options", {}), dict):
+        raise wrong("options", "an object")
+    if not isinstance(request.get("refs", []), list):
+        raise wrong("refs", "a list of run keys")
+    for ref in request.get("refs", []):
+        check_run_key(ref)
+    if request.get("env") is not None and not isinstance(request["env"], str):
+        raise wrong("env", "an environment name or null")
+    secrets = request.get("secrets")
+    if secrets is not None and (not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets)):
+        raise wrong("secrets", "a list of secret names")
+    if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
+        raise wrong("function_ref", "an object or null")
+    if request.get("code") is not None and not isinstance(request["code"], dict):
+        raise wrong("code", "an object or null")
+    if not isinstance(request.get("stream", False), bool):
+        raise wrong("stream", "true or false")
+    caller = request.get("caller")
+    if caller is not None and (not isinstance(caller, str) or len(caller) > 256):
+        raise wrong("caller", "the key of the run that makes the call (a string)")
+    if "instance" in request or request["mode"] == "create":
+        check_instance_field(request.get("instance"), request["mode"])
+    timeout = request.get("options", {}).get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")
+    if request.get("mode") == "map":
+        chunks = request.get("chunks")
+        if (not isinstance(chunks, list) or not chunks
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chunks)
+                or sum(chunks) != frame_count - request["n_fn"]):
+            raise wrong("chunks", "the frame counts of the map's chunks, adding up to the argument frames sent")
+
+
+def check_run_key(key: Any) -> str:
+    """``key`` when it is a run key (:data:`rh_core.clusters.ref.RUN_KEY`); else a ProtocolError naming it."""
+    if not isinstance(key, str) or not RUN_KEY.fullmatch(key):
+        raise ProtocolError(f"{str(key)[:80]!r} is not a run key: run keys are up to 128 letters, digits, '_', '.' "
+                            f"and '-' (as ref.key shows them)")
+    return key
+
+
+def load_or_create_secret(state_dir: str) -> str:
+    """The server's secret, created owner-only on first start and kept across restarts, so clients
+    that have it keep working after a restart. One that is not ours alone is refused
+    (:class:`UntrustedPathError`): whoever planted or read it could call us."""
+    path = os.path.join(state_dir, SECRET_FILE)
+    try:  # exclusively: of two servers starting at once, one makes it and the other reads it
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, secret=True)
+    except FileExistsError:
+        existing = (read_private(path, secret=True) or b"").decode().strip()
+        if existing:
+            return existing
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC, secret=True)  # empty: its maker died before writing
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def run_key_of(task_key: str) -> str:
+    """The run a task belongs to: a map's chunks (``KEY/3``) belong to the map's run ``KEY``."""
+    return task_key.split("/", 1)[0]
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"executor option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rh_core.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True, help="where server.json, sockets and logs live")
+    parser.add_argument("--executor", default="process", help="executor name (see `rh plugins`)")
+    parser.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="an executor option, e.g. -o num_workers=4 (values are read as JSON when they parse)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)  # loopback only; see --expose
+    parser.add_argument("--expose", metavar="HOST:PORT",
+                        help="also accept clients over TLS here (the server itself stays on loopback)")
+    parser.add_argument("--tls-cert", help="PEM certificate for --expose (default: self-signed, made once)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--results-max-mb", type=int, default=results.DEFAULT_MAX_MB,
+                        help="disk space for .remote() results kept across restarts")
+    parser.add_argument("--results-days", type=float, default=results.DEFAULT_DAYS,
+                        help="days a kept result lives before it is deleted")
+    parser.add_argument("--results-memory-mb", type=int, default=results.DEFAULT_MEMORY_MB,
+                        help="memory for kept results that are on disk too; beyond it they are read from disk")
+    args = parser.parse_args(argv)
+    try:  # before anything goes into it: the secret, logs, results
+        args.state_dir = private_directory(args.state_dir)  # absolute
+    except UntrustedPathError as exc:
+        sys.exit(f"rh server: {exc}")
+    # Its own directory, not the starter's: a server outlives the shell that started it, and a
+    # working directory deleted meanwhile would fail every pip or git run it makes.
+    os.chdir(args.state_dir)
+    keep_freed_memory()
+    # Each thread of each local client holds a connection, so allow as many as the system lets us.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # a hard limit the system will not grant as soft
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    executor = PluginHost().executor(args.executor)(**parse_options(args.option))
+    expose = None
+    if args.expose:
+        host, _, port = args.expose.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--expose takes HOST:PORT, not {args.expose!r}")
+        expose = (host, int(port))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls_files = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = Server(args.state_dir, executor, args.host, args.port, results_max_mb=args.results_max_mb,
+                    results_days=args.results_days, results_memory_mb=args.results_memory_mb,
+                    expose=expose, tls_files=tls_files)
+    try:
+        uvloop.run(server.serve())  # libuv's loop: a fifth less server CPU per call than asyncio's own
+    except UntrustedPathError as exc:  # a state file someone else planted: say so, without a traceback
+        sys.exit(f"rh server: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from rh_core.worker.process import main
+
+main(*sys.argv[1:4])

@@ -1,0 +1,564 @@
+"""Runs tasks inside a worker: loads the function, unpickles arguments, calls, pickles the outcome.
+
+Every executor's workers use this: the process executor's worker processes and Ray tasks alike.
+The function's stdout and stderr (and so ``logging`` to them) are sent live to the server's log
+endpoint as ``[key, stream, text]``, and so are the items of a generator whose caller streams them
+(``[key, b"item", *frames]``); after a task that sent anything an end-of-logs marker
+``[key, b"eof", b""]`` follows, so the server can deliver every line and item before the result.
+``async def`` functions are awaited on an event loop the runner keeps.
+
+A function may fork. A child that returns from the function (or raises, ``sys.exit`` included) into
+the runner exits there, before it can touch the worker's link or log socket: only the worker
+answers for its task. Output of such children goes to the worker's own stdout and stderr (the
+server log), never through the parent's ZeroMQ socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import io
+import os
+import pickle
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import zmq
+
+from rh_core.wire import serialize, shm
+from rh_core.errors import (
+    InstanceNotFoundError,
+    RemoteError,
+    RemoteExitError,
+    RhError,
+    RunCancelledError,
+    StaleCodeError,
+)
+from rh_core.plugin.interfaces import Outcome, Task
+
+
+#: The run key of the call the current thread or task works for (see :meth:`LogSender.current`).
+_call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("rh_call_key", default=None)
+
+
+def current_call_key() -> str | None:
+    """The run key of the call this thread or task runs on a worker (None elsewhere): a call it
+    makes to its own cluster names it, so the executor can lend the cluster another worker."""
+    return _call_key.get()
+
+
+class LogSender:
+    """A PUSH socket to the server's log endpoint, shared by the worker's threads: the output of
+    each call (and a generator's items) goes there under the call's key."""
+
+    def __init__(self, endpoint: str | None):
+        self._lock = threading.Lock()
+        self._socket = None
+        if endpoint:
+            self._socket = zmq.Context.instance().socket(zmq.PUSH)
+            self._socket.setsockopt(zmq.LINGER, 2000)
+            self._socket.connect(endpoint)
+        self._sent: dict[str, bool] = {}  # the calls running now -> whether they sent anything yet
+        self._lone: str | None = None  # the key of the one call running, for threads it started itself
+        self._forked = False
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def _forget_in_child(self) -> None:
+        # A ZeroMQ socket must not be used across fork; the child's lines go to its fallback stream.
+        # The socket object is kept (never closed here): closing it would touch the parent's context.
+        self._sent, self._lone, self._forked, self._lock = {}, None, True, threading.Lock()
+
+    def begin(self, key: str) -> contextvars.Token:
+        """A call starts in this thread (or task): its output goes out under ``key``."""
+        self._sent[key] = False
+        self._lone = key if len(self._sent) == 1 else None
+        return _call_key.set(key)
+
+    def current(self) -> str | None:
+        """The key output written now belongs to: the call this thread or task runs; else, for a
+        thread the function started, the one call running; None when no call can claim it."""
+        if self._forked:
+            return None
+        return _call_key.get() or self._lone
+
+    def send(self, stream: str, text: str) -> bool:
+        key = self.current()
+        if key is None or self._socket is None:
+            return False
+        with self._lock:
+            self._socket.send_multipart([key.encode(), stream.encode(), text.encode("utf-8", "replace")])
+            if key in self._sent:
+                self._sent[key] = True
+        return True
+
+    def send_item(self, frames: Sequence[Any]) -> None:
+        """One item a generator of the current call yielded, as pickled frames."""
+        key = self.current()
+        if key is None or self._socket is None:
+            raise RhError("a generator's items cannot be streamed from here: this worker has no way to the "
+                          "server's log endpoint (a Ray node without the log relay). Return a list instead")
+        with self._lock:
+            self._socket.send_multipart([key.encode(), b"item", *frames])
+            self._sent[key] = True
+
+    def end(self, key: str, token: contextvars.Token) -> bool:
+        """The call ``key`` has finished; returns whether it sent anything (then an end-of-logs
+        marker follows, so the server delivers every line and item before the result)."""
+        sent = self._sent.pop(key, False)
+        if sent and self._socket is not None:
+            with self._lock:
+                self._socket.send_multipart([key.encode(), b"eof", b""])
+        _call_key.reset(token)
+        self._lone = next(iter(self._sent)) if len(self._sent) == 1 else None
+        return sent
+
+
+class CallOutput(io.TextIOBase):
+    """Replaces ``sys.stdout``/``sys.stderr`` in a worker: lines go to the caller while a call runs."""
+
+    def __init__(self, name: str, sender: LogSender, fallback: Any):
+        self.name, self._sender, self._fallback = name, sender, fallback
+        self._pending: dict[str, str] = {}  # call key -> the start of a line it has not finished
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        key = self._sender.current()
+        if key is None:
+            return self._fallback.write(text)
+        pending = self._pending.pop(key, "") + text
+        if "\n" in pending:
+            head, _, pending = pending.rpartition("\n")
+            if not self._sender.send(self.name, head + "\n"):
+                self._fallback.write(head + "\n")
+        if pending:
+            self._pending[key] = pending
+        return len(text)
+
+    def flush(self) -> None:
+        key = self._sender.current()
+        pending = self._pending.pop(key, "") if key is not None else ""
+        if pending and not self._sender.send(self.name, pending):
+            self._fallback.write(pending)
+        self._fallback.flush()
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Runner:
+    """Holds a worker's function cache and output redirection; ``run`` executes one task."""
+
+    def __init__(self, log_endpoint: str | None):
+        self.logs = LogSender(log_endpoint)
+        self._pid = os.getpid()
+        self._functions: dict[str, Callable] = {}
+        self._code_versions: dict[str, str] = {}  # the caller's code directory -> version imported from it
+        self._verified: dict[str, str] = {}  # module -> the source digest it was imported with
+        self._cwd: str | None = None
+        self._loop: Any = None  # an asyncio loop, made when a coroutine first needs one
+        # A runner of a remote instance (a worker of its own) holds it, and runs its coroutines on
+        # a loop of its own in a thread of its own, so that calls running at once share it.
+        self.instance: Any = None
+        self._instance_name = ""
+        self._instance_digest: str | None = None  # the source digest of the class's module at creation
+        self._instance_loop: Any = None
+        self._awaiting: dict[str, Any] = {}  # call key -> its coroutine on that loop
+        self._streaming: set[str] = set()  # calls sending a generator's items now
+        self._stopping: set[str] = set()  # ... of which these stop before the next item
+        if not isinstance(sys.stdout, CallOutput):
+            sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
+            sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
+
+    def function(self, header: dict[str, Any], function_frame: Any) -> Callable:
+        instance = header.get("instance")
+        if instance is not None and header.get("mode") != "create":
+            return self._method(instance, header.get("code"))
+        code = header.get("code")
+        if code is not None:
+            self._use_code(code)
+        fn_id = header["fn_id"]
+        fn = self._functions.get(fn_id)
+        if fn is None:
+            ref = header.get("function_ref")
+            if ref is not None:
+                fn = self._import(serialize.FunctionRef.from_json(ref), code)
+            else:
+                fn = serialize.loads_function(function_frame)
+            self._functions[fn_id] = fn
+        return fn
+
+    def _use_code(self, code: dict[str, Any]) -> None:
+        """Make the caller's code importable as it sent it (see :class:`serialize.CodeOnCluster`):
+        modules imported from its directory at another version are forgotten first."""
+        root, version = code["root"], code["version"]
+        if self._code_versions.get(root) != version:
+            if not os.path.isdir(root):  # a machine the caller's code has not reached (yet)
+                raise StaleCodeError(
+                    f"the caller's working directory {root} is not on this machine: the code did not reach it. "
+                    "The call was refused, not run"
+                )
+            if root in self._code_versions:
+                _forget_modules_under(root)
+                self._functions.clear()
+                self._verified.clear()
+            self._code_versions[root] = version
+        for path in reversed(code["paths"]):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        if code["cwd"] != self._cwd:
+            try:
+                os.chdir(code["cwd"])  # relative paths mean what they mean where the caller runs
+            except FileNotFoundError:  # a folder that did not travel (ignored by git or .rhignore)
+                os.chdir(root)
+            self._cwd = code["cwd"]
+
+    def _import(self, ref: serialize.FunctionRef, code: dict[str, Any] | None) -> Callable:
+        """Import a function by reference, refusing it when its module's source here is not the
+        source the caller sent (``code["digest"]``)."""
+        digest = code.get("digest") if code is not None else None
+        if digest is None:
+            return serialize.load_function(ref)
+        if self._verified.get(ref.module) == digest:
+            return serialize.load_function(ref)
+        sys.modules.pop(ref.module, None)  # imported before, but not checked against this digest
+        fn = serialize.load_function(ref)
+        file = getattr(sys.modules.get(ref.module), "__file__", None) or ""
+        if _digest_or_none(file) != digest:
+            # A bytecode cache can outlive an edit that kept the size within the same second;
+            # drop it, and the module, and read the source once more.
+            import importlib.util
+
+            with contextlib.suppress(OSError, ValueError, NotImplementedError):
+                os.unlink(importlib.util.cache_from_source(file))
+            sys.modules.pop(ref.module, None)
+            fn = serialize.load_function(ref)
+        if _digest_or_none(file) != digest:
+            sys.modules.pop(ref.module, None)  # never reused: what it holds is not the caller's code
+            raise StaleCodeError(
+                f"the cluster's copy of module {ref.module} ({file}) is not the source {ref.qualname} was sent "
+                "with: it changed after .to(), or this machine holds an older copy. The call was refused, "
+                "not run; send the function again with .to(cluster)"
+            )
+        self._verified[ref.module] = digest
+        return fn
+
+    def run(self, task: Task) -> Outcome:
+        """Run one task and pickle what came of it; never raises.
+
+        A task's ``variables`` (its secrets) are set in this process's environment before it runs:
+        the executor gives such tasks workers that run only tasks with the same variable names, so
+        each one replaces the last one's values and no other function sees them."""
+        token = self.logs.begin(task.key)
+        if task.variables:
+            os.environ.update(task.variables)
+        try:
+            outcome = self._run(task)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logged = self.logs.end(task.key, token)
+        return attrs.evolve(outcome, logged=logged)
+
+    def _run(self, task: Task) -> Outcome:
+        http = task.header.get("http")  # a call through an HTTP endpoint (see rh_core.worker.http_calls)
+        try:
+            fn = self.function(task.header, task.function)
+            if http is not None:
+                from rh_core.worker import http_calls
+
+                return http_calls.respond(fn, http, task.arguments, self._call)
+            resolved: dict[str, Any] = {}
+
+            def resolve_ref(key: str) -> Any:
+                if key not in resolved:
+                    outcome = task.refs[key]
+                    if outcome.status != "ok":
+                        raise serialize.loads_exception(outcome.frames)
+                    resolved[key] = serialize.loads(outcome.frames)
+                return resolved[key]
+
+            received: list[str] = []  # segments of large arguments: what the result does not reuse goes back
+            arguments = serialize.loads(task.arguments, resolve_ref, received)
+        except StaleCodeError as exc:
+            # "stale": the code may be copied there again and the call retried; not so an instance's.
+            stale = "err" if task.header.get("instance") else "stale"
+            return Outcome(status=stale, frames=serialize.dumps_exception(exc))
+        except BaseException as exc:
+            if http is not None:  # the function could not be loaded: an HTTP caller reads a 500
+                from rh_core.worker import http_calls
+
+                return http_calls.error_response(exc)
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        mode = task.header.get("mode")
+        if mode == "map":
+            return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
+        if mode == "create":
+            return self._create(fn, arguments, task.header)
+        try:
+            args, kwargs = arguments
+            result = self._call(fn, args, kwargs)
+            if isinstance(result, _GENERATORS):
+                if task.header.get("stream"):
+                    result = self._stream(result)
+                else:  # nobody reads items one by one (.remote(), enqueue): they come back as a list
+                    result = self._drain(result)
+        except BaseException as exc:
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        return _pack_result(result, task.header.get("shm_prefix"), received)
+
+    def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None,
+                 received: list[str]) -> Outcome:
+        results: list[tuple[str, Any]] = []
+        for args, kwargs in items:
+            try:
+                result = self._call(fn, args, kwargs)
+                results.append(("ok", self._drain(result) if isinstance(result, _GENERATORS) else result))
+            except BaseException as exc:
+                results.append(("err", _picklable_error(exc)))
+        return _pack_result(results, shm_prefix, received)
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Call the user's function; a coroutine it returns (``async def``) is awaited here.
+        ``sys.exit`` (or another exit) inside it becomes an error for the caller, never an exit of
+        the worker or of the caller's process; a process the function forked that comes back here
+        ends at once. (The hot path: the same rule as :meth:`_user_code`, written out.)"""
+        try:
+            result = fn(*args, **kwargs)
+            if type(result) is types.CoroutineType:
+                result = self._await(result)
+            return result
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if os.getpid() == self._pid:
+                raise RemoteExitError.of(exc) from None
+            raise
+        finally:
+            if os.getpid() != self._pid:
+                _end_forked_child()
+
+    @contextlib.contextmanager
+    def _user_code(self) -> Iterator[None]:
+        """Around the user's code that runs outside :meth:`_call` (a generator's body): the same rule."""
+        try:
+            yield
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if os.getpid() == self._pid:
+                raise RemoteExitError.of(exc) from None
+            raise
+        finally:
+            if os.getpid() != self._pid:
+                _end_forked_child()
+
+    def _await(self, awaitable: Awaitable[Any]) -> Any:
+        """Run an awaitable of the user's to its end on this runner's event loop (one per runner,
+        kept between calls, so what a call leaves on it, a client session say, serves the next).
+        An instance's runs on the instance's loop, where :meth:`cancel` can stop it."""
+        if self.instance is not None:
+            return self._await_on_instance_loop(awaitable)
+        if self._loop is None:
+            import asyncio  # here: a worker that never meets a coroutine starts without it
+
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
+
+    def _stream(self, generator: Any) -> Any:
+        """Send each item a generator yields to the caller as it comes (see :meth:`LogSender.send_item`);
+        return what a plain generator returns at its end."""
+        key = self.logs.current() or ""
+        self._streaming.add(key)
+        try:
+            return self._send_items(key, generator)
+        finally:
+            self._streaming.discard(key)
+            self._stopping.discard(key)
+
+    def _send_items(self, key: str, generator: Any) -> Any:
+        index = 0
+        while True:
+            if key in self._stopping:
+                _close(generator, self._await)
+                raise RunCancelledError(f"run {key} was cancelled after {index} items")
+            with self._user_code():
+                try:
+                    if isinstance(generator, types.AsyncGeneratorType):
+                        item = self._await(generator.__anext__())
+                    else:
+                        item = next(generator)
+                except (StopIteration, StopAsyncIteration) as end:
+                    return getattr(end, "value", None)
+            try:
+                frames = serialize.dumps(item, container_depth=3)
+            except Exception as exc:
+                _close(generator, self._await)
+                raise serialize.SerializationError(
+                    f"item {index} the generator yielded, a {type(item).__name__}, cannot be sent back: {exc}. "
+                    "Yield something picklable."
+                ) from exc
+            self.logs.send_item(frames)
+            index += 1
+
+    def _drain(self, generator: Any) -> list[Any]:
+        """Every item of a generator, as a list."""
+        with self._user_code():
+            if isinstance(generator, types.AsyncGeneratorType):
+                return self._await(_collect(generator))
+            return list(generator)
+
+
+    # --- remote instances ----------------------------------------------------------------------
+
+    def _create(self, cls: Callable, arguments: Any, header: dict[str, Any]) -> Outcome:
+        """Run the constructor of a remote instance; this runner holds the instance from then on."""
+        try:
+            args, kwargs = arguments
+            instance = self._call(cls, args, kwargs)
+        except BaseException as exc:
+            return Outcome(status="err", frames=serialize.dumps_exception(exc))
+        self.instance, self._instance_name = instance, header["instance"]["name"]
+        self._instance_digest = (header.get("code") or {}).get("digest")
+        return _pack_result(None)
+
+    def _method(self, instance: dict[str, Any], code: dict[str, Any] | None) -> Callable:
+        """The bound method a call on the instance names. The instance keeps running its class as it
+        was when it was made: a caller that sent other source for the class's module is refused."""
+        if self.instance is None:
+            raise InstanceNotFoundError(f"this worker holds no instance {instance.get('name')!r}")
+        digest = (code or {}).get("digest")
+        if digest is not None and self._instance_digest is not None and digest != self._instance_digest:
+            raise StaleCodeError(
+                f"instance {self._instance_name!r} runs {type(self.instance).__qualname__} as module "
+                f"{code.get('module') if code else '?'} was when it was created, and the caller's copy of that "
+                "module has changed since. The call was refused, not run; release the instance (m.release()) "
+                "and create it anew to run the new code"
+            )
+        return getattr(self.instance, instance["method"])
+
+    def _await_on_instance_loop(self, awaitable: Awaitable[Any]) -> Any:
+        import asyncio
+        import concurrent.futures
+
+        if self._instance_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="rh-instance-loop", daemon=True).start()
+            self._instance_loop = loop
+        key = self.logs.current()
+        future = asyncio.run_coroutine_threadsafe(_as_call(key, awaitable), self._instance_loop)
+        if key is not None:
+            self._awaiting[key] = future
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise RunCancelledError(f"run {key} was cancelled") from None
+        finally:
+            if key is not None:
+                self._awaiting.pop(key, None)
+
+    def cancel(self, key: str) -> bool:
+        """Stop call ``key`` of an instance where that leaves the instance as it is: a coroutine is
+        cancelled on the instance's loop, a generator stops before its next item. False when the
+        call runs the user's code in a plain method, which only ending the process stops (or when
+        it is not running here)."""
+        stoppable = False
+        if key in self._streaming:
+            self._stopping.add(key)
+            stoppable = True
+        future = self._awaiting.get(key)
+        if future is not None:
+            future.cancel()
+            stoppable = True
+        return stoppable
+
+
+async def _as_call(key: str | None, awaitable: Awaitable[Any]) -> Any:
+    """Await a call's coroutine on an instance's loop: its output is the call's (the task it runs in
+    has a context of its own), and an exit inside it is the caller's error, as in :meth:`Runner._call`."""
+    _call_key.set(key)
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RemoteExitError.of(exc) from None
+
+
+_GENERATORS = (types.GeneratorType, types.AsyncGeneratorType)
+
+
+async def _collect(generator: Any) -> list[Any]:
+    return [item async for item in generator]
+
+
+def _close(generator: Any, run: Callable[[Awaitable[Any]], Any]) -> None:
+    """Close a generator the caller will not read on (its ``finally`` blocks run)."""
+    with contextlib.suppress(Exception):
+        if isinstance(generator, types.AsyncGeneratorType):
+            run(generator.aclose())
+        else:
+            generator.close()
+
+
+def _forget_modules_under(directory: str) -> None:
+    """Forget every imported module whose file lies in ``directory``, so the next import reads it again."""
+    import importlib
+
+    prefix = os.path.join(directory, "")
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and file.startswith(prefix):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def _digest_or_none(path: str) -> str | None:
+    try:
+        return serialize.source_digest(path)
+    except OSError:
+        return None
+
+
+def _end_forked_child() -> None:
+    """End a process the user's function forked that returned (or raised) into the runner, with
+    the exit code it asked for, before anything of the worker's runs in it."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        code = 0
+    elif isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        exc = RemoteError(type(exc).__qualname__, str(exc))
+    return exc, tb
+
+
+def _pack_result(result: Any, shm_prefix: str | None = None, received: Sequence[str] = ()) -> Outcome:
+    """The ``ok`` outcome of ``result``. With ``shm_prefix`` (the caller alone reads this reply, on
+    this machine) large buffers go through shared memory. The segments of ``received`` that the
+    result did not reuse go back to whoever reads the result first, on this machine (elsewhere the
+    frame names a file that is not there, and is ignored)."""
+    try:
+        frames = shm.share(serialize.dumps(result, container_depth=3), shm_prefix)
+        return Outcome(status="ok", frames=frames + shm.returning(received))
+    except Exception as exc:
+        error = serialize.SerializationError(
+            f"the function returned a {type(result).__name__} that cannot be sent back: {exc}. "
+            "Return something picklable, or keep it on the cluster with .remote()."
+        )
+        return Outcome(status="err", frames=serialize.dumps_exception(error))
