@@ -178,3 +178,21 @@ def test_patching_the_cluster_factory_replaces_it_and_undoing_restores_it():
     done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_every_hook_call_is_traced_with_rh_trace_hooks():
+    # RH_TRACE_HOOKS shows each hook call, those made one plugin at a time among them.
+    import subprocess
+    import sys
+
+    code = (
+        "from rh_core.plugin.host import PluginHost\n"
+        "host = PluginHost()\n"
+        "host.executor('process')\n"
+        "host.cluster_teardown(object())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RH_TRACE_HOOKS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "rh_register_executors" in done.stdout
+    assert "rh_cluster_teardown" in done.stdout

@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata
 import os
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -223,14 +223,12 @@ class PluginHost:
             raise UnknownNameError("plugin kind", kind, list(KINDS))
         if kind not in self._registries:
             registry = Registry(kind, failed=self._failed)
-            hook = getattr(self._pm.hook, f"rh_register_{kind}s")
-            for impl in hook.get_hookimpls():
-                owner = impl.plugin_name
+            for owner, call in self._each_implementation(f"rh_register_{kind}s"):
 
                 def register(name: str, target: Any, *, aliases=(), _owner=owner) -> None:
                     registry.register(name, target, aliases=tuple(aliases), owner=_owner)
 
-                impl.function(register=register)
+                call(register=register)
             self._registries[kind] = registry
         return self._registries[kind]
 
@@ -264,11 +262,20 @@ class PluginHost:
         self._pm.hook.rh_cluster_ready(cluster=cluster, info=dict(info))
 
     def cluster_teardown(self, cluster: Cluster) -> None:
-        for impl in self._pm.hook.rh_cluster_teardown.get_hookimpls():
+        for _, call in self._each_implementation("rh_cluster_teardown"):
             try:
-                impl.function(cluster=cluster)
+                call(cluster=cluster)
             except Exception:  # reported, never stops the teardown
                 traceback.print_exc()
+
+    def _each_implementation(self, hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """Each plugin's implementation of ``hook_name`` on its own, with the plugin's name: for the
+        hooks whose callers need to know who answered, or must go on when one plugin fails. Each
+        call still goes through pluggy, so ``RH_TRACE_HOOKS`` (and any hook monitor) sees it."""
+        plugins = [impl.plugin for impl in getattr(self._pm.hook, hook_name).get_hookimpls()]
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+            others = [plugin for plugin in plugins if plugin is not impl.plugin]
+            yield impl.plugin_name, self._pm.subset_hook_caller(hook_name, remove_plugins=others)
 
 
 def _own_version() -> str:

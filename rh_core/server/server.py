@@ -68,7 +68,7 @@ from rh_core.server.http_door import HttpDoor, http_available
 from rh_core.wire.link import ENVELOPE_MAX_BYTES
 from rh_core.server.link_server import ServerLinkProtocol
 from rh_core.plugin.interfaces import Executor, InstallStep, Outcome, Task
-from rh_core.plugin.host import PluginHost
+from rh_core.plugin.host import default_host
 from rh_core.support.processes import process_start_time
 from rh_core.clusters.ref import RUN_KEY
 from rh_core.server.secret_store import SecretStore
@@ -819,8 +819,6 @@ class Server:
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
-        from rh_core.plugin.host import default_host
-
         name = request.get("env")
         steps = [InstallStep.from_json(step) for step in request["steps"]]
         env = await asyncio.to_thread(self.environment, name)
@@ -1185,7 +1183,7 @@ def main(argv: list[str] | None = None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # a hard limit the system will not grant as soft
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    executor = PluginHost().executor(args.executor)(**parse_options(args.option))
+    executor = default_host().executor(args.executor)(**parse_options(args.option))  # the one host of this process
     expose = None
     if args.expose:
         host, _, port = args.expose.rpartition(":")
