@@ -572,13 +572,18 @@ def _is_installed(root: str) -> bool:
 
 
 def pack_directory(path: str) -> tuple[bytes, int]:
-    """A gzipped tar of the files a working directory sync would send (git's view when it is a work
-    tree), byte-for-byte the same for the same files; and how many files it holds."""
+    """A gzipped tar of the files a working directory sync would send (the rule of
+    :mod:`rh_core.support.workdir`; links left out), byte-for-byte the same for the same files; and
+    how many files it holds."""
     import gzip
     import io
+    import stat
     import tarfile
 
-    names = _listed_files(path)
+    from rh_core.support.workdir import listing
+
+    listed = listing(path)
+    names = sorted(name for name, info in listed.files.items() if stat.S_ISREG(info.st_mode))
     total = sum(os.path.getsize(os.path.join(path, name)) for name in names)
     if total > MAX_CODE_BYTES:
         raise RhError(f"the working directory {path} holds {total / 2**20:.0f} MiB of files, more than the "
@@ -594,26 +599,6 @@ def pack_directory(path: str) -> tuple[bytes, int]:
             with open(full, "rb") as file:
                 tar.addfile(info, file)
     return buffer.getvalue(), len(names)
-
-
-def _listed_files(path: str) -> list[str]:
-    """Regular files under ``path``: git's tracked and untracked-not-ignored files in a work tree,
-    else every file but VCS data and bytecode caches."""
-    import subprocess
-
-    try:
-        listed = subprocess.run(
-            ["git", "-C", path, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, timeout=30, check=True,
-        ).stdout.decode("utf-8", "surrogateescape").split("\0")
-    except (OSError, subprocess.SubprocessError):
-        listed = []
-        for top, folders, files in os.walk(path):
-            folders[:] = [folder for folder in folders if folder not in (".git", "__pycache__")]
-            listed += [os.path.relpath(os.path.join(top, name), path) for name in files]
-    return sorted(name for name in listed
-                  if name and not name.endswith(".pyc") and os.path.isfile(os.path.join(path, name))
-                  and not os.path.islink(os.path.join(path, name)))
 
 
 def _fetch_code(source: Store, code: Mapping[str, Any], where: str) -> str:

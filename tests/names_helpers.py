@@ -214,7 +214,7 @@ def rh_register_builtins(register):
 
 
 def make_byo():
-    return rh_core.clusters.base(name="test-byo", ips=["127.0.0.1"],
+    return rh_core.cluster(name="test-byo", ips=["127.0.0.1"],
                            ssh_creds={"ssh_user": "nobody", "ssh_private_key": "/nonexistent/key"})
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from typing import Any
 
 from rh_core.support.compat import file_digest
+from rh_core.support.workdir import listing
 from rh_core.errors import RhError
 
 MANIFEST = ".rh-manifest.json"
@@ -44,17 +46,17 @@ def _key(prefix: str, relative: str) -> str:
 
 
 def local_manifest(path: str) -> dict[str, dict[str, Any]]:
-    """Relative path → {sha256, size} of every file under ``path`` (caches and VCS data left out)."""
+    """Relative path → {sha256, size} of every file of ``path`` that travels (the one rule of
+    :mod:`rh_core.support.workdir`: git's view in a work tree, else all but what ``.rhignore``
+    excludes), links left out."""
+
     manifest = {}
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__") and not d.endswith(".egg-info"))
-        for name in sorted(files):
-            if name.endswith(".pyc") or name == MANIFEST:
-                continue
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                digest = file_digest(f, "sha256").hexdigest()
-            manifest[os.path.relpath(full, path)] = {"sha256": digest, "size": os.path.getsize(full)}
+    for relative, info in sorted(listing(path).files.items()):
+        if relative == MANIFEST or not stat.S_ISREG(info.st_mode):
+            continue
+        with open(os.path.join(path, relative), "rb") as f:
+            digest = file_digest(f, "sha256").hexdigest()
+        manifest[relative] = {"sha256": digest, "size": info.st_size}
     return manifest
 
 
