@@ -15,16 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from workload import add  # noqa: E402
 
+from rh_core.testing.asgi_app import read_body  # noqa: E402
+
 
 async def app(scope, receive, send):
     if scope["type"] != "http":  # no lifespan work
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     result = json.dumps(add(**json.loads(body))).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": result})

@@ -196,16 +196,22 @@ def parse_yaml(data: bytes) -> Any:
     return yaml.load(data, Loader=loader)
 
 
-def _parse(text: bytes, path: str) -> dict[str, Any]:
+def parse_yaml_or_raise(data: bytes, error: type[Exception], what: str, untouched: str) -> Any:
+    """:func:`parse_yaml`, its failures raised as ``error``: ``what`` names the document (``"the
+    config file PATH"``) and ``untouched`` ends the message with what to do."""
     import yaml
 
-    untouched = "it was left untouched: fix it, or move it away to start from the defaults"
     try:
-        values = parse_yaml(text)
+        return parse_yaml(data)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the config file {path} is not valid YAML ({exc}); {untouched}") from None
+        raise error(f"{what} is not valid YAML ({exc}); {untouched}") from None
     except ValueError as exc:
-        raise ConfigError(f"the config file {path} {exc}; {untouched}") from None
+        raise error(f"{what} {exc}; {untouched}") from None
+
+
+def _parse(text: bytes, path: str) -> dict[str, Any]:
+    untouched = "it was left untouched: fix it, or move it away to start from the defaults"
+    values = parse_yaml_or_raise(text, ConfigError, f"the config file {path}", untouched)
     if values is None:
         return {}
     if not isinstance(values, dict):

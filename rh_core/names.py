@@ -188,17 +188,10 @@ def dump_record(record: Mapping[str, Any]) -> bytes:
 
 def parse_record(data: bytes, where: str) -> dict[str, Any]:
     """Check and parse a stored resource; ``where`` (its path or URL) goes into every error."""
-    import yaml
-
-    from rh_core.config import parse_yaml
+    from rh_core.config import parse_yaml_or_raise
 
     untouched = "it was left untouched: fix it by hand, or replace it with save(..., overwrite=True)"
-    try:
-        record = parse_yaml(data)
-    except yaml.YAMLError as exc:
-        raise ResourceFormatError(f"{where} is not valid YAML ({exc}); {untouched}") from None
-    except ValueError as exc:
-        raise ResourceFormatError(f"{where} {exc}; {untouched}") from None
+    record = parse_yaml_or_raise(data, ResourceFormatError, where, untouched)
     if not isinstance(record, dict):
         raise ResourceFormatError(f"{where} does not hold a saved resource (a mapping); {untouched}")
     version = record.get("format")

@@ -8,6 +8,16 @@ import json
 import os
 
 
+async def read_body(receive) -> bytes:
+    """The whole body of an HTTP request, as an ASGI app receives it in pieces."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -17,12 +27,7 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if scope["path"].endswith("/exit"):
         os._exit(3)
     if scope["path"].endswith("/raise"):
