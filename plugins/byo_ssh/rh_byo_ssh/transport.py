@@ -35,8 +35,19 @@ from typing import IO, Any, TypeVar
 
 import paramiko
 from rh_core.support import workdir
-from rh_core.errors import RhError
 from rh_core.support.workdir import Listing
+
+from rh_byo_ssh.errors import (
+    SSHAuthError,
+    SSHConnectError,
+    SSHConnectionLostError,
+    SSHError,
+    SSHForwardError,
+    SSHHostKeyError,
+    SSHSyncError,
+)
+from rh_byo_ssh.errors import SystemSSHFailed as _SystemSSHFailed
+from rh_byo_ssh.errors import describe as _describe
 
 __all__ = [
     "SSHAuthError",
@@ -72,42 +83,6 @@ MAX_JUMPS = 8
 SFTP_CHANNELS = 4  # parallel uploads in the SFTP fallback
 
 T = TypeVar("T")
-
-
-# -------------------------------------------------------------------------------------------------
-# Errors
-
-
-class SSHError(RhError):
-    """An SSH operation failed; the message names the host, the user, the cause and what to do."""
-
-
-class SSHConnectError(SSHError, ConnectionError):
-    """The machine could not be reached: unknown name, closed port, timeout, not an SSH server."""
-
-
-class SSHConnectionLostError(SSHConnectError):
-    """The connection dropped while an operation that must not be repeated was running."""
-
-
-class SSHAuthError(SSHError, PermissionError):
-    """The server refused every key (or password) that was tried."""
-
-
-class SSHHostKeyError(SSHError):
-    """The server's host key is unknown (and not trusted) or differs from the recorded one."""
-
-
-class SSHSyncError(SSHError):
-    """A directory could not be synced to the machine."""
-
-
-class SSHForwardError(SSHError):
-    """A local port forward to the machine could not be opened."""
-
-
-class _SystemSSHFailed(Exception):
-    """The system ssh/rsync client failed in a way the paramiko path may not: fall back to it."""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1535,11 +1510,6 @@ def _config_quote(value: str) -> str:
 
 def _keys_text(keys: Iterable[str]) -> str:
     return ", ".join(str(key) for key in keys)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _release(forwards: dict[int, Any], clients: list[paramiko.SSHClient], masters: list[Any]) -> None:
