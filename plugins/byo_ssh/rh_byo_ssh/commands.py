@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import select
 import sys
+from collections.abc import Callable
 from typing import IO
 
 import paramiko
@@ -83,24 +84,9 @@ def _collect(channel: paramiko.Channel, stream_logs: bool) -> tuple[str, str]:
     echo_out, echo_err = (_Echo("stdout"), _Echo("stderr")) if stream_logs else (None, None)
 
     def drain() -> bool:
-        moved = False
-        while channel.recv_ready():
-            data = channel.recv(65536)
-            if not data:
-                break
-            out.extend(data)
-            moved = True
-            if echo_out:
-                echo_out.feed(data)
-        while channel.recv_stderr_ready():
-            data = channel.recv_stderr(65536)
-            if not data:
-                break
-            err.extend(data)
-            moved = True
-            if echo_err:
-                echo_err.feed(data)
-        return moved
+        moved_out = _drain_stream(channel.recv_ready, channel.recv, out, echo_out)
+        moved_err = _drain_stream(channel.recv_stderr_ready, channel.recv_stderr, err, echo_err)
+        return moved_out or moved_err
 
     while True:
         moved = drain()
@@ -114,3 +100,19 @@ def _collect(channel: paramiko.Channel, stream_logs: bool) -> tuple[str, str]:
         echo_out.feed(b"", final=True)
         echo_err.feed(b"", final=True)
     return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _drain_stream(
+    ready: Callable[[], bool], receive: Callable[[int], bytes], into: bytearray, echo: _Echo | None
+) -> bool:
+    """Move what one of a channel's streams has buffered into ``into`` (and the echo); whether any came."""
+    moved = False
+    while ready():
+        data = receive(65536)
+        if not data:
+            break
+        into.extend(data)
+        moved = True
+        if echo:
+            echo.feed(data)
+    return moved
