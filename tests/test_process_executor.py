@@ -184,7 +184,7 @@ def test_workers_that_cannot_start_fail_the_calls_waiting_for_them_naming_the_ti
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import time\nif b'rh_core.worker.process' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
+        "import time\nif b'rh_core.worker' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n")
     monkeypatch.setenv("PYTHONPATH", str(site))
     cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"),
                               executor_options={"num_workers": 1, "start_timeout": 1})

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import os
 import pickle
@@ -32,6 +31,7 @@ from typing import Any
 from rh_core.errors import WorkerDiedError
 from rh_core.wire.link import Link, bound_stalls
 from rh_core.plugin.interfaces import Environment, InstanceSpec, Outcome, ServerContext, Task
+from rh_core.support.processes import stop_process
 from rh_core.worker.process import task_message
 
 START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
@@ -104,8 +104,7 @@ async def spawn_worker(env: Environment, log_endpoint: str,
 def kill_group(process: asyncio.subprocess.Process) -> None:
     """Kill a worker's process group if it still runs: the worker and whatever its calls started."""
     if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process(process.pid, grace=0, group=True)
 
 
 def exit_cause(returncode: int) -> str:

@@ -12,10 +12,8 @@ import fcntl
 import json
 import os
 import re
-import signal
 import sys
 import threading
-import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +29,17 @@ from rh_core.errors import (
     VersionMismatchError,
 )
 from rh_core.support.files import open_private, private_directory, read_private
+from rh_core.support.processes import (
+    LaunchError,
+    is_live_server,
+    launch,
+    pid_alive,
+    stop_process,
+    tail,
+    wait_ready,
+)
 from rh_core.support.paths import rh_home  # noqa: F401  (also imported from here by plugins of 0.1)
 from rh_core.support.redact import hide_secrets, secrets_hidden
-from rh_core.support.processes import is_live_server, pid_alive
 from rh_core.clusters.ref import Ref
 
 if TYPE_CHECKING:
@@ -600,34 +606,33 @@ class LocalCluster(Cluster):
         return LINK_SCHEME + state["link"], state  # the quickest way in for a client on the server's machine
 
     def _launch(self) -> dict[str, Any]:
-        import subprocess
-
         from rh_core.config import server_arguments
 
         command = [sys.executable, "-m", "rh_core.server", "--state-dir", self.state_dir,
                    "--executor", self.executor or "process", *server_arguments()]
         for key, value in self.executor_options.items():
             command += ["-o", f"{key}={json.dumps(value)}"]
-        log = os.fdopen(open_private(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
-        started = time.monotonic()
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        while time.monotonic() - started < SERVER_START_TIMEOUT:
+        child = launch(command, self.log_file, private_log=True)
+
+        def its_state(child: Any) -> dict[str, Any] | None:
             state = self.read_state()
-            if state is not None and state.get("pid") == child.pid:
-                self._child = child
-                return state
-            if child.poll() is not None:
+            return state if state is not None and state.get("pid") == child.pid else None
+
+        try:
+            state = wait_ready(child, its_state, timeout=SERVER_START_TIMEOUT, log_path=self.log_file, interval=0.02)
+        except LaunchError as exc:
+            if exc.exited:
                 raise ServerStartError(
                     f"the local server exited with code {child.returncode} while starting; "
                     f"its log ({self.log_file}) ends with:\n{tail(self.log_file)}"
-                )
-            time.sleep(0.02)
-        child.kill()
-        raise ServerStartError(
-            f"the local server did not come up within {SERVER_START_TIMEOUT:.0f} s; "
-            f"its log ({self.log_file}) ends with:\n{tail(self.log_file)}"
-        )
+                ) from None
+            child.kill()
+            raise ServerStartError(
+                f"the local server did not come up within {SERVER_START_TIMEOUT:.0f} s; "
+                f"its log ({self.log_file}) ends with:\n{tail(self.log_file)}"
+            ) from None
+        self._child = child
+        return state
 
     def _liveness(self) -> str | None:
         pid = self._server_pid
@@ -652,19 +657,8 @@ class LocalCluster(Cluster):
         return state is not None
 
     def _stop_pid(self, pid: int, grace: float = 10.0) -> None:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while pid_alive(pid) and time.monotonic() < deadline:
-            if self._child is not None and self._child.pid == pid:
-                self._child.poll()
-            time.sleep(0.02)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        if self._child is not None and self._child.pid == pid:
-            self._child.wait()
+        owned = self._child is not None and self._child.pid == pid  # ours: reaped, not left a zombie
+        stop_process(self._child if owned else pid, grace=grace)
 
     def restart_server(self, restart_ray: bool = True) -> None:
         """Stop the server and start a new one.
@@ -758,14 +752,6 @@ def reached_from_here(config: dict[str, Any], server: dict[str, Any] | None) -> 
                                                                                    server.get("process_start")):
             return here_too
     return from_config(config)
-
-
-def tail(path: str, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as file:
-            return "".join(file.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 here = LocalCluster()

@@ -20,33 +20,32 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 120.0
 
-# Run with the environment's python on the head: starts JupyterLab detached, waits for its port,
-# prints {"ok": true, "pid", "token"} or the log's tail.
+# Run with the environment's python on the head (every environment there sees the server's rh_core):
+# starts JupyterLab detached, waits for its port, prints {"ok": true, "pid", "token"} or the log's tail.
 _START = r"""
-import json, os, secrets, socket, subprocess, sys, time
+import json, os, secrets, socket, sys
+from rh_core.support.processes import LaunchError, launch
 port, log_path, timeout = int(sys.argv[1]), os.path.expanduser(sys.argv[2]), float(sys.argv[3])
 token = secrets.token_urlsafe(24)
 os.makedirs(os.path.dirname(log_path), exist_ok=True)
-log = open(log_path, "ab")
-child = subprocess.Popen(
-    [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-     "--ServerApp.port_retries=0"] + (["--allow-root"] if os.geteuid() == 0 else []),
-    env={**os.environ, "JUPYTER_TOKEN": token}, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-    start_new_session=True, cwd=os.path.expanduser("~"))
-deadline = time.time() + timeout
-while time.time() < deadline:
-    if child.poll() is not None:
-        break
+def listening(child):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        print(json.dumps({"ok": True, "pid": child.pid, "token": token})); sys.exit(0)
+        return True
     except OSError:
-        time.sleep(0.2)
+        return False
+try:
+    child = launch(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0"] + (["--allow-root"] if os.geteuid() == 0 else []), log_path,
+        env={**os.environ, "JUPYTER_TOKEN": token}, cwd=os.path.expanduser("~"), ready=listening, timeout=timeout,
+        interval=0.2)
+except LaunchError as exc:
+    if not exc.exited:
+        exc.process.kill()
+    print(json.dumps({"ok": False, "code": exc.process.poll(), "log": exc.log_tail(20)}))
 else:
-    child.kill()
-with open(log_path, errors="replace") as f:
-    tail = "".join(f.readlines()[-20:])
-print(json.dumps({"ok": False, "code": child.poll(), "log": tail}))
+    print(json.dumps({"ok": True, "pid": child.pid, "token": token}))
 """
 
 

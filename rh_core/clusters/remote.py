@@ -125,41 +125,31 @@ print("reachable")
 # Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
 # its state file, printing it, or the log's tail when the server dies first.
 _START = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, sys
 state_dir, build, node_address, old_pid, argv = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+from rh_core.support.processes import LaunchError, launch, stop_process, wait_ready
 if old_pid:
-    try:
-        os.kill(old_pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(old_pid, 0); time.sleep(0.05)
-        os.kill(old_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_process(old_pid, grace=5.0)
 from rh_core.errors import UntrustedPathError
-from rh_core.support.files import open_private, private_directory
+from rh_core.support.files import private_directory
 try:  # the server checks its folder too, but the log is opened here first
     private_directory(state_dir)
 except UntrustedPathError as exc:
     print(json.dumps({"ok": False, "code": None, "log": str(exc)})); sys.exit(0)
 log_path = os.path.join(state_dir, "server.log")
-log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
-child = subprocess.Popen([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                         env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
-deadline = time.time() + 120
-while time.time() < deadline:
+child = launch([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv], log_path, private_log=True,
+               env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
+def started(child):  # its state file names it, and its secret is there
     try:
         with open(os.path.join(state_dir, "server.json")) as f: state = json.load(f)
         if state.get("pid") == child.pid:
-            with open(os.path.join(state_dir, "secret")) as f: secret = f.read().strip()
-            print(json.dumps({"ok": True, "state": state, "secret": secret})); sys.exit(0)
+            with open(os.path.join(state_dir, "secret")) as f: return {"ok": True, "state": state, "secret": f.read().strip()}
     except (OSError, ValueError):
-        pass
-    if child.poll() is not None:
-        break
-    time.sleep(0.05)
-with open(log_path, errors="replace") as f: tail = "".join(f.readlines()[-30:])
-print(json.dumps({"ok": False, "code": child.poll(), "log": tail}))
+        return None
+try:
+    print(json.dumps(wait_ready(child, started, timeout=120, log_path=log_path)))
+except LaunchError as exc:
+    print(json.dumps({"ok": False, "code": child.poll(), "log": exc.log_tail(30)}))
 """
 
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rh_core.server.app_process import AUTHENTICATED_HEADER
 from rh_core.errors import ProtocolError, RhError
 from rh_core.server.http_door import check_endpoint_name
+from rh_core.support.processes import stop_process
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -210,14 +210,10 @@ class AppHost:
             app.session = None
         process = app.process
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
-            try:
-                await asyncio.wait_for(process.wait(), 5.0)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
+            # uvicorn shuts down gracefully on SIGTERM; what is left of its group after 5 s is killed.
+            # In a thread: the wait must not hold up the event loop, whose child watcher reaps it.
+            await asyncio.to_thread(stop_process, process.pid, grace=5.0, group=True)
+            await process.wait()
         if app.directory is not None:
             shutil.rmtree(app.directory, ignore_errors=True)
             app.directory = None

@@ -1,9 +1,17 @@
-"""Processes on this machine: whether one runs, and whether it is still the one a record names."""
+"""Processes on this machine: whether one runs, whether it is still the one a record names, and the
+one way rh starts a process that must outlive its starter (:func:`launch`) and stops one
+(:func:`stop_process`)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from rh_core.errors import RhError
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -53,3 +61,121 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: workers still end once they notice their parent is gone
+
+
+def tail(path: str, lines: int = 30) -> str:
+    """The last ``lines`` lines of the log at ``path``, or ``(no log)``."""
+    try:
+        with open(path, errors="replace") as file:
+            return "".join(file.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class LaunchError(RhError):
+    """A process :func:`launch` started exited before it was ready (``reason == "exited"``), or was
+    not ready in time (``"timeout"``; it is left running: whether to stop it is the caller's call).
+    Callers usually turn it into an error of their own, with :meth:`log_tail`."""
+
+    def __init__(self, process: subprocess.Popen, reason: str, log_path: str, timeout: float):
+        self.process, self.reason, self.log_path = process, reason, log_path
+        name = os.path.basename(str(process.args[0] if isinstance(process.args, (list, tuple)) else process.args))
+        what = (f"{name} exited with code {process.returncode} before it was ready" if reason == "exited"
+                else f"{name} was not ready within {timeout:g} s")
+        super().__init__(f"{what}; its log ({log_path}) ends with:\n{self.log_tail()}")
+
+    @property
+    def exited(self) -> bool:
+        return self.reason == "exited"
+
+    def log_tail(self, lines: int = 30) -> str:
+        return tail(self.log_path, lines)
+
+
+def launch(command: Sequence[str], log_path: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+           private_log: bool = False, truncate_log: bool = False, pass_fds: Sequence[int] = (),
+           ready: Callable[[subprocess.Popen], object] | None = None, timeout: float = 60.0,
+           interval: float = 0.05) -> subprocess.Popen:
+    """Start ``command`` detached: in a session of its own (it outlives the SSH command, server or
+    terminal that started it, and a signal to the starter's group does not reach it), stdin from
+    /dev/null, stdout and stderr appended to ``log_path`` (``truncate_log``: written afresh;
+    ``private_log``: opened as a state file, see :func:`rh_core.support.files.open_private`).
+
+    With ``ready``, wait as :func:`wait_ready` does before returning; without, return at once (a
+    caller that must record the pid before it waits calls :func:`wait_ready` itself)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate_log else os.O_APPEND)
+    if private_log:
+        from rh_core.support.files import open_private
+
+        log = open_private(log_path, flags)
+    else:
+        log = os.open(log_path, flags | os.O_CLOEXEC, 0o666)
+    try:
+        process = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   env=None if env is None else dict(env), cwd=cwd, pass_fds=tuple(pass_fds),
+                                   start_new_session=True)
+    finally:
+        os.close(log)
+    if ready is not None:
+        wait_ready(process, ready, timeout=timeout, log_path=log_path, interval=interval)
+    return process
+
+
+def wait_ready(process: subprocess.Popen, ready: Callable[[subprocess.Popen], object], *, timeout: float,
+               log_path: str, interval: float = 0.05) -> Any:
+    """Ask ``ready(process)`` every ``interval`` seconds until it answers something true, and return
+    that answer. Raises :class:`LaunchError` when the process exits first (it is reaped) or
+    ``timeout`` seconds pass (it is left running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = ready(process)
+        if answer:
+            return answer
+        if process.poll() is not None:
+            raise LaunchError(process, "exited", log_path, timeout)
+        if time.monotonic() >= deadline:
+            raise LaunchError(process, "timeout", log_path, timeout)
+        time.sleep(interval)
+
+
+def stop_process(process: int | subprocess.Popen, *, grace: float = 10.0, group: bool = False,
+                 interval: float = 0.02) -> bool:
+    """Stop a process: SIGTERM, up to ``grace`` seconds for it to end, then SIGKILL (``grace=0``:
+    SIGKILL at once, without waiting: for callers on an event loop). Returns True when it had to be
+    killed; with a grace, it is gone by then.
+
+    ``process`` is a pid, or a Popen this process started, which is then reaped (no zombie left)
+    and never signalled once reaped (its pid may be another process's by then). A process already
+    gone is no error. With ``group=True`` the signals go to its process group (it leads one when
+    :func:`launch` started it), and once the process has ended or the grace is over the whole group
+    gets SIGKILL, so that nothing it started outlives it."""
+    child = process if isinstance(process, subprocess.Popen) else None
+    pid = child.pid if child is not None else int(process)
+    if child is not None and child.poll() is not None:
+        return False
+    send = os.killpg if group else os.kill
+
+    def running() -> bool:
+        return child.poll() is None if child is not None else pid_alive(pid)
+
+    if grace > 0:
+        try:
+            send(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + grace
+        while running() and time.monotonic() < deadline:
+            time.sleep(interval)
+    killed = running()
+    if killed or group:
+        try:
+            send(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            killed = False
+    if child is not None:
+        child.wait()
+    elif killed and grace > 0:  # SIGKILL lands at once, but not before kill() returns
+        deadline = time.monotonic() + 1.0
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(interval)
+    return killed

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from rh_core.support.processes import stop_process
+
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
@@ -157,13 +159,8 @@ def python_only_mounts(python: str, directory: Path) -> list[tuple[str, str]]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop an sshd :func:`start_sshd` started: SIGTERM, then SIGKILL after 10 s."""
+    stop_process(process, grace=10.0)
 
 
 def ssh_creds(server: SSHServer, tmp: Path, **extra) -> dict:

@@ -16,16 +16,11 @@ and exits when the server does or after it has stopped the cluster.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sys
-import time
 import urllib.request
 
-
-def log(message: str) -> None:
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), message, flush=True)
+from rh_core.clusters.idle import IdleWatcher, detach, log
 
 
 def metadata(config: dict, path: str) -> str:
@@ -59,44 +54,40 @@ def stop_cluster(config: dict, action: str) -> None:
             log(f"could not {action} {name}: {exc}")
 
 
-def watch(state_dir: str, endpoint: str, server_pid: int, config: dict) -> None:
-    lock = open(os.path.join(state_dir, f"gcp-idle-{server_pid}.lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # another watcher serves this server
-    from rh_core.client.connection import ping, read_secret
-    from rh_core.clusters.base import pid_alive
+class GCPAutostop:
+    """The watcher's idle setting and action for a gcp-direct cluster: the minutes and the action
+    (``stop`` or ``delete``) as the head's metadata says this round, and the Compute API call."""
 
-    secret = read_secret(state_dir)
-    log(f"watching the server (pid {server_pid}) every {config['interval']} s for {config['instances']}")
-    calls, last_active, setting = None, time.monotonic(), None
-    while pid_alive(server_pid):
-        info = ping(endpoint, timeout=10.0, secret=secret)
-        if info is not None and "calls" in info and (info.get("in_flight") or info.get("calls") != calls):
-            calls, last_active = info.get("calls"), time.monotonic()
+    def __init__(self, config: dict):
+        self.config = config
+        self.setting: tuple[float, str] | None = None
+
+    def minutes(self) -> float | None:
         try:
-            minutes, action = autostop_setting(config)
+            minutes, action = autostop_setting(self.config)
         except (OSError, ValueError) as exc:
             log(f"cannot read the autostop setting from the metadata server: {exc}")
-        else:
-            if (minutes, action) != setting:
-                setting = (minutes, action)
-                log(f"autostop: {action} after {minutes} idle minutes" if minutes >= 0 else "autostop: never")
-            if minutes >= 0 and time.monotonic() - last_active >= minutes * 60:
-                log(f"idle for {minutes} minutes: {action} the cluster")
-                stop_cluster(config, action)
-                break
-        time.sleep(config["interval"])
-    os.unlink(lock.name)
+            return None
+        if (minutes, action) != self.setting:
+            log(f"autostop: {action} after {minutes} idle minutes" if minutes >= 0 else "autostop: never")
+        self.setting = (minutes, action)
+        return minutes if minutes >= 0 else None
+
+    def stop(self, minutes: float) -> None:
+        assert self.setting is not None  # minutes() answered this round
+        action = self.setting[1]
+        log(f"idle for {minutes} minutes: {action} the cluster")
+        stop_cluster(self.config, action)
 
 
 def main(argv: list[str]) -> None:
     state_dir, endpoint, server_pid, config = argv
-    if os.fork():  # the SSH command that started us returns at once
-        os._exit(0)
-    os.setsid()
-    watch(state_dir, endpoint, int(server_pid), json.loads(config))
+    detach()
+    settings = json.loads(config)
+    log(f"the cluster's instances: {settings['instances']}")
+    autostop = GCPAutostop(settings)
+    IdleWatcher(state_dir, endpoint, int(server_pid), interval=settings["interval"], lock_name="gcp-idle",
+                idle_minutes=autostop.minutes, on_idle=autostop.stop).run()
 
 
 if __name__ == "__main__":

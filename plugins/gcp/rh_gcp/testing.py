@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from rh_core.support.processes import LaunchError, launch, stop_process
+
 _ZONE_PATH = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/(?P<rest>.*)$")
 _GLOBAL_PATH = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/(?P<rest>.*)$")
 #: ``FIELD = "VALUE"`` (FIELD may be dotted: ``labels.rh-cluster``, ``operationType``), or
@@ -162,32 +164,28 @@ class LoopbackHost:
                                       pid_file=self.directory / f"sshd-{self.address}.pid",
                                       authorized_keys=self.authorized_keys))
         os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privilege-separation dir
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _HOST_INIT, SSHD, "-D", "-f", str(config), "-E", str(self.log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
+
+        def listening(_: subprocess.Popen) -> bool:
             try:
                 socket.create_connection((self.address, self.port), timeout=0.5).close()
-                return
+                return True
             except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    log = self.log.read_text(errors="replace") if self.log.exists() else ""
-                    raise RuntimeError(f"sshd of test host {self.address}:{self.port} did not start:\n{log}") from None
-                time.sleep(0.05)
+                return False
+
+        try:
+            self._process = launch([sys.executable, "-c", _HOST_INIT, SSHD, "-D", "-f", str(config), "-E", str(self.log)],
+                                   str(self.directory / f"init-{self.address}.log"), ready=listening, timeout=15)
+        except LaunchError as exc:
+            self._process = exc.process
+            self.stop()
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise RuntimeError(f"sshd of test host {self.address}:{self.port} did not start:\n{log}") from None
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()  # its descendants are then orphans of PID 1; name it rather than hang
-            process.wait()
-            raise RuntimeError(f"test host {self.address} did not power off within 20 s") from None
+        if process is not None and stop_process(process, grace=20):
+            # Its descendants are then orphans of PID 1: name it rather than hang.
+            raise RuntimeError(f"test host {self.address} did not power off within 20 s")
 
 
 @attrs.frozen(kw_only=True)

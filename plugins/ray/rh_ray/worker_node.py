@@ -32,7 +32,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rh_core.clusters.base import KEEP_RAY_FILE, tail
+from rh_core.clusters.base import KEEP_RAY_FILE
+from rh_core.support.processes import LaunchError, launch, tail, wait_ready
 from rh_ray.executor import HEAD_DIR, ray_temp_dir
 
 MARKER = "RH_RAY_NODE"
@@ -228,29 +229,29 @@ def _start_node(directory: str, command: list[str], record: dict[str, Any], time
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     log_path = os.path.join(directory, "ray-start.log")
     started = time.monotonic()
-    with open(log_path, "wb") as log:
-        # --block keeps `ray start` as the node's watchdog: if its raylet dies it stops the rest.
-        # Its own session, so it outlives the SSH command (or the server) that started it.
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=env, cwd=directory)
+    # --block keeps `ray start` as the node's watchdog: if its raylet dies it stops the rest.
+    # Its own session, so it outlives the SSH command (or the server) that started it.
+    process = launch(command, log_path, truncate_log=True, env=env, cwd=directory)
     record = {**record, "token": token, "pid": process.pid, "started_at": time.time(), "command": command}
     with open(os.path.join(directory, RECORD), "w") as file:
         json.dump(record, file)
-    while True:
+
+    def joined(_: subprocess.Popen) -> bool:
         with open(log_path, errors="replace") as file:
-            if _STARTED in file.read():
-                return {"ok": True, "status": "started", "node_ip": record["node_ip"], "pid": process.pid,
-                        "gcs_address": record["gcs_address"], "seconds": round(time.monotonic() - started, 2)}, process
-        if process.poll() is not None:
-            _stop(directory, grace=2.0)  # processes it started before failing
+            return _STARTED in file.read()
+
+    try:
+        wait_ready(process, joined, timeout=timeout, log_path=log_path, interval=0.2)
+    except LaunchError as exc:
+        _stop(directory, grace=2.0)  # processes it started before failing, or all of it when too slow
+        if exc.exited:
             return {"ok": False, "status": "failed",
                     "error": f"`ray start` exited with code {process.returncode}", "log": tail(log_path, 25)}, None
-        if time.monotonic() - started > timeout:
-            _stop(directory, grace=2.0)
-            process.wait()
-            return {"ok": False, "status": "timeout",
-                    "error": f"`ray start` did not start within {timeout:.0f} s", "log": tail(log_path, 25)}, None
-        time.sleep(0.2)
+        process.wait()
+        return {"ok": False, "status": "timeout",
+                "error": f"`ray start` did not start within {timeout:.0f} s", "log": tail(log_path, 25)}, None
+    return {"ok": True, "status": "started", "node_ip": record["node_ip"], "pid": process.pid,
+            "gcs_address": record["gcs_address"], "seconds": round(time.monotonic() - started, 2)}, process
 
 
 def free_ports(count: int) -> list[int]:

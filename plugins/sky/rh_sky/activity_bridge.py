@@ -19,21 +19,14 @@ once per server (a lock file in STATE_DIR) and exits when the server does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import sys
 import time
 
+from rh_core.clusters.idle import IdleWatcher, detach, log
+
 TIMER_KEY = "autostop_last_active_time"  # sky/skylet/autostop_lib.py, SkyPilot 0.14
-
-
-def active(before: dict | None, now: dict) -> bool:
-    """Whether the server answered ``now`` after calls arrived since ``before`` (its previous
-    answer, None on the first), or while calls run (when the server counts them)."""
-    if now.get("in_flight"):
-        return True
-    return before is None or now.get("calls") != before.get("calls")
 
 
 def reset_idle_timer(db_path: str, when: float) -> bool:
@@ -49,48 +42,28 @@ def reset_idle_timer(db_path: str, when: float) -> bool:
         return False
 
 
-def log(message: str) -> None:
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), message, flush=True)
+class SkyIdleTimer:
+    """The watcher's action on activity: SkyPilot's idle timer set to now. SkyPilot's skylet does
+    the stopping itself once the timer is older than the autostop minutes."""
 
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+        self.found: bool | None = None
 
-def watch(state_dir: str, endpoint: str, server_pid: int, db_path: str, interval: float) -> None:
-    # One lock per server: a watcher of a server that was just replaced may not have noticed yet.
-    lock = open(os.path.join(state_dir, f"sky-activity-{server_pid}.lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # another watcher serves this server
-    from rh_core.client.connection import ping, read_secret
-    from rh_core.clusters.base import pid_alive
-
-    secret = read_secret(state_dir)  # the server answers only requests that carry it
-    log(f"watching the server (pid {server_pid}) every {interval} s; SkyPilot's idle timer: {db_path}")
-    before, timer_found, refused = None, None, None
-    while pid_alive(server_pid):
-        info = ping(endpoint, timeout=10.0, secret=secret)
-        if info is not None and "calls" not in info:  # an error reply, such as a refused secret
-            if info.get("message") != refused:
-                refused = info.get("message")
-                log(f"the server refused the watcher's ping: {refused}")
-        elif info is not None:
-            if active(before, info):
-                found = reset_idle_timer(db_path, time.time())
-                if found != timer_found:  # log changes only, not every reset
-                    log("resetting SkyPilot's idle timer while calls arrive" if found else
-                        f"SkyPilot's idle timer is not in {db_path} (yet); calls cannot keep the cluster up")
-                    timer_found = found
-            before = info
-        time.sleep(interval)
-    log(f"the server (pid {server_pid}) exited; stopping")
-    os.unlink(lock.name)
+    def touch(self) -> None:
+        found = reset_idle_timer(self.db_path, time.time())
+        if found != self.found:  # log changes only, not every reset
+            log("resetting SkyPilot's idle timer while calls arrive" if found else
+                f"SkyPilot's idle timer is not in {self.db_path} (yet); calls cannot keep the cluster up")
+            self.found = found
 
 
 def main(argv: list[str]) -> None:
     state_dir, endpoint, server_pid, db_path, interval = argv
-    if os.fork():  # the SSH command that started us returns at once
-        os._exit(0)
-    os.setsid()
-    watch(state_dir, endpoint, int(server_pid), db_path, float(interval))
+    detach()
+    log(f"SkyPilot's idle timer: {db_path}")
+    IdleWatcher(state_dir, endpoint, int(server_pid), interval=float(interval), lock_name="sky-activity",
+                on_activity=SkyIdleTimer(db_path).touch).run()
 
 
 if __name__ == "__main__":

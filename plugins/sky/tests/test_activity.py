@@ -1,4 +1,5 @@
-"""The activity watcher's decisions, and the SkyPilot internals it relies on, checked against the
+"""The activity watcher's action (the watcher itself is rh_core.clusters.idle's, tested in rh_core's
+tests/test_idle.py), and the SkyPilot internals it relies on, checked against the
 installed SkyPilot so an upgrade that moves them fails here."""
 
 from __future__ import annotations
@@ -11,13 +12,6 @@ import sys
 from rh_sky import activity_bridge
 from rh_sky.provisioner import SKYLET_CONFIG_DB
 from rh_sky.spec import CLOUDS
-
-
-def test_new_calls_count_as_activity_and_a_quiet_server_does_not():
-    assert activity_bridge.active(None, {"calls": 4})  # a client has just connected
-    assert activity_bridge.active({"calls": 4}, {"calls": 5})
-    assert not activity_bridge.active({"calls": 5}, {"calls": 5})
-    assert activity_bridge.active({"calls": 5}, {"calls": 5, "in_flight": 1})  # servers that count them
 
 
 def test_the_timer_is_only_written_where_skypilots_skylet_created_it(tmp_path):
@@ -48,6 +42,6 @@ assert configs._DB_PATH == os.path.join({str(tmp_path)!r}, {SKYLET_CONFIG_DB!r})
 clouds = set(registry.CLOUD_REGISTRY.keys()) | set(registry.CLOUD_REGISTRY._aliases)
 print(json.dumps(sorted(clouds - {{"ssh"}})))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert sorted(CLOUDS) == json.loads(out.stdout.strip().splitlines()[-1])
