@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
 
 import attrs
 
 from rh_core.errors import RhError
+from rh_core.messages import CallHeader
 from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
@@ -27,15 +27,15 @@ Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out
 class Task:
     """One unit of work for an executor: call a function once, or over a chunk of map items.
 
-    ``header`` is the JSON-safe description a runner needs (see :mod:`rh_core.runner`);
+    ``header`` is what a runner needs to know of the call (a :class:`~rh_core.messages.CallHeader`);
     ``function`` is the cloudpickled function (empty when it goes by reference); ``arguments`` the
     pickled ``(args, kwargs)`` or list of them for a map chunk; ``refs`` the already computed
     values of every ``Ref`` the arguments mention, as ``{key: Outcome}``. A method call on a remote
-    instance has ``header["instance"]``: ``{"name", "id", "method"}`` (see :class:`InstanceSpec`).
+    instance has ``header.instance`` (an :class:`~rh_core.messages.InstanceTarget` naming the method).
     """
 
     key: str
-    header: dict[str, Any]
+    header: CallHeader
     function: Any
     arguments: Frames
     refs: dict[str, Outcome] = attrs.field(factory=dict)
@@ -60,10 +60,6 @@ class Outcome:
     #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
     #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
     error: tuple[str, str] | None = None
-
-
-#: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 
 
 @attrs.frozen(kw_only=True)
@@ -129,7 +125,7 @@ class Executor(Protocol):
         its arguments the constructor's). Its outcome is the constructor's: ``ok`` and the instance
         lives there until :meth:`stop_instance` or :meth:`stop`; ``err`` and nothing is kept.
 
-        Method calls on it then come to :meth:`submit` as tasks whose ``header["instance"]`` names
+        Method calls on it then come to :meth:`submit` as tasks whose ``header.instance`` names
         it, up to ``instance.max_concurrency`` at once: a runner's ``run`` calls the method on the
         instance (:class:`rh_core.runner.Runner` holds it). Async methods run on the instance's own
         event loop. A method call whose future is cancelled (timeout, ``cancel``) is stopped with
