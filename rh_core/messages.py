@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
 from rh_core.errors import ProtocolError
-
-if TYPE_CHECKING:
-    from rh_core.plugin_types import Outcome, Task
+from rh_core.plugin_types import Outcome, Task
 
 #: How a call runs: a plain call, ``.remote()``, ``enqueue``, a ``map`` or creating a remote instance.
 CALL_MODES = ("call", "remote", "enqueue", "map", "create")
@@ -74,8 +72,8 @@ def check_run_key(key: Any) -> str:
 def _only_known(data: Any, known: frozenset[str], message: str) -> dict:
     if not isinstance(data, dict):
         raise ProtocolError(f"malformed {message}: it must be an object, got {_shown(data)}")
-    unknown = data.keys() - known
-    if unknown:
+    if not data.keys() <= known:
+        unknown = data.keys() - known
         raise ProtocolError(f"malformed {message}: unknown field {min(unknown)!r}; it holds only "
                             f"{', '.join(sorted(known - ENVELOPE_FIELDS))}")
     return data
@@ -118,11 +116,39 @@ def _count(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
+CACHE_MAX = 4096  # distinct parts kept by :class:`_Parts`; beyond, it starts afresh
+
+
+class _Parts:
+    """The parts of calls (a function's reference, where its code is, an instance) that were seen
+    before, by value. Every call of a function carries the same ones: checking and building them
+    once, not on each call, keeps the protocol's checks off the hot path. A value is kept only after
+    it passed its checks, and looked up by a tuple of strings, integers and None, which nothing of
+    another type equals."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, Any] = {}
+
+    def get(self, key: tuple) -> Any:
+        try:
+            return self._kept.get(key)
+        except TypeError:  # an unhashable value (a list, an object) is no part seen before
+            return None
+
+    def keep(self, key: tuple, part: Any) -> Any:
+        if len(self._kept) >= CACHE_MAX:
+            self._kept.clear()
+        self._kept[key] = part
+        return part
+
+
 # -------------------------------------------------------------------------------------------------
 # The parts of a call request
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)
 class FunctionRef:
     """How a worker finds a function: a module and qualified name, and the path to import from."""
 
@@ -138,18 +164,26 @@ class FunctionRef:
     def to_wire(self) -> dict:
         return self._wire
 
+    def to_link(self) -> tuple:
+        return (self.module, self.qualname, self.path)
+
     @classmethod
     def from_wire(cls, data: Any, message: str = "function_ref") -> FunctionRef:
+        key = (data.get("module"), data.get("qualname"), data.get("path")) if type(data) is dict else None
+        seen = _SEEN.get(key) if key is not None and data.keys() == cls.FIELDS else None
+        if type(seen) is cls:
+            return seen
         _only_known(data, cls.FIELDS, message)
-        return cls(module=_text(data, "module", message, TEXT_MAX), qualname=_text(data, "qualname", message, TEXT_MAX),
-                   path=_text(data, "path", message, TEXT_MAX, optional=True))
+        return _SEEN.keep(key, cls(module=_text(data, "module", message, TEXT_MAX),
+                                   qualname=_text(data, "qualname", message, TEXT_MAX),
+                                   path=_text(data, "path", message, TEXT_MAX, optional=True)))
 
     @classmethod
-    def from_link(cls, data: dict) -> FunctionRef:
-        return cls(**data)
+    def from_link(cls, data: tuple) -> FunctionRef:
+        return cls(module=data[0], qualname=data[1], path=data[2])
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)
 class CodeOnCluster:
     """Where the caller's code lives on the cluster, and which version of it a call was sent with.
 
@@ -177,24 +211,34 @@ class CodeOnCluster:
     def to_wire(self) -> dict:
         return self._wire
 
+    def to_link(self) -> tuple:
+        return (self.root, self.version, self.paths, self.cwd, self.module, self.digest)
+
     @classmethod
     def from_wire(cls, data: Any, message: str = "code") -> CodeOnCluster:
+        key = None
+        if type(data) is dict and type(data.get("paths")) is list and data.keys() == cls.FIELDS:
+            key = (data["root"], data["version"], tuple(data["paths"]), data["cwd"], data["module"], data["digest"])
+            seen = _SEEN.get(key)
+            if type(seen) is cls:
+                return seen
         _only_known(data, cls.FIELDS, message)
         paths = data.get("paths")
         if (not isinstance(paths, list) or not paths or len(paths) > 1000
                 or not all(isinstance(p, str) and 0 < len(p) <= TEXT_MAX for p in paths)):
             raise refused(message, "paths", "a non-empty list of paths", paths)
-        return cls(root=_text(data, "root", message, TEXT_MAX), version=_text(data, "version", message),
+        code = cls(root=_text(data, "root", message, TEXT_MAX), version=_text(data, "version", message),
                    paths=tuple(paths), cwd=_text(data, "cwd", message, TEXT_MAX),
                    module=_text(data, "module", message, TEXT_MAX, optional=True),
                    digest=_text(data, "digest", message, optional=True))
+        return code if key is None else _SEEN.keep(key, code)
 
     @classmethod
-    def from_link(cls, data: dict) -> CodeOnCluster:
-        return cls(**{**data, "paths": tuple(data["paths"])})
+    def from_link(cls, data: tuple) -> CodeOnCluster:
+        return cls(root=data[0], version=data[1], paths=data[2], cwd=data[3], module=data[4], digest=data[5])
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)
 class InstanceTarget:
     """The remote instance (``rh.module``) a call is about: to create one, its ``name``, ``id`` (this
     incarnation), ``max_concurrency`` and ``class_name``; to call a method of it, ``name``, ``id``
@@ -217,6 +261,9 @@ class InstanceTarget:
 
     def to_wire(self) -> dict:
         return self._wire
+
+    def to_link(self) -> tuple:
+        return (self.name, self.id, self.method, self.max_concurrency, self.class_name)
 
     @classmethod
     def from_wire(cls, data: Any, mode: str, message: str = "call request") -> InstanceTarget:
@@ -242,10 +289,14 @@ class InstanceTarget:
                    class_name=_text(data, "class", where, TEXT_MAX, optional=True))
 
     @classmethod
-    def from_link(cls, data: dict) -> InstanceTarget:
-        class_name = data.get("class")
-        return cls(name=data["name"], id=data["id"], method=data.get("method"),
-                   max_concurrency=data.get("max_concurrency", 1), class_name=class_name)
+    def from_link(cls, data: tuple) -> InstanceTarget:
+        name, instance_id, method, max_concurrency, class_name = data
+        return cls(name=name, id=instance_id, method=method, max_concurrency=max_concurrency, class_name=class_name)
+
+
+_SEEN = _Parts()  # parts of call requests that passed their checks
+_FROM_LINK = _Parts()  # headers of the tasks a worker was given
+_HEADERS = _Parts()  # headers of the tasks a server made
 
 
 # -------------------------------------------------------------------------------------------------
@@ -319,45 +370,64 @@ class CallRequest:
     def from_wire(cls, data: Any, frame_count: int, message: str = MESSAGE) -> CallRequest:
         """Check a call request that came with ``frame_count`` frames; a hostile one is refused
         with a :class:`ProtocolError` naming the field, and never reaches the executor."""
+        # Every call passes here: fields that are absent (or empty) cost one lookup each.
         _only_known(data, cls.FIELDS, message)
-        key = data.get("key")
-        if not isinstance(key, str) or not RUN_KEY.fullmatch(key):
+        get = data.get
+        key = get("key")
+        if type(key) is not str or not RUN_KEY.fullmatch(key):
             raise refused(message, "key", "a run key (up to 128 letters, digits, '_', '.' and '-')", key)
-        mode = data.get("mode")
+        mode = get("mode")
         if mode not in CALL_MODES:
             raise refused(message, "mode", f"one of {', '.join(CALL_MODES)}", mode)
-        fn_id = _text(data, "fn_id", message, TEXT_MAX, empty=True)
-        n_fn = data.get("n_fn")
+        fn_id = get("fn_id")
+        if type(fn_id) is not str or len(fn_id) > TEXT_MAX:
+            raise refused(message, "fn_id", f"a string of at most {TEXT_MAX} characters", fn_id)
+        n_fn = get("n_fn")
         if type(n_fn) is not int or n_fn not in (0, 1) or n_fn > frame_count:
             raise refused(message, "n_fn", f"0 or 1 (and at most the {frame_count} frames sent)", n_fn)
-        function_ref = data.get("function_ref")
+        function_ref = get("function_ref")
         if function_ref is not None:
             function_ref = FunctionRef.from_wire(function_ref, f"{message}'s function_ref")
-        code = data.get("code")
+        code = get("code")
         if code is not None:
             code = CodeOnCluster.from_wire(code, f"{message}'s code")
-        options = data.get("options")
-        options = {} if options is None else _call_options(options, message)
-        instance = data.get("instance")
+        options = get("options")
+        if options is None or (type(options) is dict and not options):
+            options = {}
+        else:
+            options = _call_options(options, message)
+        refs = get("refs")
+        refs = () if refs is None or (type(refs) is list and not refs) else _texts(
+            data, "refs", message, "run keys", _run_key_in(message, "refs"))
+        env = get("env")
+        if env is not None and (type(env) is not str or not 0 < len(env) <= NAME_MAX):
+            raise refused(message, "env", f"an environment's name (at most {NAME_MAX} characters) or null", env)
+        secrets = get("secrets")
+        secrets = () if secrets is None else _texts(data, "secrets", message, "secret names")
+        instance = get("instance")
         if instance is not None or mode == "create":
             instance = InstanceTarget.from_wire(instance, mode, message)
-        caller = data.get("caller")
-        if caller is not None and (not isinstance(caller, str) or not TASK_KEY.fullmatch(caller)):
+        caller = get("caller")
+        if caller is not None and (type(caller) is not str or not TASK_KEY.fullmatch(caller)):
             raise refused(message, "caller", "the key of the call (or map chunk: KEY/N) that makes this one", caller)
-        chunks = data.get("chunks")
+        stream = get("stream", False)
+        if type(stream) is not bool:
+            raise refused(message, "stream", "true or false", stream)
+        shm = get("shm", False)
+        if type(shm) is not bool:
+            raise refused(message, "shm", "true or false", shm)
+        chunks = get("chunks")
         if mode == "map":
-            if (not isinstance(chunks, list) or not chunks or len(chunks) > LIST_MAX
+            if (type(chunks) is not list or not chunks or len(chunks) > LIST_MAX
                     or not all(_count(c) for c in chunks) or sum(chunks) != frame_count - n_fn):
                 raise refused(message, "chunks", "the frame counts of the map's chunks, adding up to the argument "
                               "frames sent", chunks)
             chunks = tuple(chunks)
         elif chunks is not None:
             raise refused(message, "chunks", "absent from a call that is no map", chunks)
-        return cls(key=key, mode=mode, fn_id=fn_id, n_fn=n_fn, function_ref=function_ref, code=code,
-                   refs=_texts(data, "refs", message, "run keys", _run_key_in(message, "refs")), options=options,
-                   env=_text(data, "env", message, optional=True),
-                   secrets=_texts(data, "secrets", message, "secret names"), instance=instance, caller=caller,
-                   stream=_flag(data, "stream", message), shm=_flag(data, "shm", message), chunks=chunks)
+        return cls(key=key, mode=mode, fn_id=fn_id, n_fn=n_fn, function_ref=function_ref, code=code, refs=refs,
+                   options=options, env=env, secrets=secrets, instance=instance, caller=caller, stream=stream,
+                   shm=shm, chunks=chunks)
 
     @classmethod
     def served(cls, data: Any, name: str, frame_count: int) -> CallRequest:
@@ -396,24 +466,42 @@ class CallHeader:
     stream: bool = False
     instance: InstanceTarget | None = None
     http: dict[str, Any] | None = None
+    # Sent to a worker with every call: made into plain data once.
+    _link: tuple = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: self._make_link(), takes_self=True))
 
     @classmethod
     def of(cls, request: CallRequest, shm_prefix: str | None = None) -> CallHeader:
-        return cls(fn_id=request.fn_id, mode=request.mode, function_ref=request.function_ref, code=request.code,
-                   shm_prefix=shm_prefix if request.shm else None, stream=request.stream, instance=request.instance)
+        """The header of a checked call request's task; the calls of one function share one."""
+        shm_prefix = shm_prefix if request.shm else None
+        key = (request.fn_id, request.mode, request.function_ref, request.code, shm_prefix, request.stream,
+               request.instance)
+        seen = _HEADERS.get(key)
+        if seen is not None:
+            return seen
+        return _HEADERS.keep(key, cls(fn_id=request.fn_id, mode=request.mode, function_ref=request.function_ref,
+                                      code=request.code, shm_prefix=shm_prefix, stream=request.stream,
+                                      instance=request.instance))
+
+    def _make_link(self) -> tuple:
+        return (self.fn_id, self.mode, None if self.function_ref is None else self.function_ref.to_link(),
+                None if self.code is None else self.code.to_link(), self.shm_prefix, self.stream,
+                None if self.instance is None else self.instance.to_link(), self.http)
 
     def to_link(self) -> tuple:
         """Plain data for a worker's link (which carries no classes)."""
-        return (self.fn_id, self.mode, None if self.function_ref is None else self.function_ref._wire,
-                None if self.code is None else self.code._wire, self.shm_prefix, self.stream,
-                None if self.instance is None else self.instance._wire, self.http)
+        return self._link
 
     @classmethod
     def from_link(cls, data: tuple) -> CallHeader:
+        seen = _FROM_LINK.get(data)  # a worker runs the same function's calls over and over
+        if seen is not None:
+            return seen
         fn_id, mode, function_ref, code, shm_prefix, stream, instance, http = data
-        return cls(fn_id=fn_id, mode=mode, function_ref=function_ref and FunctionRef.from_link(function_ref),
-                   code=code and CodeOnCluster.from_link(code), shm_prefix=shm_prefix, stream=stream,
-                   instance=instance and InstanceTarget.from_link(instance), http=http)
+        header = cls(fn_id=fn_id, mode=mode, function_ref=function_ref and FunctionRef.from_link(function_ref),
+                     code=code and CodeOnCluster.from_link(code), shm_prefix=shm_prefix, stream=stream,
+                     instance=instance and InstanceTarget.from_link(instance), http=http)
+        return header if http is not None else _FROM_LINK.keep(data, header)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -430,8 +518,6 @@ def task_to_link(task: Task, frame: Callable[[Any], Any]) -> tuple:
 
 
 def task_from_link(message: tuple) -> Task:
-    from rh_core.plugin_types import Outcome, Task
-
     _, key, header, function, arguments, refs, variables = message
     return Task(key=key, header=CallHeader.from_link(header), function=function, arguments=arguments,
                 refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs},
@@ -444,8 +530,6 @@ def done_to_link(key: str, outcome: Outcome, frame: Callable[[Any], Any]) -> tup
 
 
 def done_from_link(message: tuple) -> tuple[str, Outcome]:
-    from rh_core.plugin_types import Outcome
-
     _, key, status, logged, frames = message
     return key, Outcome(status=status, frames=frames, logged=logged)
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkab
 import attrs
 
 from rh_core.errors import RhError
-from rh_core.messages import CallHeader
 from rh_core.redact import secrets_hidden
 
 if TYPE_CHECKING:
     import asyncio
 
     from rh_core.cluster import Cluster
+    from rh_core.messages import CallHeader
 
 Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
 
