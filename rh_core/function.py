@@ -190,8 +190,9 @@ class Function(Generic[P, R]):
         return self.system, self._shipped
 
     def _call_request(self, mode: str, refs: list[Ref], options: dict[str, Any], *, stream: bool = False,
-                      chunks: tuple[int, ...] | None = None) -> tuple[CallRequest, list]:
-        """The request of one call of this function, and the frames of the function that go before its arguments."""
+                      chunks: tuple[int, ...] | None = None, shm_prefix: str | None = None) -> tuple[CallRequest, list]:
+        """The request of one call of this function, and the frames of the function that go before
+        its arguments; ``shm_prefix``: the cluster's (:meth:`_share`), when it is this machine."""
         system, shipped = self._placed()
         _refuse_refs_of_other_clusters(refs, system, self.name)
         request = CallRequest(
@@ -199,7 +200,7 @@ class Function(Generic[P, R]):
             function_ref=shipped.function_ref, code=shipped.code, refs=tuple(sorted({ref.key for ref in refs})),
             options=options, env=self.env, secrets=self.secrets, instance=self._instance, caller=_calling_run(),
             # Large results through shared memory, except for .remote(): a kept result may be fetched more than once.
-            stream=stream, shm=system.shm_prefix is not None and mode != "remote", chunks=chunks,
+            stream=stream, shm=shm_prefix is not None and mode != "remote", chunks=chunks,
         )
         return request, ([] if shipped.pickled is None else [shipped.pickled])
 
@@ -215,17 +216,17 @@ class Function(Generic[P, R]):
         system, _ = self._placed()
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
-        request, function_frames = self._call_request(mode, refs, options)
-        arguments = self._share(system, arguments)
+        prefix = system.shm_prefix
+        request, function_frames = self._call_request(mode, refs, options, shm_prefix=prefix)
+        arguments = self._share(prefix, arguments)
         with _interruptible(system, request.key, options):
             return system.send(request, [*function_frames, *arguments], check_after=_check_after(options))
 
     @staticmethod
-    def _share(system: Cluster, frames: list) -> list:
-        """Move large buffers to shared memory when the cluster is this machine (the request asks
-        the same of the result). Segments the last results came in go back with these frames, for
-        the worker to reuse."""
-        prefix = system.shm_prefix
+    def _share(prefix: str | None, frames: list) -> list:
+        """Move large buffers to shared memory when the cluster is this machine (its ``prefix``; the
+        request asks the same of the result). Segments the last results came in go back with these
+        frames, for the worker to reuse."""
         if prefix is None:
             return frames
         return shm.share(frames, prefix) + shm.due_returns()
@@ -235,13 +236,14 @@ class Function(Generic[P, R]):
         named at once), the call is made when the first item is asked for, as a generator's body runs."""
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
-        request, function_frames = self._call_request("call", refs, options, stream=True)
-        return self._stream_items(request, function_frames, arguments, options)
+        prefix = self._placed()[0].shm_prefix
+        request, function_frames = self._call_request("call", refs, options, stream=True, shm_prefix=prefix)
+        return self._stream_items(request, function_frames, arguments, prefix, options)
 
-    def _stream_items(self, request: CallRequest, function_frames: list, arguments: list,
+    def _stream_items(self, request: CallRequest, function_frames: list, arguments: list, shm_prefix: str | None,
                       options: dict[str, Any]) -> Generator[Any, None, Any]:
         system, _ = self._placed()
-        arguments = self._share(system, arguments)
+        arguments = self._share(shm_prefix, arguments)
         replies = system.stream("call", request.to_wire(), [*function_frames, *arguments],
                                 check_after=_check_after(options))
         with _interruptible(system, request.key, options), contextlib.closing(replies):
@@ -264,8 +266,9 @@ class Function(Generic[P, R]):
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
         refs: list[Ref] = []
         chunk_frames = [serialize.dumps_arguments_chunk(chunk, refs, bounds[i]) for i, chunk in enumerate(chunks)]
-        chunk_frames = [self._share(system, frames) for frames in chunk_frames]
-        request, function_frames = self._call_request("map", refs, options,
+        prefix = system.shm_prefix
+        chunk_frames = [self._share(prefix, frames) for frames in chunk_frames]
+        request, function_frames = self._call_request("map", refs, options, shm_prefix=prefix,
                                                       chunks=tuple(len(frames) for frames in chunk_frames))
         with _interruptible(system, request.key, options), progress.items_done(
                 len(items), [len(chunk) for chunk in chunks], show=bool(options.get("progress"))) as on_log:

@@ -397,8 +397,7 @@ class CallRequest:
         else:
             options = _call_options(options, message)
         refs = get("refs")
-        refs = () if refs is None or (type(refs) is list and not refs) else _texts(
-            data, "refs", message, "run keys", _run_key_in(message, "refs"))
+        refs = () if refs is None or (type(refs) is list and not refs) else _keys(data, "refs", message)
         env = get("env")
         if env is not None and (type(env) is not str or not 0 < len(env) <= NAME_MAX):
             raise refused(message, "env", f"an environment's name (at most {NAME_MAX} characters) or null", env)
@@ -643,9 +642,9 @@ _OPS: dict[str, type[OpRequest]] = {}
 
 def _keys(data: dict, field: str, message: str) -> tuple[str, ...]:
     value = data.get(field)
-    if not isinstance(value, list):
+    if type(value) is not list or len(value) > LIST_MAX:
         raise refused(message, field, "a list of run keys", value)
-    return _texts(data, field, message, "run keys", _run_key_in(message, field))
+    return tuple(map(_run_key_in(message, field), value))  # each one's error says what a run key is
 
 
 def _key(data: dict, field: str, message: str) -> str:
