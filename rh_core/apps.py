@@ -17,6 +17,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from rh_core.errors import RhError
+from rh_core.wire.messages import (
+    AppLogsRequest,
+    AppsRequest,
+    RemoveAppRequest,
+    RunAppRequest,
+)
 
 if TYPE_CHECKING:
     from rh_core.clusters.base import Cluster
@@ -63,12 +69,12 @@ class AsgiApp:
         record = {"name": self.name, "public": public, "module": module, "attr": attr, "env": env_name(env),
                   "secrets": list(send_secrets(system, secrets)) if secrets else [],
                   "paths": list(code.paths) if code else [], "cwd": code.cwd if code else "."}
-        reply = system.request("run_app", {"app": record})
+        reply = system.send(RunAppRequest(app=record))
         for _ in range(2):  # aiohttp for the server's door, then uvicorn for the app: ordinary installs
             if "missing" not in reply.header:
                 break
             install_packages(system, [reply.header["missing"]], reply.header.get("env"))
-            reply = system.request("run_app", {"app": record})
+            reply = system.send(RunAppRequest(app=record))
         if "missing" in reply.header:
             raise RhError(f"{reply.header['missing']} was installed on cluster {system.name!r} but cannot be imported "
                           "there; see cluster.install_packages and the server's log")
@@ -82,18 +88,18 @@ class AsgiApp:
     def http_url(self) -> str:
         """The app's root URL (ending in ``/``) reachable from here, as :meth:`Function.http_url`'s."""
         system = self._placed()
-        reply = system.request("apps", {})
+        reply = system.send(AppsRequest())
         if self.name not in {app["name"] for app in reply.header["apps"]}:
             raise RhError(f"no app {self.name!r} runs on cluster {system.name!r}; run it with rh.asgi(app).to(cluster)")
         return f"{system.http_address(reply.header['port'])}/{self.name}/"
 
     def logs(self) -> str:
         """The end of the app's output (uvicorn's log and the app's prints) on the cluster."""
-        return self._placed().request("app_logs", {"name": self.name}).header["log"]
+        return self._placed().send(AppLogsRequest(name=self.name)).header["log"]
 
     def remove(self) -> bool:
         """Stop the app and stop serving it; False when it was not running."""
-        return self._placed().request("remove_app", {"name": self.name}).header["removed"]
+        return self._placed().send(RemoveAppRequest(name=self.name)).header["removed"]
 
     def __repr__(self) -> str:
         where = self.system.name if self.system is not None else "not sent"

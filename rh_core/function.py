@@ -17,6 +17,7 @@ from rh_core.client.connection import Reply
 from rh_core.clusters.base import Cluster, decode_outcome, split_parts
 from rh_core.support.compat import add_note
 from rh_core.errors import RhError
+from rh_core.wire.messages import CALL_OPTIONS, CallRequest, CodeOnCluster, FunctionRef, InstanceTarget, ServeRequest
 from rh_core.clusters.ref import Ref, new_run_key
 from rh_core.support.workdir import working_directory
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CALL_OPTIONS = ("timeout", "stream_logs", "num_cpus", "num_gpus", "resources", "memory", "cancel_on_interrupt",
-                "progress")
 CHUNKS_PER_WORKER = 4
 
 
@@ -47,14 +46,9 @@ class _Shipped:
     or the function comes from an installed package)."""
 
     fn_id: str
-    function_ref: serialize.FunctionRef | None
+    function_ref: FunctionRef | None
     pickled: bytes | None
-    code: serialize.CodeOnCluster | None = None
-    # Sent with every call: made into JSON once.
-    function_ref_json: dict | None = attrs.field(
-        init=False, eq=False, default=attrs.Factory(lambda s: s.function_ref and s.function_ref.to_json(), takes_self=True))
-    code_json: dict | None = attrs.field(
-        init=False, eq=False, default=attrs.Factory(lambda s: s.code and s.code.to_json(), takes_self=True))
+    code: CodeOnCluster | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -68,8 +62,8 @@ class Function(Generic[P, R]):
     secrets: tuple[str, ...] = ()  # names of the cluster's secrets whose variables its calls get
     call_options: dict[str, Any] = attrs.field(factory=dict)
     _shipped: _Shipped | None = attrs.field(default=None, alias="shipped", repr=False)
-    # A method of a remote instance (rh_core.modules): {"name", "id", "method"}; its calls go there.
-    _instance: dict[str, Any] | None = attrs.field(default=None, alias="instance", repr=False)
+    # A method of a remote instance (rh_core.modules), or the instance to create; its calls go there.
+    _instance: InstanceTarget | None = attrs.field(default=None, alias="instance", repr=False)
     # Read from fn's signature; given when fn is a stand-in (a handle to a function sent elsewhere).
     _takes_stream_logs: bool = attrs.field(
         default=attrs.Factory(lambda self: _has_parameter(self.fn, "stream_logs"), takes_self=True),
@@ -196,29 +190,20 @@ class Function(Generic[P, R]):
             raise RhError(f"function {self.name!r} is not on a cluster yet: use rh.function(fn).to(rh.here) first")
         return self.system, self._shipped
 
-    def _header(self, mode: str, refs: list[Ref], options: dict[str, Any]) -> tuple[dict, list]:
+    def _call_request(self, mode: str, refs: list[Ref], options: dict[str, Any], *, stream: bool = False,
+                      chunks: tuple[int, ...] | None = None, shm_prefix: str | None = None) -> tuple[CallRequest, list]:
+        """The request of one call of this function, and the frames of the function that go before
+        its arguments; ``shm_prefix``: the cluster's (:meth:`_share`), when it is this machine."""
         system, shipped = self._placed()
         _refuse_refs_of_other_clusters(refs, system, self.name)
-        header = {
-            "key": new_run_key(self.name),
-            "mode": mode,
-            "fn_id": shipped.fn_id,
-            "function_ref": shipped.function_ref_json,
-            "code": shipped.code_json,
-            "n_fn": 0 if shipped.pickled is None else 1,
-            "refs": sorted({ref.key for ref in refs}),
-            "options": options,
-        }
-        if self.env is not None:
-            header["env"] = self.env
-        if self.secrets:
-            header["secrets"] = list(self.secrets)
-        if self._instance is not None:
-            header["instance"] = self._instance
-        caller = _calling_run()
-        if caller is not None:
-            header["caller"] = caller
-        return header, ([] if shipped.pickled is None else [shipped.pickled])
+        request = CallRequest(
+            key=new_run_key(self.name), mode=mode, fn_id=shipped.fn_id, n_fn=0 if shipped.pickled is None else 1,
+            function_ref=shipped.function_ref, code=shipped.code, refs=tuple(sorted({ref.key for ref in refs})),
+            options=options, env=self.env, secrets=self.secrets, instance=self._instance, caller=_calling_run(),
+            # Large results through shared memory, except for .remote(): a kept result may be fetched more than once.
+            stream=stream, shm=shm_prefix is not None and mode != "remote", chunks=chunks,
+        )
+        return request, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
         reply = self._request(mode, args, kwargs, options)
@@ -232,20 +217,19 @@ class Function(Generic[P, R]):
         system, _ = self._placed()
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
-        header, function_frames = self._header(mode, refs, options)
-        arguments = self._share(system, header, arguments)
-        with _interruptible(system, header["key"], options):
-            return system.request("call", header, [*function_frames, *arguments], check_after=_check_after(options))
+        prefix = system.shm_prefix
+        request, function_frames = self._call_request(mode, refs, options, shm_prefix=prefix)
+        arguments = self._share(prefix, arguments)
+        with _interruptible(system, request.key, options):
+            return system.send(request, [*function_frames, *arguments], check_after=_check_after(options))
 
     @staticmethod
-    def _share(system: Cluster, header: dict[str, Any], frames: list) -> list:
-        """Move large buffers to shared memory when the cluster is this machine, and ask the same of
-        the result (except for .remote(): a kept result may be fetched more than once). Segments
-        the last results came in go back with these frames, for the worker to reuse."""
-        prefix = system.shm_prefix
+    def _share(prefix: str | None, frames: list) -> list:
+        """Move large buffers to shared memory when the cluster is this machine (its ``prefix``; the
+        request asks the same of the result). Segments the last results came in go back with these
+        frames, for the worker to reuse."""
         if prefix is None:
             return frames
-        header["shm"] = header["mode"] != "remote"
         return shm.share(frames, prefix) + shm.due_returns()
 
     def _stream(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Iterator[Any]:
@@ -253,16 +237,17 @@ class Function(Generic[P, R]):
         named at once), the call is made when the first item is asked for, as a generator's body runs."""
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
-        header, function_frames = self._header("call", refs, options)
-        header["stream"] = True
-        return self._stream_items(header, function_frames, arguments, options)
+        prefix = self._placed()[0].shm_prefix
+        request, function_frames = self._call_request("call", refs, options, stream=True, shm_prefix=prefix)
+        return self._stream_items(request, function_frames, arguments, prefix, options)
 
-    def _stream_items(self, header: dict[str, Any], function_frames: list, arguments: list,
+    def _stream_items(self, request: CallRequest, function_frames: list, arguments: list, shm_prefix: str | None,
                       options: dict[str, Any]) -> Generator[Any, None, Any]:
         system, _ = self._placed()
-        arguments = self._share(system, header, arguments)
-        replies = system.stream("call", header, [*function_frames, *arguments], check_after=_check_after(options))
-        with _interruptible(system, header["key"], options), contextlib.closing(replies):
+        arguments = self._share(shm_prefix, arguments)
+        replies = system.stream("call", request.to_wire(), [*function_frames, *arguments],
+                                check_after=_check_after(options))
+        with _interruptible(system, request.key, options), contextlib.closing(replies):
             while True:
                 try:
                     reply = next(replies)
@@ -282,12 +267,13 @@ class Function(Generic[P, R]):
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
         refs: list[Ref] = []
         chunk_frames = [serialize.dumps_arguments_chunk(chunk, refs, bounds[i]) for i, chunk in enumerate(chunks)]
-        header, function_frames = self._header("map", refs, options)
-        chunk_frames = [self._share(system, header, frames) for frames in chunk_frames]
-        header["chunks"] = [len(frames) for frames in chunk_frames]
-        with _interruptible(system, header["key"], options), progress.items_done(
+        prefix = system.shm_prefix
+        chunk_frames = [self._share(prefix, frames) for frames in chunk_frames]
+        request, function_frames = self._call_request("map", refs, options, shm_prefix=prefix,
+                                                      chunks=tuple(len(frames) for frames in chunk_frames))
+        with _interruptible(system, request.key, options), progress.items_done(
                 len(items), [len(chunk) for chunk in chunks], show=bool(options.get("progress"))) as on_log:
-            reply = system.request("call", header, [*function_frames, *(f for frames in chunk_frames for f in frames)],
+            reply = system.send(request, [*function_frames, *(f for frames in chunk_frames for f in frames)],
                                    check_after=_check_after(options), on_log=on_log)
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
@@ -324,20 +310,17 @@ class Function(Generic[P, R]):
         Calls run like any other call (this function's ``options()``, environment and secrets), and
         the endpoint stays served across server restarts until :meth:`Cluster.remove_endpoint`.
         """
-        from rh_core.server.http_door import CALL_FIELDS
-
         system, _ = self._placed()
         name = name or self.name
-        header, function_frames = self._header("call", [], {k: v for k, v in self.call_options.items()
-                                                            if k != "stream_logs"})
-        call = {field: header[field] for field in CALL_FIELDS if field in header}
-        request = {"name": name, "public": public, "call": call}
-        reply = system.request("serve", request, function_frames)
+        call, function_frames = self._call_request("call", [], {k: v for k, v in self.call_options.items()
+                                                              if k != "stream_logs"})
+        request = ServeRequest(name=name, public=public, call=call.served_wire())
+        reply = system.send(request, function_frames)
         if "missing" in reply.header:  # the server's Python has no HTTP library yet: an ordinary install
             from rh_core.packages import install_packages
 
             install_packages(system, [reply.header["missing"]])
-            reply = system.request("serve", request, function_frames)
+            reply = system.send(request, function_frames)
             if "missing" in reply.header:
                 raise RhError(f"{reply.header['missing']} was installed on cluster {system.name!r} but its server "
                               "cannot import it; see the server's log")
@@ -407,7 +390,7 @@ class Function(Generic[P, R]):
         if code is None:
             raise RhError(f"cluster {system.name!r} takes no files, so the saved function {self.name!r} cannot "
                           "be imported there; load it with dryrun=True and send it with .to() to travel by value")
-        reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+        reference = FunctionRef(module=module, qualname=qualname, path=code.paths[0])
         return attrs.evolve(self, system=system, shipped=_Shipped(f"{module}:{qualname}", reference, None, code))
 
 
@@ -467,13 +450,13 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
     root = serialize.module_root(fn.__module__) if serialize.is_importable_by_reference(fn) else None
     if root is not None and os.path.realpath(root) in _installed_roots():
         module, qualname = fn.__module__, fn.__qualname__
-        return _Shipped(f"{module}:{qualname}", serialize.FunctionRef(module=module, qualname=qualname), None)
+        return _Shipped(f"{module}:{qualname}", FunctionRef(module=module, qualname=qualname), None)
     workdir = os.path.realpath(working_directory())
     if root is not None and _inside(os.path.realpath(root), workdir):
         module, qualname = fn.__module__, fn.__qualname__
         code = _code_on_cluster(system, workdir, [root, *sys.path], os.getcwd(), module)
         if code is not None:  # None: the cluster takes no files; send the code by value
-            reference = serialize.FunctionRef(module=module, qualname=qualname, path=code.paths[0])
+            reference = FunctionRef(module=module, qualname=qualname, path=code.paths[0])
             return _Shipped(f"{module}:{qualname}", reference, None, code)
     import hashlib
 
@@ -485,7 +468,7 @@ def _ship(fn: Callable, system: Cluster) -> _Shipped:
 
 
 def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], cwd: str,
-                     module: str | None = None) -> serialize.CodeOnCluster | None:
+                     module: str | None = None) -> CodeOnCluster | None:
     """Sync ``local_root`` to ``system`` and say where its code is there: the ``import_paths`` and
     ``cwd`` that lie inside it, mapped to the copy, and for a function sent by reference the digest
     of its ``module``'s source. None when the cluster takes no files."""
@@ -506,7 +489,7 @@ def _code_on_cluster(system: Cluster, local_root: str, import_paths: list[str], 
     digest = None
     if module is not None:
         digest = serialize.source_digest(sys.modules[module].__file__)
-    return serialize.CodeOnCluster(root=remote_root, version=version, paths=tuple(paths) or (remote_root,),
+    return CodeOnCluster(root=remote_root, version=version, paths=tuple(paths) or (remote_root,),
                                    cwd=there(real_cwd) if _inside(real_cwd, local_root) else remote_root,
                                    module=module, digest=digest)
 

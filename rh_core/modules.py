@@ -24,7 +24,7 @@ import attrs
 from rh_core.clusters.base import Cluster, decode_outcome, split_parts
 from rh_core.errors import RhError
 from rh_core.function import Function, _Shipped, function
-from rh_core.plugin.interfaces import NAME_PATTERN
+from rh_core.wire.messages import NAME_PATTERN, InstanceTarget, ReleaseInstanceRequest
 
 T = TypeVar("T")
 
@@ -76,8 +76,8 @@ class Module(Generic[T]):
             raise RhError(f"class {self.cls.__qualname__!r} is not on a cluster yet: use "
                           "rh.module(cls).to(cluster, name=...) first")
         name = self.name or f"{self.cls.__name__}-{os.urandom(4).hex()}"
-        target = {"name": name, "id": os.urandom(8).hex(), "max_concurrency": self.max_concurrency,
-                  "class": f"{self.cls.__module__}.{self.cls.__qualname__}"}
+        target = InstanceTarget(name=name, id=os.urandom(8).hex(), max_concurrency=self.max_concurrency,
+                                class_name=f"{self.cls.__module__}.{self.cls.__qualname__}")
         options = constructor._take_call_options(kwargs)
         reply = attrs.evolve(constructor, instance=target)._request("create", args, kwargs, options)
         if reply.kind != "info":
@@ -131,7 +131,7 @@ class RemoteInstance(Generic[T]):
                 call_options=constructor.call_options,
                 # One gate per instance (its max_concurrency); the class's code digest for a staleness check.
                 shipped=_Shipped(f"instance:{self._id}", None, None, shipped.code),
-                instance={"name": self._name, "id": self._id, "method": name},
+                instance=InstanceTarget(name=self._name, id=self._id, method=name),
             )
             self._methods[name] = fn
         return fn
@@ -147,8 +147,7 @@ class RemoteInstance(Generic[T]):
         """End the instance on the cluster (its process stops). False when it was gone already."""
         system = self._module.system
         assert system is not None
-        return bool(system.request("release_instance", {"name": self._name, "instance_id": self._id})
-                    .header["released"])
+        return bool(system.send(ReleaseInstanceRequest(name=self._name, instance_id=self._id)).header["released"])
 
     def __reduce__(self) -> tuple:
         return RemoteInstance, (self._module, self._name, self._id)

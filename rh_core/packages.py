@@ -18,6 +18,7 @@ import attrs
 
 from rh_core.server.envs import check_name
 from rh_core.errors import InstallError
+from rh_core.wire.messages import InstallRequest
 from rh_core.plugin.interfaces import InstallerClaim, InstallStep
 
 if TYPE_CHECKING:
@@ -134,5 +135,5 @@ def install_packages(cluster: Cluster, reqs: Iterable[Package | str], environmen
     reqs = [*(environment.reqs if isinstance(environment, Env) else ()), *reqs]
     claims = [claim(requirement, host) for requirement in reqs]  # every one checked before any work
     steps: list[InstallStep] = [host.installer(c.method)().prepare(cluster, c) for c in claims]
-    reply = cluster.request("install", {"env": name, "steps": [step.to_json() for step in steps]})
+    reply = cluster.send(InstallRequest(env=name, steps=[step.to_json() for step in steps]))
     return reply.header

@@ -114,11 +114,11 @@ def test_nothing_of_an_unauthenticated_request_is_kept_however_large(running_clu
 def test_a_client_that_stops_reading_is_dropped_its_result_kept_and_others_served_meanwhile(process_cluster):
     running_cluster = process_cluster  # two workers: the chatty call takes one, the other client's calls the other
     chatty = rh.function(fns.chatty).to(running_cluster)
-    header, function_frames = chatty._header("call", [], {"stream_logs": True})
+    call, function_frames = chatty._call_request("call", [], {"stream_logs": True})
     arguments = serialize.dumps_arguments((40_000, 0), {}, [])  # ~4 MB of log replies: far beyond a socket buffer
     secret = read_secret(running_cluster.state_dir)
     deaf = raw_link(running_cluster)
-    deaf.send_envelope(orjson.dumps({"id": 1, "op": "call", "auth": secret, **header}), [*function_frames, *arguments])
+    deaf.send_envelope(orjson.dumps({"id": 1, "op": "call", "auth": secret, **call.to_wire()}), [*function_frames, *arguments])
     add = rh.function(fns.quiet_add).to(running_cluster)
     waits = []
     deadline = time.monotonic() + 30
@@ -129,16 +129,16 @@ def test_a_client_that_stops_reading_is_dropped_its_result_kept_and_others_serve
     assert hung_up(deaf), "the server kept a client that reads nothing for 30 s"
     assert max(waits) < 0.5, max(waits)  # nobody waits for a client that does not read
     # The deaf client's call went on; its result is kept under its key.
-    assert running_cluster.get(header["key"], timeout=60) == 40_000
+    assert running_cluster.get(call.key, timeout=60) == 40_000
 
 
 def test_a_client_that_reads_slowly_delays_nobody_else(process_cluster):
     chatty = rh.function(fns.chatty).to(process_cluster)
-    header, function_frames = chatty._header("call", [], {"stream_logs": True})
+    call, function_frames = chatty._call_request("call", [], {"stream_logs": True})
     arguments = serialize.dumps_arguments((40_000, 0), {}, [])  # ~4 MB of log replies
     secret = read_secret(process_cluster.state_dir)
     slow = raw_link(process_cluster)
-    slow.send_envelope(orjson.dumps({"id": 1, "op": "call", "auth": secret, **header}), [*function_frames, *arguments])
+    slow.send_envelope(orjson.dumps({"id": 1, "op": "call", "auth": secret, **call.to_wire()}), [*function_frames, *arguments])
     add = rh.function(fns.quiet_add).to(process_cluster)
     waits, read = [], 0
     started = time.monotonic()

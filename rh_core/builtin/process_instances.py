@@ -21,9 +21,9 @@ from typing import Any
 
 from rh_core.builtin.process_pool import exit_cause, kill_group, spawn_worker
 from rh_core.errors import InstanceDiedError, InstanceNotFoundError, WorkerDiedError
-from rh_core.wire.link import Link
+from rh_core.wire.link import Link, as_frame
+from rh_core.wire.messages import cancel_to_link, done_from_link, task_to_link
 from rh_core.plugin.interfaces import InstanceSpec, Outcome, ServerContext, Task
-from rh_core.worker.process import task_message
 
 
 class _InstanceProcess:
@@ -89,8 +89,8 @@ class InstanceProcesses:
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
         """Send a call (the constructor, or a method call) to its instance's process."""
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        name = task.header["instance"].get("name")
-        instance = self._instances.get(task.header["instance"]["id"])
+        name = task.header.instance.name
+        instance = self._instances.get(task.header.instance.id)
         if instance is None:
             future.set_exception(InstanceNotFoundError(f"instance {name!r} has no process on this cluster"))
             return future
@@ -101,7 +101,7 @@ class InstanceProcesses:
         instance.calls[task.key] = future
         future.add_done_callback(lambda done: self._on_settled(instance, task.key, done))
         try:
-            instance.link.send(task_message(task))
+            instance.link.send(task_to_link(task, as_frame))
         except OSError:  # it died just now, or stopped reading: its watcher fails this call
             instance.end("it stopped reading its calls")
         return future
@@ -110,7 +110,7 @@ class InstanceProcesses:
         if future.cancelled() and key in instance.calls and instance.process.returncode is None:
             # Its timeout, or a cancel: ask the process to stop it; it answers whether it could.
             try:
-                instance.link.send(("cancel", key))
+                instance.link.send(cancel_to_link(key))
             except OSError:
                 instance.end("it stopped reading its calls")
 
@@ -129,10 +129,10 @@ class InstanceProcesses:
             if not instance.ready.done():
                 instance.ready.set_result(None)
         elif kind == "done":
-            _, key, status, logged, frames = message
+            key, outcome = done_from_link(message)
             future = instance.calls.pop(key, None)
             if future is not None and not future.done():
-                future.set_result(Outcome(status=status, frames=frames, logged=logged))
+                future.set_result(outcome)
         elif kind == "cancel":
             _, key, stopped = message
             if not stopped and key in instance.calls:

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rh_core.errors import WorkerDiedError
-from rh_core.wire.link import Link, bound_stalls
+from rh_core.wire.link import Link, as_frame, bound_stalls
+from rh_core.wire.messages import done_from_link, task_to_link
 from rh_core.plugin.interfaces import Environment, InstanceSpec, Outcome, ServerContext, Task
 from rh_core.support.processes import stop_process
-from rh_core.worker.process import task_message
 
 START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
 START_FAILURES = 3  # workers in a row that die before ready: the environment cannot start them
@@ -238,10 +238,10 @@ class ProcessExecutor:
 
     def _on_message(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "done":
-            _, _, status, logged, frames = message
+            _, outcome = done_from_link(message)
             current, worker.current, worker.task_key = worker.current, None, None
             if current is not None and not current.done():
-                current.set_result(Outcome(status=status, frames=frames, logged=logged))
+                current.set_result(outcome)
         pool = worker.pool
         if not worker.started:  # its first message: it is ready
             worker.started = pool.ever_started = True
@@ -280,7 +280,7 @@ class ProcessExecutor:
         worker.kill()
 
     def submit(self, task: Task) -> asyncio.Future[Outcome]:
-        if "instance" in task.header:  # a method call: its instance's own process runs it
+        if task.header.instance is not None:  # a method call: its instance's own process runs it
             return self._instances.submit(task)
         future: asyncio.Future[Outcome] = self._loop.create_future()
         pool = self._pool((task.env, tuple(sorted(task.variables))) if task.variables else (task.env, ()))
@@ -305,7 +305,7 @@ class ProcessExecutor:
             worker.current, worker.task_key = future, task.key
             future.add_done_callback(lambda f, worker=worker: self._on_settled(worker, f))
             try:
-                worker.link.send(task_message(task))
+                worker.link.send(task_to_link(task, as_frame))
             except OSError:
                 # It died just now, or stopped reading: its watcher fails this call and replaces it.
                 worker.kill()

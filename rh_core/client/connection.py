@@ -418,15 +418,17 @@ def read_secret(state_dir: str) -> str | None:
 
 
 def _rebuild_failure(header: dict[str, Any]) -> Exception:
-    error_type = header.get("type", "RhError")
-    if error_type == "TimeoutError":
-        return TimeoutError(header["message"])
-    if error_type == "KeyError":
-        return KeyError(header["message"])
-    cls = getattr(errors, error_type, None)
+    from rh_core.wire.messages import Failure
+
+    failure = Failure.from_wire(header)
+    if failure.type == "TimeoutError":
+        return TimeoutError(failure.message)
+    if failure.type == "KeyError":
+        return KeyError(failure.message)
+    cls = getattr(errors, failure.type, None)
     if not (isinstance(cls, type) and issubclass(cls, RhError)):
         cls = RhError
     try:
-        return cls(header["message"])
+        return cls(failure.message)
     except TypeError:
-        return RhError(header["message"])
+        return RhError(failure.message)

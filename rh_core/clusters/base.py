@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -41,6 +41,8 @@ from rh_core.support.processes import (
 from rh_core.support.paths import rh_home  # noqa: F401  (also imported from here by plugins of 0.1)
 from rh_core.support.redact import hide_secrets, secrets_hidden
 from rh_core.clusters.ref import Ref
+from rh_core.wire import messages
+from rh_core.wire.messages import CallRequest, OpRequest, ResultParts
 
 if TYPE_CHECKING:
     import subprocess
@@ -114,7 +116,8 @@ class Cluster:
             if self._connection is None:
                 address, state = self._start_or_find_server()
                 connection = Connection(address, self._liveness, secret=(state or {}).get("secret"))
-                info = connection.request("ping", {"python": serialize.python_version()}, timeout=30).header
+                ping = messages.PingRequest(python=serialize.python_version())
+                info = connection.request(ping.OP, ping.to_wire(), timeout=30).header
                 check_versions(self, info)
                 self._connection, self._info = connection, info
                 self.host.cluster_ready(self, info)
@@ -132,6 +135,10 @@ class Cluster:
             if lost.sent:
                 raise
         return self.connection().request(op, header, frames, **kwargs)
+
+    def send(self, message: OpRequest | CallRequest, frames: Sequence[Any] = (), **kwargs) -> Reply:
+        """:meth:`request` of a message of :mod:`rh_core.wire.messages`."""
+        return self.request(message.OP, message.to_wire(), frames, **kwargs)
 
     def stream(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (),
                **kwargs) -> Generator[Reply, None, Reply]:
@@ -203,7 +210,7 @@ class Cluster:
 
     def get_many(self, keys: list[str], timeout: float | None = None) -> list[Any]:
         wait = None if timeout is None else timeout + 5.0
-        reply = self.request("get", {"keys": keys, "timeout": timeout}, timeout=wait)
+        reply = self.send(messages.GetRequest(keys=tuple(keys), timeout=timeout), timeout=wait)
         return [decode_outcome(status, frames) for status, frames in split_parts(reply)]
 
     def put(self, key: str, obj: Any) -> Ref[Any]:
@@ -217,14 +224,14 @@ class Cluster:
             raise TypeError(f"cluster.put keeps plain objects, and this one holds refs to results "
                             f"({', '.join(ref.key for ref in refs)}); "
                             "fetch them first (rh.get) or pass the refs to a function instead")
-        self.request("put", {"key": key}, frames)
+        self.send(messages.PutRequest(key=key), frames)
         return Ref(key, self)
 
     def run_states(self, keys: list[str]) -> dict[str, str]:
-        return self.request("status", {"keys": keys}).header["states"]
+        return self.send(messages.StatusRequest(keys=tuple(keys))).header["states"]
 
     def release(self, keys: list[str]) -> None:
-        self.request("release", {"keys": keys})
+        self.send(messages.ReleaseRequest(keys=tuple(keys)))
 
     # --- server life cycle ---------------------------------------------------------------------
 
@@ -240,29 +247,29 @@ class Cluster:
             if follow:
                 write_log(stream, text)
 
-        self.request("logs", {"key": key, "follow": follow}, on_log=collect)
+        self.send(messages.LogsRequest(key=key, follow=follow), on_log=collect)
         return b"".join(chunks).decode("utf-8", "replace")
 
     def runs(self) -> dict[str, Any]:
         """Runs in progress (``{"running": {key: tasks}}``) and results kept on the cluster (``"finished"``)."""
-        header = self.request("runs", {}).header
+        header = self.send(messages.RunsRequest()).header
         return {"running": header["running"], "finished": header["finished"]}
 
     def cancel(self, key: str) -> None:
         """Stop run ``key`` (a call, a ``.remote()`` or a whole map) on the cluster; whoever waits
         for its result gets :class:`rh_core.RunCancelledError`."""
-        self.request("cancel", {"key": key})
+        self.send(messages.CancelRequest(key=key))
 
     def instances(self) -> dict[str, dict[str, Any]]:
         """The remote instances (``rh.module``) on the cluster, by name: ``id`` (this incarnation),
         ``class``, ``max_concurrency``, ``env``, and ``ended`` (why its process is gone, None while it lives)."""
-        return dict(self.request("instances", {}).header["instances"])
+        return dict(self.send(messages.InstancesRequest()).header["instances"])
 
     def cancel_all(self) -> list[str]:
         """Stop every run on the cluster (calls, ``.remote()`` runs, maps, also other clients');
         whoever waits for one gets :class:`rh_core.RunCancelledError`. Remote instances live on
         (``release()`` ends one). Returns the keys of the runs stopped."""
-        return list(self.request("cancel_all", {}).header["cancelled"])
+        return list(self.send(messages.CancelAllRequest()).header["cancelled"])
 
     def is_up(self) -> bool:
         try:
@@ -273,7 +280,7 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """What the server says about itself: pid, port, versions, executor, calls served."""
-        return self.request("ping", {"python": serialize.python_version()}).header
+        return self.send(messages.PingRequest(python=serialize.python_version())).header
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -322,24 +329,24 @@ class Cluster:
         """The bearer token HTTP callers of this cluster's endpoints send (``Authorization: Bearer
         TOKEN``), fetched over the authenticated connection; ``rotate=True`` replaces it, and the
         old one stops working at once. It only calls endpoints: it is not the cluster's secret."""
-        return self.request("http_token", {"rotate": rotate}).header["token"]
+        return self.send(messages.HttpTokenRequest(rotate=rotate)).header["token"]
 
     def endpoints(self) -> list[dict[str, Any]]:
         """The endpoints served on the cluster: each one's name, whether it is public, and its function."""
-        return self.request("endpoints", {}).header["endpoints"]
+        return self.send(messages.EndpointsRequest()).header["endpoints"]
 
     def apps(self) -> list[dict[str, Any]]:
         """The ASGI apps run on the cluster (``rh.asgi(app).to(cluster)``): each one's name, whether it
         is public, its ``module:attribute`` and its process id (None while it is restarting)."""
-        return self.request("apps", {}).header["apps"]
+        return self.send(messages.AppsRequest()).header["apps"]
 
     def remove_endpoint(self, name: str) -> bool:
         """Stop serving endpoint ``name``; False when it was not served."""
-        return self.request("unserve", {"name": name}).header["removed"]
+        return self.send(messages.UnserveRequest(name=name)).header["removed"]
 
     def http_url(self, name: str) -> str:
         """The URL of endpoint ``name`` reachable from here (see :meth:`Function.http_url`)."""
-        reply = self.request("endpoints", {})
+        reply = self.send(messages.EndpointsRequest())
         served = [endpoint["name"] for endpoint in reply.header["endpoints"]]
         if name not in served:
             raise RhError(f"no endpoint {name!r} is served on cluster {self.name!r} (served: {', '.join(served) or 'none'}); "
@@ -370,7 +377,7 @@ class Cluster:
                 f"rh.secret(name={others[0]!r}, values={{...}})")
         import orjson
 
-        self.request("sync_secrets", {}, [orjson.dumps([item.to_wire() for item in to_send])])
+        self.send(messages.SyncSecretsRequest(), [orjson.dumps([item.to_wire() for item in to_send])])
         return [item.name for item in to_send]
 
     def delete_secrets(self, secrets: Sequence[Secret | str]) -> list[str]:
@@ -378,11 +385,11 @@ class Cluster:
         the names that were there. Functions sent with them fail until they are sent again."""
         from rh_core.secrets import names_of
 
-        return self.request("delete_secrets", {"names": names_of(secrets)}).header["deleted"]
+        return self.send(messages.DeleteSecretsRequest(names=tuple(names_of(secrets)))).header["deleted"]
 
     def secrets(self) -> list[dict[str, Any]]:
         """The secrets on the cluster: each one's name, provider, variable names and files (no values)."""
-        return self.request("secrets", {}).header["secrets"]
+        return self.send(messages.SecretsRequest()).header["secrets"]
 
     def notebook(self, port: int = 8888, *, env: Any = None, local_port: int | None = None) -> Any:
         """JupyterLab on the head machine (installed into ``env`` on first use), tunnelled here;
@@ -510,9 +517,9 @@ def check_versions(cluster: Cluster, info: dict[str, Any]) -> None:
         )
 
 
-def split_parts(reply: Reply):
-    return zip((status for status, _ in reply.header["parts"]),
-               serialize.iter_parts(reply.frames, (n for _, n in reply.header["parts"])))
+def split_parts(reply: Reply) -> Iterator[tuple[str, Sequence[Any]]]:
+    """``(status, frames)`` of each outcome a ``result`` reply carries (see :class:`ResultParts`)."""
+    return ResultParts.from_wire(reply.header, len(reply.frames)).split(reply.frames)
 
 
 def decode_outcome(status: str, frames) -> Any:

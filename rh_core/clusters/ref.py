@@ -14,11 +14,6 @@ if TYPE_CHECKING:
     from rh_core.clusters.base import Cluster
 
 
-#: What a run key looks like. The server refuses any other: a key becomes a file name on the
-#: cluster (its logs, its kept result), and ``/`` separates a map's run key from its chunk's number.
-RUN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
 def new_run_key(function_name: str) -> str:
     """A fresh run key for a call of ``function_name``: the name made plain (any other character
     becomes ``_``, at most 64 of them) and 16 random hex digits."""

@@ -2,68 +2,23 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
 
 import attrs
 
 from rh_core.errors import RhError
 from rh_core.support.redact import secrets_hidden
+from rh_core.wire.messages import Frames, Outcome, Task  # noqa: F401  (the executor's side of the contract)
 
 if TYPE_CHECKING:
     import asyncio
 
     from rh_core.clusters.base import Cluster
 
-Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
-
 
 # -------------------------------------------------------------------------------------------------
-# Executors run on the cluster, inside the server process.
-
-
-@attrs.frozen(kw_only=True)
-class Task:
-    """One unit of work for an executor: call a function once, or over a chunk of map items.
-
-    ``header`` is the JSON-safe description a runner needs (see :mod:`rh_core.worker.runner`);
-    ``function`` is the cloudpickled function (empty when it goes by reference); ``arguments`` the
-    pickled ``(args, kwargs)`` or list of them for a map chunk; ``refs`` the already computed
-    values of every ``Ref`` the arguments mention, as ``{key: Outcome}``. A method call on a remote
-    instance has ``header["instance"]``: ``{"name", "id", "method"}`` (see :class:`InstanceSpec`).
-    """
-
-    key: str
-    header: dict[str, Any]
-    function: Any
-    arguments: Frames
-    refs: dict[str, Outcome] = attrs.field(factory=dict)
-    options: dict[str, Any] = attrs.field(factory=dict)
-    env: str | None = None  # the environment to run in; None: the cluster's default one
-    #: Environment variables of the secrets the function was sent with (``secrets=[...]``): run the
-    #: task only in a process that has them and that runs no task without the same variable names.
-    #: Never shown in a repr or a log.
-    variables: dict[str, str] = attrs.field(factory=dict, repr=False)
-
-
-@attrs.frozen(kw_only=True)
-class Outcome:
-    """What running a task produced: ``ok`` with the pickled result, or ``err`` with the pickled
-    exception and its traceback; ``stale`` is an ``err`` whose call was refused before it ran because
-    the machine's copy of the code was not the caller's (an executor may copy the code there again
-    and retry it). The server never unpickles any of them."""
-
-    status: str  # "ok" | "err" | "stale"
-    frames: Frames
-    logged: bool = False  # the runner sent log lines; the server waits for their end marker
-    #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
-    #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
-    error: tuple[str, str] | None = None
-
-
-#: Names of remote instances (``rh.module(...).to(cluster, name=...)``), as the server checks them.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+# Executors run on the cluster, inside the server process. What they are given and give back (a
+# Task, its Outcome) is part of the wire protocol, in rh_core.wire.messages.
 
 
 @attrs.frozen(kw_only=True)
@@ -129,7 +84,7 @@ class Executor(Protocol):
         its arguments the constructor's). Its outcome is the constructor's: ``ok`` and the instance
         lives there until :meth:`stop_instance` or :meth:`stop`; ``err`` and nothing is kept.
 
-        Method calls on it then come to :meth:`submit` as tasks whose ``header["instance"]`` names
+        Method calls on it then come to :meth:`submit` as tasks whose ``header.instance`` names
         it, up to ``instance.max_concurrency`` at once: a runner's ``run`` calls the method on the
         instance (:class:`rh_core.worker.runner.Runner` holds it). Async methods run on the instance's own
         event loop. A method call whose future is cancelled (timeout, ``cancel``) is stopped with

@@ -34,9 +34,11 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 
 from rh_core.errors import ProtocolError, RhError
+from rh_core.wire.messages import CallRequest
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -50,14 +52,12 @@ TOKEN_FILE = "http-token"
 ENDPOINTS_DIR = "endpoints"
 MAX_BODY_BYTES = 256 * 2**20
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-#: The fields of a call request an endpoint keeps (see rh_core.server.server.check_call_request).
-CALL_FIELDS = ("fn_id", "function_ref", "code", "n_fn", "options", "env", "secrets", "instance")
 #: Statuses of the errors the server itself reports for a call (Outcome.error).
 SERVER_ERROR_STATUS = {"CallTimeoutError": 504, "RunCancelledError": 503, "WorkerDiedError": 502,
                        "SecretError": 503, "StaleCodeError": 503,
                        "InstanceNotFoundError": 410, "InstanceDiedError": 410}  # a method's instance ended
 
-StartCall = Callable[[dict, list, dict], "asyncio.Future[Outcome]"]
+StartCall = Callable[[CallRequest, list, dict], "asyncio.Future[Outcome]"]
 
 
 def check_endpoint_name(name: Any) -> str:
@@ -76,8 +76,9 @@ class HttpDoor:
     """The endpoints of one server and the HTTP listener that serves them.
 
     :param state_dir: the server's state directory (endpoints and the token are kept there).
-    :param start_call: the server's way to start a call on a caller's behalf: ``(request, frames,
-        extra header) -> future of its Outcome``; it raises :class:`RhError` for a call it refuses.
+    :param start_call: the server's way to start a call on a caller's behalf: ``(call request,
+        frames, the HTTP request's details) -> future of its Outcome``; it raises :class:`RhError`
+        for a call it refuses.
     :param apps: the server's ASGI apps, served under ``/<name>/`` (see :mod:`rh_core.server.app_host`).
     """
 
@@ -86,7 +87,7 @@ class HttpDoor:
         self._directory = os.path.join(state_dir, ENDPOINTS_DIR)
         self._token_path = os.path.join(state_dir, TOKEN_FILE)
         self._start_call = start_call
-        self._endpoints: dict[str, dict[str, Any]] = {}  # name -> {"public", "call", "frames"}
+        self._endpoints: dict[str, dict[str, Any]] = {}  # name -> {"public", "call", "request", "frames"}
         self._token: bytes | None = None
         self._listener: asyncio.base_events.Server | None = None
         self._server: Any = None  # aiohttp.web.Server
@@ -100,33 +101,30 @@ class HttpDoor:
             for entry in os.scandir(self._directory):
                 if not entry.name.endswith(".json"):
                     continue
-                with contextlib.suppress(OSError, ValueError, KeyError):
+                with contextlib.suppress(OSError, ValueError, KeyError, ProtocolError):
                     with open(entry.path) as f:
                         record = json.load(f)
                     frames = []
                     if record["call"].get("n_fn"):
                         with open(os.path.join(self._directory, record["name"] + ".fn"), "rb") as f:
                             frames = [f.read()]
-                    self._endpoints[record["name"]] = {**record, "frames": frames}
+                    request = CallRequest.served(record["call"], record["name"], len(frames) + 1)
+                    self._endpoints[record["name"]] = {**record, "request": request, "frames": frames}
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": name, "public": endpoint["public"], "function": endpoint["call"]["fn_id"]}
                 for name, endpoint in sorted(self._endpoints.items())]
 
-    async def serve(self, name: str, public: bool, call: dict[str, Any], frames: list) -> None:
+    async def serve(self, name: Any, public: bool, call: Any, frames: list) -> None:
         """Serve (or serve anew) the call ``call`` as endpoint ``name``; opens the door if need be."""
-        from rh_core.server.server import check_call_request
-
         check_endpoint_name(name)
         if name in self._apps:
             raise ProtocolError(f"an app is served as {name!r}; remove it first (app.remove()) or choose another name")
-        if not isinstance(call, dict) or set(call) - set(CALL_FIELDS):
-            raise ProtocolError(f"malformed serve request: 'call' holds only {', '.join(CALL_FIELDS)}")
-        check_call_request({**call, "key": name, "mode": "call"}, len(frames) + 1)  # + 1: the body, sent with each call
-        function = [bytes(frame) for frame in frames[:call["n_fn"]]]
-        record = {"name": name, "public": bool(public), "call": call}
+        request = CallRequest.served(call, name, len(frames) + 1)  # + 1: the body, sent with each call
+        function = [bytes(frame) for frame in frames[:request.n_fn]]
+        record = {"name": name, "public": bool(public), "call": request.served_wire()}
         await asyncio.to_thread(self._keep, record, function)
-        self._endpoints[name] = {**record, "frames": function}
+        self._endpoints[name] = {**record, "request": request, "frames": function}
         await self.open()
 
     def _keep(self, record: dict[str, Any], function: list[bytes]) -> None:
@@ -245,12 +243,12 @@ class HttpDoor:
             if len(body) > MAX_BODY_BYTES:
                 return _json(413, {"error": "PayloadTooLarge", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"})
         key = f"{name}-{os.urandom(8).hex()}"
-        call = {**endpoint["call"], "id": key, "op": "call", "key": key, "mode": "call"}
+        call = attrs.evolve(endpoint["request"], key=key)
         # aiohttp reports application/octet-stream for a request that names no type: only a named one counts.
         content_type = request.content_type if "Content-Type" in request.headers else ""
         http = {"method": request.method, "content_type": content_type, "query": dict(request.query)}
         try:
-            outcome = await self._start_call(call, [*endpoint["frames"], bytes(body)], {"http": http})
+            outcome = await self._start_call(call, [*endpoint["frames"], bytes(body)], http)
         except RhError as exc:  # refused before it ran: a secret it needs is gone, say
             return _error(SERVER_ERROR_STATUS.get(type(exc).__name__, 500), type(exc).__name__, str(exc), None,
                           key, authenticated)

@@ -15,8 +15,9 @@ from typing import Any
 
 import attrs
 
-from rh_core.errors import InstanceDiedError, InstanceNotFoundError, ProtocolError, RhError
-from rh_core.plugin.interfaces import NAME_PATTERN, Executor, InstanceSpec, Outcome, Task
+from rh_core.errors import InstanceDiedError, InstanceNotFoundError, RhError
+from rh_core.wire.messages import InstanceTarget
+from rh_core.plugin.interfaces import Executor, InstanceSpec, Outcome, Task
 
 
 @attrs.define
@@ -40,8 +41,8 @@ class Instances:
         """The instance ``task`` names: ``(id, False, None)`` for one that lives under its name (its
         constructor is not run again, whatever the arguments), else ``start(task)`` runs the
         constructor: ``(id, True, None)`` once it succeeded, ``(id, False, outcome)`` when it failed."""
-        spec = spec_of(task.header["instance"])
-        class_name = task.header["instance"].get("class")
+        spec = spec_of(task.header.instance)
+        class_name = task.header.instance.class_name
         async with self._creating.setdefault(spec.name, asyncio.Lock()):
             record = self._records.get(spec.name)
             if record is not None and record.ended is None:
@@ -55,14 +56,14 @@ class Instances:
             self._records[spec.name] = _Record(spec=spec, env=task.env, class_name=class_name)
             return spec.id, True, None
 
-    def check(self, instance: dict[str, Any]) -> None:
+    def check(self, instance: InstanceTarget) -> None:
         """Refuse a method call on an instance that is not there (or is another incarnation), naming why."""
-        name, record = instance["name"], self._records.get(instance["name"])
+        name, record = instance.name, self._records.get(instance.name)
         if record is None:
             raise InstanceNotFoundError(
                 f"no instance {name!r} on this cluster: it was released, or the server restarted since it was "
                 "created. Call the module again to create it")
-        if record.spec.id != instance["id"]:
+        if record.spec.id != instance.id:
             raise InstanceNotFoundError(
                 f"instance {name!r} was created anew since this handle to it was made, so the state it knew is "
                 "gone; call the module again to get the new one")
@@ -70,9 +71,9 @@ class Instances:
             raise InstanceDiedError(f"instance {name!r} ended: {record.ended}. Its state is gone; call the module "
                                     "again to create it anew")
 
-    def concurrency(self, instance: dict[str, Any]) -> int:
+    def concurrency(self, instance: InstanceTarget) -> int:
         """How many method calls of ``instance`` may run at once."""
-        record = self._records.get(instance["name"])
+        record = self._records.get(instance.name)
         return record.spec.max_concurrency if record is not None else 1
 
     def ended(self, instance_id: str, reason: str) -> None:
@@ -100,23 +101,6 @@ class Instances:
                 for name, r in self._records.items()}
 
 
-def spec_of(instance: dict[str, Any]) -> InstanceSpec:
+def spec_of(instance: InstanceTarget) -> InstanceSpec:
     """The :class:`InstanceSpec` of a create request's ``instance`` field."""
-    return InstanceSpec(name=instance["name"], id=instance["id"], max_concurrency=instance["max_concurrency"])
-
-
-def check_instance_field(instance: Any, mode: str) -> None:
-    """The ``instance`` field of a call request: ``{"name", "id", "max_concurrency"}`` to create one,
-    ``{"name", "id", "method"}`` to call a method of it."""
-    if not (isinstance(instance, dict) and isinstance(instance.get("name"), str)
-            and NAME_PATTERN.fullmatch(instance["name"]) and isinstance(instance.get("id"), str)):
-        raise ProtocolError(f"malformed call request: 'instance' must name an instance ({NAME_PATTERN.pattern}) "
-                            f"and its id, got {instance!r}")
-    if mode == "create":
-        if not isinstance(instance.get("class", ""), str):
-            raise ProtocolError(f"malformed call request: an instance's 'class' must be its class's name, got {instance!r}")
-        concurrency = instance.get("max_concurrency")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ProtocolError(f"malformed call request: max_concurrency must be a positive integer, got {concurrency!r}")
-    elif not isinstance(instance.get("method"), str) or not instance["method"]:
-        raise ProtocolError(f"malformed call request: a call on an instance must name its method, got {instance!r}")
+    return InstanceSpec(name=instance.name, id=instance.id, max_concurrency=instance.max_concurrency)

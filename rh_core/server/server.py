@@ -12,7 +12,8 @@ pickled tuple ``(envelope, [frames])``). Requests carry
 ``id`` and ``op`` (``ping``, ``call``, ``get``, ``put``, ``status``, ``release``, ``cancel``,
 ``cancel_all``, ``release_instance``, ``instances``, ``shutdown``, ...) plus the op's fields; replies carry the request's ``id`` and a ``kind``: ``log`` and, for a call that
 streams a generator's items (``stream``), ``item`` (zero or more of each, in the order the worker
-sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``.
+sent them, while the call runs), then one of ``info``, ``ack``, ``result`` or ``fail``. Each
+message's fields are those of its class in :mod:`rh_core.wire.messages`, which checks what clients send.
 
 Remote bootstrap sets two environment variables for it: ``RH_BUILD_ID`` (which shipped wheels it
 runs) and ``RH_NODE_ADDRESS`` (the address the cluster's other machines reach this one at, for
@@ -62,15 +63,25 @@ from rh_core.errors import (
 )
 from rh_core.support.files import open_private, private_directory, read_private, write_atomically
 from rh_core.wire.heap import keep_freed_memory
-from rh_core.server.instances import Instances, check_instance_field, spec_of
+from rh_core.server.instances import Instances, spec_of
 from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.server.http_door import HttpDoor, http_available
 from rh_core.wire.link import ENVELOPE_MAX_BYTES
 from rh_core.server.link_server import ServerLinkProtocol
+from rh_core.wire.messages import (
+    EOF,
+    ITEM,
+    CallHeader,
+    CallRequest,
+    Failure,
+    LogMessage,
+    ResultParts,
+    check_run_key,
+    request_of,
+)
 from rh_core.plugin.interfaces import Executor, InstallStep, Outcome, Task
 from rh_core.plugin.host import default_host
 from rh_core.support.processes import process_start_time
-from rh_core.clusters.ref import RUN_KEY
 from rh_core.server.secret_store import SecretStore
 
 STATE_FILE = "server.json"
@@ -329,9 +340,8 @@ class Server:
         return peer.send(encode({"id": request_id, "kind": kind, **fields}), frames)
 
     def _reply_outcomes(self, peer: Peer, request_id: str, outcomes: list[Outcome]) -> bool:
-        parts = [[o.status, len(o.frames)] for o in outcomes]
         frames = [frame for o in outcomes for frame in o.frames]
-        return self._reply(peer, request_id, "result", {"parts": parts}, frames)
+        return self._reply(peer, request_id, "result", ResultParts.of(outcomes).to_wire(), frames)
 
     def _deliver(self, peer: Peer, request_id: str, task: Task, outcome: Outcome) -> None:
         """Reply with a call's outcome; when its caller is gone, keep it as a result by the run's key
@@ -449,13 +459,13 @@ class Server:
                 raise ValueError("not a request")
             authenticated = hmac.compare_digest(str(request.get("auth", "")).encode(), self._secret)
         except (IndexError, ValueError, KeyError, TypeError, AttributeError):
-            self._reply(peer, "", "fail", {"type": "ProtocolError", "message": "malformed request envelope"})
+            self._reply(peer, "", "fail", Failure("ProtocolError", "malformed request envelope").to_wire())
             return None
         if not authenticated:
-            self._reply(peer, request["id"], "fail", {"type": "AuthenticationError", "message": (
+            self._reply(peer, request["id"], "fail", Failure("AuthenticationError", (
                 "the request does not carry this cluster's secret; clients read it from the server's state "
                 "directory on the cluster (owner-only), so only the cluster's user can call its server"
-            )})
+            )).to_wire())
             return None
         return request
 
@@ -466,20 +476,25 @@ class Server:
         # a client, not from a function running here: see _lend_callers_worker).
         if op == "ping":
             self._reply(peer, request_id, "info", self.info())
-        elif op == "call" and request.get("mode") == "call" and not request.get("refs") and "caller" not in request:
-            try:
-                task = self._task(request, frames)
-            except Exception as exc:
-                self._fail(peer, request_id, exc)
-                return
+            return
+        try:  # what a client sent is hostile until its message class has checked it
+            message = CallRequest.from_wire(request, len(frames)) if op == "call" else request_of(op, request)
+            if type(message) is CallRequest and message.mode == "call" and not message.refs and message.caller is None:
+                task = self._task(message, frames)
+            else:
+                task = None
+        except Exception as exc:
+            self._fail(peer, request_id, exc)
+            return
+        if task is not None:
             self.calls += 1
             self._route_replies(task, peer, request_id)
             future = self._start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
-            task = asyncio.ensure_future(self._handle(peer, request_id, op, request, frames))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            handling = asyncio.ensure_future(self._handle(peer, request_id, op, message, frames))
+            self._tasks.add(handling)
+            handling.add_done_callback(self._tasks.discard)
 
     def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
         self._unroute_replies(task)
@@ -487,52 +502,50 @@ class Server:
 
     def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
         error_type = type(exc).__name__ if isinstance(exc, (RhError, TimeoutError)) else "ProtocolError"
-        self._reply(peer, request_id, "fail", {"type": error_type, "message": str(exc)})
+        self._reply(peer, request_id, "fail", Failure(error_type, str(exc)).to_wire())
 
-    async def _handle(self, peer: Peer, request_id: str, op: str, request: dict, frames: list) -> None:
+    async def _handle(self, peer: Peer, request_id: str, op: str, message: Any, frames: list) -> None:
         try:
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise ProtocolError(f"unknown operation {op!r}")
-            await handler(peer, request_id, request, frames)
+            await handler(peer, request_id, message, frames)
         except Exception as exc:
             self._fail(peer, request_id, exc)
 
-    def _task(self, request: dict, frames: list, refs: dict[str, Outcome] | None = None) -> Task:
-        check_call_request(request, len(frames))
-        n_fn = request["n_fn"]
-        header = {"fn_id": request["fn_id"], "function_ref": request.get("function_ref"), "code": request.get("code"),
-                  "mode": request["mode"], "shm_prefix": self._shm_prefix if request.get("shm") else None,
-                  "stream": request.get("stream", False)}
-        if "instance" in request:  # the constructor of a remote instance, or a call of its methods
-            if request["mode"] != "create":
-                self.instances.check(request["instance"])
-            header["instance"] = request["instance"]
-        secrets = request.get("secrets")
+    def _task(self, request: CallRequest, frames: list, refs: dict[str, Outcome] | None = None,
+              http: dict[str, Any] | None = None) -> Task:
+        """The task of a checked call request."""
+        if request.instance is not None and request.mode != "create":  # a call of an instance's methods
+            self.instances.check(request.instance)
+        header = CallHeader.of(request, self._shm_prefix)
+        if http is not None:
+            header = attrs.evolve(header, http=http)
+        n_fn = request.n_fn
         return Task(
-            key=request["key"],
+            key=request.key,
             header=header,
             function=frames[0] if n_fn else b"",
             arguments=frames[n_fn:],
             refs=refs or {},
-            options=request.get("options", {}),
-            env=request.get("env"),
-            variables=self._secrets.variables(secrets) if secrets else {},
+            options=request.options,
+            env=request.env,
+            variables=self._secrets.variables(list(request.secrets)) if request.secrets else {},
         )
 
-    def start_call(self, request: dict, frames: list, header: dict[str, Any]) -> asyncio.Future[Outcome]:
-        """Start a call the server makes on someone's behalf (an HTTP endpoint's caller), with
-        ``header`` added to the task's header; raises for a call it refuses."""
-        task = self._task(request, frames)
+    def start_call(self, request: CallRequest, frames: list, http: dict[str, Any]) -> asyncio.Future[Outcome]:
+        """Start a call the server makes on someone's behalf (an HTTP endpoint's caller, whose
+        request is ``http``); raises for a call it refuses."""
+        task = self._task(request, frames, http=http)
         self.calls += 1
-        return self._start(attrs.evolve(task, header={**task.header, **header}))
+        return self._start(task)
 
     def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
         """Send what the task's worker sends while it runs to its caller: log lines when it asked for
         them, and a generator's items when it reads them one by one."""
         if task.options.get("stream_logs"):
             self._log_routes[task.key] = (peer, request_id)
-        if task.header["stream"]:
+        if task.header.stream:
             self._item_routes[task.key] = (peer, request_id)
 
     def _unroute_replies(self, task: Task) -> None:
@@ -543,22 +556,22 @@ class Server:
         self._reply(peer, request_id, "info", self.info())
         self._stopped.set()
 
-    async def _op_call(self, peer, request_id, request, frames) -> None:
+    async def _op_call(self, peer, request_id, request: CallRequest, frames) -> None:
         self.calls += 1
-        refs = {ref: await self._outcome(ref) for ref in request.get("refs", ())}
+        refs = {ref: await self._outcome(ref) for ref in request.refs}
         task = self._task(request, frames, refs)
-        mode = request["mode"]
+        mode = request.mode
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
             final = self._results[task.key] = self._start(task)
             final.add_done_callback(lambda done: self._spill(task.key, done))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
-        give_back = self._lend_callers_worker(request.get("caller"))
+        give_back = self._lend_callers_worker(request.caller)
         try:
             if mode == "create":
                 await self._create_instance(peer, request_id, task)
             elif mode == "map":
-                await self._map(peer, request_id, task, request["chunks"])
+                await self._map(peer, request_id, task, request.chunks)
             else:
                 self._route_replies(task, peer, request_id)
                 outcome = await self._start(task, exclusive=mode == "enqueue")
@@ -576,9 +589,9 @@ class Server:
             return _nothing
         return lend(caller) or _nothing
 
-    async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: list[int]) -> None:
+    async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: Sequence[int]) -> None:
         chunks = [
-            Task(key=f"{task.key}/{index}", header={**task.header, "mode": "map"}, function=task.function,
+            Task(key=f"{task.key}/{index}", header=task.header, function=task.function,
                  arguments=chunk, refs=task.refs, options=task.options, env=task.env, variables=task.variables)
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
@@ -601,17 +614,17 @@ class Server:
         call's last log lines have gone out."""
         final: asyncio.Future[Outcome] = self._loop.create_future()
         final.add_done_callback(lambda _: self._running.pop(task.key, None))
-        fn_id = task.header["fn_id"]
+        fn_id = task.header.fn_id
         gate = self._gates.get(fn_id)
-        if gate is None and not exclusive and "instance" not in task.header:
+        if gate is None and not exclusive and task.header.instance is None:
             # The common case: nothing of this function is enqueued, and it is no instance's method.
             self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
             final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
             self._submit(task, final)
             return final
         if gate is None:
-            instance = task.header.get("instance")
-            limit = self.instances.concurrency(instance) if instance and task.header["mode"] != "create" else None
+            instance = task.header.instance
+            limit = self.instances.concurrency(instance) if instance and task.header.mode != "create" else None
             gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0), limit=limit)
         self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
         ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
@@ -638,8 +651,8 @@ class Server:
             del self._gates[fn_id]
 
     def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
-        if task.header["mode"] == "create":
-            running = self.executor.start_instance(task, spec_of(task.header["instance"]))
+        if task.header.mode == "create":
+            running = self.executor.start_instance(task, spec_of(task.header.instance))
         else:
             running = self.executor.submit(task)
         self._running[task.key] = (running, final)
@@ -741,7 +754,7 @@ class Server:
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
         for it gets :class:`RunCancelledError`."""
-        key = check_run_key(request["key"])
+        key = request.key
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
             known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
@@ -776,7 +789,7 @@ class Server:
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
-        key = check_run_key(request["key"])
+        key = request.key
         path = self._run_log_path(key)
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
         if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
@@ -792,7 +805,7 @@ class Server:
             logged = b""
         if logged:
             self._reply(peer, request_id, "log", {"stream": "stdout"}, [logged])
-        if request.get("follow") and running:
+        if request.follow and running:
             # Registered in the same loop step as the read above, so no line falls in between.
             self._followers.setdefault(key, []).append((peer, request_id))
             try:
@@ -804,7 +817,7 @@ class Server:
                     followers.remove((peer, request_id))
                 if not followers:
                     self._followers.pop(key, None)
-        self._reply(peer, request_id, "info", {"running": bool(running) and not request.get("follow")})
+        self._reply(peer, request_id, "info", {"running": bool(running) and not request.follow})
 
     def _sweep_run_logs(self) -> None:
         """Run logs are kept for RUN_LOG_DAYS days after their last line."""
@@ -819,8 +832,8 @@ class Server:
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
-        name = request.get("env")
-        steps = [InstallStep.from_json(step) for step in request["steps"]]
+        name = request.env
+        steps = [InstallStep.from_json(step) for step in request.steps]
         env = await asyncio.to_thread(self.environment, name)
         done = await asyncio.to_thread(install, env, steps, default_host().installer)
         if done["installed"]:
@@ -843,10 +856,7 @@ class Server:
         self._reply(peer, request_id, "info", {"secrets": names})
 
     async def _op_delete_secrets(self, peer, request_id, request, frames) -> None:
-        names = request.get("names")
-        if not isinstance(names, list):
-            raise ProtocolError("malformed delete_secrets request: 'names' is a list of secret names")
-        deleted = await asyncio.to_thread(self._secrets.delete, names)
+        deleted = await asyncio.to_thread(self._secrets.delete, list(request.names))
         self._reply(peer, request_id, "info", {"deleted": deleted})
 
     async def _op_secrets(self, peer, request_id, request, frames) -> None:
@@ -859,12 +869,12 @@ class Server:
         if not await asyncio.to_thread(http_available):
             self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT})
             return
-        await self._http.serve(request.get("name"), bool(request.get("public")), request.get("call"), frames)
+        await self._http.serve(request.name, request.public, request.call, frames)
         self._write_state()  # its http_port, for clients that read the record
-        self._reply(peer, request_id, "info", {"port": self._http.port, "name": request["name"]})
+        self._reply(peer, request_id, "info", {"port": self._http.port, "name": request.name})
 
     async def _op_unserve(self, peer, request_id, request, frames) -> None:
-        self._reply(peer, request_id, "info", {"removed": self._http.remove(request.get("name"))})
+        self._reply(peer, request_id, "info", {"removed": self._http.remove(request.name)})
 
     async def _op_endpoints(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", {"endpoints": self._http.describe(), "port": self._http.port})
@@ -872,8 +882,8 @@ class Server:
     async def _op_run_app(self, peer, request_id, request, frames) -> None:
         """Run an ASGI app (see :mod:`rh_core.server.app_host`) and serve it through the door; when the
         server cannot import aiohttp, or the app's environment uvicorn, say what to install."""
-        record = request.get("app")
-        if not isinstance(record, dict):
+        record = request.app
+        if record is None:
             raise ProtocolError("malformed run_app request: 'app' describes the app")
         if not await asyncio.to_thread(http_available):
             self._reply(peer, request_id, "info", {"missing": HTTP_REQUIREMENT, "env": None})
@@ -891,21 +901,21 @@ class Server:
         self._reply(peer, request_id, "info", {"port": self._http.port})
 
     async def _op_remove_app(self, peer, request_id, request, frames) -> None:
-        self._reply(peer, request_id, "info", {"removed": await self._apps.remove(request.get("name"))})
+        self._reply(peer, request_id, "info", {"removed": await self._apps.remove(request.name)})
 
     async def _op_apps(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", {"apps": self._apps.describe(), "port": self._http.port})
 
     async def _op_app_logs(self, peer, request_id, request, frames) -> None:
-        self._reply(peer, request_id, "info", {"log": self._apps.log_tail(request.get("name"))})
+        self._reply(peer, request_id, "info", {"log": self._apps.log_tail(request.name)})
 
     async def _op_http_token(self, peer, request_id, request, frames) -> None:
         """The HTTP endpoints' bearer token, to an authenticated client only (as every reply is)."""
-        token = await asyncio.to_thread(self._http.token, bool(request.get("rotate")))
+        token = await asyncio.to_thread(self._http.token, request.rotate)
         self._reply(peer, request_id, "info", {"token": token})
 
     async def _op_get(self, peer, request_id, request, frames) -> None:
-        keys, timeout = [check_run_key(key) for key in request["keys"]], request.get("timeout")
+        keys, timeout = request.keys, request.timeout
         try:
             outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
@@ -914,7 +924,7 @@ class Server:
 
     async def _op_status(self, peer, request_id, request, frames) -> None:
         states = {}
-        for key in map(check_run_key, request["keys"]):
+        for key in request.keys:
             future = self._results.get(key)
             if future is None:
                 states[key] = "done" if self._spilled.has(key) else "unknown"
@@ -926,7 +936,7 @@ class Server:
         """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
         kept: ``cluster.get`` and refs reach it, it expires with results, ``release`` drops it."""
         try:
-            key = check_run_key(request.get("key"))  # kept beside results, so named as they are
+            key = check_run_key(request.key)  # kept beside results, so named as they are
         except ProtocolError as exc:
             raise ProtocolError(f"cannot keep an object under that key: {exc}, e.g. 'weights' or 'run-1.config'") from None
         if any(run_key_of(task_key) == key for task_key in self._running):
@@ -940,7 +950,7 @@ class Server:
         self._reply(peer, request_id, "info", {"key": key})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
-        for key in map(check_run_key, request["keys"]):
+        for key in request.keys:
             self._results.pop(key, None)
             self._saved_in_memory.pop(key, None)
             await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
@@ -970,8 +980,7 @@ class Server:
 
     async def _op_release_instance(self, peer, request_id, request, frames) -> None:
         """End an instance (``m.release()``): its process stops; calls it runs fail."""
-        name, instance_id = request.get("name"), request.get("instance_id")
-        released = isinstance(name, str) and await self.instances.release(name, instance_id)
+        released = request.name is not None and await self.instances.release(request.name, request.instance_id)
         self._reply(peer, request_id, "info", {"released": released})
 
     async def _op_instances(self, peer, request_id, request, frames) -> None:
@@ -981,15 +990,16 @@ class Server:
     # --- logs ----------------------------------------------------------------------------------
 
     def _on_log(self, frames: list) -> None:
-        key, stream = frames[0].bytes.decode(), frames[1].bytes
-        if stream == b"item":  # one item of a generator, pickled: straight on to the caller reading them
+        message = LogMessage.from_wire(frames)
+        key, stream = message.key, message.stream
+        if stream == ITEM:  # one item of a generator, pickled: straight on to the caller reading them
             route = self._item_routes.get(key)
             if route is not None:
-                self._reply(route[0], route[1], "item", {}, frames[2:])
+                self._reply(route[0], route[1], "item", {}, message.parts)
             return
-        text = frames[2].bytes
+        text = bytes(message.parts[0]) if message.parts else b""
         run_key = run_key_of(key)
-        if stream == b"eof":
+        if stream == EOF:
             ended = self._log_ends.setdefault(key, self._loop.create_future())
             if not ended.done():
                 ended.set_result(None)
@@ -1033,9 +1043,6 @@ class Server:
             sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
-CALL_MODES = ("call", "remote", "enqueue", "map", "create")
-
-
 async def _imports(env: Any, module: str) -> bool:
     """Whether ``env``'s interpreter can import ``module``."""
     process = await asyncio.create_subprocess_exec(env.python, "-c", f"import {module}", env={**os.environ, **env.variables},
@@ -1056,62 +1063,6 @@ def _outcome_bytes(outcome: Outcome) -> int:
 
 def _nothing() -> None:
     pass
-
-
-def check_call_request(request: dict, frame_count: int) -> None:
-    """Refuse a ``call`` envelope whose fields have the wrong types, naming the field: such a
-    request comes from a broken or foreign client, and must not reach the executor."""
-    def wrong(field: str, expected: str) -> ProtocolError:
-        return ProtocolError(f"malformed call request: {field!r} must be {expected}, got {request.get(field)!r}")
-
-    if not isinstance(request.get("key"), str) or not request["key"]:
-        raise wrong("key", "a non-empty string")
-    if request.get("mode") not in CALL_MODES:
-        raise wrong("mode", f"one of {', '.join(CALL_MODES)}")
-    check_run_key(request.get("key"))
-    if not isinstance(request.get("fn_id"), str):
-        raise wrong("fn_id", "a string")
-    if request.get("n_fn") not in (0, 1) or isinstance(request.get("n_fn"), bool) or request["n_fn"] > frame_count:
-        raise wrong("n_fn", f"0 or 1 (and at most the {frame_count} frames sent)")
-    if not isinstance(request.get("options", {}), dict):
-        raise wrong("options", "an object")
-    if not isinstance(request.get("refs", []), list):
-        raise wrong("refs", "a list of run keys")
-    for ref in request.get("refs", []):
-        check_run_key(ref)
-    if request.get("env") is not None and not isinstance(request["env"], str):
-        raise wrong("env", "an environment name or null")
-    secrets = request.get("secrets")
-    if secrets is not None and (not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets)):
-        raise wrong("secrets", "a list of secret names")
-    if request.get("function_ref") is not None and not isinstance(request["function_ref"], dict):
-        raise wrong("function_ref", "an object or null")
-    if request.get("code") is not None and not isinstance(request["code"], dict):
-        raise wrong("code", "an object or null")
-    if not isinstance(request.get("stream", False), bool):
-        raise wrong("stream", "true or false")
-    caller = request.get("caller")
-    if caller is not None and (not isinstance(caller, str) or len(caller) > 256):
-        raise wrong("caller", "the key of the run that makes the call (a string)")
-    if "instance" in request or request["mode"] == "create":
-        check_instance_field(request.get("instance"), request["mode"])
-    timeout = request.get("options", {}).get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ProtocolError(f"malformed call request: the timeout option must be a positive number, got {timeout!r}")
-    if request.get("mode") == "map":
-        chunks = request.get("chunks")
-        if (not isinstance(chunks, list) or not chunks
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chunks)
-                or sum(chunks) != frame_count - request["n_fn"]):
-            raise wrong("chunks", "the frame counts of the map's chunks, adding up to the argument frames sent")
-
-
-def check_run_key(key: Any) -> str:
-    """``key`` when it is a run key (:data:`rh_core.clusters.ref.RUN_KEY`); else a ProtocolError naming it."""
-    if not isinstance(key, str) or not RUN_KEY.fullmatch(key):
-        raise ProtocolError(f"{str(key)[:80]!r} is not a run key: run keys are up to 128 letters, digits, '_', '.' "
-                            f"and '-' (as ref.key shows them)")
-    return key
 
 
 def load_or_create_secret(state_dir: str) -> str:

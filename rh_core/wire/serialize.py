@@ -14,11 +14,12 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
-import attrs
+from typing import TYPE_CHECKING, Any
 
 from rh_core.errors import RemoteError, RemoteTraceback, SerializationError
+
+if TYPE_CHECKING:
+    from rh_core.wire.messages import FunctionRef
 
 OUT_OF_BAND_MIN = 64 * 1024
 Buffer = bytes | memoryview | pickle.PickleBuffer
@@ -198,52 +199,8 @@ def dumps_arguments_chunk(items: list[tuple[tuple, dict]], refs: list[Any], offs
 # package, by value (cloudpickle) otherwise.
 
 
-@attrs.frozen(kw_only=True)
-class FunctionRef:
-    """How a worker finds a function: a module and qualified name, and the path to import from."""
-
-    module: str
-    qualname: str
-    path: str | None = None  # a sys.path entry on the cluster, or None when installed there
-
-    def to_json(self) -> dict:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> FunctionRef:
-        return cls(**data)
-
-
-@attrs.frozen(kw_only=True)
-class CodeOnCluster:
-    """Where the caller's code lives on the cluster, and which version of it a call was sent with.
-
-    ``root`` is the working directory synced there (or the caller's own, on its own machine) and
-    ``version`` changes whenever one of its files does: a worker that imported modules from
-    ``root`` at another version forgets them and imports them again. ``paths`` are the caller's
-    ``sys.path`` entries inside the working directory, mapped there, and ``cwd`` the caller's
-    current directory, mapped there too. For a function sent by reference, ``digest`` is the
-    SHA-256 of its ``module``'s source as the caller read it: a worker that finds other source there
-    refuses the call (:class:`~rh_core.errors.StaleCodeError`) instead of running other code.
-    """
-
-    root: str
-    version: str
-    paths: tuple[str, ...]
-    cwd: str
-    module: str | None = None
-    digest: str | None = None
-
-    def to_json(self) -> dict:
-        return {**attrs.asdict(self), "paths": list(self.paths)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> CodeOnCluster:
-        return cls(**{**data, "paths": tuple(data["paths"])})
-
-
 def source_digest(path: str) -> str:
-    """The SHA-256 of a source file, as :attr:`CodeOnCluster.digest` holds it."""
+    """The SHA-256 of a source file, as :attr:`rh_core.wire.messages.CodeOnCluster.digest` holds it."""
     import hashlib
 
     with open(path, "rb") as source:

@@ -3,13 +3,13 @@
 The executor talks to each of its workers over a socket pair it made when it spawned the worker
 (a :class:`rh_core.wire.link.Link`).
 
-The worker says ``("ready",)``, then runs one task at a time, answering each with
-``("done", key, status, logged, frames)``.
+The worker says it is ready, then runs one task at a time, answering each with what came of it
+(the messages are :mod:`rh_core.wire.messages`'s: ``task_to_link``, ``done_to_link``, ...).
 
 With ``CONCURRENCY`` it is a remote instance's own worker: its first task creates the instance,
 the rest are calls of its methods, up to ``CONCURRENCY`` at once in threads of their own, while
-this thread reads on; ``("cancel", key)`` asks it to stop one (:meth:`Runner.cancel`), and it
-answers ``("cancel", key, stopped)``: False when only ending the process stops that call.
+this thread reads on; a cancel message asks it to stop one (:meth:`Runner.cancel`), and it
+answers whether it stopped: False when only ending the process stops that call.
 """
 
 from __future__ import annotations
@@ -19,27 +19,10 @@ import sys
 
 from rh_core.wire.heap import keep_freed_memory
 from rh_core.wire.link import Link, as_frame
-from rh_core.plugin.interfaces import Outcome, Task
+from rh_core.wire.messages import READY, cancelled_to_link, done_to_link, task_from_link
+from rh_core.plugin.interfaces import Task
 from rh_core.support.processes import die_with_parent
 from rh_core.worker.runner import Runner
-
-
-def task_message(task: Task) -> tuple:
-    """What the executor sends a worker for one task (the inverse of :func:`task_from`)."""
-    refs = [(key, outcome.status, [as_frame(f) for f in outcome.frames]) for key, outcome in task.refs.items()]
-    return (task.key, task.header, as_frame(task.function or b""), [as_frame(f) for f in task.arguments], refs,
-            task.variables)
-
-
-def task_from(message: tuple) -> Task:
-    key, header, function, arguments, refs, variables = message
-    return Task(key=key, header=header, function=function, arguments=arguments,
-                refs={ref_key: Outcome(status=status, frames=frames) for ref_key, status, frames in refs},
-                variables=variables)
-
-
-def done_message(key: str, outcome: Outcome) -> tuple:
-    return ("done", key, outcome.status, outcome.logged, [as_frame(f) for f in outcome.frames])
 
 
 def main(link_fd: str, log_endpoint: str, concurrency: str | None = None) -> None:
@@ -49,7 +32,7 @@ def main(link_fd: str, log_endpoint: str, concurrency: str | None = None) -> Non
     link = Link(int(link_fd))
     runner = Runner(log_endpoint)
     serve = _serve_tasks if concurrency is None else _instance_server(runner, link, int(concurrency))
-    link.send(("ready",))
+    link.send(READY)
     while True:
         if not link.ready(1.0):
             if os.getppid() != server_pid:
@@ -63,8 +46,8 @@ def main(link_fd: str, log_endpoint: str, concurrency: str | None = None) -> Non
 
 
 def _serve_tasks(runner: Runner, link: Link, message: tuple) -> None:
-    task = task_from(message)
-    link.send(done_message(task.key, runner.run(task)))
+    task = task_from_link(message)
+    link.send(done_to_link(task.key, runner.run(task), as_frame))
 
 
 def _instance_server(runner: Runner, link: Link, concurrency: int):
@@ -77,7 +60,7 @@ def _instance_server(runner: Runner, link: Link, concurrency: int):
     sending = threading.Lock()
 
     def run(task: Task) -> None:
-        done = done_message(task.key, runner.run(task))
+        done = done_to_link(task.key, runner.run(task), as_frame)
         with sending:
             link.send(done)
 
@@ -85,9 +68,9 @@ def _instance_server(runner: Runner, link: Link, concurrency: int):
         if message[0] == "cancel":
             stopped = runner.cancel(message[1])
             with sending:
-                link.send(("cancel", message[1], stopped))
+                link.send(cancelled_to_link(message[1], stopped))
         else:
-            calls.submit(run, task_from(message))
+            calls.submit(run, task_from_link(message))
 
     return serve
 

@@ -39,6 +39,7 @@ from rh_core.errors import (
     RunCancelledError,
     StaleCodeError,
 )
+from rh_core.wire.messages import CallHeader, CodeOnCluster, FunctionRef, InstanceTarget, eof_frames, item_frames, log_frames
 from rh_core.plugin.interfaces import Outcome, Task
 
 
@@ -91,7 +92,7 @@ class LogSender:
         if key is None or self._socket is None:
             return False
         with self._lock:
-            self._socket.send_multipart([key.encode(), stream.encode(), text.encode("utf-8", "replace")])
+            self._socket.send_multipart(log_frames(key, stream, text))
             if key in self._sent:
                 self._sent[key] = True
         return True
@@ -103,7 +104,7 @@ class LogSender:
             raise RhError("a generator's items cannot be streamed from here: this worker has no way to the "
                           "server's log endpoint (a Ray node without the log relay). Return a list instead")
         with self._lock:
-            self._socket.send_multipart([key.encode(), b"item", *frames])
+            self._socket.send_multipart(item_frames(key, frames))
             self._sent[key] = True
 
     def end(self, key: str, token: contextvars.Token) -> bool:
@@ -112,7 +113,7 @@ class LogSender:
         sent = self._sent.pop(key, False)
         if sent and self._socket is not None:
             with self._lock:
-                self._socket.send_multipart([key.encode(), b"eof", b""])
+                self._socket.send_multipart(eof_frames(key))
         _call_key.reset(token)
         self._lone = next(iter(self._sent)) if len(self._sent) == 1 else None
         return sent
@@ -179,28 +180,28 @@ class Runner:
             sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
             sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
 
-    def function(self, header: dict[str, Any], function_frame: Any) -> Callable:
-        instance = header.get("instance")
-        if instance is not None and header.get("mode") != "create":
-            return self._method(instance, header.get("code"))
-        code = header.get("code")
+    def function(self, header: CallHeader, function_frame: Any) -> Callable:
+        instance = header.instance
+        if instance is not None and header.mode != "create":
+            return self._method(instance, header.code)
+        code = header.code
         if code is not None:
             self._use_code(code)
-        fn_id = header["fn_id"]
+        fn_id = header.fn_id
         fn = self._functions.get(fn_id)
         if fn is None:
-            ref = header.get("function_ref")
+            ref = header.function_ref
             if ref is not None:
-                fn = self._import(serialize.FunctionRef.from_json(ref), code)
+                fn = self._import(ref, code)
             else:
                 fn = serialize.loads_function(function_frame)
             self._functions[fn_id] = fn
         return fn
 
-    def _use_code(self, code: dict[str, Any]) -> None:
-        """Make the caller's code importable as it sent it (see :class:`serialize.CodeOnCluster`):
+    def _use_code(self, code: CodeOnCluster) -> None:
+        """Make the caller's code importable as it sent it (see :class:`~rh_core.wire.messages.CodeOnCluster`):
         modules imported from its directory at another version are forgotten first."""
-        root, version = code["root"], code["version"]
+        root, version = code.root, code.version
         if self._code_versions.get(root) != version:
             if not os.path.isdir(root):  # a machine the caller's code has not reached (yet)
                 raise StaleCodeError(
@@ -212,20 +213,20 @@ class Runner:
                 self._functions.clear()
                 self._verified.clear()
             self._code_versions[root] = version
-        for path in reversed(code["paths"]):
+        for path in reversed(code.paths):
             if path not in sys.path:
                 sys.path.insert(0, path)
-        if code["cwd"] != self._cwd:
+        if code.cwd != self._cwd:
             try:
-                os.chdir(code["cwd"])  # relative paths mean what they mean where the caller runs
+                os.chdir(code.cwd)  # relative paths mean what they mean where the caller runs
             except FileNotFoundError:  # a folder that did not travel (ignored by git or .rhignore)
                 os.chdir(root)
-            self._cwd = code["cwd"]
+            self._cwd = code.cwd
 
-    def _import(self, ref: serialize.FunctionRef, code: dict[str, Any] | None) -> Callable:
+    def _import(self, ref: FunctionRef, code: CodeOnCluster | None) -> Callable:
         """Import a function by reference, refusing it when its module's source here is not the
-        source the caller sent (``code["digest"]``)."""
-        digest = code.get("digest") if code is not None else None
+        source the caller sent (``code.digest``)."""
+        digest = code.digest if code is not None else None
         if digest is None:
             return serialize.load_function(ref)
         if self._verified.get(ref.module) == digest:
@@ -270,7 +271,7 @@ class Runner:
         return attrs.evolve(outcome, logged=logged)
 
     def _run(self, task: Task) -> Outcome:
-        http = task.header.get("http")  # a call through an HTTP endpoint (see rh_core.worker.http_calls)
+        http = task.header.http  # a call through an HTTP endpoint (see rh_core.worker.http_calls)
         try:
             fn = self.function(task.header, task.function)
             if http is not None:
@@ -291,7 +292,7 @@ class Runner:
             arguments = serialize.loads(task.arguments, resolve_ref, received)
         except StaleCodeError as exc:
             # "stale": the code may be copied there again and the call retried; not so an instance's.
-            stale = "err" if task.header.get("instance") else "stale"
+            stale = "err" if task.header.instance is not None else "stale"
             return Outcome(status=stale, frames=serialize.dumps_exception(exc))
         except BaseException as exc:
             if http is not None:  # the function could not be loaded: an HTTP caller reads a 500
@@ -299,22 +300,22 @@ class Runner:
 
                 return http_calls.error_response(exc)
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        mode = task.header.get("mode")
+        mode = task.header.mode
         if mode == "map":
-            return self._run_map(fn, arguments, task.header.get("shm_prefix"), received)
+            return self._run_map(fn, arguments, task.header.shm_prefix, received)
         if mode == "create":
             return self._create(fn, arguments, task.header)
         try:
             args, kwargs = arguments
             result = self._call(fn, args, kwargs)
             if isinstance(result, _GENERATORS):
-                if task.header.get("stream"):
+                if task.header.stream:
                     result = self._stream(result)
                 else:  # nobody reads items one by one (.remote(), enqueue): they come back as a list
                     result = self._drain(result)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        return _pack_result(result, task.header.get("shm_prefix"), received)
+        return _pack_result(result, task.header.shm_prefix, received)
 
     def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None,
                  received: list[str]) -> Outcome:
@@ -416,31 +417,31 @@ class Runner:
 
     # --- remote instances ----------------------------------------------------------------------
 
-    def _create(self, cls: Callable, arguments: Any, header: dict[str, Any]) -> Outcome:
+    def _create(self, cls: Callable, arguments: Any, header: CallHeader) -> Outcome:
         """Run the constructor of a remote instance; this runner holds the instance from then on."""
         try:
             args, kwargs = arguments
             instance = self._call(cls, args, kwargs)
         except BaseException as exc:
             return Outcome(status="err", frames=serialize.dumps_exception(exc))
-        self.instance, self._instance_name = instance, header["instance"]["name"]
-        self._instance_digest = (header.get("code") or {}).get("digest")
+        self.instance, self._instance_name = instance, header.instance.name
+        self._instance_digest = header.code.digest if header.code is not None else None
         return _pack_result(None)
 
-    def _method(self, instance: dict[str, Any], code: dict[str, Any] | None) -> Callable:
+    def _method(self, instance: InstanceTarget, code: CodeOnCluster | None) -> Callable:
         """The bound method a call on the instance names. The instance keeps running its class as it
         was when it was made: a caller that sent other source for the class's module is refused."""
         if self.instance is None:
-            raise InstanceNotFoundError(f"this worker holds no instance {instance.get('name')!r}")
-        digest = (code or {}).get("digest")
+            raise InstanceNotFoundError(f"this worker holds no instance {instance.name!r}")
+        digest = code.digest if code is not None else None
         if digest is not None and self._instance_digest is not None and digest != self._instance_digest:
             raise StaleCodeError(
                 f"instance {self._instance_name!r} runs {type(self.instance).__qualname__} as module "
-                f"{code.get('module') if code else '?'} was when it was created, and the caller's copy of that "
+                f"{code.module if code else '?'} was when it was created, and the caller's copy of that "
                 "module has changed since. The call was refused, not run; release the instance (m.release()) "
                 "and create it anew to run the new code"
             )
-        return getattr(self.instance, instance["method"])
+        return getattr(self.instance, instance.method)
 
     def _await_on_instance_loop(self, awaitable: Awaitable[Any]) -> Any:
         import asyncio

@@ -485,10 +485,10 @@ class RayExecutor(CoroutineExecutor):
             # Ray would need them in a runtime_env, which it records in its own logs and state.
             raise RhError("functions sent with secrets=[...] cannot run on the ray executor yet: use the process "
                           "executor for them, or cluster.sync_secrets([...]) and read the files the secret writes")
-        if "instance" in task.header:  # a method call: its instance's actor runs it
-            instance = self._instances.get(task.header["instance"]["id"])
+        if task.header.instance is not None:  # a method call: its instance's actor runs it
+            instance = self._instances.get(task.header.instance.id)
             if instance is None:
-                raise InstanceNotFoundError(f"instance {task.header['instance']['name']!r} has no actor here")
+                raise InstanceNotFoundError(f"instance {task.header.instance.name!r} has no actor here")
             return await self._call_instance(instance, task)
         options, env = await self._ray_options(task)
         remote = self._remote_with(options)
@@ -499,7 +499,7 @@ class RayExecutor(CoroutineExecutor):
             # or the code changed since the copy): the runner refused the call before running it, so
             # it can run again once every node has the current copy.
             self._counted_at = 0.0
-            self._code_copies.forget(task.header["code"]["root"])
+            self._code_copies.forget(task.header.code.root)
             await self._copy_to_other_nodes(task, env)
             outcome = await self._submit(remote, task)
         return outcome
@@ -634,7 +634,7 @@ class RayExecutor(CoroutineExecutor):
     async def _copy_to_other_nodes(self, task: Task, env: Environment | None) -> None:
         """Code sent by reference was synced to the head only, and named environments are installed
         there only, but Ray may run the task on any node: every other node gets them first."""
-        code = (task.header.get("code") or {}).get("root")
+        code = task.header.code.root if task.header.code is not None else None
         if self._code_copies is None or self._environment_copies is None or not (code or env):
             return
         self._refresh()
