@@ -7,6 +7,27 @@ class RhError(Exception):
     """Base class of every error rh_core raises on its own behalf."""
 
 
+# --- one root per plugin kind: a plugin derives its own errors from the root of its kind, so a
+# caller can catch "the machines could not be had" without knowing which provider was used.
+
+
+class ProvisionError(RhError):
+    """A provisioner (``byo``, ``sky``, ``gcp-direct``, ...) could not bring machines up, find them,
+    stop them or change them: the provider refused (quota, credentials, capacity), a cluster's
+    options are wrong for it, or it lacks an optional capability that was asked for."""
+
+
+class TransportError(RhError):
+    """A transport (``ssh``, ``local``) could not reach a machine: connecting, authenticating,
+    running a command, syncing files or forwarding a port failed. The SSH plugin's errors derive
+    from it."""
+
+
+class ExecutorError(RhError):
+    """An executor (``process``, ``ray``) in the cluster's server could not run a task: it could not
+    start its workers, a worker died, or it lacks what the call asked for (remote instances)."""
+
+
 class PluginError(RhError):
     """A plugin could not be loaded, or a name did not match any registered plugin."""
 
@@ -40,8 +61,8 @@ class ConnectionLostError(RhError, ConnectionError):
     sent: bool = True
 
 
-class WorkerDiedError(RhError):
-    """The worker process running a call exited before returning a result."""
+class WorkerDiedError(ExecutorError):
+    """The worker process running a call exited before returning a result (executors raise it)."""
 
 
 class InstanceDiedError(WorkerDiedError):
@@ -109,7 +130,8 @@ class ProtocolError(RhError):
 
 class InstallError(RhError):
     """A requirement could not be installed on the cluster; the message names it and carries the
-    end of the installing tool's output."""
+    end of the installing tool's output. Installers (``pip``, ``conda``, ``git``, ...) raise it,
+    on the client while preparing a step or on the cluster while installing it."""
 
 
 class RunCancelledError(RhError):
@@ -117,7 +139,8 @@ class RunCancelledError(RhError):
 
 
 class StoreError(RhError):
-    """A store could not be used: not configured, unreachable, or access denied. Names the store."""
+    """A store could not be used: not configured, unreachable, or access denied. Names the store.
+    Store plugins (``directory``, ``s3``, ...) raise it from every method."""
 
 
 class ResourceNotFoundError(RhError, KeyError):
