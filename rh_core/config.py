@@ -111,6 +111,17 @@ class Config:
         return attrs.evolve(self, values=values)
 
 
+def rh_home() -> str:
+    """The folder where rh_core and its plugins keep local state: ``$RH_HOME``, else ``~/.rh``.
+
+    The public way for a plugin to find it (``os.path.join(rh_home(), "sky", ...)``): a plugin
+    keeps its own files in a folder named after itself there. Read on every call, so a test or a
+    notebook that changes ``RH_HOME`` is followed."""
+    from rh_core.cluster import rh_home as home  # where it is defined today; this name stays
+
+    return home()
+
+
 def config_path() -> str:
     """``$RH_HOME/config.yaml`` (``~/.rh/config.yaml`` by default)."""
     from rh_core.cluster import rh_home

@@ -223,6 +223,12 @@ class RemoteCluster(Cluster):
             self._transport = self._new_transport(self.cluster_info.head)
         return self._transport
 
+    @property
+    def open_transport(self) -> Any:
+        """The head's transport when one is open, else None: never brings machines up or connects.
+        For plugin hooks that act on an existing connection only (``rh_cluster_ready``)."""
+        return self._transport
+
     def _setup_dir(self) -> str:
         return self.remote_dir
 
