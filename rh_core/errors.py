@@ -12,20 +12,22 @@ class RhError(Exception):
 
 
 class ProvisionError(RhError):
-    """A provisioner (``byo``, ``sky``, ``gcp-direct``, ...) could not bring machines up, find them,
-    stop them or change them: the provider refused (quota, credentials, capacity), a cluster's
-    options are wrong for it, or it lacks an optional capability that was asked for."""
+    """Provisioners (``byo``, ``sky``, ``gcp-direct``, ...) raise it, and derive their own errors
+    from it, when they cannot bring machines up, find them, stop them or change them: the provider
+    refused (quota, credentials, capacity), a cluster's options are wrong for it, or it lacks an
+    optional capability that was asked for (``keep_warm`` where machines never stop by themselves)."""
 
 
 class TransportError(RhError):
-    """A transport (``ssh``, ``local``) could not reach a machine: connecting, authenticating,
-    running a command, syncing files or forwarding a port failed. The SSH plugin's errors derive
-    from it."""
+    """Transports (``ssh``, ...) raise it, and derive their own errors from it, when they cannot
+    reach a machine: connecting, authenticating, running a command, syncing files or forwarding a
+    port failed."""
 
 
 class ExecutorError(RhError):
-    """An executor (``process``, ``ray``) in the cluster's server could not run a task: it could not
-    start its workers, a worker died, or it lacks what the call asked for (remote instances)."""
+    """Executors (``process``, ``ray``, ...) raise it in the cluster's server, and derive their own
+    errors from it, when they cannot run a task: their workers could not start, a worker died
+    (:class:`WorkerDiedError`), or they lack what the call asked for (remote instances)."""
 
 
 class PluginError(RhError):
