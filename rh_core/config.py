@@ -117,7 +117,8 @@ def rh_home() -> str:
     The public way for a plugin to find it (``os.path.join(rh_home(), "sky", ...)``): a plugin
     keeps its own files in a folder named after itself there. Read on every call, so a test or a
     notebook that changes ``RH_HOME`` is followed."""
-    from rh_core.cluster import rh_home as home  # where it is defined today; this name stays
+    # Defined in rh_core.cluster today; this is the name plugins use, wherever it moves.
+    from rh_core.cluster import rh_home as home
 
     return home()
 

@@ -160,16 +160,13 @@ class Executor(Protocol):
     # (``register(name, target, keeps=("ray",))``).
 
 
-#: What an executor may declare it keeps across a server restart: a short lower-case word.
-KEEP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-
-
 def check_keep_name(thing: str) -> str:
-    """``thing`` when it can name something kept across a restart (it becomes part of a file name)."""
-    if not isinstance(thing, str) or not KEEP_NAME.fullmatch(thing):
-        raise ValueError(f"{thing!r} cannot name what an executor keeps across a server restart: use a short "
-                         "lower-case word such as 'ray'")
-    return thing
+    """``thing`` when it can name something an executor keeps across a server restart: a short
+    lower-case word, as it becomes part of a file name (:func:`keep_marker`)."""
+    if isinstance(thing, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", thing):
+        return thing
+    raise ValueError(f"{thing!r} cannot name what an executor keeps across a server restart: use a short "
+                     "lower-case word such as 'ray'")
 
 
 def keep_marker(state_dir: str, thing: str) -> str:

@@ -438,7 +438,7 @@ class RayExecutor(CoroutineExecutor):
         if self._keep_file and os.path.exists(self._keep_file):
             # restart_server(keep=("ray",)): the next server joins this head (and removes the
             # file; until then it tells the teardown hook to leave this Ray alone as well).
-            logger.info("leaving the Ray head running for the next server (keep=("ray",))")
+            logger.info("leaving the Ray head running for the next server (keep=('ray',))")
             return
         from rh_ray import worker_node
 
