@@ -22,7 +22,7 @@ def byo() -> None:
     gpu.run_python(["import sys", "print(sys.version)"])
     with gpu.ssh_tunnel(7860, local_port=7860):
         pass
-    gpu.restart_server(restart_ray=False)
+    gpu.restart_server(keep=("ray",))
     gpu.status()
     gpu.down()
     print(total, again)

@@ -17,6 +17,9 @@ import attrs
 
 from rh_core.errors import ConfigError, ConfigValueError
 from rh_core.support.files import write_atomically
+# The public name plugins use for the folder of local state (a plugin keeps its files in a folder
+# named after itself there): the one function, in support/paths.py.
+from rh_core.support.paths import rh_home
 
 #: The newest config file format this rh_core reads (``format:`` at the top of the file).
 CONFIG_FORMAT = 1
@@ -113,8 +116,6 @@ class Config:
 
 def config_path() -> str:
     """``$RH_HOME/config.yaml`` (``~/.rh/config.yaml`` by default)."""
-    from rh_core.support.paths import rh_home
-
     return os.path.join(rh_home(), "config.yaml")
 
 

@@ -7,6 +7,29 @@ class RhError(Exception):
     """Base class of every error rh_core raises on its own behalf."""
 
 
+# --- one root per plugin kind: a plugin derives its own errors from the root of its kind, so a
+# caller can catch "the machines could not be had" without knowing which provider was used.
+
+
+class ProvisionError(RhError):
+    """Provisioners (``byo``, ``sky``, ``gcp-direct``, ...) raise it, and derive their own errors
+    from it, when they cannot bring machines up, find them, stop them or change them: the provider
+    refused (quota, credentials, capacity), a cluster's options are wrong for it, or it lacks an
+    optional capability that was asked for (``keep_warm`` where machines never stop by themselves)."""
+
+
+class TransportError(RhError):
+    """Transports (``ssh``, ...) raise it, and derive their own errors from it, when they cannot
+    reach a machine: connecting, authenticating, running a command, syncing files or forwarding a
+    port failed."""
+
+
+class ExecutorError(RhError):
+    """Executors (``process``, ``ray``, ...) raise it in the cluster's server, and derive their own
+    errors from it, when they cannot run a task: their workers could not start, a worker died
+    (:class:`WorkerDiedError`), or they lack what the call asked for (remote instances)."""
+
+
 class PluginError(RhError):
     """A plugin could not be loaded, or a name did not match any registered plugin."""
 
@@ -40,8 +63,8 @@ class ConnectionLostError(RhError, ConnectionError):
     sent: bool = True
 
 
-class WorkerDiedError(RhError):
-    """The worker process running a call exited before returning a result."""
+class WorkerDiedError(ExecutorError):
+    """The worker process running a call exited before returning a result (executors raise it)."""
 
 
 class InstanceDiedError(WorkerDiedError):
@@ -109,7 +132,8 @@ class ProtocolError(RhError):
 
 class InstallError(RhError):
     """A requirement could not be installed on the cluster; the message names it and carries the
-    end of the installing tool's output."""
+    end of the installing tool's output. Installers (``pip``, ``conda``, ``git``, ...) raise it,
+    on the client while preparing a step or on the cluster while installing it."""
 
 
 class RunCancelledError(RhError):
@@ -117,7 +141,8 @@ class RunCancelledError(RhError):
 
 
 class StoreError(RhError):
-    """A store could not be used: not configured, unreachable, or access denied. Names the store."""
+    """A store could not be used: not configured, unreachable, or access denied. Names the store.
+    Store plugins (``directory``, ``s3``, ...) raise it from every method."""
 
 
 class ResourceNotFoundError(RhError, KeyError):

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from rh_core.support.processes import (
     tail,
     wait_ready,
 )
+from rh_core.plugin.interfaces import keep_marker
 from rh_core.support.paths import rh_home  # noqa: F401  (also imported from here by plugins of 0.1)
 from rh_core.support.redact import hide_secrets, secrets_hidden
 from rh_core.clusters.ref import Ref
@@ -53,9 +55,6 @@ if TYPE_CHECKING:
     from rh_core.bootstrap.wheels import Platform
 
 SERVER_START_TIMEOUT = 120.0  # Ray on 2 busy cores can take this long
-#: Left in a server's state dir by ``restart_server(restart_ray=False)``: the executor of the server
-#: that stops next leaves its Ray running for the next server, which removes the file.
-KEEP_RAY_FILE = "keep-ray"
 
 
 #: What a cluster rebuilt from a config (a saved record) may be called.
@@ -98,9 +97,35 @@ class Cluster:
         """Stop the server, and let the machines go where the kind of cluster started them."""
         raise NotImplementedError
 
-    def restart_server(self, restart_ray: bool = True) -> None:
-        """Stop the server and start a new one (see the subclasses for ``restart_ray``)."""
+    def restart_server(self, restart_ray: bool | None = None, *, keep: Sequence[str] = ()) -> None:
+        """Stop the server and start a new one.
+
+        :param keep: what the executor keeps running for the new server, among what it declares it
+            can keep (the ``ray`` executor: ``keep=("ray",)`` keeps Ray with its actors and objects,
+            and the new server joins it). Asking an executor for what it cannot keep is an error.
+        :param restart_ray: deprecated: ``restart_ray=False`` is ``keep=("ray",)`` for an executor
+            that keeps Ray, and nothing for others.
+        """
         raise NotImplementedError
+
+    def _kept_on_restart(self, executor: str, keep: Sequence[str], restart_ray: bool | None) -> tuple[str, ...]:
+        """``keep`` checked against what ``executor`` declared it can keep across a restart, with
+        the deprecated ``restart_ray`` folded in."""
+        from rh_core.errors import ExecutorError
+
+        declared = self.host.registry("executor").keeps(executor)
+        keep = tuple(keep)
+        if restart_ray is not None:
+            warnings.warn("restart_server(restart_ray=...) is deprecated: pass keep=('ray',) to keep Ray running, "
+                          "or nothing to restart it", DeprecationWarning, stacklevel=3)
+            if not restart_ray and "ray" in declared and "ray" not in keep:
+                keep += ("ray",)
+        refused = [thing for thing in keep if thing not in declared]
+        if refused:
+            can = ", ".join(repr(thing) for thing in declared) or "nothing"
+            raise ExecutorError(f"the {executor!r} executor of cluster {self.name!r} cannot keep {', '.join(map(repr, refused))} "
+                                f"running across a server restart (it can keep {can}); leave keep= out to restart everything")
+        return keep
 
     @property
     def host(self) -> PluginHost:
@@ -667,16 +692,12 @@ class LocalCluster(Cluster):
         owned = self._child is not None and self._child.pid == pid  # ours: reaped, not left a zombie
         stop_process(self._child if owned else pid, grace=grace)
 
-    def restart_server(self, restart_ray: bool = True) -> None:
-        """Stop the server and start a new one.
-
-        :param restart_ray: with the ``ray`` executor, whether Ray restarts too (the default). With
-            ``False`` only the server restarts: the Ray it ran calls on keeps running, with its
-            actors and objects, and the new server joins it. Other executors ignore it.
-        """
-        if not restart_ray:
+    def restart_server(self, restart_ray: bool | None = None, *, keep: Sequence[str] = ()) -> None:
+        """Stop the server and start a new one; ``keep`` as :meth:`Cluster.restart_server` says."""
+        executor = self.executor or (self.read_state() or {}).get("executor") or "process"
+        for thing in self._kept_on_restart(executor, keep, restart_ray):
             private_directory(self.state_dir)
-            os.close(open_private(os.path.join(self.state_dir, KEEP_RAY_FILE), os.O_WRONLY | os.O_CREAT))
+            os.close(open_private(keep_marker(self.state_dir, thing), os.O_WRONLY | os.O_CREAT))
         self.stop_server()
         self.connection()
 

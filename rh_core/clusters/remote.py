@@ -15,17 +15,27 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
 from rh_core.client import progress
 from rh_core.wire import serialize
-from rh_core.clusters.base import KEEP_RAY_FILE, Cluster
+from rh_core.clusters.base import Cluster
 from rh_core.support.compat import add_note
-from rh_core.errors import RhError, ServerStartError, VersionMismatchError
-from rh_core.plugin.interfaces import ClusterInfo
+from rh_core.errors import ProvisionError, ServerStartError, VersionMismatchError
+from rh_core.plugin.interfaces import (
+    Autostops,
+    ClusterInfo,
+    ExplainsLoss,
+    PreparesForward,
+    RefreshesStatus,
+    ReportsTunnelProblems,
+    ValidatesSpec,
+    capability,
+    keep_marker,
+)
 from rh_core.support.redact import secrets_hidden
 from rh_core.bootstrap.wheels import (
     MIN_CLUSTER_PYTHON,
@@ -204,6 +214,12 @@ class RemoteCluster(Cluster):
             self._transport = self._new_transport(self.cluster_info.head)
         return self._transport
 
+    @property
+    def open_transport(self) -> Any:
+        """The head's transport when one is open, else None: never brings machines up or connects.
+        For plugin hooks that act on an existing connection only (``rh_cluster_ready``)."""
+        return self._transport
+
     def _setup_dir(self) -> str:
         return self.remote_dir
 
@@ -229,8 +245,7 @@ class RemoteCluster(Cluster):
         self._cluster_info = None
 
     # --- machines that a provisioner launches and stops (on-demand clusters) --------------------
-    # Optional provisioner methods used here: ``refreshed_status(cluster)``, ``autostop_minutes(cluster)``
-    # and ``set_autostop(cluster, minutes)`` (rh-sky's provisioner has them; ``byo`` has none).
+    # Optional provisioner capabilities used here: RefreshesStatus and Autostops (rh_core.plugin.interfaces).
 
     def up_if_not(self) -> RemoteCluster:
         """Bring the machines up unless the provisioner reports them up; then make sure the server runs."""
@@ -250,7 +265,8 @@ class RemoteCluster(Cluster):
         if not refresh:
             return super().status()
         provisioner = self._provisioner()
-        machines = getattr(provisioner, "refreshed_status", provisioner.status)(self)
+        refresher = capability(provisioner, RefreshesStatus)
+        machines = refresher.refreshed_status(self) if refresher is not None else provisioner.status(self)
         if machines != "up":
             return {"name": self.name, "machines": machines}
         return {**super().status(), "machines": machines}
@@ -259,23 +275,23 @@ class RemoteCluster(Cluster):
         """Keep the machines up until they have been idle for ``mins`` minutes (``-1``: until
         :meth:`down`). This changes the running machines' autostop; a later launch or restart uses
         the cluster's own ``autostop_mins`` again."""
-        self._provisioner_method("set_autostop", "keep_warm()")(self, mins)
+        self._autostops("keep_warm()").set_autostop(self, mins)
         return self
 
     @contextlib.contextmanager
     def pause_autostop(self) -> Iterator[RemoteCluster]:
         """Suspend autostop inside the ``with`` block (while a notebook is open, around a long call)
         and restore the previous setting when it ends, also after an error."""
-        minutes = self._provisioner_method("autostop_minutes", "pause_autostop()")(self)
-        set_autostop = self._provisioner_method("set_autostop", "pause_autostop()")
+        autostops = self._autostops("pause_autostop()")
+        minutes = autostops.autostop_minutes(self)
         if minutes < 0:  # no autostop to pause
             yield self
             return
-        set_autostop(self, -1)
+        autostops.set_autostop(self, -1)
         try:
             yield self
         finally:
-            set_autostop(self, minutes)
+            autostops.set_autostop(self, minutes)
 
     def connection(self) -> Connection:
         """The connection to the server. Machines the provisioner reports stopped or down (an
@@ -315,12 +331,13 @@ class RemoteCluster(Cluster):
     def _provisioner(self) -> Any:
         return self.host.provisioner(self.provisioner)()
 
-    def _provisioner_method(self, method: str, feature: str) -> Any:
-        found = getattr(self._provisioner(), method, None)
+    def _autostops(self, feature: str) -> Autostops:
+        found = capability(self._provisioner(), Autostops)
         if found is None:
-            raise RhError(
+            raise ProvisionError(
                 f"cluster {self.name!r} has no {feature}: its {self.provisioner!r} provisioner does not stop "
-                "machines by itself (on-demand clusters such as rh.cluster(name=..., instance_type=...) do)"
+                "machines by itself (it has no autostop_minutes and set_autostop; on-demand clusters such as "
+                "rh.cluster(name=..., instance_type=...) do)"
             )
         return found
 
@@ -466,10 +483,10 @@ class RemoteCluster(Cluster):
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
             head = self.cluster_info.head
-            prepare_forward = getattr(self.transport, "prepare_forward", None)
-            if prepare_forward is not None:  # the tunnel's connection comes up while the probe runs
+            preparer = capability(self.transport, PreparesForward)
+            if preparer is not None:  # the tunnel's connection comes up while the probe runs
                 with progress.step(logger, "connect", self._where(head)):
-                    prepare_forward()
+                    preparer.prepare_forward()
             build_id = self._own_wheels().build_id
             with progress.step(logger, "probe", self._where(head)):
                 probe = self._probe(build_id=build_id)
@@ -515,8 +532,8 @@ class RemoteCluster(Cluster):
         if self._address is None:
             return "not connected"
         state = self._server_state or {}
-        tunnel_problem = getattr(self._transport, "tunnel_problem", None)
-        problem = tunnel_problem(state["port"]) if tunnel_problem is not None and "port" in state else None
+        reporter = capability(self._transport, ReportsTunnelProblems)
+        problem = reporter.tunnel_problem(state["port"]) if reporter is not None and "port" in state else None
         if problem is not None:  # known at once, with its cause, where a ping would wait 2 s
             return self._with_provider_report(
                 f"the SSH tunnel to the server on {self._where(self.cluster_info.head)} (pid {state.get('pid')}) "
@@ -529,12 +546,12 @@ class RemoteCluster(Cluster):
 
     def _with_provider_report(self, reason: str) -> str:
         """``reason`` with what the provider says happened to the machines (a Spot VM preempted, an
-        instance stopped or deleted), when the provisioner can tell (its optional ``explain_lost``)."""
-        explain_lost = getattr(self._provisioner(), "explain_lost", None)
-        if explain_lost is None:
+        instance stopped or deleted), when the provisioner can tell (its optional ExplainsLoss)."""
+        explainer = capability(self._provisioner(), ExplainsLoss)
+        if explainer is None:
             return reason
         try:
-            report = explain_lost(self)
+            report = explainer.explain_lost(self)
         except Exception as exc:  # the server is gone either way; say why we cannot tell more
             report = f"the provider could not be asked why ({type(exc).__name__}: {exc})"
         return f"{reason}; {report}" if report else reason
@@ -554,18 +571,15 @@ class RemoteCluster(Cluster):
         self.host.cluster_teardown(self)
         return bool(state)
 
-    def restart_server(self, restart_ray: bool = True) -> None:
-        """Stop the server on the head machine and start a new one.
-
-        :param restart_ray: with the ``ray`` executor, whether the cluster's Ray (its head and worker
-            nodes) restarts too (the default). With ``False`` only the server restarts: Ray keeps
-            running, with its actors and objects, and the new server joins it. Other executors
-            ignore it.
-        """
-        if not restart_ray:
+    def restart_server(self, restart_ray: bool | None = None, *, keep: Sequence[str] = ()) -> None:
+        """Stop the server on the head machine and start a new one; ``keep`` as
+        :meth:`Cluster.restart_server` says (with ``ray``, the worker machines' Ray nodes stay too)."""
+        kept = self._kept_on_restart(self.executor, keep, restart_ray)
+        if kept:
             shell_path = remote_shell_path(f"{self.remote_dir.rstrip('/')}/server")
-            self._run_checked(self.transport, f"mkdir -p {shell_path} && touch {shell_path}/{KEEP_RAY_FILE}",
-                              "asking the server to keep Ray running", self.cluster_info.head)
+            markers = " ".join(keep_marker(shell_path, thing) for thing in kept)
+            self._run_checked(self.transport, f"mkdir -p {shell_path} && touch {markers}",
+                              f"asking the server to keep {', '.join(kept)} running", self.cluster_info.head)
         self.stop_server()
         self.connection()
 
@@ -737,9 +751,9 @@ def on_demand_cluster(
     provider = given.pop("provider", None) or current().default_provider or "cheapest"
     provisioner = host.provisioner(provider)()  # an unknown provider is named with the valid ones
     spec = {"provider": provider, **given}
-    validate_spec = getattr(provisioner, "validate_spec", None)
-    if validate_spec is not None:
-        spec = validate_spec(spec)
+    validator = capability(provisioner, ValidatesSpec)
+    if validator is not None:
+        spec = validator.validate_spec(spec)
     return RemoteCluster(name=name, provisioner=provider, spec=spec, executor=executor,
                          executor_options=dict(executor_options or {}))
 

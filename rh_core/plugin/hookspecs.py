@@ -87,7 +87,11 @@ def rh_register_executors(register: Register) -> None:
 
     Called once in the cluster server when it starts, and by clients that list executors.
 
-    :param register: call ``register(name, target, aliases=())`` once per executor.
+    :param register: call ``register(name, target, aliases=(), keeps=())`` once per executor.
+        ``keeps`` names what the executor can keep running across a server restart, for
+        ``cluster.restart_server(keep=...)`` (``keeps=("ray",)``; see
+        :func:`rh_core.plugin.interfaces.keep_marker`). It is read on the client without importing
+        ``target``.
 
     The return value is ignored. Registering a name twice raises :class:`PluginError`.
     """

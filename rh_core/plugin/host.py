@@ -23,6 +23,7 @@ import pluggy
 
 from rh_core.plugin import hookspecs
 from rh_core.errors import PluginError, UnknownNameError
+from rh_core.plugin.interfaces import check_keep_name
 
 if TYPE_CHECKING:
     import click
@@ -86,6 +87,7 @@ class Registry:
     kind: str
     _targets: dict[str, Any] = attrs.field(factory=dict)
     _owners: dict[str, str] = attrs.field(factory=dict)
+    _keeps: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     _failed: Mapping[str, PluginInfo] = attrs.field(factory=dict)  # plugins that failed to load, by name
 
     def unknown(self, name: str, *, called: str | None = None) -> UnknownNameError:
@@ -94,7 +96,13 @@ class Registry:
         return UnknownNameError(called or self.kind, name, self.names(),
                                 unknown_name_hint(self.kind, name, self.names(), self._failed))
 
-    def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), owner: str = "?") -> None:
+    def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), keeps: tuple[str, ...] = (),
+                 owner: str = "?") -> None:
+        if keeps and self.kind != "executor":
+            raise PluginError(f"{owner!r} registers {self.kind} {name!r} with keeps={keeps!r}, which only "
+                              "executors declare (what they can keep running across a server restart)")
+        for thing in keeps:
+            check_keep_name(thing)
         for key in (name, *aliases):
             if key in self._targets:
                 raise PluginError(
@@ -103,6 +111,7 @@ class Registry:
                 )
             self._targets[key] = target
             self._owners[key] = owner
+            self._keeps[key] = tuple(keeps)
 
     def names(self) -> list[str]:
         return sorted(self._targets)
@@ -112,6 +121,13 @@ class Registry:
         if name not in self._owners:
             raise self.unknown(name)
         return self._owners[name]
+
+    def keeps(self, name: str) -> tuple[str, ...]:
+        """What the executor registered as ``name`` can keep running across a server restart
+        (``restart_server(keep=...)``), as it declared when it registered; read without importing it."""
+        if name not in self._owners:
+            raise self.unknown(name)
+        return self._keeps[name]
 
     def get(self, name: str) -> Any:
         """The implementation registered as ``name``, imported if it was registered as a string."""
@@ -225,8 +241,8 @@ class PluginHost:
             registry = Registry(kind, failed=self._failed)
             for owner, call in self._each_implementation(f"rh_register_{kind}s"):
 
-                def register(name: str, target: Any, *, aliases=(), _owner=owner) -> None:
-                    registry.register(name, target, aliases=tuple(aliases), owner=_owner)
+                def register(name: str, target: Any, *, aliases=(), keeps=(), _owner=owner) -> None:
+                    registry.register(name, target, aliases=tuple(aliases), keeps=tuple(keeps), owner=_owner)
 
                 call(register=register)
             self._registries[kind] = registry

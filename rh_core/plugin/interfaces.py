@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol, runtime_checkable
+import re
+from collections.abc import Callable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ContextManager,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 import attrs
 
-from rh_core.errors import RhError
+from rh_core.errors import ExecutorError
 from rh_core.support.redact import secrets_hidden
 from rh_core.wire.messages import Frames, Outcome, Task  # noqa: F401  (the executor's side of the contract)
 
@@ -103,12 +112,29 @@ class Executor(Protocol):
     def describe(self) -> dict[str, Any]:
         """A small JSON-safe summary shown by ``rh server status``."""
 
-    # Optional: ``environment_changed(env_name)`` is called after packages were installed into an
-    # environment, so the executor can replace processes that imported the old ones.
-    # Optional: ``lend_worker(run_key) -> give_back | None`` is called when the function running as
-    # ``run_key`` makes a blocking call to this cluster and waits for it: an executor with a fixed
-    # number of workers starts one more until ``give_back()`` is called (after the call ends), so
-    # callers that fill every worker cannot deadlock waiting for their callees.
+    # Optional capabilities (see "Optional capabilities" below): SharesMachine, LendsWorkers,
+    # WatchesEnvironments; and what it keeps across a server restart, declared when it registers
+    # (``register(name, target, keeps=("ray",))``).
+
+
+def check_keep_name(thing: str) -> str:
+    """``thing`` when it can name something an executor keeps across a server restart: a short
+    lower-case word, as it becomes part of a file name (:func:`keep_marker`)."""
+    if isinstance(thing, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", thing):
+        return thing
+    raise ValueError(f"{thing!r} cannot name what an executor keeps across a server restart: use a short "
+                     "lower-case word such as 'ray'")
+
+
+def keep_marker(state_dir: str, thing: str) -> str:
+    """The file that ``cluster.restart_server(keep=(thing,))`` leaves in the server's ``state_dir``
+    before it stops the server, when the executor declared ``keeps=(thing,)``.
+
+    The executor of the server that stops sees it and leaves ``thing`` (its Ray, say) running; the
+    executor of the next server starts by finding that ``thing`` again and removing the file, so
+    a later stop stops it. Nothing else reads it.
+    """
+    return f"{state_dir.rstrip('/')}/keep-{check_keep_name(thing)}"
 
 
 class CoroutineExecutor:
@@ -132,7 +158,7 @@ class CoroutineExecutor:
         import asyncio
 
         refused: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        refused.set_exception(RhError(
+        refused.set_exception(ExecutorError(
             f"the {getattr(self, 'name', type(self).__name__)!r} executor runs no remote instances (rh.module); "
             "start the cluster's server with the process or ray executor"))
         return refused
@@ -209,13 +235,8 @@ class Provisioner(Protocol):
     def status(self, cluster: Cluster) -> str:
         """``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``."""
 
-    # Optional methods, used by RemoteCluster when a provisioner has them (an error says so
-    # otherwise): ``validate_spec(spec) -> spec`` checks and completes rh.cluster's options when
-    # the cluster object is made; ``refreshed_status(cluster)`` asks the provider instead of a
-    # cache; ``stop(cluster)`` stops machines keeping their disks; ``autostop_minutes(cluster)``
-    # and ``set_autostop(cluster, minutes)`` read and change idle shutdown (-1: never);
-    # ``explain_lost(cluster) -> str | None`` says what the provider reports happened to the
-    # machines when their server stopped answering (added to the caller's ConnectionLostError).
+    # Optional capabilities (see "Optional capabilities" below): ValidatesSpec, RefreshesStatus,
+    # StopsMachines, Autostops, ExplainsLoss.
 
 
 # -------------------------------------------------------------------------------------------------
@@ -334,9 +355,169 @@ class Installer(Protocol):
         Called on the same instance that resolved the step.
         """
 
-    # Optional: ``slot(step) -> str | None`` names what an install replaces (``"pip:numpy"``): when
-    # a step is installed, recorded installs in the same slot are forgotten, so asking again for
-    # an earlier version installs it again instead of being skipped.
+    # Optional capability (see "Optional capabilities" below): ReplacesSlots.
+
+
+# -------------------------------------------------------------------------------------------------
+# Optional capabilities: one small Protocol each. A plugin has a capability when its object has
+# every member of the Protocol (no base class to inherit, no registration). The core asks
+# :func:`capability` once, where it gets hold of the plugin object (the server when it is made, a
+# cluster operation when it starts), never per call; what the core does without each one is said
+# in its docstring and in docs/writing-a-plugin.md.
+
+Capable = TypeVar("Capable")
+
+
+def capability(plugin: object, protocol: type[Capable]) -> Capable | None:
+    """``plugin`` as ``protocol`` when it has that optional capability, else None.
+
+    The one place the core asks whether a plugin has a capability: an isinstance check on a
+    runtime-checkable Protocol (it compares member names, not signatures), so ask once and keep
+    the answer rather than asking on every call.
+    """
+    return plugin if isinstance(plugin, protocol) else None  # type: ignore[return-value]
+
+
+# --- executors ---
+
+
+@runtime_checkable
+class SharesMachine(Protocol):
+    """An executor that may run every task on the server's own machine.
+
+    Read once, when the server is made: while ``same_machine`` is true, large arguments and
+    results pass through ``/dev/shm`` instead of being copied through the server. Without it (or
+    with False) they are always copied, which works wherever the workers are.
+    """
+
+    same_machine: bool
+
+
+@runtime_checkable
+class LendsWorkers(Protocol):
+    """An executor with a bounded number of workers that can add one for a caller that waits."""
+
+    def lend_worker(self, run_key: str) -> Callable[[], None] | None:
+        """The function running as ``run_key`` made a blocking call to this cluster and waits for
+        it: start one more worker until the returned ``give_back()`` is called (after the call
+        ends), so callers that fill every worker cannot deadlock waiting for their callees.
+        Return None when no worker of yours runs ``run_key``.
+
+        Without this capability nothing is lent: an executor with unbounded workers (Ray) needs none.
+        """
+
+
+@runtime_checkable
+class WatchesEnvironments(Protocol):
+    """An executor that replaces its processes when packages change under them."""
+
+    def environment_changed(self, env_name: str | None) -> None:
+        """Packages were installed into environment ``env_name`` (None: the default one): processes
+        that imported the old ones should be replaced as they become idle.
+
+        Called in the server's event loop after every install that installed something. Without
+        this capability, processes keep the modules they imported until they end.
+        """
+
+
+# --- provisioners ---
+
+
+@runtime_checkable
+class ValidatesSpec(Protocol):
+    """A provisioner that checks ``rh.cluster(...)``'s options before anything is launched."""
+
+    def validate_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Check and complete the options (``{"provider": ..., **options}``) when the cluster object
+        is made, raising :class:`~rh_core.errors.ProvisionError` (a ``ValueError`` too) naming
+        the bad option. Without it, options are passed on as given and checked at ``up``."""
+
+
+@runtime_checkable
+class RefreshesStatus(Protocol):
+    """A provisioner whose ``status`` may answer from a cache, and that can ask the provider."""
+
+    def refreshed_status(self, cluster: Cluster) -> str:
+        """As :meth:`Provisioner.status`, asked of the provider now (``cluster.status(refresh=True)``).
+        Without it, :meth:`Provisioner.status` is asked."""
+
+
+@runtime_checkable
+class StopsMachines(Protocol):
+    """A provisioner that can stop machines and keep their disks, to start them again later."""
+
+    def stop(self, cluster: Cluster) -> None:
+        """Stop the cluster's machines, keeping their disks; a later ``up`` starts them again.
+        The core does not call it yet (provider commands such as ``rh sky stop`` do)."""
+
+
+@runtime_checkable
+class Autostops(Protocol):
+    """A provisioner whose machines stop by themselves after an idle time."""
+
+    def autostop_minutes(self, cluster: Cluster) -> float:
+        """The running machines' idle minutes before they stop; -1 when they never do."""
+
+    def set_autostop(self, cluster: Cluster, minutes: float) -> None:
+        """Change the running machines' idle minutes before they stop (-1: never).
+
+        ``cluster.keep_warm()`` and ``cluster.pause_autostop()`` need both methods; without them
+        they raise :class:`~rh_core.errors.ProvisionError` saying the provisioner lacks them."""
+
+
+@runtime_checkable
+class ExplainsLoss(Protocol):
+    """A provisioner that can tell what the provider did to machines that stopped answering."""
+
+    def explain_lost(self, cluster: Cluster) -> str | None:
+        """What the provider reports about the machines (a Spot VM preempted, an instance deleted),
+        or None when it reports nothing unusual. Asked when the server stops answering; its words
+        are added to the caller's :class:`~rh_core.errors.ConnectionLostError`. Without it (or
+        when it raises), the error says only what the client saw."""
+
+
+# --- transports ---
+
+
+@runtime_checkable
+class PreparesForward(Protocol):
+    """A transport whose tunnels need a connection that can be made ahead of time."""
+
+    def prepare_forward(self) -> None:
+        """Start making the connection :meth:`Transport.forward` will use, while the cluster probes
+        the machine: the two waits overlap. Without it, ``forward`` makes it when first called."""
+
+
+@runtime_checkable
+class ReportsTunnelProblems(Protocol):
+    """A transport that knows when a tunnel it forwards has broken."""
+
+    def tunnel_problem(self, remote_port: int) -> str | None:
+        """Why the tunnel to ``remote_port`` broke (a dropped connection, a refused channel), or None
+        while it works. Asked when a request waits on a silent server, so the error says the cause
+        at once; without it the cluster pings the server and waits for the ping to time out."""
+
+
+# --- installers ---
+
+
+@runtime_checkable
+class ReplacesSlots(Protocol):
+    """An installer whose installs replace earlier ones (a pip package of another version)."""
+
+    def slot(self, step: InstallStep) -> str | None:
+        """What installing ``step`` replaces (``"pip:numpy"``), or None for nothing. Recorded
+        installs in the same slot are forgotten when the step is installed, so asking again for an
+        earlier version installs it again instead of being skipped. Without it nothing is forgotten."""
+
+
+#: Every optional capability, by the plugin kind that may have it (for docs and ``rh plugins``).
+CAPABILITIES: dict[str, tuple[type, ...]] = {
+    "executor": (SharesMachine, LendsWorkers, WatchesEnvironments),
+    "provisioner": (ValidatesSpec, RefreshesStatus, StopsMachines, Autostops, ExplainsLoss),
+    "transport": (PreparesForward, ReportsTunnelProblems),
+    "installer": (ReplacesSlots,),
+}
 
 
 # -------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import attrs
 
 from rh_core.errors import InstallError
 from rh_core.support.files import write_atomically
-from rh_core.plugin.interfaces import InstallStep
+from rh_core.plugin.interfaces import InstallStep, ReplacesSlots, capability
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OUTPUT_TAIL_LINES = 25
@@ -149,7 +149,7 @@ class ClusterEnvironment:
 
     @property
     def record_path(self) -> str:
-        return os.path.join(self.root, "installed.json")
+        return install_record_path(self.root)
 
     def installed(self) -> dict[str, dict[str, Any]]:
         try:
@@ -239,12 +239,20 @@ def install(env: ClusterEnvironment, steps: list[InstallStep],
                 continue
             installer = installers[step.method]
             installer.install(step, env)
-            slot = getattr(installer, "slot", None)
-            env._record(identity, step, slot(step) if slot is not None else None)
+            replaces = capability(installer, ReplacesSlots)
+            env._record(identity, step, replaces.slot(step) if replaces is not None else None)
             done["installed"].append(step.requirement)
         if done["installed"] or not os.path.exists(env.listing_path):
             env.keep_listing()
     return done
+
+
+def install_record_path(root: str) -> str:
+    """The install record of the environment whose :attr:`~rh_core.plugin.interfaces.Environment.root`
+    is ``root``. Every install that installs something rewrites it (with a new timestamp), so an
+    executor that copies environments to other machines can tell a changed one by its hash; it may
+    read the file, never write it."""
+    return os.path.join(root, "installed.json")
 
 
 def _write_json(path: str, value: Any) -> None:

@@ -79,7 +79,16 @@ from rh_core.wire.messages import (
     check_run_key,
     request_of,
 )
-from rh_core.plugin.interfaces import Executor, InstallStep, Outcome, Task
+from rh_core.plugin.interfaces import (
+    Executor,
+    InstallStep,
+    LendsWorkers,
+    Outcome,
+    SharesMachine,
+    Task,
+    WatchesEnvironments,
+    capability,
+)
 from rh_core.plugin.host import default_host
 from rh_core.support.processes import process_start_time
 from rh_core.server.secret_store import SecretStore
@@ -180,7 +189,11 @@ class Server:
         self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
         self._accepting = False
         # Large buffers may go through /dev/shm when every worker shares this machine.
-        self._shm_prefix = shm.prefix_for(os.getpid()) if getattr(executor, "same_machine", False) else None
+        shares = capability(executor, SharesMachine)
+        self._shm_prefix = shm.prefix_for(os.getpid()) if shares is not None and shares.same_machine else None
+        # The executor's optional capabilities, asked once here rather than on every call or install.
+        self._lender = capability(executor, LendsWorkers)
+        self._environment_watcher = capability(executor, WatchesEnvironments)
         self._shm_sweep: asyncio.TimerHandle | None = None
         self._secrets = SecretStore(self.state_dir)
         # Endpoints and apps served before a restart load here, and are served again by serve().
@@ -582,12 +595,11 @@ class Server:
 
     def _lend_callers_worker(self, caller: str | None) -> Callable[[], None]:
         """A call made by a function running here waits in that function's worker: the executor
-        may start another worker meanwhile (its optional ``lend_worker(run_key)``), so callers that
-        fill every worker still see their callees run. Returns what gives the worker back."""
-        lend = getattr(self.executor, "lend_worker", None)
-        if not isinstance(caller, str) or lend is None or caller not in self._running:
+        may start another worker meanwhile (its optional :class:`LendsWorkers` capability), so callers
+        that fill every worker still see their callees run. Returns what gives the worker back."""
+        if not isinstance(caller, str) or self._lender is None or caller not in self._running:
             return _nothing
-        return lend(caller) or _nothing
+        return self._lender.lend_worker(caller) or _nothing
 
     async def _map(self, peer: Peer, request_id: str, task: Task, chunk_sizes: Sequence[int]) -> None:
         chunks = [
@@ -836,10 +848,8 @@ class Server:
         steps = [InstallStep.from_json(step) for step in request.steps]
         env = await asyncio.to_thread(self.environment, name)
         done = await asyncio.to_thread(install, env, steps, default_host().installer)
-        if done["installed"]:
-            environment_changed = getattr(self.executor, "environment_changed", None)
-            if environment_changed is not None:
-                environment_changed(name)
+        if done["installed"] and self._environment_watcher is not None:
+            self._environment_watcher.environment_changed(name)
         self._reply(peer, request_id, "info", {**done, "environment": env.describe()})
 
     async def _op_sync_secrets(self, peer, request_id, request, frames) -> None:

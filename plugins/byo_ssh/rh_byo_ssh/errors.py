@@ -5,10 +5,10 @@ Kept free of paramiko, so code that only catches these errors does not import it
 
 from __future__ import annotations
 
-from rh_core.errors import RhError
+from rh_core.errors import TransportError
 
 
-class SSHError(RhError):
+class SSHError(TransportError):
     """An SSH operation failed; the message names the host, the user, the cause and what to do."""
 
 

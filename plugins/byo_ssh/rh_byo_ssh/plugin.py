@@ -21,13 +21,15 @@ def rh_register_provisioners(register: Callable[..., None]) -> None:
 @hookimpl
 def rh_cluster_ready(cluster, info) -> None:
     """Keep ``ssh CLUSTER_NAME`` working: write the cluster's generated ssh config entry."""
-    transport = getattr(cluster, "_transport", None)
-    entry = getattr(transport, "ssh_config_entry", None)
-    if entry is None:
-        return
+    open_transport = getattr(cluster, "open_transport", None)  # remote clusters have one; rh.here does not
+    transport = open_transport() if open_transport is not None else None
+    from rh_byo_ssh.transport import SSHTransport
+
+    if not isinstance(transport, SSHTransport):
+        return  # not reached through this plugin's transport
     from rh_byo_ssh import ssh_config
 
-    ssh_config.write_entry(cluster.name, entry(cluster.name))
+    ssh_config.write_entry(cluster.name, transport.ssh_config_entry(cluster.name))
     ssh_config.offer_include()
 
 

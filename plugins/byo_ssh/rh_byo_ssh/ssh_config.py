@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from rh_core.support.paths import rh_home
+from rh_core.config import rh_home
 from rh_core.support.files import write_atomically
 
 MARKER = "# Added by rh (rh-byo-ssh) so `ssh NAME` reaches rh clusters; remove with `rh ssh-config --remove`"

@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rh_core.errors import RhError
+from rh_core.errors import ProvisionError
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 OPERATION_TIMEOUT_SECONDS = 600
 
 
-class GCPError(RhError):
+class GCPError(ProvisionError):
     """The Compute API refused or failed a request; the message carries its own reason."""
 
 

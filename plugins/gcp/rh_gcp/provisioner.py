@@ -43,7 +43,7 @@ READY_TIMEOUT_SECONDS = 600
 
 def state_dir(*parts: str) -> str:
     """``$RH_HOME/gcp/...`` on this machine."""
-    from rh_core.support.paths import rh_home
+    from rh_core.config import rh_home
 
     return os.path.join(rh_home(), "gcp", *parts)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from rh_core.errors import RhError
+from rh_core.errors import ProvisionError
 
 #: Compute Engine resource names: lowercase letter first, then letters, digits and dashes. The
 #: cluster name is also a label value and the prefix of instance names (``<name>-worker-12``).
@@ -19,7 +19,7 @@ DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 AUTOSTOP_ACTIONS = ("stop", "delete")
 
 
-class GCPSpecError(RhError, ValueError):
+class GCPSpecError(ProvisionError, ValueError):
     """An option of ``rh.cluster(provider='gcp-direct', ...)`` is missing or malformed."""
 
 

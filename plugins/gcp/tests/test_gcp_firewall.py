@@ -104,3 +104,13 @@ def test_rule_names_fit_compute_engines_limit():
 def test_a_malformed_network_name_is_refused_when_the_cluster_is_made():
     with pytest.raises(GCPSpecError, match="network='My_Net' is not a VPC network name"):
         rh.cluster(name="fw8", provider="gcp-direct", zone="us-central1-a", network="My_Net")
+
+
+def test_the_compute_apis_errors_are_provision_errors(provisioner, stand_in, options):
+    stand_in.networks = ("default",)
+    with pytest.raises(rh.ProvisionError) as caught:  # what a caller catches without knowing the provider
+        provisioner.up(rh.cluster(name="fw9", **options(network="missing")))
+    assert isinstance(caught.value, GCPError)
+    with pytest.raises(rh.ProvisionError) as caught:
+        rh.cluster(name="fw10", provider="gcp-direct", zone="us-central1-a", network="My_Net")
+    assert isinstance(caught.value, GCPSpecError) and isinstance(caught.value, ValueError)

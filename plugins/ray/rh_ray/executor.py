@@ -24,10 +24,18 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
-from rh_core.clusters.base import KEEP_RAY_FILE
-from rh_core.errors import InstanceDiedError, InstanceNotFoundError, RhError, WorkerDiedError
+from rh_core.server.envs import install_record_path
+from rh_core.errors import ExecutorError, InstanceDiedError, InstanceNotFoundError, WorkerDiedError
 from rh_core.support.files import private_directory
-from rh_core.plugin.interfaces import CoroutineExecutor, Environment, InstanceSpec, Outcome, ServerContext, Task
+from rh_core.plugin.interfaces import (
+    CoroutineExecutor,
+    Environment,
+    InstanceSpec,
+    Outcome,
+    ServerContext,
+    Task,
+    keep_marker,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -50,7 +58,6 @@ HEAD_DIR = "ray-head"
 DEFAULT_NODE_TIMEOUT_S = 30.0
 _HEALTH_CHECK_FAILURES = 5  # Ray's default health_check_failure_threshold, kept
 CODE_CHECK_TTL = 1.0  # how often the synced code a task imports is re-read before copying it to other nodes
-INSTALL_RECORD = "installed.json"  # in an environment's root (rh_core.server.envs); every install rewrites it
 INTERPRETER_CHECK_TIMEOUT = 120.0
 
 
@@ -229,7 +236,7 @@ def environment_fingerprint(root: str) -> str:
     """What identifies an environment's contents: a hash of its install record (empty when nothing
     was installed yet), which every install rewrites with a new timestamp."""
     try:
-        with open(os.path.join(root, INSTALL_RECORD), "rb") as record:
+        with open(install_record_path(root), "rb") as record:
             return hashlib.sha256(record.read()).hexdigest()
     except FileNotFoundError:
         return "nothing-installed"
@@ -245,7 +252,7 @@ def check_interpreter_runs_rh(python: str) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         problem = str(exc)
     if problem is not None:
-        raise RhError(
+        raise ExecutorError(
             f"the environment's interpreter {python} cannot run rh here: {problem}. It needs the head's base "
             f"Python ({os.path.realpath(python)}) and rh's runtime at the same paths as on the head; bootstrap "
             "every machine of the cluster with the same python3 and the same remote_dir (SSH user and home)"
@@ -278,8 +285,8 @@ class RayExecutor(CoroutineExecutor):
     :param ray_init_kwargs: passed to ``ray.init`` as they are, overriding the executor's defaults.
 
     The head this executor starts outlives the server only when the client restarts the server
-    with ``restart_server(restart_ray=False)``, which leaves a ``keep-ray`` file in the server's
-    state dir: the next server joins that head, and Ray's actors, objects and worker nodes live on.
+    with ``restart_server(keep=("ray",))`` (this executor registers with ``keeps=("ray",)``), which
+    leaves the ``keep_marker`` of ``"ray"`` in the server's state dir: the next server joins that head, and Ray's actors, objects and worker nodes live on.
     Otherwise ``stop()`` stops the head's processes (and only those: never ``ray stop``).
 
     Call options ``num_cpus``, ``num_gpus``, ``resources`` and ``memory`` become Ray task options.
@@ -381,8 +388,8 @@ class RayExecutor(CoroutineExecutor):
 
         self._temp_dir = ray_temp_dir(context.state_dir)
         self._head_dir = os.path.join(context.state_dir, HEAD_DIR)
-        self._keep_file = os.path.join(context.state_dir, KEEP_RAY_FILE)
-        # A keep-ray file was meant for the server before this one: from now on stop() stops the head.
+        self._keep_file = keep_marker(context.state_dir, "ray")
+        # A keep-ray marker was meant for the server before this one: from now on stop() stops the head.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._keep_file)
         node_address = os.environ.get("RH_NODE_ADDRESS")
@@ -395,7 +402,7 @@ class RayExecutor(CoroutineExecutor):
                                                           env_vars=health_check_settings(self.node_timeout_s))
         if not head["ok"]:
             said = f"\n`ray start --head` said:\n{head['log'].strip()}" if head.get("log") else ""
-            raise RhError(
+            raise ExecutorError(
                 f"could not start a Ray head on {node_ip}: {head.get('error')}. Its logs are in "
                 f"{self._temp_dir}/session_latest/logs and {self._head_dir}/ray-start.log; to use a running "
                 f"Ray cluster instead, pass address='auto' (-o address=auto){said}"
@@ -403,14 +410,14 @@ class RayExecutor(CoroutineExecutor):
         logger.info("Ray head at %s: %s", head["gcs_address"], head["status"])
         return head
 
-    def _start_error(self, exc: Exception) -> RhError:
+    def _start_error(self, exc: Exception) -> ExecutorError:
         if self.address is None:
-            return RhError(
+            return ExecutorError(
                 f"could not connect to the Ray head this server started: {exc}. Ray's own logs are in "
                 f"{self._temp_dir}/session_latest/logs; to use a running Ray cluster instead, pass "
                 "address='auto' (-o address=auto)"
             )
-        return RhError(
+        return ExecutorError(
             f"could not join the Ray cluster at {self.address!r}: {exc}. Start it first (`ray start --head`), "
             "check the address, or leave address unset to let the executor start a local Ray"
         )
@@ -429,9 +436,9 @@ class RayExecutor(CoroutineExecutor):
         if self._head_dir is None:
             return
         if self._keep_file and os.path.exists(self._keep_file):
-            # restart_server(restart_ray=False): the next server joins this head (and removes the
+            # restart_server(keep=("ray",)): the next server joins this head (and removes the
             # file; until then it tells the teardown hook to leave this Ray alone as well).
-            logger.info("leaving the Ray head running for the next server (restart_ray=False)")
+            logger.info("leaving the Ray head running for the next server (keep=('ray',))")
             return
         from rh_ray import worker_node
 
@@ -480,10 +487,10 @@ class RayExecutor(CoroutineExecutor):
     async def run(self, task: Task) -> Outcome:
         ray = self._ray
         if ray is None or self._remote is None:
-            raise RhError("the ray executor is not running: the server calls start() before run()")
+            raise ExecutorError("the ray executor is not running: the server calls start() before run()")
         if task.variables:
             # Ray would need them in a runtime_env, which it records in its own logs and state.
-            raise RhError("functions sent with secrets=[...] cannot run on the ray executor yet: use the process "
+            raise ExecutorError("functions sent with secrets=[...] cannot run on the ray executor yet: use the process "
                           "executor for them, or cluster.sync_secrets([...]) and read the files the secret writes")
         if task.header.instance is not None:  # a method call: its instance's actor runs it
             instance = self._instances.get(task.header.instance.id)
@@ -523,7 +530,7 @@ class RayExecutor(CoroutineExecutor):
 
     async def _start_instance(self, task: Task, spec: InstanceSpec) -> Outcome:
         if self._actor_class is None:
-            raise RhError("the ray executor is not running: the server calls start() before start_instance()")
+            raise ExecutorError("the ray executor is not running: the server calls start() before start_instance()")
         options, env = await self._ray_options(task)
         await self._copy_to_other_nodes(task, env)
         relay = self._relay.endpoint if self._relay is not None else None
@@ -532,7 +539,7 @@ class RayExecutor(CoroutineExecutor):
                 name=f"rh-{spec.name}-{spec.id}", max_concurrency=spec.max_concurrency, **options,
             ).remote(self._log_endpoint, self._node_id, relay)
         except (TypeError, ValueError) as exc:
-            raise RhError(f"Ray rejected the options {options} for instance {spec.name!r}: {exc}") from exc
+            raise ExecutorError(f"Ray rejected the options {options} for instance {spec.name!r}: {exc}") from exc
         instance = self._instances[spec.id] = _RayInstance(spec, actor)
         try:
             outcome = await self._call_instance(instance, task)
@@ -558,7 +565,7 @@ class RayExecutor(CoroutineExecutor):
                 f"instance {instance.spec.name!r} ended: {cause}. Its state is gone; create it anew (call the "
                 f"module again) to go on. {self._where_logs_are()}") from exc
         except errors.RayError as exc:
-            raise RhError(f"Ray could not run the call on instance {instance.spec.name!r}: "
+            raise ExecutorError(f"Ray could not run the call on instance {instance.spec.name!r}: "
                           f"{type(exc).__name__}: {exc}") from exc
         return Outcome(status=status, frames=frames, logged=logged)
 
@@ -599,7 +606,7 @@ class RayExecutor(CoroutineExecutor):
         try:
             ref = remote.remote(self._log_endpoint, _detached(task), self._node_id, relay)
         except Exception as exc:  # Ray itself is gone; its exception types may not unpickle on the client
-            raise RhError(f"could not submit the call to Ray: {type(exc).__name__}: {exc}") from exc
+            raise ExecutorError(f"could not submit the call to Ray: {type(exc).__name__}: {exc}") from exc
         errors = ray.exceptions
         try:
             status, frames, logged = await ref
@@ -617,18 +624,18 @@ class RayExecutor(CoroutineExecutor):
                 "Ask for memory with .options(memory=BYTES) or use fewer parallel calls."
             ) from exc
         except errors.TaskCancelledError as exc:
-            raise RhError(
+            raise ExecutorError(
                 "the Ray task running this call was cancelled outside rh (ray.cancel or a Ray job stop); "
                 "call again"
             ) from exc
         except errors.RayTaskError as exc:
             # run_in_worker reports the function's own errors as outcomes; this is the plumbing failing.
-            raise RhError(
+            raise ExecutorError(
                 f"the Ray worker could not run rh's task: {exc}. Check that rh-core and rh-ray are installed "
                 f"in the Python the Ray workers use; {self._where_logs_are()}"
             ) from exc
         except errors.RayError as exc:
-            raise RhError(f"Ray could not run the call: {type(exc).__name__}: {exc}") from exc
+            raise ExecutorError(f"Ray could not run the call: {type(exc).__name__}: {exc}") from exc
         return Outcome(status=status, frames=frames, logged=logged)
 
     async def _copy_to_other_nodes(self, task: Task, env: Environment | None) -> None:
@@ -654,7 +661,7 @@ class RayExecutor(CoroutineExecutor):
             try:
                 remote = self._remote.options(**options) if options else self._remote
             except (TypeError, ValueError) as exc:
-                raise RhError(
+                raise ExecutorError(
                     f"Ray rejected the call options {options}: {exc}. Fix them in Function.options(...)"
                 ) from exc
             self._remotes[cache_key] = remote
@@ -674,7 +681,7 @@ class RayExecutor(CoroutineExecutor):
                 f"({type(exc).__name__}: {exc}). Ray does not retry the call. Check that {hosts} is up and "
                 "reachable from the head (network, firewall); calls go on running on the other nodes, and "
                 "the node rejoins when the client connects again (a new connection, or "
-                "cluster.restart_server(restart_ray=False))"
+                "cluster.restart_server(keep=('ray',)))"
             )
         return WorkerDiedError(
             f"the Ray worker process running this call died ({type(exc).__name__}: {exc}). "
@@ -757,7 +764,7 @@ class NodeCopies:
         self._locks: dict[str, asyncio.Lock] = {}
         self._read: dict[str, tuple[float, str]] = {}  # path -> (when read, fingerprint)
         # (path, node id) -> (fingerprint sent there, the error it met or None)
-        self._sent: dict[tuple[str, str], tuple[str, RhError | None]] = {}
+        self._sent: dict[tuple[str, str], tuple[str, ExecutorError | None]] = {}
         self._distrusted: set[str] = set()  # paths whose next copy replaces what the nodes hold, whatever it is
 
     async def copy_to(self, path: str, nodes: list[str], addresses: dict[str, str],
@@ -802,7 +809,7 @@ class NodeCopies:
                 done = await ref
             except self._ray.exceptions.RayTaskError as exc:  # unpack_copy or the check raised there
                 cause = getattr(exc, "cause", None) or exc
-                self._sent[(path, node)] = (fingerprint, RhError(
+                self._sent[(path, node)] = (fingerprint, ExecutorError(
                     f"could not put the {self._kind} {path} on Ray node {where}, where Ray may run this call: "
                     f"{cause}. Calls that need this {self._kind} fail until it changes or the server restarts; "
                     "fix that machine or take it out of the cluster"

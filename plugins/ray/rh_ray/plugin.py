@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 @hookimpl
 def rh_register_executors(register: Callable[..., None]) -> None:
     # A "module:attribute" string, so Ray is imported only by a server that runs this executor.
-    register("ray", "rh_ray.executor:RayExecutor")
+    # keeps: restart_server(keep=("ray",)) may leave this executor's Ray running for the next server.
+    register("ray", "rh_ray.executor:RayExecutor", keeps=("ray",))
 
 
 @hookimpl
@@ -37,7 +38,7 @@ def rh_cluster_teardown(cluster: Cluster) -> None:
         return
     from rh_ray.workers import leave_workers, stop_head, worker_addresses
 
-    if stop_head(cluster)["status"] == "kept":  # restart_server(restart_ray=False)
+    if stop_head(cluster)["status"] == "kept":  # restart_server(keep=("ray",))
         return
     workers = worker_addresses(cluster)
     if workers:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rh_core.clusters.base import KEEP_RAY_FILE
+from rh_core.plugin.interfaces import keep_marker
 from rh_core.support.processes import LaunchError, launch, tail, wait_ready
 from rh_ray.executor import HEAD_DIR, ray_temp_dir
 
@@ -270,7 +270,7 @@ def start_head(directory: str, node_ip: str, temp_dir: str, num_cpus: int | None
                env_vars: dict[str, str] | None = None,
                timeout: float = JOIN_TIMEOUT) -> tuple[dict[str, Any], subprocess.Popen | None]:
     """Make sure a Ray head recorded in ``directory`` runs on this machine, detached from the caller,
-    so it can outlive the server that starts it (``restart_server(restart_ray=False)``).
+    so it can outlive the server that starts it (``restart_server(keep=("ray",))``).
 
     A head recorded there that still runs with the same ``node_ip``, ``num_cpus`` and ``env_vars``
     and answers at its GCS is reused (status ``"running"``); otherwise it is stopped and a new one
@@ -303,10 +303,10 @@ def start_head(directory: str, node_ip: str, temp_dir: str, num_cpus: int | None
 
 def stop_head(state_dir: str) -> dict[str, Any]:
     """Stop what is left of the Ray head that the server with ``state_dir`` started (nothing, when
-    that server stopped it itself), unless ``restart_server(restart_ray=False)`` asked to keep it for
+    that server stopped it itself), unless ``restart_server(keep=("ray",))`` asked to keep it for
     the next server (status ``"kept"``)."""
     state_dir = os.path.expanduser(state_dir)
-    if os.path.exists(os.path.join(state_dir, KEEP_RAY_FILE)):
+    if os.path.exists(keep_marker(state_dir, "ray")):
         return {"ok": True, "status": "kept"}
     return stop(os.path.join(state_dir, HEAD_DIR))
 

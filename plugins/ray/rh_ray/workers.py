@@ -12,7 +12,7 @@ import shlex
 import time
 from typing import Any, Callable
 
-from rh_core.errors import RhError
+from rh_core.errors import ExecutorError
 from rh_core.clusters.remote import remote_shell_path
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def worker_addresses(cluster: Any) -> tuple[str, ...]:
 
 
 def _run_on(cluster: Any, address: str, command: str) -> dict[str, Any]:
-    """Run a ``worker_node`` command on ``address``; its JSON answer, or an RhError naming the cause."""
+    """Run a ``worker_node`` command on ``address``; its JSON answer, or an ExecutorError naming the cause."""
     transport = cluster.transport_to(address)
     try:
         (code, out, err), = transport.run([command])
@@ -43,7 +43,7 @@ def _run_on(cluster: Any, address: str, command: str) -> dict[str, Any]:
                 return json.loads(line)
             except ValueError:
                 break
-    raise RhError(f"`{command}` failed on {address} (exit {code}): {(err or out).strip()[-1500:]}")
+    raise ExecutorError(f"`{command}` failed on {address} (exit {code}): {(err or out).strip()[-1500:]}")
 
 
 def _in_parallel(addresses: tuple[str, ...], action: Callable[[str], None]) -> dict[str, BaseException]:
@@ -59,17 +59,17 @@ def _raise_for(errors: dict[str, BaseException], what: str) -> None:
         (error,) = errors.values()
         raise error
     details = "\n".join(f"- {address}: {error}" for address, error in errors.items())
-    raise RhError(f"{len(errors)} Ray workers could not {what}:\n{details}") from next(iter(errors.values()))
+    raise ExecutorError(f"{len(errors)} Ray workers could not {what}:\n{details}") from next(iter(errors.values()))
 
 
 def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Start a Ray node on each worker that the head's Ray does not list as alive, offering the
     executor's ``num_cpus`` when it is set (as the head does); return what each worker reported.
-    Raises :class:`RhError` naming every worker that could not join, and why."""
+    Raises :class:`~rh_core.errors.ExecutorError` naming every worker that could not join, and why."""
     head = cluster.cluster_info.head
     gcs_address = info.get("executor_ray_address")
     if not gcs_address:
-        raise RhError(
+        raise ExecutorError(
             f"the ray executor on {head} reports no Ray address, so workers {', '.join(workers)} cannot join it; "
             "restart the server with cluster.restart_server()"
         )
@@ -85,7 +85,7 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
             # Ray runs one Python on every node: the head's, where the worker has it.
             python = cluster.install_runtime(worker, prefer_python=info.get("python"))
         except Exception as exc:
-            raise RhError(f"Ray worker {worker}: could not install rh_core and Ray there: {exc}") from exc
+            raise ExecutorError(f"Ray worker {worker}: could not install rh_core and Ray there: {exc}") from exc
         command = (f"{shlex.quote(python)} -m rh_ray.worker_node join --root {shlex.quote(cluster.remote_dir)} "
                    f"--node {shlex.quote(worker)} --gcs-address {shlex.quote(gcs_address)}")
         if num_cpus is not None:
@@ -94,7 +94,7 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
         if not result.get("ok"):
             log = result.get("log", "").strip()
             said = f"\n`ray start` said:\n{log}" if log else ""
-            raise RhError(
+            raise ExecutorError(
                 f"Ray worker {worker} could not join the Ray head at {gcs_address}: {result.get('error')}. "
                 f"Check that {worker} reaches {gcs_address} (firewall, node address) and runs the same Ray "
                 f"version.{said}"
@@ -110,7 +110,7 @@ def join_workers(cluster: Any, info: dict[str, Any], workers: tuple[str, ...]) -
 
 def stop_head(cluster: Any) -> dict[str, Any]:
     """After the cluster's server has stopped: stop what is left of the Ray head it started (only
-    its processes). Status ``"kept"`` when ``restart_server(restart_ray=False)`` keeps that Ray, and
+    its processes). Status ``"kept"`` when ``restart_server(keep=("ray",))`` keeps that Ray, and
     its worker nodes with it, for the next server."""
     from rh_ray import worker_node
 
@@ -125,7 +125,7 @@ def stop_head(cluster: Any) -> dict[str, Any]:
                          f"if [ -x {python} ]; then {python} -m rh_ray.worker_node stop-head --state-dir {state_dir}; "
                          f"else echo '{{\"ok\": true, \"status\": \"no-runtime\"}}'; fi")
     if not result.get("ok"):
-        raise RhError(f"could not stop the Ray head of cluster {getattr(cluster, 'name', '')!r}: {result.get('error')}")
+        raise ExecutorError(f"could not stop the Ray head of cluster {getattr(cluster, 'name', '')!r}: {result.get('error')}")
     return result
 
 
@@ -142,9 +142,9 @@ def leave_workers(cluster: Any, workers: tuple[str, ...]) -> dict[str, dict[str,
         try:
             result = _run_on(cluster, worker, command)
         except Exception as exc:
-            raise RhError(f"could not stop the Ray node on worker {worker}: {exc}") from exc
+            raise ExecutorError(f"could not stop the Ray node on worker {worker}: {exc}") from exc
         if not result.get("ok"):
-            raise RhError(f"could not stop the Ray node on worker {worker}: {result.get('error')}")
+            raise ExecutorError(f"could not stop the Ray node on worker {worker}: {result.get('error')}")
         results[worker] = result
         logger.info("Ray worker %s: %s", worker, result.get("status"))
 

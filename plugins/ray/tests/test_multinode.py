@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import pathlib
 import secrets
 import shutil
 import subprocess
@@ -149,24 +150,25 @@ def test_teardown_hook_stops_the_head_then_runs_leave_on_every_worker_with_the_r
 
 
 def test_teardown_hook_leaves_head_and_workers_alone_when_the_server_keeps_ray():
-    # restart_server(restart_ray=False) left a keep-ray file in the server's state dir on the head.
+    # restart_server(keep=("ray",)) left a keep-ray marker in the server's state dir on the head.
     cluster = FakeCluster(("worker-a", "worker-b"), answers={"head-node": {"ok": True, "status": "kept"}})
     plugin.rh_cluster_teardown(cluster=cluster)
     assert [address for address, _ in cluster.commands] == ["head-node"]
 
 
 def test_stop_head_keeps_a_head_marked_for_the_next_server_and_stops_an_unmarked_one(tmp_path):
-    from rh_core.clusters.base import KEEP_RAY_FILE
+    from rh_core.plugin.interfaces import keep_marker
 
+    marker = pathlib.Path(keep_marker(str(tmp_path), "ray"))
     head_dir = tmp_path / "ray-head"
     head_dir.mkdir()
     token = secrets.token_hex(8)
     process = _marked(token)
     (head_dir / worker_node.RECORD).write_text(json.dumps({"token": token, "pid": process.pid}))
-    (tmp_path / KEEP_RAY_FILE).touch()
+    marker.touch()
     assert worker_node.stop_head(str(tmp_path))["status"] == "kept"
     assert process.poll() is None
-    (tmp_path / KEEP_RAY_FILE).unlink()
+    marker.unlink()
     assert worker_node.stop_head(str(tmp_path))["status"] == "stopped"
     assert process.wait(timeout=10) is not None
     assert worker_node.stop_head(str(tmp_path))["status"] == "absent"
@@ -660,7 +662,7 @@ def test_restart_server_without_restarting_ray_keeps_its_nodes_and_actors(cluste
     before = cluster.status()
     assert len(node_ids) == 2
     started = time.monotonic()
-    cluster.restart_server(restart_ray=False)
+    cluster.restart_server(keep=("ray",))
     logger.info("restart keeping Ray took %.1f s", time.monotonic() - started)
     after = cluster.status()
     assert after["pid"] != before["pid"], "the server was not restarted"
@@ -699,7 +701,7 @@ def test_restart_server_stops_the_worker_node_and_joins_the_new_head(cluster, ho
     assert counter() >= 1
     node_ids = nodes()
     started = time.monotonic()
-    cluster.restart_server()  # restart_ray=True
+    cluster.restart_server()  # Ray restarts too
     logger.info("restart with the worker rejoined took %.1f s", time.monotonic() - started)
     after = json.loads(record_path.read_text())
     assert after["gcs_address"] == cluster.status()["executor_ray_address"] != before["gcs_address"]
@@ -732,7 +734,7 @@ def test_a_network_cut_to_the_worker_ends_the_map_with_an_error_naming_it(cluste
     # declared dead).
     assert set(f.map(range(4))) <= {"h1", "h2"}
     # A new connection (here: a server restart that keeps Ray) joins the worker again.
-    cluster.restart_server(restart_ray=False)
+    cluster.restart_server(keep=("ray",))
     assert set(rh.function(hostname_after(0.5)).to(cluster).map(range(16))) == {"h1", "h2"}
 
 

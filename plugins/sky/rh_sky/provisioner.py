@@ -33,7 +33,7 @@ AUTOSTOPPING_WAIT_SECONDS = 600
 
 def local_state_dir(cluster_name: str) -> str:
     """Where this machine keeps a sky cluster's SSH key copy and known_hosts: ``$RH_HOME/sky/<name>``."""
-    from rh_core.support.paths import rh_home
+    from rh_core.config import rh_home
 
     return os.path.join(rh_home(), "sky", cluster_name)
 

@@ -12,7 +12,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from rh_core.errors import RhError
+from rh_core.errors import ProvisionError, RhError
 
 from rh_sky.spec import SkySpecError
 
@@ -26,7 +26,7 @@ INSTALL_HINT = "pip install rh-sky (it depends on skypilot), or pip install 'sky
 _ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-class SkyError(RhError):
+class SkyError(ProvisionError):
     """SkyPilot refused or failed; the message carries SkyPilot's reason and what to do."""
 
 

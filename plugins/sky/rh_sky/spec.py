@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rh_core.errors import RhError
+from rh_core.errors import ProvisionError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -60,7 +60,7 @@ REGIONS = {
 }
 
 
-class SkySpecError(RhError, ValueError):
+class SkySpecError(ProvisionError, ValueError):
     """An on-demand cluster's options are wrong; the message names the option and what to pass."""
 
 

@@ -220,3 +220,12 @@ def test_a_region_the_provider_does_not_have_is_refused_with_the_valid_ones():
         SkySpec.from_options({"provider": "gcp", "region": "us-east-1", "instance_type": "A100:1"})
     assert SkySpec.from_options({"provider": "gcp", "region": "us-east1"}).region == "us-east1"
     assert SkySpec.from_options({"provider": "azure", "region": "eastus"}).region == "eastus"  # left to SkyPilot
+
+
+def test_skypilots_errors_are_provision_errors(fake_sky):
+    from rh_sky.skypilot import SkyError, SkyLaunchError
+
+    with pytest.raises(rh.ProvisionError) as caught:  # what a caller catches without knowing the provider
+        rh.cluster(name="bad", instance_type="A100:four")
+    assert isinstance(caught.value, SkySpecError) and isinstance(caught.value, ValueError)
+    assert issubclass(SkyLaunchError, SkyError) and issubclass(SkyError, rh.ProvisionError)

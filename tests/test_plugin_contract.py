@@ -1,0 +1,166 @@
+"""The typed plugin contract: one error root per plugin kind, optional capabilities asked in one
+place, and what an executor declares it keeps across a server restart."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+import rh_core as rh
+from rh_core import errors
+from rh_core.plugin import interfaces as plugin_types
+from rh_core.builtin.local_transport import LocalTransport
+from rh_core.builtin.process_pool import ProcessExecutor
+from rh_core.errors import ExecutorError, PluginError, ProvisionError, RhError, StoreError, WorkerDiedError
+from rh_core.plugin.interfaces import (
+    CAPABILITIES,
+    Autostops,
+    LendsWorkers,
+    PreparesForward,
+    ReplacesSlots,
+    ReportsTunnelProblems,
+    SharesMachine,
+    WatchesEnvironments,
+    capability,
+    keep_marker,
+)
+from rh_core.plugin.host import PluginHost, Registry
+
+# --- the error tree ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root", [errors.ProvisionError, errors.TransportError, errors.InstallError,
+                                  errors.ExecutorError, errors.StoreError])
+def test_each_plugin_kind_has_its_root_under_rh_error_and_exported(root):
+    assert issubclass(root, RhError)
+    assert getattr(rh, root.__name__) is root
+    assert root.__doc__ and "raise" in root.__doc__  # says who raises it
+
+
+def test_a_dead_worker_is_an_executor_error():
+    with pytest.raises(ExecutorError):
+        raise errors.InstanceDiedError("the instance's process was killed")
+    assert issubclass(WorkerDiedError, ExecutorError)
+
+
+def test_store_error_keeps_its_old_import_path():
+    from rh_core.names import StoreError as from_names
+
+    assert from_names is StoreError
+
+
+def test_an_executor_without_remote_instances_refuses_them_with_an_executor_error():
+    import asyncio
+
+    class Plain(plugin_types.CoroutineExecutor):
+        name = "plain"
+
+    async def create() -> None:
+        await Plain().start_instance(None, plugin_types.InstanceSpec(name="x", id="1"))  # type: ignore[arg-type]
+
+    with pytest.raises(ExecutorError, match="'plain' executor runs no remote instances"):
+        asyncio.run(create())
+
+
+# --- optional capabilities ----------------------------------------------------------------------
+
+
+def test_the_process_executor_has_every_executor_capability():
+    executor = ProcessExecutor(num_workers=1)
+    assert capability(executor, SharesMachine) is executor and executor.same_machine
+    assert capability(executor, LendsWorkers) is executor
+    assert capability(executor, WatchesEnvironments) is executor
+
+
+def test_the_local_transport_has_no_tunnel_capabilities():
+    transport = LocalTransport()
+    assert capability(transport, PreparesForward) is None
+    assert capability(transport, ReportsTunnelProblems) is None
+
+
+def test_a_capability_of_two_members_needs_both():
+    class HalfAutostop:
+        def autostop_minutes(self, cluster):
+            return 10
+
+    class FullAutostop(HalfAutostop):
+        def set_autostop(self, cluster, minutes):
+            pass
+
+    assert capability(HalfAutostop(), Autostops) is None
+    assert capability(FullAutostop(), Autostops) is not None
+
+
+def test_the_pip_installer_names_what_it_replaces():
+    installer = rh.default_host().installer("pip")()
+    replaces = capability(installer, ReplacesSlots)
+    assert replaces is not None
+    step = plugin_types.InstallStep(method="pip", spec="numpy==2.0", requirement="numpy==2.0")
+    assert replaces.slot(step) == "pip:numpy"
+
+
+def test_keep_warm_on_machines_that_never_stop_by_themselves_is_a_provision_error():
+    cluster = rh.cluster(name="byo-keep", ips=["192.0.2.1"], ssh_creds={"ssh_user": "nobody"})
+    with pytest.raises(ProvisionError, match=r"no keep_warm\(\): its 'byo' provisioner does not stop machines"):
+        cluster.keep_warm(10)
+    with pytest.raises(ProvisionError, match=r"no pause_autostop\(\)"), cluster.pause_autostop():
+        pass
+
+
+def test_every_capability_is_documented_for_plugin_authors():
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "writing-a-plugin.md")
+    with open(path) as f:
+        guide = f.read()
+    for kind, protocols in CAPABILITIES.items():
+        for protocol in protocols:
+            assert f"`{protocol.__name__}`" in guide, f"{kind} capability {protocol.__name__} is not documented"
+    for root in ("ProvisionError", "TransportError", "InstallError", "ExecutorError", "StoreError"):
+        assert f"`{root}`" in guide
+
+
+# --- what an executor keeps across a server restart ----------------------------------------------
+
+
+def test_an_executor_declares_what_it_keeps_and_others_may_not():
+    registry = Registry("executor")
+    registry.register("kept", "somewhere:Executor", aliases=("kept2",), keeps=("ray",), owner="plug")
+    registry.register("plain", "somewhere:Other", owner="plug")
+    assert registry.keeps("kept") == registry.keeps("kept2") == ("ray",)
+    assert registry.keeps("plain") == ()
+    with pytest.raises(PluginError, match="only executors declare"):
+        Registry("transport").register("ssh2", "x:Y", keeps=("ray",), owner="plug")
+    with pytest.raises(ValueError, match="cannot name what an executor keeps"):
+        registry.register("bad", "x:Y", keeps=("../etc",), owner="plug")
+
+
+def test_the_ray_executor_declares_it_keeps_ray_without_being_imported():
+    host = PluginHost()
+    assert host.registry("executor").keeps("ray") == ("ray",)
+    assert host.registry("executor").keeps("process") == ()
+
+
+def test_keep_marker_is_a_file_in_the_state_dir():
+    assert keep_marker("/state/server/", "ray") == "/state/server/keep-ray"
+    with pytest.raises(ValueError):
+        keep_marker("/state", "a/b")
+
+
+def test_asking_an_executor_to_keep_what_it_cannot_refuses_before_stopping_anything(running_cluster):
+    pid = running_cluster.read_state()["pid"]
+    with pytest.raises(ExecutorError, match=r"'process' executor .* cannot keep 'ray' .*it can keep nothing"):
+        running_cluster.restart_server(keep=("ray",))
+    assert running_cluster.read_state()["pid"] == pid
+    assert not os.path.exists(keep_marker(running_cluster.state_dir, "ray"))
+
+
+def test_restart_ray_still_works_for_one_release_with_a_deprecation_warning(running_cluster):
+    pid = running_cluster.read_state()["pid"]
+    with pytest.warns(DeprecationWarning, match=r"restart_ray=\.\.\.\) is deprecated: pass keep=\('ray',\)"):
+        running_cluster.restart_server(restart_ray=False)  # the process executor keeps no Ray: ignored
+    assert running_cluster.read_state()["pid"] != pid
+    assert not os.path.exists(keep_marker(running_cluster.state_dir, "ray"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        running_cluster.restart_server()  # no restart_ray: no warning
