@@ -56,8 +56,8 @@ from rh_core.errors import (
 #: Public names loaded on first use, and the module each comes from.
 _LAZY = {
     "Cluster": "rh_core.clusters.base",
-    "LocalCluster": "rh_core.clusters.base",
-    "here": "rh_core.clusters.base",
+    "LocalCluster": "rh_core.clusters.local",
+    "here": "rh_core.clusters.local",
     "Function": "rh_core.function",
     "broadcast": "rh_core.function",
     "function": "rh_core.function",
@@ -76,7 +76,7 @@ _LAZY = {
     "asgi": "rh_core.apps",
     "secret": "rh_core.secrets",
     "RemoteCluster": "rh_core.clusters.remote",
-    "cluster": "rh_core.clusters.remote",
+    "cluster": "rh_core.cluster",
     "exists": "rh_core.names",
     "ls": "rh_core.names",
     "delete": "rh_core.names",
@@ -149,7 +149,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from rh_core.apps import AsgiApp, asgi
-    from rh_core.clusters.base import Cluster, LocalCluster, here
+    from rh_core.clusters.base import Cluster
+    from rh_core.clusters.local import LocalCluster, here
     from rh_core.function import Function, broadcast, function
     from rh_core.plugin.hookspecs import hookimpl
     from rh_core.modules import Module, RemoteInstance, module
@@ -158,7 +159,8 @@ if TYPE_CHECKING:
     from rh_core.plugin.host import PluginHost, default_host
     from rh_core.clusters.ref import Ref, get
     from rh_core.secrets import Secret, secret
-    from rh_core.clusters.remote import RemoteCluster, cluster
+    from rh_core.cluster import cluster
+    from rh_core.clusters.remote import RemoteCluster
 
 
 def __getattr__(name: str) -> Any:
@@ -174,9 +176,8 @@ def __dir__() -> list[str]:
     return __all__
 
 
-#: Exported names that are also the names of modules: ``rh.cluster`` is the factory, while
-#: ``rh_core.cluster`` was the module of the cluster classes (it still imports, see _MOVED below), and
-#: ``rh.function`` is the factory in the module rh_core/function.py.
+#: Exported names that are also the names of modules: the factories ``rh.cluster`` and
+#: ``rh.function`` live in the modules rh_core/cluster.py and rh_core/function.py.
 _SHADOWED = ("cluster", "function")
 
 
@@ -199,7 +200,6 @@ sys.modules[__name__].__class__ = _Package
 #: went. Their old names import for one release, so plugins written against them keep working; new
 #: code imports the new names.
 _MOVED = {
-    "rh_core.cluster": "rh_core.clusters.base",
     "rh_core.remote": "rh_core.clusters.remote",
     "rh_core.tls": "rh_core.clusters.tls",
     "rh_core.status": "rh_core.clusters.status",

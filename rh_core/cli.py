@@ -136,7 +136,7 @@ def load_cluster(name: str | None, *, dryrun: bool = True) -> Cluster:
     """The cluster saved as ``name``, or the local cluster (rh.here) when no name is given."""
     configure_logging()
     if name is None:
-        from rh_core.clusters.base import LocalCluster
+        from rh_core.clusters.local import LocalCluster
 
         return LocalCluster()
     from rh_core.names import load_cluster as load
@@ -375,7 +375,7 @@ def server() -> None:
 
 
 def _local(executor: str | None = None, workers: int | None = None):
-    from rh_core.clusters.base import LocalCluster
+    from rh_core.clusters.local import LocalCluster
 
     options = {"num_workers": workers} if workers else {}
     return LocalCluster(executor=executor, executor_options=options)

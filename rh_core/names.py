@@ -475,7 +475,7 @@ def _cluster_record(cluster: Cluster, name: ResourceName) -> dict[str, Any]:
 
 
 def _cluster_from_record(record: Mapping[str, Any], where: str, *, shared: bool = False) -> Cluster:
-    from rh_core.clusters.base import from_config
+    from rh_core.clusters import from_config
 
     if shared:
         check_shared_paths(record["cluster"], where)
@@ -730,7 +730,8 @@ def _builtin_names() -> list[str]:
 def _builtin(name: ResourceName) -> Cluster | Function:
     """A builtin, built fresh for each load: a record, a factory's product, a copy of a registered
     cluster, or (for a cluster preset) ``rh.cluster(name=..., **preset)``."""
-    from rh_core.clusters.base import Cluster, from_config
+    from rh_core.clusters.base import Cluster
+    from rh_core.clusters import from_config
     from rh_core.function import Function
 
     registry = next((r for r in _builtin_registries() if name.path in r.names()), None)
@@ -738,7 +739,7 @@ def _builtin(name: ResourceName) -> Cluster | Function:
         raise ResourceNotFoundError(str(name), "the builtins registered by plugins", _near(name, _builtin_names()))
     target = registry.get(name.path)
     if registry.kind == "cluster_preset":
-        from rh_core.clusters.remote import cluster
+        from rh_core.cluster import cluster
 
         return cluster(name=name.path, **target)
     if isinstance(target, Mapping):

@@ -10,49 +10,18 @@ saved record.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from rh_core.errors import SecretError
+from rh_core.wire.messages import check_secret_contents as check_contents
+from rh_core.wire.messages import check_secret_name as check_name
 
 if TYPE_CHECKING:
     from rh_core.clusters.base import Cluster
     from rh_core.plugin.host import PluginHost
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise SecretError(f"invalid secret name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, not "
-                          "starting with punctuation)")
-    return name
-
-
-def check_contents(name: str, values: Any, files: Any) -> None:
-    """Refuse values that are not ``{VARIABLE_NAME: str}`` and files that are not ``{"~/path": str}``,
-    naming the key at fault but never a value."""
-    if not isinstance(values, Mapping):
-        raise SecretError(f"secret {name!r}: values must be a dict of environment variable names to strings")
-    for key, value in values.items():
-        if not isinstance(key, str) or not VARIABLE.match(key):
-            raise SecretError(f"secret {name!r}: {key!r} is not an environment variable name (letters, digits and "
-                              "'_', not starting with a digit)")
-        if not isinstance(value, str):
-            raise SecretError(f"secret {name!r}: the value of {key} must be a string, not {type(value).__name__}")
-    if not isinstance(files, Mapping):
-        raise SecretError(f"secret {name!r}: files must be a dict of paths under '~/' to their text")
-    for path, text in files.items():
-        if not isinstance(path, str) or not path.startswith("~/") or ".." in path.split("/"):
-            raise SecretError(f"secret {name!r}: file {path!r} must be a path under the home directory ('~/...', "
-                              "without '..')")
-        if not isinstance(text, str):
-            raise SecretError(f"secret {name!r}: the text of {path} must be a string")
-
 
 @attrs.frozen(kw_only=True, repr=False)
 class Secret:

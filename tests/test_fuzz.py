@@ -53,7 +53,7 @@ def raw_socket(request, running_cluster):
     else:
         import zmq
 
-        from rh_core.client.connection import authenticate_zmq
+        from rh_core.wire.frames import authenticate_zmq
 
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)

@@ -16,7 +16,7 @@ def test_an_object_put_on_the_cluster_is_got_from_any_process_and_passed_by_ref(
     ref = running_cluster.put("model-config", config)
     assert running_cluster.get("model-config") == config
     assert rh.function(fns.length).to(running_cluster)(ref) == 2  # handed over on the cluster, not sent again
-    script = ("import json, sys; from rh_core.clusters.base import from_config; "
+    script = ("import json, sys; from rh_core.clusters import from_config; "
               "print(from_config(json.loads(sys.argv[1])).get('model-config')['layers'])")
     out = subprocess.run([sys.executable, "-c", script, json.dumps(running_cluster.config())],
                          capture_output=True, text=True, timeout=60)

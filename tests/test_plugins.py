@@ -196,3 +196,27 @@ def test_every_hook_call_is_traced_with_rh_trace_hooks():
     assert done.returncode == 0, done.stderr
     assert "rh_register_executors" in done.stdout
     assert "rh_cluster_teardown" in done.stdout
+
+
+def test_the_old_flat_module_names_still_import_for_one_release_and_say_where_things_went():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    from rh_core.plugin_types import Executor, Task\n"
+        "    from rh_core.cluster import LocalCluster, from_config\n"
+        "    import rh_core.remote\n"
+        "import rh_core.plugin.interfaces, rh_core.clusters.local, rh_core.clusters, rh_core.clusters.remote\n"
+        "assert Executor is rh_core.plugin.interfaces.Executor and Task is rh_core.plugin.interfaces.Task\n"
+        "assert LocalCluster is rh_core.clusters.local.LocalCluster and from_config is rh_core.clusters.from_config\n"
+        "assert rh_core.remote is rh_core.clusters.remote\n"
+        "said = [str(w.message) for w in seen if issubclass(w.category, DeprecationWarning)]\n"
+        "assert any('rh_core.plugin_types is now rh_core.plugin.interfaces' in s for s in said), said\n"
+        "assert any('rh_core.cluster.LocalCluster is now rh_core.clusters.local.LocalCluster' in s for s in said), said\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr

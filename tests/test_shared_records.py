@@ -165,7 +165,7 @@ def test_secrets_never_show_in_a_clusters_repr():
                          ssh_creds={"ssh_user": "me", "password": "hunter2", "passphrase": "open sesame"})
     shown = repr(cluster) + str(cluster)
     assert "hunter2" not in shown and "open sesame" not in shown and "'password': '<hidden>'" in shown
-    from rh_core.clusters.base import from_config
+    from rh_core.clusters import from_config
     from rh_core.plugin.interfaces import ClusterInfo, InstallStep
 
     with pytest.raises(ValueError, match="unknown cluster kind") as refused:

@@ -63,7 +63,7 @@ def test_calls_through_the_tls_front_door_with_the_pinned_certificate(exposed_se
         f = rh.function(fns.add).to(cluster)
         assert f(1, 2) == 3
         assert f.map([1, 2, 3], [4, 5, 6]) == [5, 7, 9]
-        payload = os.urandom(4 * 2**20 + 3)  # sent in five pieces (rh_core.client.connection.split_frames)
+        payload = os.urandom(4 * 2**20 + 3)  # sent in five pieces (rh_core.wire.frames.split_frames)
         assert rh.function(fns.echo).to(cluster)(payload) == payload
         assert "secret" not in json.dumps(cluster.config())
         with pytest.raises(rh.RhError, match="has no shell"):

@@ -76,7 +76,7 @@ class Platform:
 
     @classmethod
     def from_probe(cls, probe: dict) -> Platform:
-        """From what the bootstrap probe printed on a machine (see :data:`PROBE_PLATFORM`)."""
+        """From what the bootstrap probe printed on a machine (see :mod:`rh_core.bootstrap.scripts.platform`)."""
         return cls(system=probe["system"], machine=probe["machine"], libc=probe.get("libc") or "",
                    libc_version=probe.get("libc_version") or "", python=probe["python"],
                    implementation=probe.get("implementation", "cp"))
@@ -144,34 +144,10 @@ class Platform:
         return args
 
 
-#: Python source run on a machine (by the bootstrap probe) that prints what :class:`Platform` needs.
-PROBE_PLATFORM = r"""
-def rh_platform():
-    import glob, os, platform, re, subprocess, sys
-    libc, version = "", ""
-    try:
-        found = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (AttributeError, ValueError, OSError):
-        found = ""
-    if found.startswith("glibc "):
-        libc, version = "glibc", found.split()[1]
-    else:
-        for loader in glob.glob("/lib/ld-musl-*.so.1"):
-            said = subprocess.run([loader], capture_output=True, text=True).stderr
-            match = re.search(r"Version (\d+)\.(\d+)", said)
-            if match:
-                libc, version = "musl", "%s.%s" % match.groups()
-                break
-    return {"system": platform.system(), "machine": platform.machine(), "libc": libc, "libc_version": version,
-            "python": "%d.%d" % sys.version_info[:2],
-            "implementation": "pp" if sys.implementation.name == "pypy" else "cp"}
-"""
-
-
 def _libc_here() -> tuple[str, str]:
-    namespace: dict = {}
-    exec(PROBE_PLATFORM, namespace)
-    found = namespace["rh_platform"]()
+    from rh_core.bootstrap.scripts.platform import rh_platform
+
+    found = rh_platform()
     return found["libc"], found["libc_version"]
 
 

@@ -20,34 +20,6 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 120.0
 
-# Run with the environment's python on the head (every environment there sees the server's rh_core):
-# starts JupyterLab detached, waits for its port, prints {"ok": true, "pid", "token"} or the log's tail.
-_START = r"""
-import json, os, secrets, socket, sys
-from rh_core.support.processes import LaunchError, launch
-port, log_path, timeout = int(sys.argv[1]), os.path.expanduser(sys.argv[2]), float(sys.argv[3])
-token = secrets.token_urlsafe(24)
-os.makedirs(os.path.dirname(log_path), exist_ok=True)
-def listening(child):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-try:
-    child = launch(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0"] + (["--allow-root"] if os.geteuid() == 0 else []), log_path,
-        env={**os.environ, "JUPYTER_TOKEN": token}, cwd=os.path.expanduser("~"), ready=listening, timeout=timeout,
-        interval=0.2)
-except LaunchError as exc:
-    if not exc.exited:
-        exc.process.kill()
-    print(json.dumps({"ok": False, "code": exc.process.poll(), "log": exc.log_tail(20)}))
-else:
-    print(json.dumps({"ok": True, "pid": child.pid, "token": token}))
-"""
-
 
 @attrs.define(eq=False)
 class Notebook:
@@ -79,7 +51,7 @@ def start_notebook(cluster: Cluster, port: int = 8888, *, env: Any = None, local
 
     environment = install_packages(cluster, ["jupyterlab"], env)["environment"]
     log_path = f"{cluster._setup_dir()}/notebook-{port}.log"  # the cluster's own state folder on the head
-    command = (f"{shlex.quote(environment['python'])} -c {shlex.quote(_START)} {port} "
+    command = (f"{shlex.quote(environment['python'])} -m rh_core.bootstrap.scripts.start_notebook {port} "
                f"{shlex.quote(log_path)} {START_TIMEOUT}")
     ((code, out, err),) = cluster.run([command])
     try:

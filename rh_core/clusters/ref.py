@@ -55,7 +55,7 @@ class Ref(Generic[R]):
 
     def _cluster(self) -> Cluster:
         if self.cluster is None:
-            from rh_core.clusters.base import here
+            from rh_core.clusters.local import here
 
             return here
         return self.cluster

@@ -16,14 +16,13 @@ import shlex
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from rh_core.client import progress
 from rh_core.wire import serialize
 from rh_core.clusters.base import Cluster
-from rh_core.support.compat import add_note
 from rh_core.errors import ProvisionError, ServerStartError, VersionMismatchError
 from rh_core.plugin.interfaces import (
     Autostops,
@@ -32,14 +31,13 @@ from rh_core.plugin.interfaces import (
     PreparesForward,
     RefreshesStatus,
     ReportsTunnelProblems,
-    ValidatesSpec,
     capability,
     keep_marker,
 )
 from rh_core.support.redact import secrets_hidden
+from rh_core.bootstrap import scripts
 from rh_core.bootstrap.wheels import (
     MIN_CLUSTER_PYTHON,
-    PROBE_PLATFORM,
     OwnWheels,
     Platform,
     build_own_wheels,
@@ -68,99 +66,6 @@ def remote_shell_path(path: str) -> str:
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
     return shlex.quote(path)
-
-
-# Run with the venv's python when there is one, else the host's python3; prints what bootstrap needs
-# to know in one round trip: the machine's platform, the Pythons on its PATH, the venv and the server.
-_PROBE = PROBE_PLATFORM + r"""
-import json, os, shutil, sys
-rh = os.path.expanduser(sys.argv[1])
-def read(path):
-    try:
-        with open(path) as f: return f.read().strip()
-    except OSError: return None
-state = read(rh + "/server/server.json")
-try:
-    state = json.loads(state); os.kill(state["pid"], 0)
-    if state.get("process_start"):  # the pid is that server's, not a later process's
-        with open("/proc/%d/stat" % state["pid"]) as f:
-            assert f.read().rpartition(")")[2].split()[19] == state["process_start"]
-except Exception:
-    state = None
-def choose_python(prefer):
-    # The venv's interpreter: Python `prefer` when the machine has it (functions sent by value need
-    # the client's minor version), else python3 when new enough, else the newest 3.10+. Each is run
-    # once: a name on the PATH may be a shim that does not work (pyenv's, for inactive versions).
-    import subprocess
-    names = ["python" + prefer, "python3"] + ["python3.%d" % m for m in range(20, 9, -1)]
-    found, seen = [], set()
-    for name in names:
-        path = shutil.which(name)
-        if not path or path in seen: continue
-        seen.add(path)
-        try:
-            said = subprocess.run([path, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                                  capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if not said: continue
-        found.append({"name": name, "path": path, "version": said})
-        if tuple(map(int, said.split("."))) >= (3, 10) and (name != "python" + prefer or said == prefer):
-            return found[-1], found
-    return None, found
-venv_build = read(rh + "/venv/rh-build-id")
-# argv: root [build prefer]: with a build the venv does not hold, find the interpreter for a new one.
-chosen, pythons = choose_python(sys.argv[3]) if sys.argv[2:] and sys.argv[2] != venv_build else (None, [])
-print(json.dumps({**rh_platform(), "executable": sys.executable, "chosen": chosen, "pythons": pythons,
-                  "root": rh, "server": state, "secret": read(rh + "/server/secret"),
-                  "venv_build": venv_build, "rsync": bool(shutil.which("rsync"))}))
-"""
-
-# Run with the server's python: exit 0 and print "reachable" when the package index its pip uses answers.
-_INDEX_CHECK = r"""
-import os, subprocess, sys, urllib.request
-index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
-said = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-for line in said.splitlines():
-    key, _, value = line.partition("=")
-    if key.endswith(".index-url"):
-        index = value.strip().strip("'\"")
-try:
-    urllib.request.urlopen(index.rstrip("/") + "/pip/", timeout=5).close()
-except Exception as exc:
-    print("%s: %s" % (index, exc)); sys.exit(1)
-print("reachable")
-"""
-
-# Run with the venv's python: starts the server detached (it outlives the SSH session) and waits for
-# its state file, printing it, or the log's tail when the server dies first.
-_START = r"""
-import json, os, sys
-state_dir, build, node_address, old_pid, argv = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-from rh_core.support.processes import LaunchError, launch, stop_process, wait_ready
-if old_pid:
-    stop_process(old_pid, grace=5.0)
-from rh_core.errors import UntrustedPathError
-from rh_core.support.files import private_directory
-try:  # the server checks its folder too, but the log is opened here first
-    private_directory(state_dir)
-except UntrustedPathError as exc:
-    print(json.dumps({"ok": False, "code": None, "log": str(exc)})); sys.exit(0)
-log_path = os.path.join(state_dir, "server.log")
-child = launch([sys.executable, "-m", "rh_core.server", "--state-dir", state_dir, *argv], log_path, private_log=True,
-               env={**os.environ, "RH_BUILD_ID": build, "RH_NODE_ADDRESS": node_address}, cwd=os.path.expanduser("~"))
-def started(child):  # its state file names it, and its secret is there
-    try:
-        with open(os.path.join(state_dir, "server.json")) as f: state = json.load(f)
-        if state.get("pid") == child.pid:
-            with open(os.path.join(state_dir, "secret")) as f: return {"ok": True, "state": state, "secret": f.read().strip()}
-    except (OSError, ValueError):
-        return None
-try:
-    print(json.dumps(wait_ready(child, started, timeout=120, log_path=log_path)))
-except LaunchError as exc:
-    print(json.dumps({"ok": False, "code": child.poll(), "log": exc.log_tail(30)}))
-"""
 
 
 @attrs.define(eq=False)
@@ -401,7 +306,7 @@ class RemoteCluster(Cluster):
         root = self.remote_dir
         venv = remote_shell_path(f"{root.rstrip('/')}/venv/bin/python")
         args = [root] + ([build_id, prefer_python or serialize.python_version()] if build_id else [])
-        probe = f"-c {shlex.quote(_PROBE)} {' '.join(shlex.quote(arg) for arg in args)}"
+        probe = f"-c {shlex.quote(scripts.probe())} {' '.join(shlex.quote(arg) for arg in args)}"
         (code, out, err), = transport.run([f"{venv} {probe} 2>/dev/null || python3 {probe}"])
         if code != 0:
             raise ServerStartError(
@@ -436,7 +341,7 @@ class RemoteCluster(Cluster):
         if self._reaches_index is None:
             python = shlex.quote(str(self._info.get("python_executable") or "python3"))
             with progress.step(logger, "index check", self._where(self.cluster_info.head)):
-                (code, out, _), = self.transport.run([f"{python} -c {shlex.quote(_INDEX_CHECK)}"])
+                (code, out, _), = self.transport.run([f"{python} -c {shlex.quote(scripts.source('index_check.py'))}"])
             self._reaches_index = code == 0 and out.strip().endswith("reachable")
             if not self._reaches_index:
                 logger.info("%s reaches no package index (%s): requirements are resolved here and shipped",
@@ -515,7 +420,7 @@ class RemoteCluster(Cluster):
             argv += ["-o", f"{key}={json.dumps(value)}"]
         old_pid = old["pid"] if old else 0
         command = " ".join(shlex.quote(part) for part in [
-            f"{probe['root']}/venv/bin/python", "-c", _START, f"{probe['root']}/server",
+            f"{probe['root']}/venv/bin/python", "-m", "rh_core.bootstrap.scripts.start_server", f"{probe['root']}/server",
             build_id, head, str(old_pid), *argv])
         started = json.loads(self._run_checked(self.transport, command, "starting the server", head)
                              .strip().splitlines()[-1])
@@ -615,145 +520,3 @@ class RemoteCluster(Cluster):
         self._last_status = ClusterStatus(name=shown, kind=self.provisioner, machines=machines, server=server,
                                           explanation=explanation)
         return self._last_status
-
-
-#: The ``ssh_creds`` keys, which people also pass to ``rh.cluster`` itself by mistake.
-SSH_CREDS_KEYS = ("ssh_user", "ssh_private_key", "ssh_port", "password", "passphrase", "known_hosts",
-                  "trust_new_host", "use_agent", "connect_timeout")
-
-
-def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, provider: str | None) -> None:
-    """Machines you bring take no options beyond ``ips`` and ``ssh_creds``: any other keyword would
-    be silently ignored (``ssh_port=2222`` would connect to port 22), so it is an error."""
-    if instance_type is not None or provider is not None:
-        raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
-                        "ones: pass one or the other")
-    if not options:
-        return
-    creds = {key: value for key, value in options.items() if key in SSH_CREDS_KEYS}
-    if creds:
-        raise TypeError(
-            f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in ssh_creds: "
-            f"rh.cluster(ips=[...], ssh_creds={creds!r})")
-    raise TypeError(
-        f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
-        "ips, ssh_creds, executor, executor_options")
-
-
-@overload
-def cluster(name: str | None = None, *, ips: list[str], ssh_creds: dict[str, Any] | None = None,
-            executor: str = "process", executor_options: dict[str, Any] | None = None) -> RemoteCluster: ...
-@overload
-def cluster(name: str | None = None, *, instance_type: str, provider: str | None = None, executor: str = "process",
-            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
-@overload
-def cluster(name: str | None = None, *, provider: str, instance_type: str | None = None, executor: str = "process",
-            executor_options: dict[str, Any] | None = None, **options: Any) -> RemoteCluster: ...
-@overload
-def cluster(name: str, *, dryrun: bool = False, store: dict[str, Any] | None = None) -> Cluster: ...
-@overload
-def cluster(name: str | None = None, *, address: str, tls_fingerprint: str, secret: str = "") -> Cluster: ...
-
-
-def cluster(
-    name: str | None = None,
-    *,
-    ips: list[str] | None = None,
-    ssh_creds: dict[str, Any] | None = None,
-    executor: str = "process",
-    executor_options: dict[str, Any] | None = None,
-    dryrun: bool = False,
-    store: dict[str, Any] | None = None,
-    instance_type: str | None = None,
-    provider: str | None = None,
-    **options: Any,
-) -> Cluster:
-    """A cluster: hosts you bring (``ips`` and ``ssh_creds``), with ``executor`` running the calls.
-
-    ``ssh_creds`` takes ``ssh_user``, ``ssh_private_key``, ``ssh_port``, ``password``,
-    ``passphrase``, ``known_hosts`` and ``trust_new_host`` (see the ssh transport).
-
-    A name alone loads a saved cluster (``~/x`` local, ``@/x`` shared, ``^x`` builtin, a bare ``x``
-    meaning ``~/x``) and refreshes its status; ``dryrun=True`` only builds the object, connecting
-    to nothing. ``store`` replaces the config file's shared store for this call.
-
-    ``instance_type`` or ``provider`` make an on-demand cluster, launched by a provisioner plugin
-    when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
-    """
-    if ips:
-        _refuse_byo_options(options, instance_type, provider)
-        return RemoteCluster(
-            name=name or f"byo-{ips[0]}",
-            provisioner="byo",
-            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {})},
-            executor=executor,
-            executor_options=dict(executor_options or {}),
-        )
-    if "address" in options or "tls_fingerprint" in options:
-        from rh_core.clusters.tls import tls_cluster
-
-        return tls_cluster(name or options["address"], options.pop("address"), options.pop("tls_fingerprint", ""),
-                           options.pop("secret", ""))
-    # (sky plugin work) on-demand clusters: provider= / instance_type= choose a provisioner here.
-    preset_with_options = bool(name and name.startswith("^") and (options or executor_options or executor != "process"))
-    if instance_type is not None or provider is not None or preset_with_options:
-        return on_demand_cluster(name, instance_type=instance_type, provider=provider, executor=executor,
-                                 executor_options=executor_options, **options)
-    # (names work) a name alone ("~/x", "@/x", "^x") loads a saved or builtin cluster here.
-    if name is not None and ssh_creds is None and executor_options is None and set(options) <= {"secret"}:
-        from rh_core.errors import ResourceNotFoundError
-        from rh_core.names import load_cluster
-
-        try:
-            return load_cluster(name, dryrun=dryrun, store=store, secret=options.get("secret"))
-        except ResourceNotFoundError as exc:
-            add_note(exc, "To make a new cluster: rh.cluster(name=..., ips=['10.0.0.1'], ssh_creds={...}) for machines "
-                         "you have, or rh.cluster(name=..., instance_type='A100:1') to launch them.")
-            raise
-    raise TypeError(
-        "rh.cluster needs the hosts to use: rh.cluster(ips=['10.0.0.1'], ssh_creds={'ssh_user': ..., "
-        "'ssh_private_key': ...}), or the machines to launch: rh.cluster(name='gpu', instance_type='A100:1'); "
-        "use rh.here for this machine"
-    )
-
-
-def on_demand_cluster(
-    name: str | None,
-    *,
-    instance_type: str | None = None,
-    provider: str | None = None,
-    executor: str = "process",
-    executor_options: dict[str, Any] | None = None,
-    **options: Any,
-) -> RemoteCluster:
-    """A cluster whose machines a provisioner launches on first use: ``rh.cluster(name='gpu',
-    instance_type='A100:4', provider='gcp', autostop_mins=60, ...)``.
-
-    ``provider`` names a registered provisioner or one of its aliases (rh-sky registers ``"sky"``
-    and every cloud SkyPilot knows, ``"gcp"``, ``"aws"``, ...); without one, ``default_provider``
-    from the config file, else ``"cheapest"``. The provisioner checks the other options when it has
-    a ``validate_spec(spec)`` method. ``name='^preset'`` starts from a cluster preset's options.
-    """
-    from rh_core.config import current
-    from rh_core.plugin.host import default_host
-
-    host = default_host()
-    given = {key: value for key, value in {"instance_type": instance_type, "provider": provider, **options}.items()
-             if value is not None}
-    if name and name.startswith("^"):
-        name = name[1:]
-        given = {**host.registry("cluster_preset").get(name), **given}
-    if not name:
-        raise TypeError(
-            "an on-demand cluster needs a name, by which its provisioner finds its machines again: "
-            "rh.cluster(name='my-gpu', instance_type='A100:1')"
-        )
-    provider = given.pop("provider", None) or current().default_provider or "cheapest"
-    provisioner = host.provisioner(provider)()  # an unknown provider is named with the valid ones
-    spec = {"provider": provider, **given}
-    validator = capability(provisioner, ValidatesSpec)
-    if validator is not None:
-        spec = validator.validate_spec(spec)
-    return RemoteCluster(name=name, provisioner=provider, spec=spec, executor=executor,
-                         executor_options=dict(executor_options or {}))
-

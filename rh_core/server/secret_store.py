@@ -14,7 +14,8 @@ import os
 from typing import Any
 
 from rh_core.errors import SecretError
-from rh_core.secrets import check_contents, check_name
+from rh_core.wire.messages import check_secret_contents as check_contents
+from rh_core.wire.messages import check_secret_name as check_name
 
 
 class SecretStore:

@@ -51,7 +51,7 @@ from rh_core.server.app_host import REQUIREMENT as APP_REQUIREMENT
 from rh_core.server.app_host import AppHost
 from rh_core.server.call_gate import CallGate
 from rh_core.wire.channel import Channel
-from rh_core.client.connection import SECRET_FILE, join_frames
+from rh_core.wire.frames import SECRET_FILE, join_frames
 from rh_core.server.envs import ClusterEnvironment, install
 from rh_core.errors import (
     CallTimeoutError,
@@ -213,7 +213,7 @@ class Server:
         # A connection must prove the secret in its handshake before it can send a message, and no
         # frame longer than ENVELOPE_MAX_BYTES is read, so a stranger on this port can make us read
         # at most one such frame per connection, for at most HANDSHAKE_SECONDS. Clients send longer
-        # frames in pieces (rh_core.client.connection.split_frames), joined in _on_router_message.
+        # frames in pieces (rh_core.wire.frames.split_frames), joined in _on_router_message.
         router.plain_server = True
         router.zap_domain = ZAP_DOMAIN
         router.setsockopt(zmq.MAXMSGSIZE, ENVELOPE_MAX_BYTES)

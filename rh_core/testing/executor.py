@@ -96,7 +96,7 @@ class ExecutorContract:
         ref.result()
         script = textwrap.dedent(f"""
             import json, sys
-            from rh_core.clusters.base import from_config
+            from rh_core.clusters import from_config
             cluster = from_config(json.loads(sys.argv[1]))
             print(cluster.get({ref.key!r}))
         """)
@@ -302,7 +302,7 @@ class ExecutorContract:
             script = textwrap.dedent(f"""
                 import json, sys
                 import rh_core as rh
-                from rh_core.clusters.base import from_config
+                from rh_core.clusters import from_config
                 from rh_core.testing.functions import Counter
                 cluster = from_config(json.loads(sys.argv[1]))
                 other = rh.module(Counter).to(cluster, name={name!r})(999, stream_logs=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
-from rh_core.client.connection import recv_frames, send_frames
+from rh_core.wire.frames import recv_frames, send_frames
 
 _POLLIN, _NOBLOCK, _EVENTS = int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.EVENTS)  # plain ints: see rh_core.client.connection
 

@@ -16,12 +16,12 @@ from its own server (``from_link``) is trusted and only unpacked: that is the ho
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 
-from rh_core.errors import ProtocolError
+from rh_core.errors import ProtocolError, SecretError
 
 Frames = Sequence[Any]  # bytes-like frames: a pickle stream followed by its out-of-band buffers
 
@@ -841,6 +841,41 @@ PutRequest = _one_field("put", "key", "str", "name", attrs.NOTHING)
 StatusRequest = _one_field("status", "keys", "tuple[str, ...]", "keys", attrs.NOTHING)
 ReleaseRequest = _one_field("release", "keys", "tuple[str, ...]", "keys", attrs.NOTHING)
 CancelRequest = _one_field("cancel", "key", "str", "key", attrs.NOTHING)
+# A secret's name and contents, checked where a secret is made (rh.secret) and again where the
+# cluster's server stores one (rh_core.server.secret_store).
+SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ENV_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_secret_name(name: Any) -> str:
+    """``name`` when it can name a secret; else a SecretError saying what a name may hold."""
+    if not isinstance(name, str) or not SECRET_NAME.match(name):
+        raise SecretError(f"invalid secret name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, not "
+                          "starting with punctuation)")
+    return name
+
+
+def check_secret_contents(name: str, values: Any, files: Any) -> None:
+    """Refuse values that are not ``{VARIABLE_NAME: str}`` and files that are not ``{"~/path": str}``,
+    naming the key at fault but never a value."""
+    if not isinstance(values, Mapping):
+        raise SecretError(f"secret {name!r}: values must be a dict of environment variable names to strings")
+    for key, value in values.items():
+        if not isinstance(key, str) or not ENV_VARIABLE.match(key):
+            raise SecretError(f"secret {name!r}: {key!r} is not an environment variable name (letters, digits and "
+                              "'_', not starting with a digit)")
+        if not isinstance(value, str):
+            raise SecretError(f"secret {name!r}: the value of {key} must be a string, not {type(value).__name__}")
+    if not isinstance(files, Mapping):
+        raise SecretError(f"secret {name!r}: files must be a dict of paths under '~/' to their text")
+    for path, text in files.items():
+        if not isinstance(path, str) or not path.startswith("~/") or ".." in path.split("/"):
+            raise SecretError(f"secret {name!r}: file {path!r} must be a path under the home directory ('~/...', "
+                              "without '..')")
+        if not isinstance(text, str):
+            raise SecretError(f"secret {name!r}: the text of {path} must be a string")
+
+
 DeleteSecretsRequest = _one_field("delete_secrets", "names", "tuple[str, ...]", "names", attrs.NOTHING)
 RunAppRequest = _one_field("run_app", "app", "dict | None", "object")  # an app's record (rh_core.server.app_host)
 HttpTokenRequest = _one_field("http_token", "rotate", "bool", "flag", False)

@@ -533,7 +533,7 @@ def test_a_function_from_main_imports_the_users_modules_on_the_host_and_sees_the
     (project / "data" / "greeting.txt").write_text("hello from a relative path")
     script = textwrap.dedent("""
         import json, sys
-        from rh_core.clusters.base import from_config
+        from rh_core.clusters import from_config
         import rh_core as rh
 
         def main_fn():
