@@ -339,12 +339,22 @@ class Runner:
                 result = self._await(result)
             return result
         except (SystemExit, KeyboardInterrupt) as exc:
-            if os.getpid() == self._pid:
-                raise RemoteExitError.of(exc) from None
+            self._raise_exit_of(exc)
             raise
         finally:
-            if os.getpid() != self._pid:
-                _end_forked_child()
+            self._end_if_forked()
+
+    def _end_if_forked(self) -> None:
+        """The user's code returned or raised in a child it forked (a library's fork without exec):
+        that child ends here, rather than go on as a second worker."""
+        if os.getpid() != self._pid:
+            _end_forked_child()
+
+    def _raise_exit_of(self, exc: BaseException) -> None:
+        """``sys.exit()`` or Ctrl-C in the user's code, in the worker itself: a RemoteExitError for
+        the caller. In a child the code forked, the exception goes on and ends that child."""
+        if os.getpid() == self._pid:
+            raise RemoteExitError.of(exc) from None
 
     @contextlib.contextmanager
     def _user_code(self) -> Iterator[None]:
@@ -352,12 +362,10 @@ class Runner:
         try:
             yield
         except (SystemExit, KeyboardInterrupt) as exc:
-            if os.getpid() == self._pid:
-                raise RemoteExitError.of(exc) from None
+            self._raise_exit_of(exc)
             raise
         finally:
-            if os.getpid() != self._pid:
-                _end_forked_child()
+            self._end_if_forked()
 
     def _await(self, awaitable: Awaitable[Any]) -> Any:
         """Run an awaitable of the user's to its end on this runner's event loop (one per runner,

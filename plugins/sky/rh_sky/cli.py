@@ -100,12 +100,7 @@ def status(names: tuple[str, ...], refresh: bool, as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 def stop(names: tuple[str, ...]) -> None:
     """Stop clusters, keeping their disks; a call or `cluster.up()` restarts them."""
-    for name in names:
-        try:
-            _provisioner().stop(_ClusterByName(name))
-        except RhError as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(f"{name}: stopped")
+    _each(names, lambda cluster: _provisioner().stop(cluster), "stopped")
 
 
 @sky.command()
@@ -129,12 +124,18 @@ def down(names: tuple[str, ...], everything: bool, yes: bool) -> None:
             return
     if not yes:
         click.confirm(f"Tear down {', '.join(names)}? Their machines and disks are deleted", abort=True)
+    _each(names, lambda cluster: _provisioner().down(cluster), "down")
+
+
+def _each(names: tuple[str, ...], action, done: str) -> None:
+    """``action`` on each named cluster in turn, saying ``NAME: done`` after each; the first
+    failure ends the command with its message."""
     for name in names:
         try:
-            _provisioner().down(_ClusterByName(name))
+            action(_ClusterByName(name))
         except RhError as exc:
             raise click.ClickException(str(exc)) from exc
-        click.echo(f"{name}: down")
+        click.echo(f"{name}: {done}")
 
 
 @sky.command()
