@@ -21,8 +21,7 @@ def rh_register_provisioners(register: Callable[..., None]) -> None:
 @hookimpl
 def rh_cluster_ready(cluster, info) -> None:
     """Keep ``ssh CLUSTER_NAME`` working: write the cluster's generated ssh config entry."""
-    open_transport = getattr(cluster, "open_transport", None)  # remote clusters have one; rh.here does not
-    transport = open_transport() if open_transport is not None else None
+    transport = getattr(cluster, "open_transport", None)  # remote clusters have one; rh.here does not
     from rh_byo_ssh.transport import SSHTransport
 
     if not isinstance(transport, SSHTransport):
