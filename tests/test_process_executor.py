@@ -200,7 +200,7 @@ def test_a_timed_out_call_takes_the_processes_it_started_with_it(own_cluster, tm
     import time
 
     import rh_core as rh
-    from rh_core.clusters.base import pid_alive
+    from rh_core.support.processes import pid_alive
     from rh_core.testing import functions as fns
 
     pid_file = tmp_path / "child.pid"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import rh_core as rh
-from rh_core.clusters.base import pid_alive
+from rh_core.support.processes import pid_alive
 from rh_core.testing import functions as fns
 from rh_core.testing.fixtures import wait_for
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import rh_core as rh
-from rh_core.clusters.base import pid_alive
+from rh_core.support.processes import pid_alive
 from rh_core.testing import ExecutorContract
 from rh_ray.executor import RayExecutor, ray_temp_dir
 
