@@ -68,13 +68,11 @@ from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.server.http_door import HttpDoor, http_available
 from rh_core.wire.link import ENVELOPE_MAX_BYTES
 from rh_core.server.link_server import ServerLinkProtocol
+from rh_core.server.run_logs import RunLogs, run_key_of
 from rh_core.wire.messages import (
-    EOF,
-    ITEM,
     CallHeader,
     CallRequest,
     Failure,
-    LogMessage,
     ResultParts,
     check_run_key,
     request_of,
@@ -94,10 +92,8 @@ from rh_core.support.processes import process_start_time
 from rh_core.server.secret_store import SecretStore
 
 STATE_FILE = "server.json"
-RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
 SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
-LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
 ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
@@ -168,14 +164,9 @@ class Server:
         self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
-        self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
-        self._item_routes: dict[str, tuple[Peer, str]] = {}  # task key -> the client reading its items
-        self._log_ends: dict[str, asyncio.Future[None]] = {}
-        self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
-        self._run_logs: dict[str, Any] = {}  # run key -> its open log file
         self.runs_dir = os.path.join(self.state_dir, "runs")
-        self._log_write_warned = False
+        self._run_logs: RunLogs  # log lines and items of running calls, once serve() has a loop
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
         self.instances = Instances(executor)
@@ -233,7 +224,8 @@ class Server:
             await self._open_front_door()
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
-        self._logs = Channel(logs, self._on_log)
+        self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
+        self._logs = Channel(logs, self._run_logs.on_log)
         await self.executor.start(self)
         try:
             await self._http.open_if_serving()
@@ -242,7 +234,7 @@ class Server:
             sys.stderr.write(f"rh server: cannot serve the HTTP endpoints and apps: {exc}\n")
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
-        self._sweep_run_logs()
+        self._run_logs.sweep()
         self._expire_results()
         self._write_state()
         self._watch_state_dir(os.stat(self.state_dir))
@@ -501,7 +493,7 @@ class Server:
             return
         if task is not None:
             self.calls += 1
-            self._route_replies(task, peer, request_id)
+            self._run_logs.route(task, peer, request_id)
             future = self._start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
@@ -510,7 +502,7 @@ class Server:
             handling.add_done_callback(self._tasks.discard)
 
     def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
-        self._unroute_replies(task)
+        self._run_logs.unroute(task)
         self._deliver(peer, request_id, task, future.result())
 
     def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
@@ -553,18 +545,6 @@ class Server:
         self.calls += 1
         return self._start(task)
 
-    def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
-        """Send what the task's worker sends while it runs to its caller: log lines when it asked for
-        them, and a generator's items when it reads them one by one."""
-        if task.options.get("stream_logs"):
-            self._log_routes[task.key] = (peer, request_id)
-        if task.header.stream:
-            self._item_routes[task.key] = (peer, request_id)
-
-    def _unroute_replies(self, task: Task) -> None:
-        self._log_routes.pop(task.key, None)
-        self._item_routes.pop(task.key, None)
-
     async def _op_shutdown(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", self.info())
         self._stopped.set()
@@ -586,9 +566,9 @@ class Server:
             elif mode == "map":
                 await self._map(peer, request_id, task, request.chunks)
             else:
-                self._route_replies(task, peer, request_id)
+                self._run_logs.route(task, peer, request_id)
                 outcome = await self._start(task, exclusive=mode == "enqueue")
-                self._unroute_replies(task)
+                self._run_logs.unroute(task)
                 self._deliver(peer, request_id, task, outcome)
         finally:
             give_back()
@@ -608,7 +588,7 @@ class Server:
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
-            self._route_replies(chunk, peer, request_id)
+            self._run_logs.route(chunk, peer, request_id)
         finishing = [self._start(chunk) for chunk in chunks]
         if task.options.get("progress"):  # the caller shows a progress bar: say which chunk is done
             for index, future in enumerate(finishing):
@@ -616,7 +596,7 @@ class Server:
                     peer, request_id, "log", {"stream": "progress"}, [str(index).encode()]))
         outcomes = await asyncio.gather(*finishing)
         for chunk in chunks:
-            self._unroute_replies(chunk)
+            self._run_logs.unroute(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
@@ -684,7 +664,7 @@ class Server:
                 return
             outcome = running.result()
             if outcome.logged:
-                self._after_logs(task.key, lambda: final.done() or final.set_result(outcome))
+                self._run_logs.after_logs(task.key, lambda: final.done() or final.set_result(outcome))
             else:
                 final.set_result(outcome)
 
@@ -695,18 +675,6 @@ class Server:
         if not final.done():
             final.set_result(error_outcome(error))
         running.cancel()  # the executor stops whatever runs it
-
-    def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
-        """Run ``then`` once the end-of-logs marker of ``key`` arrived (or after a short wait)."""
-        ended = self._log_ends.setdefault(key, self._loop.create_future())
-        timer = self._loop.call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
-
-        def done(_):
-            timer.cancel()
-            self._log_ends.pop(key, None)
-            then()
-
-        ended.add_done_callback(done)
 
     def _spill(self, key: str, final: asyncio.Future) -> None:
         """Keep a finished result on disk too (in the results thread), so it outlives a restart;
@@ -769,7 +737,7 @@ class Server:
         key = request.key
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
-            known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
+            known = key in self._results or self._spilled.has(key) or self._run_logs.has(key)
             raise ProtocolError(
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
@@ -791,6 +759,10 @@ class Server:
                 final.set_result(error_outcome(error))
             running.cancel()  # the executor stops the worker (or Ray task) running it
 
+    def _other_tasks_running(self, run_key: str, task_key: str) -> bool:
+        """Whether a task of run ``run_key`` other than ``task_key`` runs or waits (a map's chunks share a run)."""
+        return any(run_key_of(k) == run_key for k in self._running if k != task_key)
+
     async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
         running: dict[str, int] = {}
@@ -802,45 +774,19 @@ class Server:
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
         key = request.key
-        path = self._run_log_path(key)
+        self._run_logs.path(key)  # a key that is no run's is refused before anything else
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
-        if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
+        if not running and not self._run_logs.has(key) and key not in self._results and not self._spilled.has(key):
             raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
-        handle = self._run_logs.get(key)
-        if handle is not None:
-            with contextlib.suppress(OSError):  # a full disk: what reached the file is still read
-                handle.flush()
-        try:
-            with open(path, "rb") as f:
-                logged = f.read()
-        except FileNotFoundError:
-            logged = b""
+        logged = self._run_logs.read(key)
         if logged:
             self._reply(peer, request_id, "log", {"stream": "stdout"}, [logged])
         if request.follow and running:
-            # Registered in the same loop step as the read above, so no line falls in between.
-            self._followers.setdefault(key, []).append((peer, request_id))
-            try:
+            # Followed from the same loop step as the read above, so no line falls in between.
+            with self._run_logs.following(key, peer, request_id):
                 await asyncio.gather(*running)
                 await asyncio.sleep(0)  # let log lines already received go out first
-            finally:
-                followers = self._followers.get(key, [])
-                if (peer, request_id) in followers:
-                    followers.remove((peer, request_id))
-                if not followers:
-                    self._followers.pop(key, None)
         self._reply(peer, request_id, "info", {"running": bool(running) and not request.follow})
-
-    def _sweep_run_logs(self) -> None:
-        """Run logs are kept for RUN_LOG_DAYS days after their last line."""
-        cutoff = time.time() - RUN_LOG_DAYS * 86400
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.runs_dir):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-
-    def _run_log_path(self, key: str) -> str:
-        return os.path.join(self.runs_dir, check_run_key(key) + ".log")
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
@@ -972,11 +918,11 @@ class Server:
         """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
         constructor runs as a call does: with its timeout, cancel and output."""
         async def construct(task: Task) -> Outcome:
-            self._route_replies(task, peer, request_id)
+            self._run_logs.route(task, peer, request_id)
             try:
                 return await self._start(task)
             finally:
-                self._unroute_replies(task)
+                self._run_logs.unroute(task)
 
         instance_id, created, failed = await self.instances.get_or_create(task, construct)
         if failed is not None:
@@ -996,61 +942,6 @@ class Server:
     async def _op_instances(self, peer, request_id, request, frames) -> None:
         """The remote instances on this cluster (see :meth:`Instances.describe`)."""
         self._reply(peer, request_id, "info", {"instances": self.instances.describe()})
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    def _on_log(self, frames: list) -> None:
-        message = LogMessage.from_wire(frames)
-        key, stream = message.key, message.stream
-        if stream == ITEM:  # one item of a generator, pickled: straight on to the caller reading them
-            route = self._item_routes.get(key)
-            if route is not None:
-                self._reply(route[0], route[1], "item", {}, message.parts)
-            return
-        text = bytes(message.parts[0]) if message.parts else b""
-        run_key = run_key_of(key)
-        if stream == EOF:
-            ended = self._log_ends.setdefault(key, self._loop.create_future())
-            if not ended.done():
-                ended.set_result(None)
-            if not any(run_key_of(k) == run_key for k in self._running if k != key):
-                self._close_run_log(run_key)
-            return
-        self._keep(run_key, text)
-        for peer, request_id in self._followers.get(run_key, ()):
-            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
-        route = self._log_routes.get(key)
-        if route is not None:
-            peer, request_id = route
-            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
-        else:
-            sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
-            sys.stderr.flush()
-
-    def _keep(self, run_key: str, text: bytes) -> None:
-        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later. A full
-        or broken disk costs the kept copy only: the lines still reach whoever streams them."""
-        handle = self._run_logs.get(run_key)
-        try:
-            if handle is None:
-                os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
-                handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
-            handle.write(text)
-        except OSError as exc:
-            self._log_write_failed(run_key, exc)
-
-    def _close_run_log(self, run_key: str) -> None:
-        handle = self._run_logs.pop(run_key, None)
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError as exc:
-                self._log_write_failed(run_key, exc)
-
-    def _log_write_failed(self, run_key: str, exc: OSError) -> None:
-        if not self._log_write_warned:
-            self._log_write_warned = True
-            sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
 
 
 async def _imports(env: Any, module: str) -> bool:
@@ -1091,11 +982,6 @@ def load_or_create_secret(state_dir: str) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
-
-
-def run_key_of(task_key: str) -> str:
-    """The run a task belongs to: a map's chunks (``KEY/3``) belong to the map's run ``KEY``."""
-    return task_key.split("/", 1)[0]
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
