@@ -33,7 +33,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +66,7 @@ from rh_core.server.instances import Instances, spec_of
 from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.server.http_door import HttpDoor, http_available
 from rh_core.wire.link import ENVELOPE_MAX_BYTES
-from rh_core.server.link_server import ServerLinkProtocol
+from rh_core.server.link_door import LinkDoor
 from rh_core.server.run_logs import RunLogs, run_key_of
 from rh_core.wire.messages import (
     CallHeader,
@@ -93,7 +92,6 @@ from rh_core.server.secret_store import SecretStore
 
 STATE_FILE = "server.json"
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
-SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
 
 
 ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
@@ -101,10 +99,6 @@ HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove 
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.wire.link)
-CLIENT_STALL_SECONDS = 1  # how long a link client may take none of its replies before it is dropped
-#: Descriptors kept free of link clients, for workers, log files and ZeroMQ's own (libzmq aborts
-#: the process when it cannot get one): a quarter of the limit, at least this many.
-RESERVED_DESCRIPTORS = 64
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
@@ -175,17 +169,13 @@ class Server:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
         self.link_path: str | None = None  # the link socket clients on this machine use, once open
-        self._links: set[ServerLinkProtocol] = set()
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
-        self._accepting = False
+        self._link_door: LinkDoor  # clients on this machine come in by it, once serve() opened it
         # Large buffers may go through /dev/shm when every worker shares this machine.
         shares = capability(executor, SharesMachine)
         self._shm_prefix = shm.prefix_for(os.getpid()) if shares is not None and shares.same_machine else None
         # The executor's optional capabilities, asked once here rather than on every call or install.
         self._lender = capability(executor, LendsWorkers)
         self._environment_watcher = capability(executor, WatchesEnvironments)
-        self._shm_sweep: asyncio.TimerHandle | None = None
         self._secrets = SecretStore(self.state_dir)
         # Endpoints and apps served before a restart load here, and are served again by serve().
         self._apps = AppHost(self.state_dir, self.environment, self._secrets.variables)
@@ -219,7 +209,10 @@ class Server:
         # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
         self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
         router.bind(self.local_endpoint)
-        self._open_link_door()
+        self._link_door = LinkDoor(os.path.join(self.state_dir, LINK_SOCKET), self._loop, self._check_request,
+                                   self._serve, self._shm_prefix, self._stopped.is_set)
+        self._link_door.open()
+        self.link_path = self._link_door.path
         if self._expose is not None:
             await self._open_front_door()
         logs = context.socket(zmq.PULL)
@@ -245,7 +238,7 @@ class Server:
             self._front_door.close()
         self._router.close()
         self._zap.close()
-        self._close_link_door()
+        self._link_door.close()
         await self._apps.stop_all()
         await self._http.close()
         await self.executor.stop()
@@ -359,86 +352,6 @@ class Server:
         self._spill(task.key, kept)
         sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
                          f"cluster.get({task.key!r}) fetches it\n")
-
-    def _open_link_door(self) -> None:
-        """Listen on ``DIR/link.sock`` for clients on this machine (see :mod:`rh_core.wire.link`)."""
-        path = os.path.join(self.state_dir, LINK_SOCKET)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a server that died
-        door = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            door.bind(path)
-        except OSError as exc:
-            door.close()
-            raise ServerStartError(
-                f"cannot listen on {path}: {exc}. A Unix socket's path holds at most 107 bytes; "
-                "give the server a shorter --state-dir (RH_HOME for the local cluster)"
-            ) from None
-        door.listen(128)
-        door.setblocking(False)
-        self._door, self.link_path = door, path
-        self._accept_again()
-
-    def _accept_again(self) -> None:
-        if not self._accepting and self._door.fileno() >= 0:
-            self._accepting = True
-            self._loop.add_reader(self._door.fileno(), self._accept_links)
-
-    def _stop_accepting(self) -> None:
-        if self._accepting:
-            self._accepting = False
-            self._loop.remove_reader(self._door.fileno())
-
-    def _accept_links(self) -> None:
-        while True:
-            if len(self._links) >= self._link_capacity:  # more wait in the door's backlog until some leave
-                sys.stderr.write(f"rh server: {len(self._links)} local clients are connected, the most its "
-                                 "descriptors allow; others wait until one leaves\n")
-                self._stop_accepting()
-                return
-            try:
-                connection, _ = self._door.accept()
-            except BlockingIOError:  # none left waiting
-                return
-            except OSError as exc:  # out of file descriptors: wait a moment rather than spin
-                sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
-                self._stop_accepting()
-                self._loop.call_later(1.0, self._accept_again)
-                return
-            connection.setblocking(False)
-            peer = ServerLinkProtocol(self._check_request, self._serve, self._forget_link, CLIENT_STALL_SECONDS)
-            self._links.add(peer)
-            connecting = asyncio.ensure_future(
-                self._loop.connect_accepted_socket(lambda peer=peer: peer, sock=connection))
-            self._tasks.add(connecting)
-            connecting.add_done_callback(self._tasks.discard)
-
-    def _forget_link(self, peer: ServerLinkProtocol) -> None:
-        self._links.discard(peer)
-        if len(self._links) < self._link_capacity and not self._stopped.is_set():
-            self._accept_again()
-        if self._shm_prefix is not None and self._shm_sweep is None:
-            # The client may have been killed with shared-memory segments of its own: once the
-            # dust settles, remove those whose owner is gone (in a thread: it opens each one).
-            self._shm_sweep = self._loop.call_later(SHM_SWEEP_DELAY, self._sweep_orphaned_segments)
-
-    def _sweep_orphaned_segments(self) -> None:
-        self._shm_sweep = None
-
-        def done(removed: asyncio.Future) -> None:
-            if removed.result():
-                sys.stderr.write(f"rh server: removed {len(removed.result())} shared-memory segments of clients that "
-                                 "are gone\n")
-
-        self._loop.run_in_executor(None, shm.sweep_orphans, self._shm_prefix).add_done_callback(done)
-
-    def _close_link_door(self) -> None:
-        self._stop_accepting()
-        self._door.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.link_path)
-        for peer in list(self._links):
-            peer.close()
 
     def _on_router_message(self, frames: list) -> None:
         """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
