@@ -160,7 +160,7 @@ class Server:
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
         self.runs_dir = os.path.join(self.state_dir, "runs")
-        self._run_logs: RunLogs  # log lines and items of running calls, once serve() has a loop
+        self._run_logs: RunLogs  # log lines and items of running calls, made when serve() has a loop
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
         self.instances = Instances(executor)
@@ -185,6 +185,8 @@ class Server:
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Before any door opens: a client's call routes its replies through it.
+        self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         self._zap = self._open_zap_handler(context)
@@ -217,7 +219,6 @@ class Server:
             await self._open_front_door()
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
-        self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
         self._logs = Channel(logs, self._run_logs.on_log)
         await self.executor.start(self)
         try:
