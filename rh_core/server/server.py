@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import hmac
 import json
@@ -145,17 +143,11 @@ class Server:
         self.state_dir = os.path.abspath(state_dir)
         self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
                                                results_max_mb * 2**20, results_days * 86400)
-        # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
-        # not stall the event loop, and a release queued after a save deletes what it wrote.
-        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
-        # Kept results also on disk, in memory too until they pass this budget (oldest go first):
-        # unfetched results must not grow the server without bound.
         self._results_memory_budget = results_memory_mb * 2**20
-        self._saved_in_memory: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
+        self._kept: results.KeptResults  # results kept by key, made when serve() has a loop
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
-        self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
@@ -185,8 +177,9 @@ class Server:
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # Before any door opens: a client's call routes its replies through it.
+        # Before any door opens: a client's call routes its replies through them.
         self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
+        self._kept = results.KeptResults(self._spilled, self._results_memory_budget, self._loop, self._running_call)
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         self._zap = self._open_zap_handler(context)
@@ -229,7 +222,7 @@ class Server:
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
         self._run_logs.sweep()
-        self._expire_results()
+        self._kept.expire()
         self._write_state()
         self._watch_state_dir(os.stat(self.state_dir))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -243,7 +236,7 @@ class Server:
         await self._apps.stop_all()
         await self._http.close()
         await self.executor.stop()
-        await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
+        await self._kept.close()  # results being written reach the disk
         shm.sweep(os.getpid())
         self._remove_state()
         self._logs.close()
@@ -309,8 +302,7 @@ class Server:
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
             "state_dir": self.state_dir,
-            **self._spilled.describe(),
-            "results_in_memory_bytes": self._kept_bytes_in_memory(),
+            **self._kept.describe(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
         }
 
@@ -347,10 +339,7 @@ class Server:
         (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
         if self._reply_outcomes(peer, request_id, [outcome]):
             return
-        kept = self._loop.create_future()
-        kept.set_result(outcome)
-        self._results[task.key] = kept
-        self._spill(task.key, kept)
+        self._kept.keep(task.key, outcome)
         sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
                          f"cluster.get({task.key!r}) fetches it\n")
 
@@ -465,12 +454,11 @@ class Server:
 
     async def _op_call(self, peer, request_id, request: CallRequest, frames) -> None:
         self.calls += 1
-        refs = {ref: await self._outcome(ref) for ref in request.refs}
+        refs = {ref: await self._kept.outcome(ref) for ref in request.refs}
         task = self._task(request, frames, refs)
         mode = request.mode
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
-            final = self._results[task.key] = self._start(task)
-            final.add_done_callback(lambda done: self._spill(task.key, done))
+            self._kept.hold(task.key, self._start(task))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
         give_back = self._lend_callers_worker(request.caller)
@@ -590,60 +578,10 @@ class Server:
             final.set_result(error_outcome(error))
         running.cancel()  # the executor stops whatever runs it
 
-    def _spill(self, key: str, final: asyncio.Future) -> None:
-        """Keep a finished result on disk too (in the results thread), so it outlives a restart;
-        once there, memory holds it only within the results memory budget."""
-        if self._results.get(key) is not final:  # released meanwhile
-            return
-        saving = self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
-        saving.add_done_callback(lambda saved: saved.result() and self._saved(key, final))
-
-    def _save_result(self, key: str, outcome: Outcome) -> bool:
-        try:
-            why_not = self._spilled.save(key, outcome)
-        except OSError as exc:  # a full disk must not cost the result: it stays in memory
-            why_not = f"result {key} is not kept on disk: {exc}"
-        if why_not:
-            sys.stderr.write(f"rh server: {why_not}\n")
-        return why_not is None
-
-    def _kept_bytes_in_memory(self) -> int:
-        return sum(_outcome_bytes(future.result()) for future in self._results.values() if future.done())
-
-    def _saved(self, key: str, final: asyncio.Future) -> None:
-        """``key`` is on disk: beyond the memory budget, the oldest results on disk leave memory
-        (``_outcome`` reads them from disk when asked)."""
-        if self._results.get(key) is not final:
-            return
-        self._saved_in_memory[key] = _outcome_bytes(final.result())
-        total = sum(self._saved_in_memory.values())
-        while total > self._results_memory_budget and self._saved_in_memory:
-            oldest, size = self._saved_in_memory.popitem(last=False)
-            self._results.pop(oldest, None)
-            total -= size
-
-    def _expire_results(self) -> None:
-        def expired(done: concurrent.futures.Future) -> None:
-            for key in done.result():
-                self._results.pop(key, None)
-
-        self._disk.submit(self._spilled.expire).add_done_callback(
-            lambda done: self._loop.call_soon_threadsafe(expired, done))
-        self._loop.call_later(3600, self._expire_results)
-
-    async def _outcome(self, key: str) -> Outcome:
-        future = self._results.get(key)
-        if future is None and key in self._running:  # a call still running: wait for it
-            future = self._running[key][1]
-        if future is None:
-            spilled = await self._loop.run_in_executor(self._disk, self._spilled.load, key)
-            if spilled is not None:
-                return spilled
-            raise ProtocolError(
-                f"no result with key {key!r} on this cluster: it was released, or the server restarted "
-                "since the call was made. Call the function again."
-            )
-        return await asyncio.shield(future)
+    def _running_call(self, key: str) -> asyncio.Future[Outcome] | None:
+        """The future of the call with task key ``key`` while it runs or waits."""
+        running = self._running.get(key)
+        return None if running is None else running[1]
 
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
@@ -651,7 +589,7 @@ class Server:
         key = request.key
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
-            known = key in self._results or self._spilled.has(key) or self._run_logs.has(key)
+            known = self._kept.has(key) or self._run_logs.has(key)
             raise ProtocolError(
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
@@ -682,15 +620,14 @@ class Server:
         running: dict[str, int] = {}
         for task_key in self._running:
             running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
-        finished = sorted({key for key, future in self._results.items() if future.done()} | set(self._spilled.keys()))
-        self._reply(peer, request_id, "info", {"running": running, "finished": finished})
+        self._reply(peer, request_id, "info", {"running": running, "finished": self._kept.finished_keys()})
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
         key = request.key
         self._run_logs.path(key)  # a key that is no run's is refused before anything else
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
-        if not running and not self._run_logs.has(key) and key not in self._results and not self._spilled.has(key):
+        if not running and not self._run_logs.has(key) and not self._kept.has(key):
             raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
         logged = self._run_logs.read(key)
         if logged:
@@ -787,20 +724,13 @@ class Server:
     async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = request.keys, request.timeout
         try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
+            outcomes = await asyncio.wait_for(asyncio.gather(*(self._kept.outcome(k) for k in keys)), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     async def _op_status(self, peer, request_id, request, frames) -> None:
-        states = {}
-        for key in request.keys:
-            future = self._results.get(key)
-            if future is None:
-                states[key] = "done" if self._spilled.has(key) else "unknown"
-            else:
-                states[key] = "done" if future.done() else "running"
-        self._reply(peer, request_id, "info", {"states": states})
+        self._reply(peer, request_id, "info", {"states": {key: self._kept.state(key) for key in request.keys}})
 
     async def _op_put(self, peer, request_id, request, frames) -> None:
         """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
@@ -813,17 +743,12 @@ class Server:
             raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
         # Copied: the frames may be views of a receive buffer, and this outlives the request.
         outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
-        self._saved_in_memory.pop(key, None)
-        kept = self._results[key] = self._loop.create_future()
-        kept.set_result(outcome)
-        self._spill(key, kept)
+        self._kept.keep(key, outcome)
         self._reply(peer, request_id, "info", {"key": key})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in request.keys:
-            self._results.pop(key, None)
-            self._saved_in_memory.pop(key, None)
-            await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
+            await self._kept.release(key)
         self._reply(peer, request_id, "info", {})
 
     # --- remote instances (rh.module) ---------------------------------------------------------
@@ -870,10 +795,6 @@ def error_outcome(exc: BaseException) -> Outcome:
     """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
     failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
     return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
-
-
-def _outcome_bytes(outcome: Outcome) -> int:
-    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
 
 def _nothing() -> None:
