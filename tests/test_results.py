@@ -1,6 +1,7 @@
 """Results of .remote() calls outlive a server restart: kept on the cluster's disk within a size
 limit and an expiry, released explicitly, never handed out twice differently."""
 
+import asyncio
 import os
 import time
 
@@ -8,7 +9,7 @@ import pytest
 
 import rh_core as rh
 from rh_core import config
-from rh_core.server.results import SpilledResults
+from rh_core.server.results import KeptResults, SpilledResults
 from rh_core.plugin.interfaces import Outcome
 from rh_core.testing import functions as fns
 
@@ -74,6 +75,34 @@ def test_expired_results_are_deleted(tmp_path):
     assert store.keys() == ["new"] and store.load("old") is None
     assert store.load("new").frames == [b"d"]
     assert store.used_bytes() == os.path.getsize(tmp_path / "results" / "new.out")
+
+
+def test_a_result_kept_again_under_its_key_is_not_evicted_for_the_size_of_the_one_it_replaced(tmp_path):
+    """The memory budget evicts only results that are on disk; a replaced result's entry must
+    leave its books, or evicting it would drop the new result and serve the old file instead."""
+    store = SpilledResults(str(tmp_path / "results"), max_bytes=2**20, max_age_seconds=3600)
+
+    async def scenario() -> Outcome:
+        kept = KeptResults(store, memory_budget=150, loop=asyncio.get_running_loop(), running_call=lambda key: None)
+
+        async def saves_done() -> None:  # the disk thread runs in order: a release queued after waits for them
+            await kept.release("no-such-key")
+            await asyncio.sleep(0)
+
+        kept.keep("run", Outcome(status="ok", frames=[b"o" * 100]))
+        await saves_done()
+        store.max_bytes = 0  # the disk is full: the next result stays in memory only
+        kept.keep("run", Outcome(status="ok", frames=[b"n" * 100]))
+        await saves_done()
+        store.max_bytes = 2**20
+        kept.keep("other", Outcome(status="ok", frames=[b"x" * 100]))  # on disk: the budget is counted
+        await saves_done()
+        outcome = await kept.outcome("run")
+        await kept.close()
+        return outcome
+
+    assert asyncio.run(scenario()).frames == [b"n" * 100]
+    assert store.load("run").frames == [b"o" * 100]  # the old copy is still the one on disk
 
 
 def test_unfetched_results_beyond_the_memory_budget_live_on_disk_not_in_the_servers_memory(tmp_path):

@@ -1,9 +1,9 @@
 """The cluster server and what it is made of: ``python -m rh_core.server --state-dir DIR``.
 
 ``server`` holds the :class:`~rh_core.server.server.Server` itself; beside it the doors it is reached
-through (``link_server``, ``http_door``), the books it keeps (``results``, ``instances``,
-``secret_store``, ``call_gate``), the environments it installs into (``envs``) and the ASGI apps it
-hosts (``app_host``, ``app_process``).
+through (``link_door`` with ``link_server``, ``http_door``, ``front_door``), the books it keeps
+(``results``, ``run_logs``, ``instances``, ``secret_store``, ``call_gate``), the environments it
+installs into (``envs``) and the ASGI apps it hosts (``app_host``, ``app_process``).
 """
 
 import importlib

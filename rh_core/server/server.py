@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import hmac
 import json
@@ -33,7 +31,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,14 +64,12 @@ from rh_core.server.instances import Instances, spec_of
 from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.server.http_door import HttpDoor, http_available
 from rh_core.wire.link import ENVELOPE_MAX_BYTES
-from rh_core.server.link_server import ServerLinkProtocol
+from rh_core.server.link_door import LinkDoor
+from rh_core.server.run_logs import RunLogs, run_key_of
 from rh_core.wire.messages import (
-    EOF,
-    ITEM,
     CallHeader,
     CallRequest,
     Failure,
-    LogMessage,
     ResultParts,
     check_run_key,
     request_of,
@@ -94,10 +89,7 @@ from rh_core.support.processes import process_start_time
 from rh_core.server.secret_store import SecretStore
 
 STATE_FILE = "server.json"
-RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
-SHM_SWEEP_DELAY = 1.0  # after a local client leaves, when its orphaned shared-memory segments are removed
-LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 
 ZAP_DOMAIN = b"rh"  # the authentication domain of the router's connections (ZAP)
@@ -105,10 +97,6 @@ HANDSHAKE_SECONDS = 10  # how long a connection to the ZeroMQ port has to prove 
 
 
 LINK_SOCKET = "link.sock"  # in the state directory: where clients on this machine connect (see rh_core.wire.link)
-CLIENT_STALL_SECONDS = 1  # how long a link client may take none of its replies before it is dropped
-#: Descriptors kept free of link clients, for workers, log files and ZeroMQ's own (libzmq aborts
-#: the process when it cannot get one): a quarter of the limit, at least this many.
-RESERVED_DESCRIPTORS = 64
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
@@ -155,27 +143,16 @@ class Server:
         self.state_dir = os.path.abspath(state_dir)
         self._spilled = results.SpilledResults(os.path.join(self.state_dir, "results"),
                                                results_max_mb * 2**20, results_days * 86400)
-        # Kept results are written, read and deleted in one thread, in order: a 100 MiB result must
-        # not stall the event loop, and a release queued after a save deletes what it wrote.
-        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rh-results")
-        # Kept results also on disk, in memory too until they pass this budget (oldest go first):
-        # unfetched results must not grow the server without bound.
         self._results_memory_budget = results_memory_mb * 2**20
-        self._saved_in_memory: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
+        self._kept: results.KeptResults  # results kept by key, made when serve() has a loop
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
-        self._results: dict[str, asyncio.Future[Outcome]] = {}
         self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
         self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
-        self._log_routes: dict[str, tuple[Peer, str]] = {}  # task key -> (client, request id)
-        self._item_routes: dict[str, tuple[Peer, str]] = {}  # task key -> the client reading its items
-        self._log_ends: dict[str, asyncio.Future[None]] = {}
-        self._followers: dict[str, list[tuple[Peer, str]]] = {}  # run key -> clients following its logs
         self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
-        self._run_logs: dict[str, Any] = {}  # run key -> its open log file
         self.runs_dir = os.path.join(self.state_dir, "runs")
-        self._log_write_warned = False
+        self._run_logs: RunLogs  # log lines and items of running calls, made when serve() has a loop
         self._tasks: set[asyncio.Task] = set()
         self._environments: dict[str | None, ClusterEnvironment] = {}
         self.instances = Instances(executor)
@@ -184,17 +161,13 @@ class Server:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop  # the loop serve() runs on
         self.link_path: str | None = None  # the link socket clients on this machine use, once open
-        self._links: set[ServerLinkProtocol] = set()
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._link_capacity = limit - max(RESERVED_DESCRIPTORS, limit // 4) if limit > 0 else 1 << 20
-        self._accepting = False
+        self._link_door: LinkDoor  # clients on this machine come in by it, once serve() opened it
         # Large buffers may go through /dev/shm when every worker shares this machine.
         shares = capability(executor, SharesMachine)
         self._shm_prefix = shm.prefix_for(os.getpid()) if shares is not None and shares.same_machine else None
         # The executor's optional capabilities, asked once here rather than on every call or install.
         self._lender = capability(executor, LendsWorkers)
         self._environment_watcher = capability(executor, WatchesEnvironments)
-        self._shm_sweep: asyncio.TimerHandle | None = None
         self._secrets = SecretStore(self.state_dir)
         # Endpoints and apps served before a restart load here, and are served again by serve().
         self._apps = AppHost(self.state_dir, self.environment, self._secrets.variables)
@@ -204,6 +177,9 @@ class Server:
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Before any door opens: a client's call routes its replies through them.
+        self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
+        self._kept = results.KeptResults(self._spilled, self._results_memory_budget, self._loop, self._running_call)
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         self._zap = self._open_zap_handler(context)
@@ -228,12 +204,15 @@ class Server:
         # Clients on this machine use a unix socket: lower latency and ~2x the bulk throughput of TCP.
         self.local_endpoint = f"ipc://{self.state_dir}/server.sock"
         router.bind(self.local_endpoint)
-        self._open_link_door()
+        self._link_door = LinkDoor(os.path.join(self.state_dir, LINK_SOCKET), self._loop, self._check_request,
+                                   self._serve, self._shm_prefix, self._stopped.is_set)
+        self._link_door.open()
+        self.link_path = self._link_door.path
         if self._expose is not None:
             await self._open_front_door()
         logs = context.socket(zmq.PULL)
         logs.bind(self.log_endpoint)
-        self._logs = Channel(logs, self._on_log)
+        self._logs = Channel(logs, self._run_logs.on_log)
         await self.executor.start(self)
         try:
             await self._http.open_if_serving()
@@ -242,8 +221,8 @@ class Server:
             sys.stderr.write(f"rh server: cannot serve the HTTP endpoints and apps: {exc}\n")
         self._router = Channel(router, self._on_router_message)
         shm.sweep()  # what servers that died left behind
-        self._sweep_run_logs()
-        self._expire_results()
+        self._run_logs.sweep()
+        self._kept.expire()
         self._write_state()
         self._watch_state_dir(os.stat(self.state_dir))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -253,11 +232,11 @@ class Server:
             self._front_door.close()
         self._router.close()
         self._zap.close()
-        self._close_link_door()
+        self._link_door.close()
         await self._apps.stop_all()
         await self._http.close()
         await self.executor.stop()
-        await asyncio.to_thread(self._disk.shutdown)  # results being written reach the disk
+        await self._kept.close()  # results being written reach the disk
         shm.sweep(os.getpid())
         self._remove_state()
         self._logs.close()
@@ -323,8 +302,7 @@ class Server:
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
             "state_dir": self.state_dir,
-            **self._spilled.describe(),
-            "results_in_memory_bytes": self._kept_bytes_in_memory(),
+            **self._kept.describe(),
             **{f"executor_{k}": v for k, v in self.executor.describe().items() if k != "executor"},
         }
 
@@ -361,92 +339,9 @@ class Server:
         (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
         if self._reply_outcomes(peer, request_id, [outcome]):
             return
-        kept = self._loop.create_future()
-        kept.set_result(outcome)
-        self._results[task.key] = kept
-        self._spill(task.key, kept)
+        self._kept.keep(task.key, outcome)
         sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
                          f"cluster.get({task.key!r}) fetches it\n")
-
-    def _open_link_door(self) -> None:
-        """Listen on ``DIR/link.sock`` for clients on this machine (see :mod:`rh_core.wire.link`)."""
-        path = os.path.join(self.state_dir, LINK_SOCKET)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a server that died
-        door = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            door.bind(path)
-        except OSError as exc:
-            door.close()
-            raise ServerStartError(
-                f"cannot listen on {path}: {exc}. A Unix socket's path holds at most 107 bytes; "
-                "give the server a shorter --state-dir (RH_HOME for the local cluster)"
-            ) from None
-        door.listen(128)
-        door.setblocking(False)
-        self._door, self.link_path = door, path
-        self._accept_again()
-
-    def _accept_again(self) -> None:
-        if not self._accepting and self._door.fileno() >= 0:
-            self._accepting = True
-            self._loop.add_reader(self._door.fileno(), self._accept_links)
-
-    def _stop_accepting(self) -> None:
-        if self._accepting:
-            self._accepting = False
-            self._loop.remove_reader(self._door.fileno())
-
-    def _accept_links(self) -> None:
-        while True:
-            if len(self._links) >= self._link_capacity:  # more wait in the door's backlog until some leave
-                sys.stderr.write(f"rh server: {len(self._links)} local clients are connected, the most its "
-                                 "descriptors allow; others wait until one leaves\n")
-                self._stop_accepting()
-                return
-            try:
-                connection, _ = self._door.accept()
-            except BlockingIOError:  # none left waiting
-                return
-            except OSError as exc:  # out of file descriptors: wait a moment rather than spin
-                sys.stderr.write(f"rh server: cannot accept a local client ({exc}); trying again in 1 s\n")
-                self._stop_accepting()
-                self._loop.call_later(1.0, self._accept_again)
-                return
-            connection.setblocking(False)
-            peer = ServerLinkProtocol(self._check_request, self._serve, self._forget_link, CLIENT_STALL_SECONDS)
-            self._links.add(peer)
-            connecting = asyncio.ensure_future(
-                self._loop.connect_accepted_socket(lambda peer=peer: peer, sock=connection))
-            self._tasks.add(connecting)
-            connecting.add_done_callback(self._tasks.discard)
-
-    def _forget_link(self, peer: ServerLinkProtocol) -> None:
-        self._links.discard(peer)
-        if len(self._links) < self._link_capacity and not self._stopped.is_set():
-            self._accept_again()
-        if self._shm_prefix is not None and self._shm_sweep is None:
-            # The client may have been killed with shared-memory segments of its own: once the
-            # dust settles, remove those whose owner is gone (in a thread: it opens each one).
-            self._shm_sweep = self._loop.call_later(SHM_SWEEP_DELAY, self._sweep_orphaned_segments)
-
-    def _sweep_orphaned_segments(self) -> None:
-        self._shm_sweep = None
-
-        def done(removed: asyncio.Future) -> None:
-            if removed.result():
-                sys.stderr.write(f"rh server: removed {len(removed.result())} shared-memory segments of clients that "
-                                 "are gone\n")
-
-        self._loop.run_in_executor(None, shm.sweep_orphans, self._shm_prefix).add_done_callback(done)
-
-    def _close_link_door(self) -> None:
-        self._stop_accepting()
-        self._door.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.link_path)
-        for peer in list(self._links):
-            peer.close()
 
     def _on_router_message(self, frames: list) -> None:
         """A request through ZeroMQ: ``[client identity, envelope, *frames]``."""
@@ -501,7 +396,7 @@ class Server:
             return
         if task is not None:
             self.calls += 1
-            self._route_replies(task, peer, request_id)
+            self._run_logs.route(task, peer, request_id)
             future = self._start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
@@ -510,7 +405,7 @@ class Server:
             handling.add_done_callback(self._tasks.discard)
 
     def _finish_call(self, peer: Peer, request_id: str, task: Task, future: asyncio.Future) -> None:
-        self._unroute_replies(task)
+        self._run_logs.unroute(task)
         self._deliver(peer, request_id, task, future.result())
 
     def _fail(self, peer: Peer, request_id: str, exc: Exception) -> None:
@@ -553,30 +448,17 @@ class Server:
         self.calls += 1
         return self._start(task)
 
-    def _route_replies(self, task: Task, peer: Peer, request_id: str) -> None:
-        """Send what the task's worker sends while it runs to its caller: log lines when it asked for
-        them, and a generator's items when it reads them one by one."""
-        if task.options.get("stream_logs"):
-            self._log_routes[task.key] = (peer, request_id)
-        if task.header.stream:
-            self._item_routes[task.key] = (peer, request_id)
-
-    def _unroute_replies(self, task: Task) -> None:
-        self._log_routes.pop(task.key, None)
-        self._item_routes.pop(task.key, None)
-
     async def _op_shutdown(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", self.info())
         self._stopped.set()
 
     async def _op_call(self, peer, request_id, request: CallRequest, frames) -> None:
         self.calls += 1
-        refs = {ref: await self._outcome(ref) for ref in request.refs}
+        refs = {ref: await self._kept.outcome(ref) for ref in request.refs}
         task = self._task(request, frames, refs)
         mode = request.mode
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
-            final = self._results[task.key] = self._start(task)
-            final.add_done_callback(lambda done: self._spill(task.key, done))
+            self._kept.hold(task.key, self._start(task))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
         give_back = self._lend_callers_worker(request.caller)
@@ -586,9 +468,9 @@ class Server:
             elif mode == "map":
                 await self._map(peer, request_id, task, request.chunks)
             else:
-                self._route_replies(task, peer, request_id)
+                self._run_logs.route(task, peer, request_id)
                 outcome = await self._start(task, exclusive=mode == "enqueue")
-                self._unroute_replies(task)
+                self._run_logs.unroute(task)
                 self._deliver(peer, request_id, task, outcome)
         finally:
             give_back()
@@ -608,7 +490,7 @@ class Server:
             for index, chunk in enumerate(serialize.iter_parts(task.arguments, chunk_sizes))
         ]
         for chunk in chunks:
-            self._route_replies(chunk, peer, request_id)
+            self._run_logs.route(chunk, peer, request_id)
         finishing = [self._start(chunk) for chunk in chunks]
         if task.options.get("progress"):  # the caller shows a progress bar: say which chunk is done
             for index, future in enumerate(finishing):
@@ -616,7 +498,7 @@ class Server:
                     peer, request_id, "log", {"stream": "progress"}, [str(index).encode()]))
         outcomes = await asyncio.gather(*finishing)
         for chunk in chunks:
-            self._unroute_replies(chunk)
+            self._run_logs.unroute(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
@@ -684,7 +566,7 @@ class Server:
                 return
             outcome = running.result()
             if outcome.logged:
-                self._after_logs(task.key, lambda: final.done() or final.set_result(outcome))
+                self._run_logs.after_logs(task.key, lambda: final.done() or final.set_result(outcome))
             else:
                 final.set_result(outcome)
 
@@ -696,72 +578,10 @@ class Server:
             final.set_result(error_outcome(error))
         running.cancel()  # the executor stops whatever runs it
 
-    def _after_logs(self, key: str, then: Callable[[], Any]) -> None:
-        """Run ``then`` once the end-of-logs marker of ``key`` arrived (or after a short wait)."""
-        ended = self._log_ends.setdefault(key, self._loop.create_future())
-        timer = self._loop.call_later(LOG_FLUSH_TIMEOUT, lambda: ended.done() or ended.set_result(None))
-
-        def done(_):
-            timer.cancel()
-            self._log_ends.pop(key, None)
-            then()
-
-        ended.add_done_callback(done)
-
-    def _spill(self, key: str, final: asyncio.Future) -> None:
-        """Keep a finished result on disk too (in the results thread), so it outlives a restart;
-        once there, memory holds it only within the results memory budget."""
-        if self._results.get(key) is not final:  # released meanwhile
-            return
-        saving = self._loop.run_in_executor(self._disk, self._save_result, key, final.result())
-        saving.add_done_callback(lambda saved: saved.result() and self._saved(key, final))
-
-    def _save_result(self, key: str, outcome: Outcome) -> bool:
-        try:
-            why_not = self._spilled.save(key, outcome)
-        except OSError as exc:  # a full disk must not cost the result: it stays in memory
-            why_not = f"result {key} is not kept on disk: {exc}"
-        if why_not:
-            sys.stderr.write(f"rh server: {why_not}\n")
-        return why_not is None
-
-    def _kept_bytes_in_memory(self) -> int:
-        return sum(_outcome_bytes(future.result()) for future in self._results.values() if future.done())
-
-    def _saved(self, key: str, final: asyncio.Future) -> None:
-        """``key`` is on disk: beyond the memory budget, the oldest results on disk leave memory
-        (``_outcome`` reads them from disk when asked)."""
-        if self._results.get(key) is not final:
-            return
-        self._saved_in_memory[key] = _outcome_bytes(final.result())
-        total = sum(self._saved_in_memory.values())
-        while total > self._results_memory_budget and self._saved_in_memory:
-            oldest, size = self._saved_in_memory.popitem(last=False)
-            self._results.pop(oldest, None)
-            total -= size
-
-    def _expire_results(self) -> None:
-        def expired(done: concurrent.futures.Future) -> None:
-            for key in done.result():
-                self._results.pop(key, None)
-
-        self._disk.submit(self._spilled.expire).add_done_callback(
-            lambda done: self._loop.call_soon_threadsafe(expired, done))
-        self._loop.call_later(3600, self._expire_results)
-
-    async def _outcome(self, key: str) -> Outcome:
-        future = self._results.get(key)
-        if future is None and key in self._running:  # a call still running: wait for it
-            future = self._running[key][1]
-        if future is None:
-            spilled = await self._loop.run_in_executor(self._disk, self._spilled.load, key)
-            if spilled is not None:
-                return spilled
-            raise ProtocolError(
-                f"no result with key {key!r} on this cluster: it was released, or the server restarted "
-                "since the call was made. Call the function again."
-            )
-        return await asyncio.shield(future)
+    def _running_call(self, key: str) -> asyncio.Future[Outcome] | None:
+        """The future of the call with task key ``key`` while it runs or waits."""
+        running = self._running.get(key)
+        return None if running is None else running[1]
 
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
@@ -769,7 +589,7 @@ class Server:
         key = request.key
         tasks = [k for k in self._running if run_key_of(k) == key]
         if not tasks:
-            known = key in self._results or self._spilled.has(key) or os.path.exists(self._run_log_path(key))
+            known = self._kept.has(key) or self._run_logs.has(key)
             raise ProtocolError(
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
@@ -791,56 +611,33 @@ class Server:
                 final.set_result(error_outcome(error))
             running.cancel()  # the executor stops the worker (or Ray task) running it
 
+    def _other_tasks_running(self, run_key: str, task_key: str) -> bool:
+        """Whether a task of run ``run_key`` other than ``task_key`` runs or waits (a map's chunks share a run)."""
+        return any(run_key_of(k) == run_key for k in self._running if k != task_key)
+
     async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
         running: dict[str, int] = {}
         for task_key in self._running:
             running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
-        finished = sorted({key for key, future in self._results.items() if future.done()} | set(self._spilled.keys()))
-        self._reply(peer, request_id, "info", {"running": running, "finished": finished})
+        self._reply(peer, request_id, "info", {"running": running, "finished": self._kept.finished_keys()})
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
         key = request.key
-        path = self._run_log_path(key)
+        self._run_logs.path(key)  # a key that is no run's is refused before anything else
         running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
-        if not running and not os.path.exists(path) and key not in self._results and not self._spilled.has(key):
+        if not running and not self._run_logs.has(key) and not self._kept.has(key):
             raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
-        handle = self._run_logs.get(key)
-        if handle is not None:
-            with contextlib.suppress(OSError):  # a full disk: what reached the file is still read
-                handle.flush()
-        try:
-            with open(path, "rb") as f:
-                logged = f.read()
-        except FileNotFoundError:
-            logged = b""
+        logged = self._run_logs.read(key)
         if logged:
             self._reply(peer, request_id, "log", {"stream": "stdout"}, [logged])
         if request.follow and running:
-            # Registered in the same loop step as the read above, so no line falls in between.
-            self._followers.setdefault(key, []).append((peer, request_id))
-            try:
+            # Followed from the same loop step as the read above, so no line falls in between.
+            with self._run_logs.following(key, peer, request_id):
                 await asyncio.gather(*running)
                 await asyncio.sleep(0)  # let log lines already received go out first
-            finally:
-                followers = self._followers.get(key, [])
-                if (peer, request_id) in followers:
-                    followers.remove((peer, request_id))
-                if not followers:
-                    self._followers.pop(key, None)
         self._reply(peer, request_id, "info", {"running": bool(running) and not request.follow})
-
-    def _sweep_run_logs(self) -> None:
-        """Run logs are kept for RUN_LOG_DAYS days after their last line."""
-        cutoff = time.time() - RUN_LOG_DAYS * 86400
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.runs_dir):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-
-    def _run_log_path(self, key: str) -> str:
-        return os.path.join(self.runs_dir, check_run_key(key) + ".log")
 
     async def _op_install(self, peer, request_id, request, frames) -> None:
         """Install steps into an environment (in a thread: pip takes seconds), then refresh its workers."""
@@ -927,20 +724,13 @@ class Server:
     async def _op_get(self, peer, request_id, request, frames) -> None:
         keys, timeout = request.keys, request.timeout
         try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*(self._outcome(k) for k in keys)), timeout)
+            outcomes = await asyncio.wait_for(asyncio.gather(*(self._kept.outcome(k) for k in keys)), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             raise TimeoutError(f"result {keys[0] if len(keys) == 1 else keys} not ready after {timeout} s") from None
         self._reply_outcomes(peer, request_id, list(outcomes))
 
     async def _op_status(self, peer, request_id, request, frames) -> None:
-        states = {}
-        for key in request.keys:
-            future = self._results.get(key)
-            if future is None:
-                states[key] = "done" if self._spilled.has(key) else "unknown"
-            else:
-                states[key] = "done" if future.done() else "running"
-        self._reply(peer, request_id, "info", {"states": states})
+        self._reply(peer, request_id, "info", {"states": {key: self._kept.state(key) for key in request.keys}})
 
     async def _op_put(self, peer, request_id, request, frames) -> None:
         """Keep an object a client sent (``cluster.put``) under its key, as a finished result is
@@ -953,17 +743,12 @@ class Server:
             raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
         # Copied: the frames may be views of a receive buffer, and this outlives the request.
         outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
-        self._saved_in_memory.pop(key, None)
-        kept = self._results[key] = self._loop.create_future()
-        kept.set_result(outcome)
-        self._spill(key, kept)
+        self._kept.keep(key, outcome)
         self._reply(peer, request_id, "info", {"key": key})
 
     async def _op_release(self, peer, request_id, request, frames) -> None:
         for key in request.keys:
-            self._results.pop(key, None)
-            self._saved_in_memory.pop(key, None)
-            await self._loop.run_in_executor(self._disk, self._spilled.delete, key)
+            await self._kept.release(key)
         self._reply(peer, request_id, "info", {})
 
     # --- remote instances (rh.module) ---------------------------------------------------------
@@ -972,11 +757,11 @@ class Server:
         """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
         constructor runs as a call does: with its timeout, cancel and output."""
         async def construct(task: Task) -> Outcome:
-            self._route_replies(task, peer, request_id)
+            self._run_logs.route(task, peer, request_id)
             try:
                 return await self._start(task)
             finally:
-                self._unroute_replies(task)
+                self._run_logs.unroute(task)
 
         instance_id, created, failed = await self.instances.get_or_create(task, construct)
         if failed is not None:
@@ -997,61 +782,6 @@ class Server:
         """The remote instances on this cluster (see :meth:`Instances.describe`)."""
         self._reply(peer, request_id, "info", {"instances": self.instances.describe()})
 
-    # --- logs ----------------------------------------------------------------------------------
-
-    def _on_log(self, frames: list) -> None:
-        message = LogMessage.from_wire(frames)
-        key, stream = message.key, message.stream
-        if stream == ITEM:  # one item of a generator, pickled: straight on to the caller reading them
-            route = self._item_routes.get(key)
-            if route is not None:
-                self._reply(route[0], route[1], "item", {}, message.parts)
-            return
-        text = bytes(message.parts[0]) if message.parts else b""
-        run_key = run_key_of(key)
-        if stream == EOF:
-            ended = self._log_ends.setdefault(key, self._loop.create_future())
-            if not ended.done():
-                ended.set_result(None)
-            if not any(run_key_of(k) == run_key for k in self._running if k != key):
-                self._close_run_log(run_key)
-            return
-        self._keep(run_key, text)
-        for peer, request_id in self._followers.get(run_key, ()):
-            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
-        route = self._log_routes.get(key)
-        if route is not None:
-            peer, request_id = route
-            self._reply(peer, request_id, "log", {"stream": stream.decode()}, [text])
-        else:
-            sys.stderr.write(f"[{key}] {text.decode('utf-8', 'replace')}")
-            sys.stderr.flush()
-
-    def _keep(self, run_key: str, text: bytes) -> None:
-        """Append a run's log line to its file under ``runs/``, where ``logs`` reads it later. A full
-        or broken disk costs the kept copy only: the lines still reach whoever streams them."""
-        handle = self._run_logs.get(run_key)
-        try:
-            if handle is None:
-                os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
-                handle = self._run_logs[run_key] = open(self._run_log_path(run_key), "ab")
-            handle.write(text)
-        except OSError as exc:
-            self._log_write_failed(run_key, exc)
-
-    def _close_run_log(self, run_key: str) -> None:
-        handle = self._run_logs.pop(run_key, None)
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError as exc:
-                self._log_write_failed(run_key, exc)
-
-    def _log_write_failed(self, run_key: str, exc: OSError) -> None:
-        if not self._log_write_warned:
-            self._log_write_warned = True
-            sys.stderr.write(f"rh server: cannot keep run logs in {self.runs_dir} ({exc}); they are streamed only\n")
-
 
 async def _imports(env: Any, module: str) -> bool:
     """Whether ``env``'s interpreter can import ``module``."""
@@ -1065,10 +795,6 @@ def error_outcome(exc: BaseException) -> Outcome:
     """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
     failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
     return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
-
-
-def _outcome_bytes(outcome: Outcome) -> int:
-    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in outcome.frames)
 
 
 def _nothing() -> None:
@@ -1091,11 +817,6 @@ def load_or_create_secret(state_dir: str) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
-
-
-def run_key_of(task_key: str) -> str:
-    """The run a task belongs to: a map's chunks (``KEY/3``) belong to the map's run ``KEY``."""
-    return task_key.split("/", 1)[0]
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
