@@ -198,21 +198,20 @@ sys.modules[__name__].__class__ = _Package
 
 #: Modules that moved when rh_core was laid out in layers (one folder per layer), and where they
 #: went. Their old names import for one release, so plugins written against them keep working; new
-#: code imports the new names.
+#: code imports the new names. (rh_core.client, .server and .worker became packages of the same
+#: name: they serve their old module's names through :func:`former_module`.)
 _MOVED = {
     "rh_core.remote": "rh_core.clusters.remote",
     "rh_core.tls": "rh_core.clusters.tls",
     "rh_core.status": "rh_core.clusters.status",
     "rh_core.notebook": "rh_core.clusters.notebook",
     "rh_core.wheels": "rh_core.bootstrap.wheels",
-    "rh_core.client": "rh_core.client.connection",
     "rh_core.progress": "rh_core.client.progress",
     "rh_core.channel": "rh_core.wire.channel",
     "rh_core.serialize": "rh_core.wire.serialize",
     "rh_core.shm": "rh_core.wire.shm",
     "rh_core.heap": "rh_core.wire.heap",
     "rh_core.link": "rh_core.wire.link",
-    "rh_core.server": "rh_core.server.server",
     "rh_core.link_server": "rh_core.server.link_server",
     "rh_core.http_door": "rh_core.server.http_door",
     "rh_core.app_host": "rh_core.server.app_host",
@@ -222,7 +221,6 @@ _MOVED = {
     "rh_core.call_gate": "rh_core.server.call_gate",
     "rh_core.secret_store": "rh_core.server.secret_store",
     "rh_core.envs": "rh_core.server.envs",
-    "rh_core.worker": "rh_core.worker.process",
     "rh_core.runner": "rh_core.worker.runner",
     "rh_core.http_calls": "rh_core.worker.http_calls",
     "rh_core.hookspecs": "rh_core.plugin.hookspecs",
@@ -265,3 +263,25 @@ _REAL_SPECS: dict[str, Any] = {}
 
 
 sys.meta_path.append(_MovedModules())
+
+
+def former_module(package: str, module: str) -> Any:
+    """A ``__getattr__`` for a package that was a module before the layout in layers (``package``
+    rh_core.server, whose old contents are ``module`` rh_core.server.server): the old module's
+    names still import from the package for one release, with a DeprecationWarning. A submodule's
+    name is left to the import system, which asks the package first when it loads one."""
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__") or importlib.util.find_spec(f"{package}.{name}") is not None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+        import warnings
+
+        warnings.warn(f"{package}.{name} is now {module}.{name}; import it from there (the old name goes in the "
+                      "next release)", DeprecationWarning, stacklevel=2)
+        return value
+
+    return __getattr__

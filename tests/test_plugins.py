@@ -209,13 +209,18 @@ def test_the_old_flat_module_names_still_import_for_one_release_and_say_where_th
         "    from rh_core.plugin_types import Executor, Task\n"
         "    from rh_core.cluster import LocalCluster, from_config\n"
         "    import rh_core.remote\n"
+        "    from rh_core.server import Server\n"  # a module that became a package of the same name
+        "    from rh_core.client import read_secret\n"
         "import rh_core.plugin.interfaces, rh_core.clusters.local, rh_core.clusters, rh_core.clusters.remote\n"
         "assert Executor is rh_core.plugin.interfaces.Executor and Task is rh_core.plugin.interfaces.Task\n"
         "assert LocalCluster is rh_core.clusters.local.LocalCluster and from_config is rh_core.clusters.from_config\n"
         "assert rh_core.remote is rh_core.clusters.remote\n"
+        "import rh_core.server.server, rh_core.client.connection\n"
+        "assert Server is rh_core.server.server.Server and read_secret is rh_core.client.connection.read_secret\n"
         "said = [str(w.message) for w in seen if issubclass(w.category, DeprecationWarning)]\n"
         "assert any('rh_core.plugin_types is now rh_core.plugin.interfaces' in s for s in said), said\n"
         "assert any('rh_core.cluster.LocalCluster is now rh_core.clusters.local.LocalCluster' in s for s in said), said\n"
+        "assert any('rh_core.client.read_secret is now rh_core.client.connection.read_secret' in s for s in said), said\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
