@@ -288,9 +288,9 @@ class PluginHost:
         """Each plugin's implementation of ``hook_name`` on its own, with the plugin's name: for the
         hooks whose callers need to know who answered, or must go on when one plugin fails. Each
         call still goes through pluggy, so ``RH_TRACE_HOOKS`` (and any hook monitor) sees it."""
-        plugins = [impl.plugin for impl in getattr(self._pm.hook, hook_name).get_hookimpls()]
-        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
-            others = [plugin for plugin in plugins if plugin is not impl.plugin]
+        implementations = getattr(self._pm.hook, hook_name).get_hookimpls()
+        for impl in implementations:
+            others = [other.plugin for other in implementations if other.plugin is not impl.plugin]
             yield impl.plugin_name, self._pm.subset_hook_caller(hook_name, remove_plugins=others)
 
 
