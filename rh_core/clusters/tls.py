@@ -172,18 +172,14 @@ class TLSCluster(Cluster):
     def refresh_status(self) -> ClusterStatus:
         """Asks the server through the pinned tunnel (opened here when it is not yet); starts nothing."""
         server = None
-        if not self.secret:
-            explanation = (f"the secret is not known here (it is never saved): load the cluster with "
-                           f"rh.cluster({self.saved_name or self.name!r}, secret=...)")
-        else:
-            try:
-                address, _ = self._start_or_find_server()
-                server = ping(address, timeout=5.0, secret=self.secret)
-                explanation = ("its server answers through the TLS port" if server is not None else
-                               f"nothing answers behind {self.address} ({self._tunnel.last_error or 'no reply'}); "
-                               "start the server on the cluster with --expose")
-            except RhError as exc:
-                explanation = str(exc)
+        try:  # without the secret this says how to give it
+            address, _ = self._start_or_find_server()
+            server = ping(address, timeout=5.0, secret=self.secret)
+            explanation = ("its server answers through the TLS port" if server is not None else
+                           f"nothing answers behind {self.address} ({self._tunnel.last_error or 'no reply'}); "
+                           "start the server on the cluster with --expose")
+        except RhError as exc:
+            explanation = str(exc)
         self._last_status = ClusterStatus(name=self.saved_name or self.name, kind="tls", machines="unknown",
                                           server=server, explanation=explanation)
         return self._last_status
