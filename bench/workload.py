@@ -30,3 +30,9 @@ class Adder:
     def add(self, a, b):
         self.calls += 1
         return a + b
+
+
+def add_and_print(a, b):
+    """``add`` that prints one line per call, as a training step's log line would."""
+    print("adding", a, b)
+    return a + b

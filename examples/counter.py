@@ -38,10 +38,10 @@ def total(incr, times):
 
 def main():
     Remote = rh.module(Counter).to(rh.here, name="counter")
-    c = Remote(10, stream_logs=True)  # made on the cluster, or the one living there under "counter"
+    c = Remote(10)  # made on the cluster, or the one living there under "counter"; its prints show here
     try:
         print("c.incr() =", c.incr())
-        print("with stream_logs:", c.incr(5, stream_logs=True))
+        print("quiet:", c.incr(5, stream_logs=False))  # this call's "adding 5" stays in the cluster's logs
         print("remote:", rh.get(c.incr.remote(1)), "map:", c.incr.map([1, 1, 1]))
         print("acall:", asyncio.run(c.incr.acall(2)))
         print("an attribute read on the cluster: c.config =", c.config, "c.count =", c.count)

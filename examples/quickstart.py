@@ -25,9 +25,8 @@ def generate(prompt, num_images=1, steps=10):
 
 def main():
     f = rh.function(add).to(rh.here)  # rh.here starts on first use
-    print("f(1, 2) =", f(1, 2))
-    print("with stream_logs:")
-    print("f(1, 2) =", f(1, 2, stream_logs=True))
+    print("f(1, 2) =", f(1, 2))  # "(here add-...) adding 1 2" above it: the function's output, shown here
+    print("quiet: f(1, 2) =", f(1, 2, stream_logs=False))
 
     ref = f.remote(1, 2)  # the result stays on the cluster
     print("remote:", ref, "->", rh.get(ref), rh.get([ref, f.remote(3, 4)]), ref.result(timeout=5))

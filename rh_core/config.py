@@ -17,6 +17,7 @@ import attrs
 
 from rh_core.errors import ConfigError, ConfigValueError
 from rh_core.support.files import write_atomically
+
 # The public name plugins use for the folder of local state (a plugin keeps its files in a folder
 # named after itself there): the one function, in support/paths.py.
 from rh_core.support.paths import rh_home
@@ -48,6 +49,8 @@ class Key:
 KEYS: dict[str, Key] = {key.name: key for key in (
     Key("default_provider", str, None, "provider for on-demand clusters when rh.cluster() names none"),
     Key("default_autostop_mins", int, 30, "idle minutes before an on-demand cluster stops; -1 never"),
+    Key("stream_logs", bool, True, "show a function's stdout and stderr here as it runs (per call: stream_logs=False)"),
+    Key("output_prefix", bool, True, "begin each line a function prints with where it ran: (cluster run-key)"),
     Key("log_level", str, "WARNING", f"level of rh_core's and its plugins' loggers (the `rh` command; scripts too when set): {', '.join(LOG_LEVELS)}"),
     Key("sync_warn_mb", int, 100, "warn before syncing a working directory larger than this (MB; -1 never)"),
     Key("results_max_mb", int, 2048, "disk space on a cluster for .remote() results kept across server restarts"),
@@ -124,12 +127,19 @@ def current() -> Config:
 
     The file is read once per path; call :func:`reload` after changing it behind rh_core's back.
     """
-    return _read_cached(config_path())
+    # Every call reads settings (stream_logs): where the file is follows from two variables.
+    return _current_for(os.environ.get("RH_HOME"), os.environ.get("HOME"))
 
 
 def reload() -> None:
     """Forget the settings read so far; the next :func:`current` reads the file again."""
+    _current_for.cache_clear()
     _read_cached.cache_clear()
+
+
+@functools.cache
+def _current_for(rh_home_variable: str | None, home_variable: str | None) -> Config:
+    return _read_cached(config_path())
 
 
 @functools.cache
@@ -255,6 +265,8 @@ def _checked_value(key: str, value: Any, where: str) -> Any:
     expected = spec.type
     if value is None:
         return None
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigValueError(f"{key} must be true or false, not {value!r} (in {where})")
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigValueError(f"{key} must be a whole number (minutes), not {value!r} (in {where})")
     if expected is str and not isinstance(value, str):
@@ -285,6 +297,10 @@ def check_key(key: str) -> Key:
     return spec
 
 
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
 def parse_value(key: str, text: str) -> Any:
     """A value typed on the command line, converted to the key's type (``30`` → 30 for numbers)."""
     spec = check_key(key)
@@ -295,6 +311,11 @@ def parse_value(key: str, text: str) -> Any:
             raise ConfigValueError(f"{key} must be a whole number, not {text!r}") from None
     if spec.type is list:
         return [item.strip() for item in text.split(",") if item.strip()]
+    if spec.type is bool:
+        word = text.strip().lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ConfigValueError(f"{key} must be true or false, not {text!r}")
+        return word in _TRUE_WORDS
     return text.upper() if key == "log_level" else text
 
 

@@ -6,20 +6,35 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import attrs
 
 from rh_core.client import progress
-from rh_core.wire import serialize, shm
 from rh_core.client.connection import Reply
+from rh_core.client.output import CallOutputShown
 from rh_core.clusters.base import Cluster, decode_outcome, split_parts
-from rh_core.support.compat import add_note
-from rh_core.errors import RhError
-from rh_core.wire.messages import CALL_OPTIONS, CallRequest, CodeOnCluster, FunctionRef, InstanceTarget, ServeRequest
 from rh_core.clusters.ref import Ref, new_run_key
+from rh_core.errors import RhError
+from rh_core.support.compat import add_note
 from rh_core.support.workdir import working_directory
+from rh_core.wire import serialize, shm
+from rh_core.wire.messages import (
+    CALL_OPTIONS,
+    CallRequest,
+    CodeOnCluster,
+    FunctionRef,
+    InstanceTarget,
+    ServeRequest,
+)
 
 if TYPE_CHECKING:
     from rh_core.secrets import Secret
@@ -179,11 +194,18 @@ class Function(Generic[P, R]):
     # --- internals -----------------------------------------------------------------------------
 
     def _take_call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Call options given as keywords (``stream_logs=True``), unless the function takes that name."""
+        """Call options given as keywords (``stream_logs=False``), unless the function takes that
+        name; ``stream_logs`` defaults to the config file's (the server shows output unless told not to)."""
         options = dict(self.call_options)
         if "stream_logs" in kwargs and not self._takes_stream_logs:
             options["stream_logs"] = kwargs.pop("stream_logs")
+        if "stream_logs" not in options and not _config().get("stream_logs"):
+            options["stream_logs"] = False
         return options
+
+    def _output_shown(self, system: Cluster, run_key: str, item_starts: Sequence[int] = ()) -> CallOutputShown:
+        """Where the output of call ``run_key`` goes as it arrives: our own streams, marked as the cluster's."""
+        return CallOutputShown(system.name, run_key, item_starts=item_starts, prefix=_config().get("output_prefix"))
 
     def _placed(self) -> tuple[Cluster, _Shipped]:
         if self.system is None or self._shipped is None:
@@ -221,7 +243,8 @@ class Function(Generic[P, R]):
         request, function_frames = self._call_request(mode, refs, options, shm_prefix=prefix)
         arguments = self._share(prefix, arguments)
         with _interruptible(system, request.key, options):
-            return system.send(request, [*function_frames, *arguments], check_after=_check_after(options))
+            return system.send(request, [*function_frames, *arguments], check_after=_check_after(options),
+                               on_log=self._output_shown(system, request.key))
 
     @staticmethod
     def _share(prefix: str | None, frames: list) -> list:
@@ -246,7 +269,7 @@ class Function(Generic[P, R]):
         system, _ = self._placed()
         arguments = self._share(shm_prefix, arguments)
         replies = system.stream("call", request.to_wire(), [*function_frames, *arguments],
-                                check_after=_check_after(options))
+                                check_after=_check_after(options), on_log=self._output_shown(system, request.key))
         with _interruptible(system, request.key, options), contextlib.closing(replies):
             while True:
                 try:
@@ -271,8 +294,9 @@ class Function(Generic[P, R]):
         chunk_frames = [self._share(prefix, frames) for frames in chunk_frames]
         request, function_frames = self._call_request("map", refs, options, shm_prefix=prefix,
                                                       chunks=tuple(len(frames) for frames in chunk_frames))
+        output = self._output_shown(system, request.key, item_starts=bounds)
         with _interruptible(system, request.key, options), progress.items_done(
-                len(items), [len(chunk) for chunk in chunks], show=bool(options.get("progress"))) as on_log:
+                len(items), [len(chunk) for chunk in chunks], output, show=bool(options.get("progress"))) as on_log:
             reply = system.send(request, [*function_frames, *(f for frames in chunk_frames for f in frames)],
                                    check_after=_check_after(options), on_log=on_log)
         results: list[Any] = []
@@ -546,6 +570,12 @@ async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
         close = getattr(items, "close", None)
         if close is not None:
             await asyncio.to_thread(close)  # left early: the run is cancelled, as for a plain loop
+
+
+def _config() -> Any:
+    from rh_core.config import current
+
+    return current()
 
 
 def _check_after(options: dict[str, Any]) -> float:

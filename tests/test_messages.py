@@ -20,6 +20,7 @@ from rh_core.wire.messages import (
     FunctionRef,
     InstanceTarget,
     LogMessage,
+    OutputLine,
     ResultParts,
     cancel_to_link,
     done_from_link,
@@ -27,6 +28,8 @@ from rh_core.wire.messages import (
     eof_frames,
     item_frames,
     log_frames,
+    output_from_reply,
+    output_to_reply,
     request_of,
     task_from_link,
     task_to_link,
@@ -91,6 +94,9 @@ def test_the_header_a_worker_reads_over_its_link_equals_the_servers():
         worker.send(done_to_link("run-1", Outcome(status="err", frames=[b"e"], logged=True), as_frame))
         key, outcome = done_from_link(server.receive())
         assert (key, outcome.status, outcome.logged, outcome.frames) == ("run-1", "err", True, [b"e"])
+        printed = (OutputLine("stdout", b"one\ntwo\n"), OutputLine("stderr", b"three", item=4))
+        worker.send(done_to_link("run-2", Outcome(status="ok", frames=[b"r"], output=printed), as_frame))
+        assert done_from_link(server.receive())[1].output == printed  # the link carries output as plain data
         server.send(cancel_to_link("run-1"))
         assert worker.receive() == ("cancel", "run-1")
     finally:
@@ -112,13 +118,33 @@ def test_result_parts_that_do_not_match_the_frames_are_refused(parts):
 
 
 def test_log_lines_items_and_the_end_marker_come_back_as_sent():
-    line = LogMessage.from_wire(log_frames("run-1", "stderr", "héllo\n"))
-    assert (line.key, line.stream, bytes(line.parts[0]).decode()) == ("run-1", b"stderr", "héllo\n")
+    line = LogMessage.from_wire(log_frames("run-1", OutputLine("stderr", "héllo\n".encode())))
+    assert (line.key, line.stream, line.line()) == ("run-1", b"stderr", OutputLine("stderr", "héllo\n".encode()))
+    of_an_item = LogMessage.from_wire(log_frames("run-1/2", OutputLine("stdout", b"x\n", item=7)))
+    assert of_an_item.line() == OutputLine("stdout", b"x\n", item=7)
     item = LogMessage.from_wire(item_frames("run-1", [b"pickle", b"buffer"]))
     assert (item.stream, list(item.parts)) == (ITEM, [b"pickle", b"buffer"])
     assert LogMessage.from_wire(eof_frames("run-1")).stream == EOF
     with pytest.raises(ProtocolError, match="malformed log message"):
         LogMessage.from_wire([b"run-1"])
+
+
+def test_output_travels_ahead_of_the_results_frames_with_each_map_chunk_counted():
+    chunks = [Outcome(status="ok", frames=[b"r0"], output=(OutputLine("stdout", b"a\n", item=0),)),
+              Outcome(status="ok", frames=[b"r1"], output=(OutputLine("stderr", b"b\n", item=1),))]
+    fields, texts = output_to_reply(chunks)
+    lines, rest = output_from_reply(orjson.loads(orjson.dumps(fields)), [*texts, b"r0", b"r1"])
+    assert lines == [OutputLine("stdout", b"a\n", 0, 0), OutputLine("stderr", b"b\n", 1, 1)]
+    assert rest == [b"r0", b"r1"]
+    plain, _ = output_to_reply([Outcome(status="ok", frames=[], output=(OutputLine("stdout", b"c\n"),))])
+    assert plain == [{"stream": "stdout"}]  # a call, not a map: no chunk or item to name
+
+
+@pytest.mark.parametrize("fields", [[{"stream": 3}], [{"stream": "stdout", "item": -1}], {"stream": "stdout"},
+                                    [{"stream": "stdout"}] * 3])
+def test_output_fields_that_are_not_lines_are_refused(fields):
+    with pytest.raises(ProtocolError, match="malformed"):
+        output_from_reply(fields, [b"x", b"y"])
 
 
 OP_EXAMPLES = {

@@ -2,6 +2,7 @@
 Everything executor-independent is in the ExecutorContract (rh_core/testing/executor.py)."""
 
 import os
+import re
 import signal
 
 import pytest
@@ -82,11 +83,14 @@ def test_the_counter_example_runs_on_rh_here(tmp_path):
         out = subprocess.run([sys.executable, example], env={**os.environ, "RH_HOME": str(home)},
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
-        for line in ("c.incr() = 11", "with stream_logs: 16", "acall: 22", "reached by name: True count 22",
+        for line in ("c.incr() = 11", "quiet: 16", "acall: 22", "reached by name: True count 22",
                      "a method handed to a function on the cluster: 25", "released: True",
                      "a call after release says so: no instance 'counter'"):
             assert line in out.stdout, out.stdout
-        assert out.stdout.count("the constructor runs once, on the cluster") == 1
+        constructed = re.findall(r"^\(here counter-[0-9a-f]{16}\) the constructor runs once", out.stdout, re.M)
+        assert len(constructed) == 1, out.stdout  # shown, marked as the cluster's, and run once
+        assert "(here counter.incr-" in out.stdout and "adding 1\n" in out.stdout
+        assert "adding 5" not in out.stdout  # the quiet call's
     finally:
         rh.LocalCluster(state_dir=str(home / "local")).stop_server()
 

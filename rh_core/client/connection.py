@@ -12,15 +12,22 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rh_core import errors
+from rh_core.client.output import write_line
 from rh_core.errors import ConnectionLostError, RhError
-from rh_core.wire.frames import SECRET_FILE, authenticate_zmq, recv_frames, send_frames, split_frames
+from rh_core.wire.frames import (
+    SECRET_FILE,
+    authenticate_zmq,
+    recv_frames,
+    send_frames,
+    split_frames,
+)
+from rh_core.wire.messages import OutputLine, output_from_reply
 
 POLL_SLICE_MS = 500
 #: While a request waits for its reply, how often the client makes sure the server still answers
@@ -34,13 +41,6 @@ class Reply:
 
     def __init__(self, kind: str, header: dict[str, Any], frames: list):
         self.kind, self.header, self.frames = kind, header, frames
-
-
-def write_log(stream: str, text: bytes) -> None:
-    """Default log sink: the function's stdout and stderr go to ours."""
-    target = sys.stderr if stream == "stderr" else sys.stdout
-    target.write(text.decode("utf-8", "replace"))
-    target.flush()
 
 
 LINK_SCHEME = "link://"  # an address ``link:///path/to/link.sock``: the server's link socket (rh_core.wire.link)
@@ -176,11 +176,12 @@ class Connection:
         header: dict[str, Any],
         frames: Sequence[Any] = (),
         *,
-        on_log: Callable[[str, bytes], None] = write_log,
+        on_log: Callable[[OutputLine], None] = write_line,
         timeout: float | None = None,
         check_after: float = HEARTBEAT_SECONDS,
     ) -> Reply:
-        """Send one request and wait for its final reply, passing log replies to ``on_log``.
+        """Send one request and wait for its final reply, passing the output lines it brings to
+        ``on_log`` (by default, written here as they are).
 
         ``fail`` replies are raised as the error they name. ``timeout`` bounds the wait here
         (None waits as long as the server lives). After ``check_after`` seconds without the
@@ -207,7 +208,7 @@ class Connection:
         header: dict[str, Any],
         frames: Sequence[Any] = (),
         *,
-        on_log: Callable[[str, bytes], None] = write_log,
+        on_log: Callable[[OutputLine], None] = write_line,
         check_after: float = HEARTBEAT_SECONDS,
     ) -> Generator[Reply, None, Reply]:
         """Like :meth:`request` for a request whose replies include ``item`` replies: yields each as it
@@ -246,7 +247,7 @@ class Connection:
         return request_id
 
     def _next_reply(self, carrier: _ZmqCarrier | _LinkCarrier, request_id: int, op: str,
-                    on_log: Callable[[str, bytes], None], timeout: float | None, check_after: float) -> Reply:
+                    on_log: Callable[[OutputLine], None], timeout: float | None, check_after: float) -> Reply:
         """The next reply to ``request_id`` other than a log line (those go to ``on_log``): an item
         or the final reply (``fail`` included). Raises when the server is gone."""
         import orjson
@@ -263,9 +264,14 @@ class Connection:
                     continue  # a late reply to a request we gave up on
                 kind = fields.pop("kind")
                 if kind == "log":
-                    on_log(fields["stream"], bytes(reply[1][0]))
+                    on_log(OutputLine.from_reply(fields, reply[1][0]))
                     continue
-                return Reply(kind, fields, reply[1])
+                frames = reply[1]
+                if "output" in fields:  # what the call printed, travelling with its result
+                    lines, frames = output_from_reply(fields.pop("output"), frames)
+                    for line in lines:
+                        on_log(line)
+                return Reply(kind, fields, frames)
             waited += POLL_SLICE_MS / 1000
             reason = self._liveness()
             if reason is None and waited >= check_after:

@@ -14,7 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rh_core.wire.messages import OutputLine
 
 #: Loggers whose level ``log_level`` sets: the core's and the plugins' that ship with it.
 OWN_LOGGERS = ("rh_core", "rh_byo_ssh", "rh_ray", "rh_pip", "rh_conda", "rh_git", "rh_sky", "rh_gcp")
@@ -52,27 +55,32 @@ def step(logger: logging.Logger, name: str, detail: str = "") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def items_done(total: int, chunk_sizes: list[int], *, show: bool) -> Iterator[Callable[[str, bytes], None]]:
+def items_done(total: int, chunk_sizes: list[int], output: Callable[[OutputLine], None], *,
+               show: bool) -> Iterator[Callable[[OutputLine], None]]:
     """A ``map``'s progress bar on stderr while the block runs, when ``show``: yields the log sink
     of its request, which advances the bar by a chunk's items when the server says that chunk is
-    done (a ``progress`` line naming its index) and passes the function's output on."""
-    from rh_core.client.connection import write_log
-
+    done (a ``progress`` line naming its index) and passes the function's output on to ``output``."""
     if not show:
-        yield write_log
+        yield output
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     bar = Progress(TextColumn("map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=Console(stderr=True))
     items = bar.add_task("map", total=total)
 
-    def on_log(stream: str, text: bytes) -> None:
-        if stream == "progress":
-            bar.advance(items, chunk_sizes[int(text)])
+    def on_log(line: OutputLine) -> None:
+        if line.stream == "progress":
+            bar.advance(items, chunk_sizes[int(line.text)])
         else:
-            write_log(stream, text)
+            output(line)
 
     with bar:
         yield on_log

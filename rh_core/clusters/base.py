@@ -16,23 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rh_core.wire import serialize
 from rh_core.client.connection import Connection, Reply
+from rh_core.clusters.ref import Ref
 from rh_core.errors import (
     ConnectionLostError,
     RhError,
     VersionMismatchError,
 )
-from rh_core.clusters.ref import Ref
-from rh_core.wire import messages
-from rh_core.wire.messages import CallRequest, OpRequest, ResultParts
+from rh_core.wire import messages, serialize
+from rh_core.wire.messages import CallRequest, OpRequest, OutputLine, ResultParts
 
 if TYPE_CHECKING:
 
+    from rh_core.bootstrap.wheels import Platform
+    from rh_core.clusters.status import ClusterStatus
     from rh_core.plugin.host import PluginHost
     from rh_core.secrets import Secret
-    from rh_core.clusters.status import ClusterStatus
-    from rh_core.bootstrap.wheels import Platform
 
 
 
@@ -244,14 +243,14 @@ class Cluster:
     def logs(self, key: str, *, follow: bool = False) -> str:
         """What run ``key`` (``ref.key``) has printed; with ``follow=True`` also print new lines here
         as they come, until the run ends."""
-        from rh_core.client.connection import write_log
+        from rh_core.client.output import write_line
 
         chunks: list[bytes] = []
 
-        def collect(stream: str, text: bytes) -> None:
-            chunks.append(bytes(text))
+        def collect(line: OutputLine) -> None:
+            chunks.append(line.text)
             if follow:
-                write_log(stream, text)
+                write_line(line)
 
         self.send(messages.LogsRequest(key=key, follow=follow), on_log=collect)
         return b"".join(chunks).decode("utf-8", "replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -60,9 +61,31 @@ class Ref(Generic[R]):
             return here
         return self.cluster
 
-    def result(self, timeout: float | None = None) -> R:
-        """The value, waiting up to ``timeout`` seconds; raises the function's own exception."""
-        return self._cluster().get(self.key, timeout=timeout)
+    def result(self, timeout: float | None = None, *, stream_logs: bool = False) -> R:
+        """The value, waiting up to ``timeout`` seconds; raises the function's own exception.
+
+        A ``.remote()`` call's output stays in its run's log on the cluster; ``stream_logs=True``
+        shows it here (as a plain call's is shown) once the run has ended, before the value."""
+        cluster = self._cluster()
+        try:
+            return cluster.get(self.key, timeout=timeout)
+        finally:
+            if stream_logs:
+                self._show_logs(cluster)
+
+    def _show_logs(self, cluster: Cluster) -> None:
+        from rh_core.client.output import CallOutputShown
+        from rh_core.config import current
+        from rh_core.wire.messages import OutputLine
+
+        try:
+            text = cluster.logs(self.key)
+        except Exception as exc:  # the result (or its error) matters more than its log
+            sys.stderr.write(f"rh: could not read the log of run {self.key}: {exc}\n")
+            return
+        if text:
+            shown = CallOutputShown(cluster.name, self.key, prefix=current().get("output_prefix"))
+            shown(OutputLine("stdout", text.encode()))
 
     def done(self) -> bool:
         return self._cluster().run_states([self.key])[self.key] == "done"

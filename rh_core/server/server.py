@@ -42,14 +42,6 @@ import uvloop
 import zmq
 
 from rh_core import __version__
-from rh_core.server import results
-from rh_core.wire import serialize, shm
-from rh_core.server.app_host import REQUIREMENT as APP_REQUIREMENT
-from rh_core.server.app_host import AppHost
-from rh_core.server.call_gate import CallGate
-from rh_core.wire.channel import Channel
-from rh_core.wire.frames import SECRET_FILE, join_frames
-from rh_core.server.envs import ClusterEnvironment, install
 from rh_core.errors import (
     CallTimeoutError,
     ProtocolError,
@@ -58,22 +50,7 @@ from rh_core.errors import (
     ServerStartError,
     UntrustedPathError,
 )
-from rh_core.support.files import open_private, private_directory, read_private, write_atomically
-from rh_core.wire.heap import keep_freed_memory
-from rh_core.server.instances import Instances, spec_of
-from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
-from rh_core.server.http_door import HttpDoor, http_available
-from rh_core.wire.link import ENVELOPE_MAX_BYTES
-from rh_core.server.link_door import LinkDoor
-from rh_core.server.run_logs import RunLogs, run_key_of
-from rh_core.wire.messages import (
-    CallHeader,
-    CallRequest,
-    Failure,
-    ResultParts,
-    check_run_key,
-    request_of,
-)
+from rh_core.plugin.host import default_host
 from rh_core.plugin.interfaces import (
     Executor,
     InstallStep,
@@ -84,9 +61,38 @@ from rh_core.plugin.interfaces import (
     WatchesEnvironments,
     capability,
 )
-from rh_core.plugin.host import default_host
-from rh_core.support.processes import process_start_time
+from rh_core.server import results
+from rh_core.server.app_host import REQUIREMENT as APP_REQUIREMENT
+from rh_core.server.app_host import AppHost
+from rh_core.server.call_gate import CallGate
+from rh_core.server.envs import ClusterEnvironment, install
+from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
+from rh_core.server.http_door import HttpDoor, http_available
+from rh_core.server.instances import Instances, spec_of
+from rh_core.server.link_door import LinkDoor
+from rh_core.server.run_logs import RunLogs, run_key_of
 from rh_core.server.secret_store import SecretStore
+from rh_core.support.files import (
+    open_private,
+    private_directory,
+    read_private,
+    write_atomically,
+)
+from rh_core.support.processes import process_start_time
+from rh_core.wire import serialize, shm
+from rh_core.wire.channel import Channel
+from rh_core.wire.frames import SECRET_FILE, join_frames
+from rh_core.wire.heap import keep_freed_memory
+from rh_core.wire.link import ENVELOPE_MAX_BYTES
+from rh_core.wire.messages import (
+    CallHeader,
+    CallRequest,
+    Failure,
+    ResultParts,
+    check_run_key,
+    output_to_reply,
+    request_of,
+)
 
 STATE_FILE = "server.json"
 STATE_DIR_CHECK_SECONDS = 5.0  # how often the server checks that its state directory is still there
@@ -113,7 +119,7 @@ class Peer(Protocol):
 class RouterPeer:
     """A client reached through the ZeroMQ router: every client on another machine."""
 
-    __slots__ = ("_router", "_identity")
+    __slots__ = ("_identity", "_router")
 
     def __init__(self, router: Channel, identity: bytes):
         self._router, self._identity = router, identity
@@ -331,15 +337,20 @@ class Server:
         return peer.send(encode({"id": request_id, "kind": kind, **fields}), frames)
 
     def _reply_outcomes(self, peer: Peer, request_id: str, outcomes: list[Outcome]) -> bool:
+        """Reply with outcomes, and before their frames the output that travelled with them."""
+        fields = ResultParts.of(outcomes).to_wire()
         frames = [frame for o in outcomes for frame in o.frames]
-        return self._reply(peer, request_id, "result", ResultParts.of(outcomes).to_wire(), frames)
+        if any(o.output for o in outcomes):
+            fields["output"], texts = output_to_reply(outcomes)
+            frames = texts + frames
+        return self._reply(peer, request_id, "result", fields, frames)
 
     def _deliver(self, peer: Peer, request_id: str, task: Task, outcome: Outcome) -> None:
         """Reply with a call's outcome; when its caller is gone, keep it as a result by the run's key
         (listed by ``cluster.runs()``, fetched with ``cluster.get(key)``) instead of losing it."""
         if self._reply_outcomes(peer, request_id, [outcome]):
             return
-        self._kept.keep(task.key, outcome)
+        self._kept.keep(task.key, attrs.evolve(outcome, output=()))  # the output is in the run's log
         sys.stderr.write(f"rh server: the caller of run {task.key} is gone; its result is kept on the cluster: "
                          f"cluster.get({task.key!r}) fetches it\n")
 
@@ -565,6 +576,8 @@ class Server:
                 final.set_result(error_outcome(exc))
                 return
             outcome = running.result()
+            if outcome.output:
+                outcome = self._run_logs.took_output(task.key, outcome)
             if outcome.logged:
                 self._run_logs.after_logs(task.key, lambda: final.done() or final.set_result(outcome))
             else:
@@ -756,18 +769,25 @@ class Server:
     async def _create_instance(self, peer: Peer, request_id: str, task: Task) -> None:
         """Get or create the instance the task names (see :meth:`Instances.get_or_create`); its
         constructor runs as a call does: with its timeout, cancel and output."""
+        constructed: list[Outcome] = []
+
         async def construct(task: Task) -> Outcome:
             self._run_logs.route(task, peer, request_id)
             try:
-                return await self._start(task)
+                constructed.append(await self._start(task))
+                return constructed[-1]
             finally:
                 self._run_logs.unroute(task)
 
         instance_id, created, failed = await self.instances.get_or_create(task, construct)
         if failed is not None:
             self._reply_outcomes(peer, request_id, [failed])
-        else:
-            self._reply(peer, request_id, "info", {"instance_id": instance_id, "created": created})
+            return
+        fields: dict[str, Any] = {"instance_id": instance_id, "created": created}
+        texts: list[bytes] = []
+        if constructed and constructed[0].output:  # what the constructor printed
+            fields["output"], texts = output_to_reply(constructed)
+        self._reply(peer, request_id, "info", fields, texts)
 
     def instance_ended(self, instance_id: str, reason: str) -> None:
         """From the executor (:class:`~rh_core.plugin.interfaces.ServerContext`): an instance's process is gone."""

@@ -58,8 +58,12 @@ class ExecutorContract:
         assert "out: hello" in out
         assert "log: hello" in err
 
-    def test_without_stream_logs_nothing_is_printed_here(self, add, capfd):
+    def test_output_is_shown_by_default_marked_as_the_clusters_and_stream_logs_false_silences_it(
+            self, cluster, add, capfd):
         assert add(1, 2) == 3
+        out, _ = capfd.readouterr()
+        assert f"({cluster.name} add-" in out and ") adding 1 2\n" in out
+        assert add(1, 2, stream_logs=False) == 3
         out, _ = capfd.readouterr()
         assert "adding" not in out
 

@@ -268,3 +268,35 @@ class TeapotError(Exception):
 
 def fail_with_status(status_code, detail):
     raise TeapotError(status_code, detail)
+
+
+def print_then_wait(first, seconds, then):
+    """Print ``first``, wait ``seconds``, print ``then``; returns both."""
+    import time
+
+    print(first, flush=True)
+    time.sleep(seconds)
+    print(then)
+    return [first, then]
+
+
+def print_numbers(count, pause_at=None, pause=0.0, end="\n"):
+    """Print 0 .. count-1, one per line (pausing ``pause`` seconds before ``pause_at``); the last
+    one ends with ``end``."""
+    import sys
+    import time
+
+    for i in range(count):
+        if i == pause_at:
+            time.sleep(pause)
+        sys.stdout.write(f"{i}{end if i == count - 1 else chr(10)}")
+    return count
+
+
+def say_item(x):
+    """Print which item this is, on stdout and stderr; returns it."""
+    import sys
+
+    print("item says", x)
+    print("item warns", x, file=sys.stderr)
+    return x

@@ -60,6 +60,9 @@ class Outcome:
     status: str  # "ok" | "err" | "stale"
     frames: Frames
     logged: bool = False  # the runner sent log lines; the server waits for their end marker
+    #: What the call wrote to stdout and stderr and had not sent live: a short call's output travels
+    #: with its result, in one message, rather than line by line beside it.
+    output: tuple[OutputLine, ...] = ()
     #: For an ``err`` the server made itself (a timeout, a cancel, an executor failure): the
     #: exception's type name and message, for readers that must not unpickle (HTTP endpoints).
     error: tuple[str, str] | None = None
@@ -154,6 +157,10 @@ def _flag(data: dict, field: str, message: str) -> bool:
 
 def _count(value: Any) -> bool:
     return type(value) is int and value >= 0
+
+
+def _count_or_none(value: Any) -> bool:
+    return value is None or _count(value)
 
 
 CACHE_MAX = 4096  # distinct parts kept by :class:`_Parts`; beyond, it starts afresh
@@ -565,12 +572,14 @@ def task_from_link(message: tuple) -> Task:
 
 def done_to_link(key: str, outcome: Outcome, frame: Callable[[Any], Any]) -> tuple:
     """The message a worker answers a task with: what came of it."""
-    return ("done", key, outcome.status, outcome.logged, [frame(f) for f in outcome.frames])
+    return ("done", key, outcome.status, outcome.logged, [frame(f) for f in outcome.frames],
+            [line.to_link() for line in outcome.output])
 
 
 def done_from_link(message: tuple) -> tuple[str, Outcome]:
-    _, key, status, logged, frames = message
-    return key, Outcome(status=status, frames=frames, logged=logged)
+    _, key, status, logged, frames, output = message
+    return key, Outcome(status=status, frames=frames, logged=logged,
+                        output=tuple(OutputLine.from_link(line) for line in output))
 
 
 def cancel_to_link(key: str) -> tuple:
@@ -589,8 +598,9 @@ ITEM = b"item"  # the stream of a generator's item: its pickled frames follow
 EOF = b"eof"  # the end of a call's output: the server may deliver its result
 
 
-def log_frames(key: str, stream: str, text: str) -> list[bytes]:
-    return [key.encode(), stream.encode(), text.encode("utf-8", "replace")]
+def log_frames(key: str, line: OutputLine) -> list[bytes]:
+    frames = [key.encode(), line.stream.encode(), line.text]
+    return frames if line.item is None else [*frames, b"%d" % line.item]
 
 
 def item_frames(key: str, frames: Sequence[Any]) -> list[Any]:
@@ -604,7 +614,8 @@ def eof_frames(key: str) -> list[bytes]:
 @attrs.frozen
 class LogMessage:
     """One message to the log endpoint: ``stream`` is ``stdout``/``stderr`` (``parts`` holds the
-    text), :data:`ITEM` (``parts`` are the item's frames) or :data:`EOF`."""
+    text, then the map item that wrote it, when a map item did), :data:`ITEM` (``parts`` are the
+    item's frames) or :data:`EOF`."""
 
     key: str
     stream: bytes
@@ -615,6 +626,69 @@ class LogMessage:
         if len(frames) < 2:
             raise ProtocolError(f"malformed log message: {len(frames)} frames, not [key, stream, ...]")
         return cls(bytes(frames[0]).decode("utf-8", "replace"), bytes(frames[1]), frames[2:])
+
+    def line(self) -> OutputLine:
+        """The output line a ``stdout``/``stderr`` message carries."""
+        text = bytes(self.parts[0]) if self.parts else b""
+        item = int(bytes(self.parts[1])) if len(self.parts) > 1 else None
+        return OutputLine(self.stream.decode(), text, item)
+
+
+@attrs.frozen
+class OutputLine:
+    """Text a call wrote: one or more whole lines (or the unfinished end of its output) of one
+    ``stream`` (``stdout``/``stderr``; ``progress`` for a map's progress marks). For a ``map``,
+    ``item`` is the item that wrote it, counted within its chunk, and ``chunk`` that chunk (set by
+    the server as it replies: a worker knows only its own chunk)."""
+
+    stream: str
+    text: bytes
+    item: int | None = None
+    chunk: int | None = None
+
+    def to_link(self) -> tuple:
+        return self.stream, self.text, self.item
+
+    @classmethod
+    def from_link(cls, data: tuple) -> OutputLine:
+        return cls(*data)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields of the ``log`` reply that carries it to a client (its text is the frame)."""
+        fields: dict[str, Any] = {"stream": self.stream}
+        if self.item is not None:
+            fields["item"] = self.item
+        if self.chunk is not None:
+            fields["chunk"] = self.chunk
+        return fields
+
+    @classmethod
+    def from_reply(cls, fields: Mapping[str, Any], text: Any) -> OutputLine:
+        """A line from a ``log`` reply's fields and frame, or from a ``result`` reply's ``output``."""
+        stream, item, chunk = fields.get("stream"), fields.get("item"), fields.get("chunk")
+        if not (isinstance(stream, str) and _count_or_none(item) and _count_or_none(chunk)):
+            raise refused("log reply", "stream", "a stream name, and counts for item and chunk", fields)
+        return cls(stream, bytes(text), item, chunk)
+
+
+def output_to_reply(outcomes: Sequence[Outcome]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The output lines a ``result`` reply carries before its outcomes' frames: their fields (the
+    reply's ``output``) and their texts (its first frames). A map's chunks are counted in order."""
+    fields: list[dict[str, Any]] = []
+    texts: list[bytes] = []
+    chunked = len(outcomes) > 1
+    for chunk, outcome in enumerate(outcomes):
+        for line in outcome.output:
+            fields.append(attrs.evolve(line, chunk=chunk).fields() if chunked else line.fields())
+            texts.append(line.text)
+    return fields, texts
+
+
+def output_from_reply(fields: Any, frames: Sequence[Any]) -> tuple[list[OutputLine], Sequence[Any]]:
+    """The output lines of a ``result`` reply (see :func:`output_to_reply`) and the frames after them."""
+    if not isinstance(fields, list) or len(fields) > len(frames):
+        raise refused("result reply", "output", "a list of line fields, one per leading frame", fields)
+    return [OutputLine.from_reply(line, text) for line, text in zip(fields, frames)], frames[len(fields):]
 
 
 # -------------------------------------------------------------------------------------------------

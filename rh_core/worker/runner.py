@@ -1,23 +1,18 @@
 """Runs tasks inside a worker: loads the function, unpickles arguments, calls, pickles the outcome.
 
 Every executor's workers use this: the process executor's worker processes and Ray tasks alike.
-The function's stdout and stderr (and so ``logging`` to them) are sent live to the server's log
-endpoint as ``[key, stream, text]``, and so are the items of a generator whose caller streams them
-(``[key, b"item", *frames]``); after a task that sent anything an end-of-logs marker
-``[key, b"eof", b""]`` follows, so the server can deliver every line and item before the result.
-``async def`` functions are awaited on an event loop the runner keeps.
+The function's stdout and stderr (and so ``logging`` to them) travel with its result, or live
+when the call runs on (see :mod:`rh_core.worker.output`); so do the items of a generator whose
+caller streams them. ``async def`` functions are awaited on an event loop the runner keeps.
 
 A function may fork. A child that returns from the function (or raises, ``sys.exit`` included) into
 the runner exits there, before it can touch the worker's link or log socket: only the worker
-answers for its task. Output of such children goes to the worker's own stdout and stderr (the
-server log), never through the parent's ZeroMQ socket.
+answers for its task.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import io
 import os
 import pickle
 import sys
@@ -28,139 +23,31 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
-import zmq
 
-from rh_core.wire import serialize, shm
 from rh_core.errors import (
     InstanceNotFoundError,
     RemoteError,
     RemoteExitError,
-    RhError,
     RunCancelledError,
     StaleCodeError,
 )
-from rh_core.wire.messages import CallHeader, CodeOnCluster, FunctionRef, InstanceTarget, eof_frames, item_frames, log_frames
 from rh_core.plugin.interfaces import Outcome, Task
-
-
-#: The run key of the call the current thread or task works for (see :meth:`LogSender.current`).
-_call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("rh_call_key", default=None)
+from rh_core.wire import serialize, shm
+from rh_core.wire.messages import CallHeader, CodeOnCluster, FunctionRef, InstanceTarget
+from rh_core.worker.output import CallOutput, CallOutputs, call_key
 
 
 def current_call_key() -> str | None:
     """The run key of the call this thread or task runs on a worker (None elsewhere): a call it
     makes to its own cluster names it, so the executor can lend the cluster another worker."""
-    return _call_key.get()
-
-
-class LogSender:
-    """A PUSH socket to the server's log endpoint, shared by the worker's threads: the output of
-    each call (and a generator's items) goes there under the call's key."""
-
-    def __init__(self, endpoint: str | None):
-        self._lock = threading.Lock()
-        self._socket = None
-        if endpoint:
-            self._socket = zmq.Context.instance().socket(zmq.PUSH)
-            self._socket.setsockopt(zmq.LINGER, 2000)
-            self._socket.connect(endpoint)
-        self._sent: dict[str, bool] = {}  # the calls running now -> whether they sent anything yet
-        self._lone: str | None = None  # the key of the one call running, for threads it started itself
-        self._forked = False
-        os.register_at_fork(after_in_child=self._forget_in_child)
-
-    def _forget_in_child(self) -> None:
-        # A ZeroMQ socket must not be used across fork; the child's lines go to its fallback stream.
-        # The socket object is kept (never closed here): closing it would touch the parent's context.
-        self._sent, self._lone, self._forked, self._lock = {}, None, True, threading.Lock()
-
-    def begin(self, key: str) -> contextvars.Token:
-        """A call starts in this thread (or task): its output goes out under ``key``."""
-        self._sent[key] = False
-        self._lone = key if len(self._sent) == 1 else None
-        return _call_key.set(key)
-
-    def current(self) -> str | None:
-        """The key output written now belongs to: the call this thread or task runs; else, for a
-        thread the function started, the one call running; None when no call can claim it."""
-        if self._forked:
-            return None
-        return _call_key.get() or self._lone
-
-    def send(self, stream: str, text: str) -> bool:
-        key = self.current()
-        if key is None or self._socket is None:
-            return False
-        with self._lock:
-            self._socket.send_multipart(log_frames(key, stream, text))
-            if key in self._sent:
-                self._sent[key] = True
-        return True
-
-    def send_item(self, frames: Sequence[Any]) -> None:
-        """One item a generator of the current call yielded, as pickled frames."""
-        key = self.current()
-        if key is None or self._socket is None:
-            raise RhError("a generator's items cannot be streamed from here: this worker has no way to the "
-                          "server's log endpoint (a Ray node without the log relay). Return a list instead")
-        with self._lock:
-            self._socket.send_multipart(item_frames(key, frames))
-            self._sent[key] = True
-
-    def end(self, key: str, token: contextvars.Token) -> bool:
-        """The call ``key`` has finished; returns whether it sent anything (then an end-of-logs
-        marker follows, so the server delivers every line and item before the result)."""
-        sent = self._sent.pop(key, False)
-        if sent and self._socket is not None:
-            with self._lock:
-                self._socket.send_multipart(eof_frames(key))
-        _call_key.reset(token)
-        self._lone = next(iter(self._sent)) if len(self._sent) == 1 else None
-        return sent
-
-
-class CallOutput(io.TextIOBase):
-    """Replaces ``sys.stdout``/``sys.stderr`` in a worker: lines go to the caller while a call runs."""
-
-    def __init__(self, name: str, sender: LogSender, fallback: Any):
-        self.name, self._sender, self._fallback = name, sender, fallback
-        self._pending: dict[str, str] = {}  # call key -> the start of a line it has not finished
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        key = self._sender.current()
-        if key is None:
-            return self._fallback.write(text)
-        pending = self._pending.pop(key, "") + text
-        if "\n" in pending:
-            head, _, pending = pending.rpartition("\n")
-            if not self._sender.send(self.name, head + "\n"):
-                self._fallback.write(head + "\n")
-        if pending:
-            self._pending[key] = pending
-        return len(text)
-
-    def flush(self) -> None:
-        key = self._sender.current()
-        pending = self._pending.pop(key, "") if key is not None else ""
-        if pending and not self._sender.send(self.name, pending):
-            self._fallback.write(pending)
-        self._fallback.flush()
-
-    def fileno(self) -> int:
-        return self._fallback.fileno()
-
-    def isatty(self) -> bool:
-        return False
+    return call_key.get()
 
 
 class Runner:
     """Holds a worker's function cache and output redirection; ``run`` executes one task."""
 
     def __init__(self, log_endpoint: str | None):
-        self.logs = LogSender(log_endpoint)
+        self.output = CallOutputs(log_endpoint)
         self._pid = os.getpid()
         self._functions: dict[str, Callable] = {}
         self._code_versions: dict[str, str] = {}  # the caller's code directory -> version imported from it
@@ -177,8 +64,8 @@ class Runner:
         self._streaming: set[str] = set()  # calls sending a generator's items now
         self._stopping: set[str] = set()  # ... of which these stop before the next item
         if not isinstance(sys.stdout, CallOutput):
-            sys.stdout = CallOutput("stdout", self.logs, sys.stdout)
-            sys.stderr = CallOutput("stderr", self.logs, sys.stderr)
+            sys.stdout = CallOutput("stdout", self.output, sys.stdout)
+            sys.stderr = CallOutput("stderr", self.output, sys.stderr)
 
     def function(self, header: CallHeader, function_frame: Any) -> Callable:
         instance = header.instance
@@ -259,7 +146,7 @@ class Runner:
         A task's ``variables`` (its secrets) are set in this process's environment before it runs:
         the executor gives such tasks workers that run only tasks with the same variable names, so
         each one replaces the last one's values and no other function sees them."""
-        token = self.logs.begin(task.key)
+        token = self.output.begin(task.key)
         if task.variables:
             os.environ.update(task.variables)
         try:
@@ -267,8 +154,8 @@ class Runner:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            logged = self.logs.end(task.key, token)
-        return attrs.evolve(outcome, logged=logged)
+            logged, output = self.output.end(task.key, token)
+        return attrs.evolve(outcome, logged=logged, output=output) if logged or output else outcome
 
     def _run(self, task: Task) -> Outcome:
         http = task.header.http  # a call through an HTTP endpoint (see rh_core.worker.http_calls)
@@ -320,7 +207,8 @@ class Runner:
     def _run_map(self, fn: Callable, items: Sequence[tuple[tuple, dict]], shm_prefix: str | None,
                  received: list[str]) -> Outcome:
         results: list[tuple[str, Any]] = []
-        for args, kwargs in items:
+        for index, (args, kwargs) in enumerate(items):
+            self.output.at_item(index)
             try:
                 result = self._call(fn, args, kwargs)
                 results.append(("ok", self._drain(result) if isinstance(result, _GENERATORS) else result))
@@ -380,9 +268,9 @@ class Runner:
         return self._loop.run_until_complete(awaitable)
 
     def _stream(self, generator: Any) -> Any:
-        """Send each item a generator yields to the caller as it comes (see :meth:`LogSender.send_item`);
+        """Send each item a generator yields to the caller as it comes (see :meth:`CallOutputs.send_item`);
         return what a plain generator returns at its end."""
-        key = self.logs.current() or ""
+        key = self.output.current() or ""
         self._streaming.add(key)
         try:
             return self._send_items(key, generator)
@@ -412,7 +300,7 @@ class Runner:
                     f"item {index} the generator yielded, a {type(item).__name__}, cannot be sent back: {exc}. "
                     "Yield something picklable."
                 ) from exc
-            self.logs.send_item(frames)
+            self.output.send_item(frames)
             index += 1
 
     def _drain(self, generator: Any) -> list[Any]:
@@ -459,7 +347,7 @@ class Runner:
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="rh-instance-loop", daemon=True).start()
             self._instance_loop = loop
-        key = self.logs.current()
+        key = self.output.current()
         future = asyncio.run_coroutine_threadsafe(_as_call(key, awaitable), self._instance_loop)
         if key is not None:
             self._awaiting[key] = future
@@ -490,7 +378,7 @@ class Runner:
 async def _as_call(key: str | None, awaitable: Awaitable[Any]) -> Any:
     """Await a call's coroutine on an instance's loop: its output is the call's (the task it runs in
     has a context of its own), and an exit inside it is the caller's error, as in :meth:`Runner._call`."""
-    _call_key.set(key)
+    call_key.set(key)
     try:
         return await awaitable
     except (SystemExit, KeyboardInterrupt) as exc:

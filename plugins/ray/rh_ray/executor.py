@@ -16,17 +16,20 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import stat
-import sys
+import subprocess
 import tarfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ContextManager
 
-from rh_core.server.envs import install_record_path
-from rh_core.errors import ExecutorError, InstanceDiedError, InstanceNotFoundError, WorkerDiedError
-from rh_core.support.files import private_directory
+from rh_core.errors import (
+    ExecutorError,
+    InstanceDiedError,
+    InstanceNotFoundError,
+    WorkerDiedError,
+)
 from rh_core.plugin.interfaces import (
     CoroutineExecutor,
     Environment,
@@ -36,6 +39,8 @@ from rh_core.plugin.interfaces import (
     Task,
     keep_marker,
 )
+from rh_core.server.envs import install_record_path
+from rh_core.support.files import private_directory
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -160,15 +165,19 @@ _runners: dict[str, Runner] = {}
 
 
 def run_in_worker(log_endpoint: str, task: Task, server_node: str | None = None,
-                  relay_endpoint: str | None = None) -> tuple[str, list[bytes], bool]:
+                  relay_endpoint: str | None = None) -> tuple[str, list[bytes], bool, tuple]:
     """The body of every Ray task: run one rh task with this worker's Runner; never raises for user errors.
     ``server_node`` is the Ray node id of the server's machine, where ``log_endpoint`` exists; tasks on
     other nodes send their output to ``relay_endpoint``, which forwards it there."""
     runner = _runners.get(log_endpoint)
     if runner is None:
         runner = _runners[log_endpoint] = _new_runner(log_endpoint, server_node, relay_endpoint)
-    outcome = runner.run(task)
-    return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged
+    return _plain(runner.run(task))
+
+
+def _plain(outcome: Outcome) -> tuple[str, list[bytes], bool, tuple]:
+    """An outcome as a Ray task returns it: plain bytes, which Ray can pickle."""
+    return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged, outcome.output
 
 
 def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str | None) -> Runner:
@@ -176,15 +185,10 @@ def _new_runner(log_endpoint: str, server_node: str | None, relay_endpoint: str 
 
     if server_node is None or _ray_node_id() == server_node:
         return Runner(log_endpoint)
-    if relay_endpoint is not None:
-        return Runner(relay_endpoint)
-    # Another machine and no relay: the server's ipc:// endpoint is not there, so output sent to it
-    # would be lost and each call that printed would wait for it in the server. Keep stdout and
-    # stderr as Ray set them: the output lands in Ray's worker logs on that machine.
-    stdout, stderr = sys.stdout, sys.stderr
-    runner = Runner(None)
-    sys.stdout, sys.stderr = stdout, stderr
-    return runner
+    # Another machine: its output goes live through the relay; without one (the server's ipc://
+    # endpoint is not there) it travels with each result only, and what a call writes beyond what
+    # it may hold lands in Ray's worker logs on that machine.
+    return Runner(relay_endpoint)
 
 
 class InstanceActor:
@@ -196,9 +200,8 @@ class InstanceActor:
     def __init__(self, log_endpoint: str, server_node: str | None, relay_endpoint: str | None):
         self._runner = _new_runner(log_endpoint, server_node, relay_endpoint)
 
-    def run(self, task: Task) -> tuple[str, list[bytes], bool]:
-        outcome = self._runner.run(task)
-        return outcome.status, [_to_bytes(frame) for frame in outcome.frames], outcome.logged
+    def run(self, task: Task) -> tuple[str, list[bytes], bool, tuple]:
+        return _plain(self._runner.run(task))
 
     def cancel(self, key: str) -> bool:
         return self._runner.cancel(key)
@@ -554,7 +557,7 @@ class RayExecutor(CoroutineExecutor):
         errors = self._ray.exceptions
         ref = instance.actor.run.remote(_detached(task))
         try:
-            status, frames, logged = await ref
+            status, frames, logged, output = await ref
         except asyncio.CancelledError:
             asyncio.ensure_future(self._stop_call(instance, task.key))
             raise
@@ -567,7 +570,7 @@ class RayExecutor(CoroutineExecutor):
         except errors.RayError as exc:
             raise ExecutorError(f"Ray could not run the call on instance {instance.spec.name!r}: "
                           f"{type(exc).__name__}: {exc}") from exc
-        return Outcome(status=status, frames=frames, logged=logged)
+        return Outcome(status=status, frames=frames, logged=logged, output=output)
 
     async def _stop_call(self, instance: _RayInstance, key: str) -> None:
         """A call on an instance was cancelled (its timeout, ``cancel``): stop it in the actor where
@@ -609,7 +612,7 @@ class RayExecutor(CoroutineExecutor):
             raise ExecutorError(f"could not submit the call to Ray: {type(exc).__name__}: {exc}") from exc
         errors = ray.exceptions
         try:
-            status, frames, logged = await ref
+            status, frames, logged, output = await ref
         except asyncio.CancelledError:
             # The call's timeout: stop the task wherever it is. force=True kills its worker process
             # (Ray starts a new one); a task still waiting for resources is just dropped.
@@ -636,7 +639,7 @@ class RayExecutor(CoroutineExecutor):
             ) from exc
         except errors.RayError as exc:
             raise ExecutorError(f"Ray could not run the call: {type(exc).__name__}: {exc}") from exc
-        return Outcome(status=status, frames=frames, logged=logged)
+        return Outcome(status=status, frames=frames, logged=logged, output=output)
 
     async def _copy_to_other_nodes(self, task: Task, env: Environment | None) -> None:
         """Code sent by reference was synced to the head only, and named environments are installed
