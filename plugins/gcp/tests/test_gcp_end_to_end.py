@@ -17,6 +17,8 @@ from rh_core.support.processes import pid_alive
 from rh_core.testing import functions as fns
 from rh_core.testing.fixtures import wait_for
 
+from rh_gcp.provisioner import GCPProvisioner
+
 # Bootstrap builds wheels and a venv on first use (again whenever the checkout changes): minutes on a busy box.
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -62,8 +64,8 @@ def test_a_gcp_direct_cluster_launches_runs_calls_stops_when_idle_restarts_on_th
 
         # keep_warm and pause_autostop go through the head's metadata, where the watcher reads them.
         with gpu.pause_autostop():
-            assert gpu._provisioner().autostop_minutes(gpu) == -1
-        assert gpu._provisioner().autostop_minutes(gpu) == 30
+            assert GCPProvisioner().autostop_minutes(gpu.provision_request()) == -1
+        assert GCPProvisioner().autostop_minutes(gpu.provision_request()) == 30
 
         # Three idle seconds instead of thirty minutes (the watcher reads the head's metadata every
         # round): it stops the cluster through the API with the instance's token, workers first.
