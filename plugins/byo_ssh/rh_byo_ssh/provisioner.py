@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rh_core.errors import RhError
+from rh_core.errors import ProvisionError, RhError
 from rh_core.plugin.interfaces import ClusterInfo, ProvisionRequest
 
 #: ``ssh_creds`` keys (the spec's names) and the ssh transport options they become.
@@ -37,9 +37,33 @@ def transport_options(creds: dict[str, Any], where: str) -> dict[str, Any]:
     return options
 
 
+class ByoOptionError(ProvisionError, TypeError):
+    """``rh.cluster(ips=...)`` was given a keyword that machines you bring do not take (a
+    ``TypeError`` too, as Python's own for an unexpected keyword)."""
+
+
+#: What ``rh.cluster(ips=...)`` keeps as the spec (``executor`` and the others are the cluster's own).
+SPEC_KEYS = ("ips", "ssh_creds")
+
+
 class ByoProvisioner:
     """Hosts given as ``ips`` (the first is the head) with ``ssh_creds``: one dict for all hosts,
     or a dict per address for hosts that differ."""
+
+    def validate_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Refuse any option beyond ``ips`` and ``ssh_creds``: it would be silently ignored
+        (``ssh_port=2222`` would connect to port 22)."""
+        options = {key: value for key, value in spec.items() if key not in SPEC_KEYS}
+        creds = {key: value for key, value in options.items() if key in CREDENTIAL_KEYS}
+        if creds:
+            raise ByoOptionError(
+                f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in "
+                f"ssh_creds: rh.cluster(ips=[...], ssh_creds={creds!r})")
+        if options:
+            raise ByoOptionError(
+                f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes "
+                "name, ips, ssh_creds, executor, executor_options")
+        return {"ips": list(spec.get("ips") or ()), "ssh_creds": dict(spec.get("ssh_creds") or {})}
 
     def up(self, request: ProvisionRequest) -> ClusterInfo:
         name, spec = request.cluster_name, request.spec
