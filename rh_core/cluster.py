@@ -15,29 +15,6 @@ from rh_core.plugin.interfaces import ValidatesSpec, capability
 from rh_core.support.compat import add_note
 
 
-#: The ``ssh_creds`` keys, which people also pass to ``rh.cluster`` itself by mistake.
-SSH_CREDS_KEYS = ("ssh_user", "ssh_private_key", "ssh_port", "password", "passphrase", "known_hosts",
-                  "trust_new_host", "use_agent", "connect_timeout")
-
-
-def _refuse_byo_options(options: dict[str, Any], instance_type: str | None, provider: str | None) -> None:
-    """Machines you bring take no options beyond ``ips`` and ``ssh_creds``: any other keyword would
-    be silently ignored (``ssh_port=2222`` would connect to port 22), so it is an error."""
-    if instance_type is not None or provider is not None:
-        raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
-                        "ones: pass one or the other")
-    if not options:
-        return
-    creds = {key: value for key, value in options.items() if key in SSH_CREDS_KEYS}
-    if creds:
-        raise TypeError(
-            f"rh.cluster() got {', '.join(f'{k}=' for k in creds)} as its own keyword(s); they belong in ssh_creds: "
-            f"rh.cluster(ips=[...], ssh_creds={creds!r})")
-    raise TypeError(
-        f"rh.cluster() got unknown keyword(s) {', '.join(sorted(options))}; for machines you bring it takes name, "
-        "ips, ssh_creds, executor, executor_options")
-
-
 @overload
 def cluster(name: str | None = None, *, ips: list[str], ssh_creds: dict[str, Any] | None = None,
             executor: str = "process", executor_options: dict[str, Any] | None = None) -> RemoteCluster: ...
@@ -79,14 +56,14 @@ def cluster(
     when first used (see :func:`on_demand_cluster`); ``^name`` with options overrides a preset's.
     """
     if ips:
-        _refuse_byo_options(options, instance_type, provider)
-        return RemoteCluster(
-            name=name or f"byo-{ips[0]}",
-            provisioner="byo",
-            spec={"ips": list(ips), "ssh_creds": dict(ssh_creds or {})},
-            executor=executor,
-            executor_options=dict(executor_options or {}),
-        )
+        if instance_type is not None or provider is not None:
+            raise TypeError("rh.cluster(ips=...) uses the machines you name; instance_type= and provider= launch new "
+                            "ones: pass one or the other")
+        from rh_core.plugin.host import default_host
+
+        given = {"ips": list(ips), "ssh_creds": dict(ssh_creds or {}), **options}
+        claimed = default_host().provisioner_claiming(given)  # the provisioner of machines given by address
+        return _checked_cluster(name or f"{claimed}-{ips[0]}", claimed, given, executor, executor_options)
     if "address" in options or "tls_fingerprint" in options:
         from rh_core.clusters.tls import tls_cluster
 
@@ -147,12 +124,19 @@ def on_demand_cluster(
             "rh.cluster(name='my-gpu', instance_type='A100:1')"
         )
     provider = given.pop("provider", None) or current().default_provider or "cheapest"
-    provisioner = host.provisioner(provider)()  # an unknown provider is named with the valid ones
-    spec = {"provider": provider, **given}
+    return _checked_cluster(name, provider, {"provider": provider, **given}, executor, executor_options)
+
+
+def _checked_cluster(name: str, provisioner_name: str, spec: dict[str, Any], executor: str,
+                     executor_options: dict[str, Any] | None) -> RemoteCluster:
+    """The cluster, once its provisioner has checked and completed ``spec`` (``ValidatesSpec``)."""
+    from rh_core.plugin.host import default_host
+
+    provisioner = default_host().provisioner(provisioner_name)()  # an unknown one is named with the valid ones
     validator = capability(provisioner, ValidatesSpec)
     if validator is not None:
         spec = validator.validate_spec(spec)
-    return RemoteCluster(name=name, provisioner=provider, spec=spec, executor=executor,
+    return RemoteCluster(name=name, provisioner=provisioner_name, spec=spec, executor=executor,
                          executor_options=dict(executor_options or {}))
 
 

@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import ClassVar
 
 import pytest
 
 import rh_core as rh
 from rh_core import errors
 from rh_core.plugin import interfaces as plugin_types
+from rh_core import hookimpl
 from rh_core.builtin.local_transport import LocalTransport
+from rh_core.clusters.remote import RemoteCluster
 from rh_core.builtin.process_pool import ProcessExecutor
 from rh_core.errors import ExecutorError, PluginError, ProvisionError, RhError, StoreError, WorkerDiedError
 from rh_core.plugin.interfaces import (
     CAPABILITIES,
     Autostops,
+    ClusterInfo,
     LendsWorkers,
     PreparesForward,
+    ProvisionRequest,
     ReplacesSlots,
     ReportsTunnelProblems,
     SharesMachine,
     WatchesEnvironments,
     capability,
     keep_marker,
+    takes_request,
 )
 from rh_core.plugin.host import PluginHost, Registry
 
@@ -82,11 +88,11 @@ def test_the_local_transport_has_no_tunnel_capabilities():
 
 def test_a_capability_of_two_members_needs_both():
     class HalfAutostop:
-        def autostop_minutes(self, cluster):
+        def autostop_minutes(self, request):
             return 10
 
     class FullAutostop(HalfAutostop):
-        def set_autostop(self, cluster, minutes):
+        def set_autostop(self, request, minutes):
             pass
 
     assert capability(HalfAutostop(), Autostops) is None
@@ -118,6 +124,130 @@ def test_every_capability_is_documented_for_plugin_authors():
             assert f"`{protocol.__name__}`" in guide, f"{kind} capability {protocol.__name__} is not documented"
     for root in ("ProvisionError", "TransportError", "InstallError", "ExecutorError", "StoreError"):
         assert f"`{root}`" in guide
+
+
+# --- provisioners are given a request, not the cluster --------------------------------------------
+
+
+class HereTransport(LocalTransport):
+    """The local shell as the transport of a remote cluster's head (which it creates with an address)."""
+
+    def __init__(self, address: str, **options) -> None:
+        self.address = address
+
+
+class RequestProvisioner:
+    """Written for requests: the machine it brings up is this one, and it asks the head whether it answers."""
+
+    given: ClassVar[list[tuple[str, ProvisionRequest]]] = []
+
+    def up(self, request: ProvisionRequest) -> ClusterInfo:
+        self.given.append(("up", request))
+        return ClusterInfo(head="127.0.0.1", transport="here")
+
+    def down(self, request: ProvisionRequest) -> None:
+        self.given.append(("down", request))
+
+    def status(self, request: ProvisionRequest) -> str:
+        self.given.append(("status", request))
+        (code, out, _), = request.head.run([f"echo {request.spec['answer']}"])
+        return out.strip() if code == 0 else "unknown"
+
+
+class ClusterProvisioner:
+    """Written before requests: its methods take the cluster object."""
+
+    given: ClassVar[list[tuple[str, RemoteCluster]]] = []
+
+    def up(self, cluster):
+        self.given.append(("up", cluster))
+        return ClusterInfo(head="127.0.0.1", transport="here")
+
+    def down(self, cluster):
+        self.given.append(("down", cluster))
+
+    def status(self, cluster):
+        self.given.append(("status", cluster))
+        return "stopped"
+
+
+class ProvisionersForTests:
+    @hookimpl
+    def rh_register_provisioners(self, register):
+        register("requests", RequestProvisioner)
+        register("clusters", ClusterProvisioner)
+
+    @hookimpl
+    def rh_register_transports(self, register):
+        register("here", HereTransport)
+
+
+@pytest.fixture
+def test_provisioners(monkeypatch):
+    """A host with both provisioners, used by every RemoteCluster of the test."""
+    host = PluginHost(autoload=False)
+    host.register(ProvisionersForTests(), name="provisioners-for-tests")
+    monkeypatch.setattr(RemoteCluster, "host", property(lambda self: host))
+    monkeypatch.setattr(RequestProvisioner, "given", [])
+    monkeypatch.setattr(ClusterProvisioner, "given", [])
+    return host
+
+
+def test_a_provisioner_is_given_the_clusters_name_and_spec_and_a_way_to_its_head(test_provisioners):
+    cluster = RemoteCluster(name="asked", provisioner="requests", spec={"answer": "stopped"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current form: no deprecation
+        assert cluster.status(refresh=True) == {"name": "asked", "machines": "stopped"}  # echoed by the head
+    (what, asked), (then, up_request) = RequestProvisioner.given
+    assert (what, then) == ("status", "up")  # status asked the head, whose transport needed the machines
+    assert asked == ProvisionRequest(cluster_name="asked", spec={"answer": "stopped"})
+    assert asked.head is not None and up_request.head is None  # up() is never handed a head: none is known yet
+    with pytest.raises(TypeError):
+        asked.spec["answer"] = "changed"  # type: ignore[index]
+    assert cluster.spec == {"answer": "stopped"}
+
+
+def test_a_provisioner_that_takes_the_cluster_still_gets_it_with_a_deprecation_warning(test_provisioners):
+    cluster = RemoteCluster(name="old", provisioner="clusters", spec={"zone": "z"})
+    with pytest.warns(DeprecationWarning, match=r"'clusters' provisioner \(.*ClusterProvisioner\) takes the cluster "
+                                                r"object.*take `request: rh_core.plugin.interfaces.ProvisionRequest` "
+                                                r"and read request.cluster_name, request.spec"):
+        assert cluster.status(refresh=True) == {"name": "old", "machines": "stopped"}
+    with pytest.warns(DeprecationWarning):
+        assert cluster.cluster_info.head == "127.0.0.1"
+    assert ClusterProvisioner.given == [("status", cluster), ("up", cluster)]
+
+
+class TakesRequest:
+    def up(self, request): ...
+
+
+class TakesAnnotatedRequest:
+    def up(self, request: ProvisionRequest) -> ClusterInfo: ...
+
+
+class TakesRequestNamedCluster:
+    def up(self, cluster: "ProvisionRequest"): ...  # noqa: UP037  (a quoted annotation is what is read here)
+
+
+class TakesSpec:
+    def up(self, spec): ...
+
+
+class TakesCluster:
+    def up(self, cluster): ...
+
+
+class TakesAnnotatedCluster:
+    def up(self, cluster: RemoteCluster) -> ClusterInfo: ...
+
+
+@pytest.mark.parametrize(("written", "current"), [
+    (TakesRequest, True), (TakesAnnotatedRequest, True), (TakesRequestNamedCluster, True), (TakesSpec, True),
+    (TakesCluster, False), (TakesAnnotatedCluster, False),
+])
+def test_the_old_form_is_told_by_its_up_taking_a_cluster(written, current):
+    assert takes_request(written()) is current
 
 
 # --- what an executor keeps across a server restart ----------------------------------------------

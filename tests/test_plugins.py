@@ -116,6 +116,44 @@ def test_a_name_registered_twice_is_refused(fake_plugins):
         host.registry("executor")
 
 
+class ClaimsAddresses:
+    """A provisioner plugin for machines given by address, as rh-byo-ssh registers its own."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @rh.hookimpl
+    def rh_register_provisioners(self, register):
+        register(self.name, "nowhere:Provisioner", claims_keywords=("ips",))
+
+
+def test_the_provisioner_of_a_cluster_that_names_none_is_the_one_claiming_its_keywords():
+    host = PluginHost(autoload=False)
+    host.register(ClaimsAddresses("by-address"), name="by-address")
+    assert host.provisioner_claiming(["ips", "ssh_creds"]) == "by-address"
+    assert host.registry("provisioner").claiming(["instance_type"]) is None
+
+
+def test_a_keyword_no_installed_provisioner_claims_says_what_to_install():
+    with pytest.raises(PluginError, match=r"no installed provisioner takes rh.cluster\(ips=, ssh_creds=\) without a "
+                                          r"provider: `pip install rh-byo-ssh`, which takes rh.cluster\(ips=...\); "
+                                          r"the provisioners installed: none"):
+        PluginHost(autoload=False).provisioner_claiming(["ips", "ssh_creds"])
+
+
+def test_a_keyword_claimed_twice_is_refused_and_only_provisioners_claim():
+    host = PluginHost(autoload=False)
+    host.register(ClaimsAddresses("first"), name="first-plugin")
+    host.register(ClaimsAddresses("second"), name="second-plugin")
+    with pytest.raises(PluginError, match=r"rh.cluster's ips= is claimed by both '(first|second)' \('\1-plugin'\) "
+                                          r"and '(first|second)'"):
+        host.registry("provisioner")
+    from rh_core.plugin.host import Registry
+
+    with pytest.raises(PluginError, match="which only provisioners declare"):
+        Registry("transport").register("ssh2", "x:Y", claims_keywords=("ips",), owner="plug")
+
+
 def test_misspelled_hook_is_an_error():
     class Typo:
         @rh.hookimpl

@@ -31,6 +31,10 @@ def from_config(config: dict[str, Any]) -> Cluster:
     if kind == "remote":
         from rh_core.clusters.remote import RemoteCluster
 
+        if "provisioner" not in config:  # saved before records named it: the one claiming its spec's keys
+            from rh_core.plugin.host import default_host
+
+            config["provisioner"] = default_host().provisioner_claiming(list(config.get("spec") or {}))
         return RemoteCluster(**config)
     if kind == "tls":
         from rh_core.clusters.tls import TLSCluster

@@ -15,6 +15,7 @@ import os
 import shlex
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +30,12 @@ from rh_core.plugin.interfaces import (
     ClusterInfo,
     ExplainsLoss,
     PreparesForward,
+    ProvisionRequest,
     RefreshesStatus,
     ReportsTunnelProblems,
     capability,
     keep_marker,
+    takes_request,
 )
 from rh_core.support.redact import secrets_hidden
 from rh_core.bootstrap import scripts
@@ -68,17 +71,28 @@ def remote_shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
+@attrs.frozen
+class _HeadOf:
+    """The :class:`~rh_core.plugin.interfaces.HeadCommands` a cluster hands its provisioner: commands
+    through the head's transport, which is opened on first use."""
+
+    _cluster: RemoteCluster
+
+    def run(self, commands: list[str]) -> list[tuple[int, str, str]]:
+        return self._cluster.transport.run(list(commands))
+
+
 @attrs.define(eq=False)
 class RemoteCluster(Cluster):
-    """A cluster whose machines a provisioner plugin brings up (``"byo"``: hosts given by address).
+    """A cluster whose machines a provisioner plugin brings up.
 
-    :param provisioner: the provisioner plugin's name.
-    :param spec: the provisioner's options (for ``byo``: ``ips``, ``ssh_creds``).
+    :param provisioner: the provisioner plugin's name (or one of its aliases).
+    :param spec: the provisioner's options, as it checked them (see ``ValidatesSpec``).
     :param executor: how calls run there (``"process"`` or ``"ray"``).
     """
 
     name: str
-    provisioner: str = "byo"
+    provisioner: str
     spec: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
     executor: str = "process"
     executor_options: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
@@ -98,11 +112,11 @@ class RemoteCluster(Cluster):
     def cluster_info(self) -> ClusterInfo:
         """Where the machines are; brings them up through the provisioner when not known yet."""
         if self._cluster_info is None:
-            self._cluster_info = self.host.provisioner(self.provisioner)().up(self)
+            self._cluster_info = self._machines_up()
         return self._cluster_info
 
     def up(self) -> RemoteCluster:
-        info = self.host.provisioner(self.provisioner)().up(self)
+        info = self._machines_up()
         if info != self._cluster_info:  # other machines (or first ones): nothing of the old ones applies
             self._drop_machines()
         self._cluster_info = info
@@ -140,10 +154,10 @@ class RemoteCluster(Cluster):
     def down(self) -> None:
         """Stop the server and let the provisioner take the machines down (machines it reports
         stopped or down have no server to stop, and are not started for it)."""
-        provisioner = self._provisioner()
-        if provisioner.status(self) not in ("stopped", "down"):
+        provisioner, request = self._provisioner()
+        if provisioner.status(request) not in ("stopped", "down"):
             self.stop_server()
-        provisioner.down(self)
+        provisioner.down(request)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -154,7 +168,7 @@ class RemoteCluster(Cluster):
 
     def up_if_not(self) -> RemoteCluster:
         """Bring the machines up unless the provisioner reports them up; then make sure the server runs."""
-        if self._provisioner().status(self) != "up":
+        if self._machines_status() != "up":
             self._drop_machines()
             return self.up()
         self.connection()
@@ -169,9 +183,9 @@ class RemoteCluster(Cluster):
         """
         if not refresh:
             return super().status()
-        provisioner = self._provisioner()
+        provisioner, request = self._provisioner()
         refresher = capability(provisioner, RefreshesStatus)
-        machines = refresher.refreshed_status(self) if refresher is not None else provisioner.status(self)
+        machines = refresher.refreshed_status(request) if refresher is not None else provisioner.status(request)
         if machines != "up":
             return {"name": self.name, "machines": machines}
         return {**super().status(), "machines": machines}
@@ -180,23 +194,24 @@ class RemoteCluster(Cluster):
         """Keep the machines up until they have been idle for ``mins`` minutes (``-1``: until
         :meth:`down`). This changes the running machines' autostop; a later launch or restart uses
         the cluster's own ``autostop_mins`` again."""
-        self._autostops("keep_warm()").set_autostop(self, mins)
+        autostops, request = self._autostops("keep_warm()")
+        autostops.set_autostop(request, mins)
         return self
 
     @contextlib.contextmanager
     def pause_autostop(self) -> Iterator[RemoteCluster]:
         """Suspend autostop inside the ``with`` block (while a notebook is open, around a long call)
         and restore the previous setting when it ends, also after an error."""
-        autostops = self._autostops("pause_autostop()")
-        minutes = autostops.autostop_minutes(self)
+        autostops, request = self._autostops("pause_autostop()")
+        minutes = autostops.autostop_minutes(request)
         if minutes < 0:  # no autostop to pause
             yield self
             return
-        autostops.set_autostop(self, -1)
+        autostops.set_autostop(request, -1)
         try:
             yield self
         finally:
-            autostops.set_autostop(self, minutes)
+            autostops.set_autostop(request, minutes)
 
     def connection(self) -> Connection:
         """The connection to the server. Machines the provisioner reports stopped or down (an
@@ -204,7 +219,7 @@ class RemoteCluster(Cluster):
         try:
             return super().connection()
         except ConnectionError:  # the machines do not answer: did the provisioner's side stop them?
-            if self._cluster_info is None or self._provisioner().status(self) not in ("stopped", "down"):
+            if self._cluster_info is None or self._machines_status() not in ("stopped", "down"):
                 raise
         self._bring_machines_back()
         return super().connection()
@@ -222,7 +237,7 @@ class RemoteCluster(Cluster):
 
     def _bring_machines_back(self) -> None:
         self._drop_machines()
-        self._cluster_info = self._provisioner().up(self)
+        self._cluster_info = self._machines_up()
 
     def _drop_machines(self) -> None:
         """Forget the connection, transport and syncs of machines that stopped or were replaced."""
@@ -233,18 +248,47 @@ class RemoteCluster(Cluster):
         self._synced.clear()  # new or restarted machines may not have what was synced to the old ones
         self._reaches_index = None
 
-    def _provisioner(self) -> Any:
-        return self.host.provisioner(self.provisioner)()
+    def provision_request(self, *, with_head: bool = True) -> ProvisionRequest:
+        """What this cluster's provisioner is told about it: its name, its spec and (``with_head``)
+        a way to run commands on its head machine."""
+        return ProvisionRequest(cluster_name=self.name, spec=self.spec, head=_HeadOf(self) if with_head else None)
 
-    def _autostops(self, feature: str) -> Autostops:
-        found = capability(self._provisioner(), Autostops)
+    def _provisioner(self, *, with_head: bool = True) -> tuple[Any, Any]:
+        """A new instance of the cluster's provisioner, and what to pass its methods: a
+        :class:`ProvisionRequest`, or this cluster itself for a provisioner of the old form (see
+        :func:`~rh_core.plugin.interfaces.takes_request`), which is warned about."""
+        provisioner = self.host.provisioner(self.provisioner)()
+        if takes_request(provisioner):
+            return provisioner, self.provision_request(with_head=with_head)
+        kind = type(provisioner)
+        warnings.warn(
+            f"the {self.provisioner!r} provisioner ({kind.__module__}.{kind.__qualname__}) takes the cluster object "
+            "(up(self, cluster)); rh_core now gives provisioners a ProvisionRequest: change its methods to take "
+            "`request: rh_core.plugin.interfaces.ProvisionRequest` and read request.cluster_name, request.spec and "
+            "request.head.run(...) where they read cluster.name, cluster.spec and cluster.transport.run(...). "
+            "Clusters are passed to the old form until the next release", DeprecationWarning, stacklevel=3)
+        return provisioner, self
+
+    def _machines_up(self) -> ClusterInfo:
+        """Ask the provisioner to bring the machines up (or find them up): where they are. Its
+        request has no head: the machines are not known before it answers."""
+        provisioner, request = self._provisioner(with_head=False)
+        return provisioner.up(request)
+
+    def _machines_status(self) -> str:
+        provisioner, request = self._provisioner()
+        return provisioner.status(request)
+
+    def _autostops(self, feature: str) -> tuple[Autostops, Any]:
+        provisioner, request = self._provisioner()
+        found = capability(provisioner, Autostops)
         if found is None:
             raise ProvisionError(
                 f"cluster {self.name!r} has no {feature}: its {self.provisioner!r} provisioner does not stop "
                 "machines by itself (it has no autostop_minutes and set_autostop; on-demand clusters such as "
                 "rh.cluster(name=..., instance_type=...) do)"
             )
-        return found
+        return found, request
 
     # --- server --------------------------------------------------------------------------------
 
@@ -452,11 +496,12 @@ class RemoteCluster(Cluster):
     def _with_provider_report(self, reason: str) -> str:
         """``reason`` with what the provider says happened to the machines (a Spot VM preempted, an
         instance stopped or deleted), when the provisioner can tell (its optional ExplainsLoss)."""
-        explainer = capability(self._provisioner(), ExplainsLoss)
+        provisioner, request = self._provisioner()
+        explainer = capability(provisioner, ExplainsLoss)
         if explainer is None:
             return reason
         try:
-            report = explainer.explain_lost(self)
+            report = explainer.explain_lost(request)
         except Exception as exc:  # the server is gone either way; say why we cannot tell more
             report = f"the provider could not be asked why ({type(exc).__name__}: {exc})"
         return f"{reason}; {report}" if report else reason
@@ -496,7 +541,7 @@ class RemoteCluster(Cluster):
         shown = self.saved_name or self.name
         server = None
         try:
-            machines = self.host.provisioner(self.provisioner)().status(self)
+            machines = self._machines_status()
         except Exception as exc:
             machines, reason = "unknown", f"The {self.provisioner} provisioner could not tell: {exc}"
         else:

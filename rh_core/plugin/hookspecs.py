@@ -50,7 +50,10 @@ def rh_register_provisioners(register: Register) -> None:
 
     Called once when the plugin host first needs a provisioner.
 
-    :param register: call ``register(name, target, aliases=())`` once per provisioner.
+    :param register: call ``register(name, target, aliases=(), claims_keywords=())`` once per
+        provisioner. ``claims_keywords`` names the ``rh.cluster`` keywords that choose this
+        provisioner when the user names none (rh-byo-ssh: ``claims_keywords=("ips",)``), and the
+        saved clusters without a provisioner whose spec has them; one keyword has one claimer.
 
     The return value is ignored. Registering a name twice raises :class:`PluginError`.
     """

@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -49,6 +49,10 @@ KNOWN_NAMES: dict[str, dict[str, str]] = {
                                      "ibm", "scp", "vsphere"), "rh-sky")},
     "installer": {"pip": "rh-pip", "reqs": "rh-pip", "local": "rh-pip", "conda": "rh-conda", "git": "rh-git"},
 }
+
+#: ``rh.cluster`` keywords that the provisioners published with rh_core claim, and the distribution
+#: that brings each: ``rh.cluster(ips=...)`` without it says what to ``pip install``.
+KNOWN_CLAIMS: dict[str, str] = {"ips": "rh-byo-ssh"}
 
 
 def unknown_name_hint(kind: str, name: str, valid: list[str], failed: Mapping[str, PluginInfo]) -> str:
@@ -88,6 +92,7 @@ class Registry:
     _targets: dict[str, Any] = attrs.field(factory=dict)
     _owners: dict[str, str] = attrs.field(factory=dict)
     _keeps: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    _claims: dict[str, str] = attrs.field(factory=dict)  # an rh.cluster keyword -> the provisioner claiming it
     _failed: Mapping[str, PluginInfo] = attrs.field(factory=dict)  # plugins that failed to load, by name
 
     def unknown(self, name: str, *, called: str | None = None) -> UnknownNameError:
@@ -97,12 +102,22 @@ class Registry:
                                 unknown_name_hint(self.kind, name, self.names(), self._failed))
 
     def register(self, name: str, target: Any, *, aliases: tuple[str, ...] = (), keeps: tuple[str, ...] = (),
-                 owner: str = "?") -> None:
+                 claims_keywords: tuple[str, ...] = (), owner: str = "?") -> None:
         if keeps and self.kind != "executor":
             raise PluginError(f"{owner!r} registers {self.kind} {name!r} with keeps={keeps!r}, which only "
                               "executors declare (what they can keep running across a server restart)")
         for thing in keeps:
             check_keep_name(thing)
+        if claims_keywords and self.kind != "provisioner":
+            raise PluginError(f"{owner!r} registers {self.kind} {name!r} with claims_keywords={claims_keywords!r}, "
+                              "which only provisioners declare (the rh.cluster keywords that choose them)")
+        for keyword in claims_keywords:
+            if keyword in self._claims:
+                raise PluginError(
+                    f"rh.cluster's {keyword}= is claimed by both {self._claims[keyword]!r} "
+                    f"({self._owners[self._claims[keyword]]!r}) and {name!r} ({owner!r}); uninstall one of them "
+                    "or disable it with RH_PLUGINS"
+                )
         for key in (name, *aliases):
             if key in self._targets:
                 raise PluginError(
@@ -112,6 +127,7 @@ class Registry:
             self._targets[key] = target
             self._owners[key] = owner
             self._keeps[key] = tuple(keeps)
+        self._claims.update(dict.fromkeys(claims_keywords, name))
 
     def names(self) -> list[str]:
         return sorted(self._targets)
@@ -128,6 +144,11 @@ class Registry:
         if name not in self._owners:
             raise self.unknown(name)
         return self._keeps[name]
+
+    def claiming(self, keywords: Collection[str]) -> str | None:
+        """The name of the provisioner that claims one of ``keywords`` (``rh.cluster``'s keyword
+        arguments) when the user names none, as it declared when it registered; None when none does."""
+        return next((self._claims[keyword] for keyword in keywords if keyword in self._claims), None)
 
     def get(self, name: str) -> Any:
         """The implementation registered as ``name``, imported if it was registered as a string."""
@@ -241,8 +262,10 @@ class PluginHost:
             registry = Registry(kind, failed=self._failed)
             for owner, call in self._each_implementation(f"rh_register_{kind}s"):
 
-                def register(name: str, target: Any, *, aliases=(), keeps=(), _owner=owner) -> None:
-                    registry.register(name, target, aliases=tuple(aliases), keeps=tuple(keeps), owner=_owner)
+                def register(name: str, target: Any, *, aliases=(), keeps=(), claims_keywords=(),
+                             _owner=owner) -> None:
+                    registry.register(name, target, aliases=tuple(aliases), keeps=tuple(keeps),
+                                      claims_keywords=tuple(claims_keywords), owner=_owner)
 
                 call(register=register)
             self._registries[kind] = registry
@@ -256,6 +279,21 @@ class PluginHost:
 
     def provisioner(self, name: str) -> Callable[..., Any]:
         return self.registry("provisioner").get(name)
+
+    def provisioner_claiming(self, keywords: Collection[str]) -> str:
+        """The name of the provisioner for a cluster whose ``rh.cluster`` keywords (or saved spec)
+        are ``keywords`` and that names no provisioner: the one that claims one of them
+        (rh-byo-ssh's ``byo`` claims ``ips``). The core names no provisioner itself."""
+        registry = self.registry("provisioner")
+        claimed = registry.claiming(keywords)
+        if claimed is None:
+            wanted = [keyword for keyword in keywords if keyword in KNOWN_CLAIMS]
+            hint = (f"`pip install {KNOWN_CLAIMS[wanted[0]]}`, which takes rh.cluster({wanted[0]}=...)" if wanted
+                    else "pass provider=NAME")
+            raise PluginError(
+                f"no installed provisioner takes rh.cluster({', '.join(f'{k}=' for k in keywords) or ''}) without a "
+                f"provider: {hint}; the provisioners installed: {', '.join(registry.names()) or 'none'}")
+        return claimed
 
     def installer(self, name: str) -> Callable[..., Any]:
         return self.registry("installer").get(name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -222,21 +224,77 @@ class ClusterInfo:
     provider_data: dict[str, Any] = attrs.field(factory=dict, repr=secrets_hidden)
 
 
+class HeadCommands(Protocol):
+    """Shell commands on a cluster's head machine, through the cluster's own connection to it.
+
+    What a provisioner is handed instead of the cluster when it has to act on a machine it did not
+    launch itself (``byo`` asks whether the head answers): it can run commands there, and nothing
+    else of the cluster is reachable through it.
+    """
+
+    def run(self, commands: list[str]) -> list[tuple[int, str, str]]:
+        """Run shell commands in order on the head; ``(returncode, stdout, stderr)`` for each.
+        Connects to the head if not connected yet; never starts rh_core's server there."""
+
+
+def _read_only(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(spec))
+
+
+@attrs.frozen(kw_only=True)
+class ProvisionRequest:
+    """What a provisioner is told about one cluster: its name and the options the user gave.
+
+    Provisioners get this rather than the cluster object, so that they depend only on what they
+    read, the cluster and its provisioner never call each other, and a command line can act on a
+    cluster it knows by name alone (``rh sky stop NAME``).
+
+    ``cluster_name`` is the name the provisioner finds the machines again by: a plain name of
+    letters, digits, ``_``, ``.`` and ``-``, safe in file and cloud resource names. ``spec`` holds
+    the options (``{"provider": ..., **options}``) as :class:`ValidatesSpec` completed them, read
+    only; a saved cluster's spec may come from another version, so check it again. ``head`` runs
+    commands on the head machine: None in :meth:`Provisioner.up` (the machines are not known until
+    it returns) and when a command line names the cluster without having its connection.
+    """
+
+    cluster_name: str
+    spec: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only, repr=secrets_hidden)
+    head: HeadCommands | None = attrs.field(default=None, eq=False, repr=False)
+
+
 @runtime_checkable
 class Provisioner(Protocol):
-    """Brings machines up and down."""
+    """Brings machines up and down. Instantiated with no arguments each time the core needs it, so
+    it keeps no state of its own between calls: the provider's records are the truth."""
 
-    def up(self, cluster: Cluster) -> ClusterInfo:
+    def up(self, request: ProvisionRequest) -> ClusterInfo:
         """Bring the cluster's machines up (or find them up) and say how to reach them."""
 
-    def down(self, cluster: Cluster) -> None:
-        """Stop or delete the cluster's machines."""
+    def down(self, request: ProvisionRequest) -> None:
+        """Stop or delete the cluster's machines (a cluster already down is no error)."""
 
-    def status(self, cluster: Cluster) -> str:
+    def status(self, request: ProvisionRequest) -> str:
         """``"up"``, ``"stopped"``, ``"down"`` or ``"unknown"``."""
 
     # Optional capabilities (see "Optional capabilities" below): ValidatesSpec, RefreshesStatus,
     # StopsMachines, Autostops, ExplainsLoss.
+
+
+def takes_request(provisioner: object) -> bool:
+    """Whether ``provisioner`` is written for :class:`ProvisionRequest`; False for one written before
+    provisioners were given requests, whose methods take the cluster object (``def up(self, cluster)``).
+
+    Told from the first parameter of its ``up``: one named ``cluster`` and not annotated as a
+    ``ProvisionRequest`` is the old form. The core passes such a provisioner the cluster, with a
+    DeprecationWarning, for one more release.
+    """
+    try:
+        first = next(iter(inspect.signature(provisioner.up).parameters.values()))  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError, StopIteration):  # nothing to read: nothing says it is old
+        return True
+    annotation = first.annotation
+    annotated = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    return first.name != "cluster" or annotated.strip("'\"").rsplit(".", 1)[-1] == "ProvisionRequest"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -437,7 +495,7 @@ class ValidatesSpec(Protocol):
 class RefreshesStatus(Protocol):
     """A provisioner whose ``status`` may answer from a cache, and that can ask the provider."""
 
-    def refreshed_status(self, cluster: Cluster) -> str:
+    def refreshed_status(self, request: ProvisionRequest) -> str:
         """As :meth:`Provisioner.status`, asked of the provider now (``cluster.status(refresh=True)``).
         Without it, :meth:`Provisioner.status` is asked."""
 
@@ -446,7 +504,7 @@ class RefreshesStatus(Protocol):
 class StopsMachines(Protocol):
     """A provisioner that can stop machines and keep their disks, to start them again later."""
 
-    def stop(self, cluster: Cluster) -> None:
+    def stop(self, request: ProvisionRequest) -> None:
         """Stop the cluster's machines, keeping their disks; a later ``up`` starts them again.
         The core does not call it yet (provider commands such as ``rh sky stop`` do)."""
 
@@ -455,10 +513,10 @@ class StopsMachines(Protocol):
 class Autostops(Protocol):
     """A provisioner whose machines stop by themselves after an idle time."""
 
-    def autostop_minutes(self, cluster: Cluster) -> float:
+    def autostop_minutes(self, request: ProvisionRequest) -> float:
         """The running machines' idle minutes before they stop; -1 when they never do."""
 
-    def set_autostop(self, cluster: Cluster, minutes: float) -> None:
+    def set_autostop(self, request: ProvisionRequest, minutes: float) -> None:
         """Change the running machines' idle minutes before they stop (-1: never).
 
         ``cluster.keep_warm()`` and ``cluster.pause_autostop()`` need both methods; without them
@@ -469,7 +527,7 @@ class Autostops(Protocol):
 class ExplainsLoss(Protocol):
     """A provisioner that can tell what the provider did to machines that stopped answering."""
 
-    def explain_lost(self, cluster: Cluster) -> str | None:
+    def explain_lost(self, request: ProvisionRequest) -> str | None:
         """What the provider reports about the machines (a Spot VM preempted, an instance deleted),
         or None when it reports nothing unusual. Asked when the server stops answering; its words
         are added to the caller's :class:`~rh_core.errors.ConnectionLostError`. Without it (or

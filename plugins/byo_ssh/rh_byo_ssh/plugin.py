@@ -15,7 +15,8 @@ def rh_register_transports(register: Callable[..., None]) -> None:
 
 @hookimpl
 def rh_register_provisioners(register: Callable[..., None]) -> None:
-    register("byo", "rh_byo_ssh.provisioner:ByoProvisioner")
+    # rh.cluster(ips=[...], ssh_creds=...) names no provider: it means the machines given by address.
+    register("byo", "rh_byo_ssh.provisioner:ByoProvisioner", claims_keywords=("ips",))
 
 
 @hookimpl

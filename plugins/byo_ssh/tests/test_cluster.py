@@ -132,6 +132,20 @@ def test_a_keyword_rh_cluster_does_not_take_is_refused_not_ignored(sshd):
         rh.cluster(ips=[sshd.host], ssh_creds={}, gpus=1)
 
 
+def test_machines_given_by_address_are_byos_because_it_claims_ips_and_old_records_still_load():
+    from rh_core.clusters import from_config
+
+    cluster = rh.cluster(ips=["192.0.2.7"], ssh_creds={"ssh_user": "nobody"})
+    assert (cluster.name, cluster.provisioner) == ("byo-192.0.2.7", "byo")
+    assert cluster.spec == {"ips": ["192.0.2.7"], "ssh_creds": {"ssh_user": "nobody"}}
+    saved = cluster.config()
+    del saved["provisioner"]  # as records were written when byo was the core's default
+    loaded = from_config(saved)
+    assert (loaded.provisioner, loaded.spec) == ("byo", cluster.spec)
+    with pytest.raises(rh.ProvisionError, match="machines you bring"):  # byo's own check, as a ProvisionError too
+        rh.cluster(ips=["192.0.2.7"], gpus=1)
+
+
 def test_unknown_ssh_creds_key_lists_valid_ones(sshd, tmp_path):
     cluster = rh.cluster(ips=[sshd.host], ssh_creds={"ssh_usr": "root"})
     with pytest.raises(rh.RhError, match="unknown ssh_creds key.*ssh_usr.*valid keys: ssh_user"):

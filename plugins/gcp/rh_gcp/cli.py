@@ -12,18 +12,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import click
 
 from rh_core.errors import RhError
-
-
-@attrs.frozen
-class _ClusterByName:
-    """What the provisioner needs of a cluster to stop or delete it: its name and where it is."""
-
-    name: str
-    spec: dict[str, Any] = attrs.field(factory=dict)
+from rh_core.plugin.interfaces import ProvisionRequest
 
 
 def _where(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,7 +95,7 @@ def list_command(zone: str, project: str | None, api_endpoint: str | None, as_js
 
 
 def _each_cluster(names: tuple[str, ...], zone: str, project: str | None, api_endpoint: str | None,
-                  action: Callable[[Any, _ClusterByName], None], done: str) -> None:
+                  action: Callable[[Any, ProvisionRequest], None], done: str) -> None:
     from rh_gcp.provisioner import GCPProvisioner
 
     api = _api(zone, project, api_endpoint)
@@ -116,8 +108,9 @@ def _each_cluster(names: tuple[str, ...], zone: str, project: str | None, api_en
                 f"no instances of cluster {', '.join(map(repr, missing))} in project {api.project!r}, zone {zone!r}; "
                 f"the clusters there: {', '.join(existing) or 'none'} (`rh gcp list --zone {zone}`)")
         for name in names:
-            action(provisioner, _ClusterByName(name, {"zone": zone, "project": api.project,
-                                                      "api_endpoint": api_endpoint}))
+            # What the provisioner needs to stop or delete a cluster: its name and where it is.
+            where = {"zone": zone, "project": api.project, "api_endpoint": api_endpoint}
+            action(provisioner, ProvisionRequest(cluster_name=name, spec=where))
             click.echo(f"{name}: {done}")
     except RhError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -128,7 +121,7 @@ def _each_cluster(names: tuple[str, ...], zone: str, project: str | None, api_en
 @_where
 def stop(names: tuple[str, ...], zone: str, project: str | None, api_endpoint: str | None) -> None:
     """Stop clusters' instances, keeping their disks; a call or `cluster.up()` starts them again."""
-    _each_cluster(names, zone, project, api_endpoint, lambda provisioner, cluster: provisioner.stop(cluster),
+    _each_cluster(names, zone, project, api_endpoint, lambda provisioner, request: provisioner.stop(request),
                   "stopped")
 
 
@@ -140,4 +133,4 @@ def down(names: tuple[str, ...], zone: str, project: str | None, api_endpoint: s
     """Delete clusters' instances and their boot disks."""
     if not yes:
         click.confirm(f"Delete the instances of {', '.join(names)} in zone {zone}, with their disks?", abort=True)
-    _each_cluster(names, zone, project, api_endpoint, lambda provisioner, cluster: provisioner.down(cluster), "down")
+    _each_cluster(names, zone, project, api_endpoint, lambda provisioner, request: provisioner.down(request), "down")

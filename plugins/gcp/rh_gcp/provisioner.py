@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from rh_core.support.compat import add_note
-from rh_core.plugin.interfaces import ClusterInfo
+from rh_core.plugin.interfaces import ClusterInfo, ProvisionRequest
 
 from rh_gcp.compute import ComputeAPI, GCPCredentialsError, GCPError, parse_time
 from rh_gcp.spec import GCPSpec, GCPSpecError, check_cluster_name, instance_names
@@ -83,8 +83,8 @@ class GCPProvisioner:
         return GCPSpec.from_options(spec).to_options()
 
     @staticmethod
-    def spec_of(cluster: Any) -> GCPSpec:
-        return GCPSpec.from_options(dict(cluster.spec))
+    def spec_of(request: ProvisionRequest) -> GCPSpec:
+        return GCPSpec.from_options(dict(request.spec))
 
     def api(self, spec: GCPSpec) -> ComputeAPI:
         return ComputeAPI(project=spec.project, zone=spec.zone, credentials=self._credentials,
@@ -92,10 +92,10 @@ class GCPProvisioner:
 
     # --- the Provisioner protocol ----------------------------------------------------------------
 
-    def up(self, cluster: Any) -> ClusterInfo:
+    def up(self, request: ProvisionRequest) -> ClusterInfo:
         """Find the instances running, start stopped ones, create missing ones; wait for their SSH
         port; say how to reach them. Instances this call created are deleted again when it fails."""
-        spec, name = self.spec_of(cluster), check_cluster_name(cluster.name)
+        spec, name = self.spec_of(request), check_cluster_name(request.cluster_name)
         api = self.api(spec)
         private_key, public_key = ssh_key()
         found = {instance.name: instance for instance in self._instances(api, name)}
@@ -151,25 +151,25 @@ class GCPProvisioner:
             },
         )
 
-    def down(self, cluster: Any) -> None:
+    def down(self, request: ProvisionRequest) -> None:
         """Delete the cluster's instances and their boot disks; a cluster without instances is down."""
-        spec = self.spec_of(cluster)
+        spec = self.spec_of(request)
         api = self.api(spec)
         operations = [(api.delete(instance.name), f"deleting instance {instance.name}")
-                      for instance in self._instances(api, cluster.name)]
+                      for instance in self._instances(api, request.cluster_name)]
         for operation, doing in operations:
             if operation is not None:
                 api.wait(operation, doing)
-        shutil.rmtree(state_dir("clusters", cluster.name), ignore_errors=True)
+        shutil.rmtree(state_dir("clusters", request.cluster_name), ignore_errors=True)
 
-    def status(self, cluster: Any) -> str:
+    def status(self, request: ProvisionRequest) -> str:
         """``"up"`` (every instance running), ``"stopped"`` (every instance stopped or stopping,
         a preempted Spot VM among them), ``"down"`` (none exists) or ``"unknown"`` (anything else)."""
-        spec = self.spec_of(cluster)
-        states = {instance.name: instance.status for instance in self._instances(self.api(spec), cluster.name)}
+        spec = self.spec_of(request)
+        states = {instance.name: instance.status for instance in self._instances(self.api(spec), request.cluster_name)}
         if not states:
             return "down"
-        expected = instance_names(cluster.name, spec.num_nodes)
+        expected = instance_names(request.cluster_name, spec.num_nodes)
         if all(states.get(name) in RUNNING for name in expected):
             return "up"
         if all(state in STOPPED for state in states.values()):
@@ -178,46 +178,46 @@ class GCPProvisioner:
 
     # --- what RemoteCluster uses when present ----------------------------------------------------
 
-    def refreshed_status(self, cluster: Any) -> str:
+    def refreshed_status(self, request: ProvisionRequest) -> str:
         """The same as :meth:`status`: it always asks the API."""
-        return self.status(cluster)
+        return self.status(request)
 
-    def stop(self, cluster: Any) -> None:
+    def stop(self, request: ProvisionRequest) -> None:
         """Stop the instances, keeping their disks; the next call or ``up()`` starts them again."""
-        api = self.api(self.spec_of(cluster))
+        api = self.api(self.spec_of(request))
         operations = [(api.stop(instance.name), f"stopping instance {instance.name}")
-                      for instance in self._instances(api, cluster.name) if instance.status not in STOPPED]
+                      for instance in self._instances(api, request.cluster_name) if instance.status not in STOPPED]
         for operation, doing in operations:
             api.wait(operation, doing)
 
-    def autostop_minutes(self, cluster: Any) -> float:
+    def autostop_minutes(self, request: ProvisionRequest) -> float:
         """The idle minutes after which the head's server stops the cluster (-1: never), as the
         head instance's metadata has it now."""
-        api = self.api(self.spec_of(cluster))
-        head = self._head(api, cluster.name)
+        api = self.api(self.spec_of(request))
+        head = self._head(api, request.cluster_name)
         items = {item.key: item.value for item in head.metadata.items}
         return float(items.get(AUTOSTOP_KEYS[0], -1))
 
-    def set_autostop(self, cluster: Any, minutes: float) -> None:
+    def set_autostop(self, request: ProvisionRequest, minutes: float) -> None:
         """Change the running cluster's idle minutes (-1: never) in the head's metadata, where the
         idle watcher on the head reads it; a later launch uses the spec's ``autostop_mins`` again."""
-        spec = self.spec_of(cluster)
+        spec = self.spec_of(request)
         if minutes != -1 and minutes < 1:
-            raise GCPSpecError(f"autostop of cluster {cluster.name!r}: {minutes} minutes must be -1 (never) or "
+            raise GCPSpecError(f"autostop of cluster {request.cluster_name!r}: {minutes} minutes must be -1 (never) or "
                                "at least 1 (see autostop_mins)")
         api = self.api(spec)
-        head = self._head(api, cluster.name)
+        head = self._head(api, request.cluster_name)
         api.wait(api.set_metadata(head, {AUTOSTOP_KEYS[0]: _minutes(minutes)}),
                  f"setting autostop of instance {head.name}")
 
-    def explain_lost(self, cluster: Any) -> str | None:
+    def explain_lost(self, request: ProvisionRequest) -> str | None:
         """Why the cluster's server may have gone, as the Compute API reports it: which instances
         are not running, and whether Compute Engine preempted them, stopped them or they were
         deleted. None when every instance runs (then the cause lies elsewhere: the network, sshd)."""
-        spec = self.spec_of(cluster)
+        spec = self.spec_of(request)
         api = self.api(spec)
-        found = {instance.name: instance for instance in self._instances(api, cluster.name)}
-        gone = [name for name in instance_names(cluster.name, spec.num_nodes)
+        found = {instance.name: instance for instance in self._instances(api, request.cluster_name)}
+        gone = [name for name in instance_names(request.cluster_name, spec.num_nodes)
                 if found.get(name) is None or found[name].status not in RUNNING]
         if not gone:
             return None

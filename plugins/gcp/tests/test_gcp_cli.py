@@ -24,8 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 def two_clusters(stand_in, options, anonymous):
     """'alpha' (head and worker, autostop 30) and 'beta' (one Spot VM, preempted) in us-central1-a."""
     provisioner = GCPProvisioner()
-    provisioner.up(rh.cluster(name="alpha", **options(num_nodes=2, autostop_mins=30)))
-    provisioner.up(rh.cluster(name="beta", **options(use_spot=True)))
+    provisioner.up(rh.cluster(name="alpha", **options(num_nodes=2, autostop_mins=30)).provision_request())
+    provisioner.up(rh.cluster(name="beta", **options(use_spot=True)).provision_request())
     stand_in.preempt("beta-head")
     return stand_in
 

@@ -61,9 +61,10 @@ def test_a_gcp_direct_cluster_launches_runs_calls_stops_when_idle_restarts_on_th
         first_server = gpu._server_state["pid"]
 
         # keep_warm and pause_autostop go through the head's metadata, where the watcher reads them.
+        provisioner = rh.default_host().provisioner(gpu.provisioner)()
         with gpu.pause_autostop():
-            assert gpu._provisioner().autostop_minutes(gpu) == -1
-        assert gpu._provisioner().autostop_minutes(gpu) == 30
+            assert provisioner.autostop_minutes(gpu.provision_request()) == -1
+        assert provisioner.autostop_minutes(gpu.provision_request()) == 30
 
         # Three idle seconds instead of thirty minutes (the watcher reads the head's metadata every
         # round): it stops the cluster through the API with the instance's token, workers first.

@@ -22,7 +22,7 @@ def provisioner(anonymous) -> GCPProvisioner:
 def test_up_opens_the_ssh_port_once_per_network_for_instances_with_the_tag_and_down_leaves_it(
         provisioner, stand_in, options, sshd):
     port, tag = sshd.port, f"rh-gcp-ssh-{sshd.port}"
-    first, second = (rh.cluster(name=name, **options()) for name in ("fw1", "fw2"))
+    first, second = (rh.cluster(name=name, **options()).provision_request() for name in ("fw1", "fw2"))
     provisioner.up(first)
 
     (insert,) = stand_in.calls("firewalls.insert")
@@ -58,26 +58,26 @@ def test_a_rule_that_already_lets_ssh_in_is_used_instead(provisioner, stand_in, 
     given = {key: tuple(value.format(port=sshd.port) for value in values) if isinstance(values, tuple) else values
              for key, values in rule.items()}
     stand_in.add_firewall("existing", **given)
-    provisioner.up(rh.cluster(name="fw3", **options()))
+    provisioner.up(rh.cluster(name="fw3", **options()).provision_request())
     assert len(stand_in.calls("firewalls.insert")) == (0 if counts else 1)
 
 
 def test_a_rule_created_meanwhile_by_another_client_counts(provisioner, stand_in, options):
     stand_in.fail_next("firewalls.insert", 409, "The resource 'projects/test-project/global/firewalls/x' already "
                        "exists", "alreadyExists")
-    info = provisioner.up(rh.cluster(name="fw4", **options()))
+    info = provisioner.up(rh.cluster(name="fw4", **options()).provision_request())
     assert info.head == "127.0.0.1" and len(stand_in.calls("firewalls.insert")) == 1
 
 
 def test_without_create_firewall_rule_the_firewall_is_not_touched(provisioner, stand_in, options):
-    provisioner.up(rh.cluster(name="fw5", **options(create_firewall_rule=False)))
+    provisioner.up(rh.cluster(name="fw5", **options(create_firewall_rule=False)).provision_request())
     assert not stand_in.calls("firewalls.list") and not stand_in.calls("firewalls.insert")
 
 
 def test_a_network_that_does_not_exist_is_named_with_the_fix(provisioner, stand_in, options):
     stand_in.networks = ("default", "vpc-a")
     with pytest.raises(GCPError) as caught:
-        provisioner.up(rh.cluster(name="fw6", **options(network="missing")))
+        provisioner.up(rh.cluster(name="fw6", **options(network="missing")).provision_request())
     message = str(caught.value)
     assert "network 'missing' does not exist in project 'test-project' (its networks: default, vpc-a)" in message
     assert "network=NAME" in message and "gcloud compute networks create missing" in message
@@ -88,7 +88,7 @@ def test_no_permission_to_create_the_rule_says_which_and_how_to_do_without(provi
     stand_in.fail_next("firewalls.insert", 403, "Required 'compute.firewalls.create' permission for "
                        f"'projects/test-project/global/firewalls/rh-gcp-ssh-{sshd.port}-default'", "forbidden")
     with pytest.raises(GCPCredentialsError) as caught:
-        provisioner.up(rh.cluster(name="fw7", **options()))
+        provisioner.up(rh.cluster(name="fw7", **options()).provision_request())
     message = str(caught.value)
     assert f"creating firewall rule rh-gcp-ssh-{sshd.port}-default" in message
     assert "Compute Security Admin" in message and "create_firewall_rule=False" in message
@@ -109,7 +109,7 @@ def test_a_malformed_network_name_is_refused_when_the_cluster_is_made():
 def test_the_compute_apis_errors_are_provision_errors(provisioner, stand_in, options):
     stand_in.networks = ("default",)
     with pytest.raises(rh.ProvisionError) as caught:  # what a caller catches without knowing the provider
-        provisioner.up(rh.cluster(name="fw9", **options(network="missing")))
+        provisioner.up(rh.cluster(name="fw9", **options(network="missing")).provision_request())
     assert isinstance(caught.value, GCPError)
     with pytest.raises(rh.ProvisionError) as caught:
         rh.cluster(name="fw10", provider="gcp-direct", zone="us-central1-a", network="My_Net")

@@ -37,4 +37,4 @@ def test_live_launch_call_and_delete():
         assert rh.function(fns.quiet_add).to(cluster)(1, 2) == 3
     finally:
         cluster.down()
-    assert cluster._provisioner().status(cluster) == "down"
+    assert cluster.status(refresh=True)["machines"] == "down"

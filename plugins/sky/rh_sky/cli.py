@@ -9,18 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
 import click
 
 from rh_core.errors import RhError
-
-
-@attrs.frozen
-class _ClusterByName:
-    """What the provisioner needs of a cluster to stop it or change its autostop: its name."""
-
-    name: str
-    spec: dict[str, Any] = attrs.field(factory=dict)
+from rh_core.plugin.interfaces import ProvisionRequest
 
 
 def _provisioner():
@@ -100,7 +92,7 @@ def status(names: tuple[str, ...], refresh: bool, as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 def stop(names: tuple[str, ...]) -> None:
     """Stop clusters, keeping their disks; a call or `cluster.up()` restarts them."""
-    _each(names, lambda cluster: _provisioner().stop(cluster), "stopped")
+    _each(names, lambda request: _provisioner().stop(request), "stopped")
 
 
 @sky.command()
@@ -124,7 +116,7 @@ def down(names: tuple[str, ...], everything: bool, yes: bool) -> None:
             return
     if not yes:
         click.confirm(f"Tear down {', '.join(names)}? Their machines and disks are deleted", abort=True)
-    _each(names, lambda cluster: _provisioner().down(cluster), "down")
+    _each(names, lambda request: _provisioner().down(request), "down")
 
 
 def _each(names: tuple[str, ...], action, done: str) -> None:
@@ -132,7 +124,7 @@ def _each(names: tuple[str, ...], action, done: str) -> None:
     failure ends the command with its message."""
     for name in names:
         try:
-            action(_ClusterByName(name))
+            action(ProvisionRequest(cluster_name=name))  # all SkyPilot needs: the name
         except RhError as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"{name}: {done}")
@@ -145,7 +137,7 @@ def _each(names: tuple[str, ...], action, done: str) -> None:
 def autostop(name: str, minutes: int) -> None:
     """Set when a running cluster stops by itself: after MINUTES without calls (-1: never)."""
     try:
-        _provisioner().set_autostop(_ClusterByName(name), minutes)
+        _provisioner().set_autostop(ProvisionRequest(cluster_name=name), minutes)
     except RhError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name}: autostop cancelled" if minutes < 0 else f"{name}: stops after {minutes} idle minutes")

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from rh_core.errors import RhError
-from rh_core.plugin.interfaces import ClusterInfo
+from rh_core.plugin.interfaces import ClusterInfo, ProvisionRequest
 
 from rh_sky.skypilot import SkyError, SkyLaunchError, explain, load_skypilot, reason, result
 from rh_sky.spec import SkySpec
@@ -65,20 +65,20 @@ class SkyProvisioner:
         return SkySpec.from_options(spec).to_options()
 
     @staticmethod
-    def spec_of(cluster: Any) -> SkySpec:
+    def spec_of(request: ProvisionRequest) -> SkySpec:
         """The cluster's spec, checked again: a saved cluster may come from another version."""
-        return SkySpec.from_options(dict(cluster.spec))
+        return SkySpec.from_options(dict(request.spec))
 
     # --- the Provisioner protocol ----------------------------------------------------------------
 
-    def up(self, cluster: Any) -> ClusterInfo:
+    def up(self, request: ProvisionRequest) -> ClusterInfo:
         """Find the cluster up, restart it when stopped, or launch it; then say how to reach it.
 
         Launches and restarts show SkyPilot's progress. A launch that fails raises with SkyPilot's
         reason and the state it left the cluster in; nothing is recorded as up.
         """
-        spec = self.spec_of(cluster)
-        name = cluster.name
+        spec = self.spec_of(request)
+        name = request.cluster_name
         record = self._record(name, refresh=self.sky.StatusRefreshMode.AUTO, cloud=spec.cloud)
         state = _sky_state(record)
         if state == "AUTOSTOPPING":
@@ -95,9 +95,9 @@ class SkyProvisioner:
             )
         return self._cluster_info(name, record, spec)
 
-    def down(self, cluster: Any) -> None:
+    def down(self, request: ProvisionRequest) -> None:
         """Tear the machines down (their disks are deleted); a cluster SkyPilot does not know is already down."""
-        name = cluster.name
+        name = request.cluster_name
         with self._sdk_errors(name, "tearing down"):
             try:
                 result(self.sky, self.sky.down(name), show_progress=True)
@@ -105,38 +105,41 @@ class SkyProvisioner:
                 pass
         shutil.rmtree(local_state_dir(name), ignore_errors=True)
 
-    def status(self, cluster: Any) -> str:
+    def status(self, request: ProvisionRequest) -> str:
         """``"up"``, ``"stopped"``, ``"down"`` (SkyPilot has no such cluster) or ``"unknown"``, from
         SkyPilot's record, refreshed from the cloud when the cluster has autostop or spot machines."""
-        return _state(self._record(cluster.name, refresh=self.sky.StatusRefreshMode.AUTO))
+        return _state(self._record(request.cluster_name, refresh=self.sky.StatusRefreshMode.AUTO))
 
     # --- what RemoteCluster and `rh sky` use when present ----------------------------------------
 
-    def refreshed_status(self, cluster: Any) -> str:
+    def refreshed_status(self, request: ProvisionRequest) -> str:
         """Like :meth:`status`, always asking the cloud (slower, seconds)."""
-        return _state(self._record(cluster.name, refresh=self.sky.StatusRefreshMode.FORCE))
+        return _state(self._record(request.cluster_name, refresh=self.sky.StatusRefreshMode.FORCE))
 
-    def stop(self, cluster: Any) -> None:
+    def stop(self, request: ProvisionRequest) -> None:
         """Stop the machines, keeping their disks; the next call or ``up()`` restarts them."""
-        with self._sdk_errors(cluster.name, "stopping"):
-            result(self.sky, self.sky.stop(cluster.name), show_progress=True)
+        name = request.cluster_name
+        with self._sdk_errors(name, "stopping"):
+            result(self.sky, self.sky.stop(name), show_progress=True)
 
-    def autostop_minutes(self, cluster: Any) -> int:
+    def autostop_minutes(self, request: ProvisionRequest) -> int:
         """The idle minutes after which SkyPilot stops the running cluster; -1 when it never does."""
-        record = self._record(cluster.name)
+        name = request.cluster_name
+        record = self._record(name)
         if record is None:
-            raise SkyError(f"SkyPilot has no cluster {cluster.name!r}; bring it up first with cluster.up()")
+            raise SkyError(f"SkyPilot has no cluster {name!r}; bring it up first with cluster.up()")
         return int(record["autostop"])
 
-    def set_autostop(self, cluster: Any, minutes: int) -> None:
+    def set_autostop(self, request: ProvisionRequest, minutes: int) -> None:
         """Stop the running cluster after ``minutes`` idle minutes (``-1``: never). Setting it also
         restarts SkyPilot's idle timer."""
-        with self._sdk_errors(cluster.name, "setting autostop of"):
+        name = request.cluster_name
+        with self._sdk_errors(name, "setting autostop of"):
             try:
-                result(self.sky, self.sky.autostop(cluster.name, int(minutes)))
+                result(self.sky, self.sky.autostop(name, int(minutes)))
             except self.sky.exceptions.ClusterNotUpError as exc:
                 raise SkyError(
-                    f"cluster {cluster.name!r} is not up ({reason(exc)}); autostop applies to running machines: "
+                    f"cluster {name!r} is not up ({reason(exc)}); autostop applies to running machines: "
                     "bring it up with cluster.up() first"
                 ) from exc
 

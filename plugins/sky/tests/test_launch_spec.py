@@ -183,7 +183,7 @@ def test_a_launch_failing_partway_reports_skypilots_state_and_is_not_recorded_as
     with pytest.raises(SkyLaunchError, match=r"quota.*SkyPilot now reports cluster 'partway' as INIT"):
         cluster.cluster_info
     assert cluster._cluster_info is None
-    assert SkyProvisioner().status(cluster) == "unknown"
+    assert SkyProvisioner().status(cluster.provision_request()) == "unknown"
     # The next try restarts what SkyPilot left (start retries provisioning of an INIT cluster).
     assert cluster.cluster_info.head == "127.0.0.1"
     assert fake_sky.calls("start")[-1]["cluster_name"] == "partway"
