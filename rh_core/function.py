@@ -156,15 +156,29 @@ class Function(Generic[P, R]):
         return self._call("enqueue", args, kwargs, options)
 
     def acall(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Call without blocking the event loop: ``await f.acall(x)``; for a generator function
-        (plain or async), ``async for item in f.acall(x)``."""
-        import asyncio
-
+        """Call from asyncio: ``await f.acall(x)`` runs on the caller's event loop, without a thread
+        (many calls at once share one connection); cancelling the awaiting task cancels the run on
+        the cluster, unless ``cancel_on_interrupt=False``. For a generator function (plain or
+        async), ``async for item in f.acall(x)``."""
         if self.system is None and (inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)):
             return self.fn(*args, **kwargs)  # not sent anywhere: the function's own coroutine or generator
         if self._streams:
             return _iterate_in_threads(self.__call__(*args, **kwargs))
-        return asyncio.to_thread(self.__call__, *args, **kwargs)
+        options = self._take_call_options(kwargs)
+        if self.system is None:
+            return _value_now(self.fn, args, kwargs)
+        return self._acall(args, kwargs, options)
+
+    async def amap(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
+        """:meth:`map` from asyncio, on the caller's event loop (cancelling cancels the whole map)."""
+        options = self._take_call_options(kwargs)
+        return await self._amap(_map_items(iterables, kwargs), return_exceptions, options)
+
+    async def astarmap(self, arg_tuples: Iterable[Iterable[Any]], return_exceptions: bool = False,
+                       **kwargs: Any) -> list[R]:
+        """:meth:`starmap` from asyncio."""
+        options = self._take_call_options(kwargs)
+        return await self._amap(_starmap_items(arg_tuples, kwargs), return_exceptions, options)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """Call once per item of the zipped ``iterables``, in parallel; results in input order.
@@ -173,23 +187,12 @@ class Function(Generic[P, R]):
         any other value, or one wrapped in :class:`broadcast`, goes whole to every item.
         """
         options = self._take_call_options(kwargs)
-        columns = [list(iterable) for iterable in iterables]
-        if not columns:
-            raise TypeError("map needs at least one iterable of positional arguments; use starmap for tuples")
-        count = min(len(column) for column in columns)
-        per_item = {k: v for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) == count}
-        shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items() if k not in per_item}
-        items = [
-            (tuple(column[i] for column in columns), {**shared, **{k: v[i] for k, v in per_item.items()}})
-            for i in range(count)
-        ]
-        return self._map(items, return_exceptions, options)
+        return self._map(_map_items(iterables, kwargs), return_exceptions, options)
 
     def starmap(self, arg_tuples: Iterable[Iterable[Any]], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """Like :meth:`map` with each item's positional arguments given as a tuple; ``kwargs`` go to every item."""
         options = self._take_call_options(kwargs)
-        shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items()}
-        return self._map([(tuple(args), shared) for args in arg_tuples], return_exceptions, options)
+        return self._map(_starmap_items(arg_tuples, kwargs), return_exceptions, options)
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -228,7 +231,9 @@ class Function(Generic[P, R]):
         return request, ([] if shipped.pickled is None else [shipped.pickled])
 
     def _call(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
-        reply = self._request(mode, args, kwargs, options)
+        return self._result_of(self._request(mode, args, kwargs, options))
+
+    def _result_of(self, reply: Reply) -> Any:
         if reply.kind == "ack":
             return Ref(reply.header["key"], self.system)
         ((status, frames),) = split_parts(reply)
@@ -237,14 +242,26 @@ class Function(Generic[P, R]):
     def _request(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> Reply:
         """Send one call (``mode``: call, remote, enqueue, create) and return the server's reply."""
         system, _ = self._placed()
+        request, frames = self._sendable(mode, args, kwargs, options)
+        with _interruptible(system, request.key, options):
+            return system.send(request, frames, check_after=_check_after(options),
+                               on_log=self._output_shown(system, request.key))
+
+    def _sendable(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> tuple[CallRequest, list]:
+        """The request of one call and the frames that go with it: the function's, then the arguments'."""
+        system, _ = self._placed()
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
         prefix = system.shm_prefix
         request, function_frames = self._call_request(mode, refs, options, shm_prefix=prefix)
-        arguments = self._share(prefix, arguments)
-        with _interruptible(system, request.key, options):
-            return system.send(request, [*function_frames, *arguments], check_after=_check_after(options),
-                               on_log=self._output_shown(system, request.key))
+        return request, [*function_frames, *self._share(prefix, arguments)]
+
+    async def _acall(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
+        system, _ = self._placed()
+        request, frames = self._sendable("call", args, kwargs, options)
+        async with _acancellable(system, request.key, options):
+            reply = await system.asend(request, frames, on_log=self._output_shown(system, request.key))
+        return self._result_of(reply)
 
     @staticmethod
     def _share(prefix: str | None, frames: list) -> list:
@@ -282,9 +299,33 @@ class Function(Generic[P, R]):
         return decode_outcome(status, frames)  # what the generator returned, or its error
 
     def _map(self, items: list[tuple[tuple, dict]], return_exceptions: bool, options: dict[str, Any]) -> list[Any]:
-        system, _ = self._placed()
         if not items:
             return []
+        system, _ = self._placed()
+        request, frames, chunks = self._map_sendable(items, options)
+        output = self._output_shown(system, request.key, item_starts=_starts(chunks))
+        with _interruptible(system, request.key, options), progress.items_done(
+                len(items), [len(chunk) for chunk in chunks], output, show=bool(options.get("progress"))) as on_log:
+            reply = system.send(request, frames, check_after=_check_after(options), on_log=on_log)
+        return self._map_results(reply, chunks, len(items), return_exceptions)
+
+    async def _amap(self, items: list[tuple[tuple, dict]], return_exceptions: bool,
+                    options: dict[str, Any]) -> list[Any]:
+        if not items:
+            return []
+        system, _ = self._placed()
+        request, frames, chunks = self._map_sendable(items, options)
+        output = self._output_shown(system, request.key, item_starts=_starts(chunks))
+        async with _acancellable(system, request.key, options):
+            with progress.items_done(len(items), [len(chunk) for chunk in chunks], output,
+                                     show=bool(options.get("progress"))) as on_log:
+                reply = await system.asend(request, frames, on_log=on_log)
+        return self._map_results(reply, chunks, len(items), return_exceptions)
+
+    def _map_sendable(self, items: list[tuple[tuple, dict]],
+                      options: dict[str, Any]) -> tuple[CallRequest, list, list[list[tuple[tuple, dict]]]]:
+        """A map's request, its frames, and its items in the chunks the workers take."""
+        system, _ = self._placed()
         chunk_count = min(len(items), max(1, system.parallelism * CHUNKS_PER_WORKER))
         bounds = [round(i * len(items) / chunk_count) for i in range(chunk_count + 1)]
         chunks = [items[bounds[i] : bounds[i + 1]] for i in range(chunk_count)]
@@ -294,11 +335,12 @@ class Function(Generic[P, R]):
         chunk_frames = [self._share(prefix, frames) for frames in chunk_frames]
         request, function_frames = self._call_request("map", refs, options, shm_prefix=prefix,
                                                       chunks=tuple(len(frames) for frames in chunk_frames))
-        output = self._output_shown(system, request.key, item_starts=bounds)
-        with _interruptible(system, request.key, options), progress.items_done(
-                len(items), [len(chunk) for chunk in chunks], output, show=bool(options.get("progress"))) as on_log:
-            reply = system.send(request, [*function_frames, *(f for frames in chunk_frames for f in frames)],
-                                   check_after=_check_after(options), on_log=on_log)
+        return request, [*function_frames, *(f for frames in chunk_frames for f in frames)], chunks
+
+    def _map_results(self, reply: Reply, chunks: list[list[tuple[tuple, dict]]], count: int,
+                     return_exceptions: bool) -> list[Any]:
+        """The items' results in input order, from a map's reply; the first error raised unless
+        ``return_exceptions`` (then it takes its item's place)."""
         results: list[Any] = []
         for (status, frames), chunk in zip(split_parts(reply), chunks):
             if status == "ok":
@@ -315,7 +357,7 @@ class Function(Generic[P, R]):
                     exc.__cause__ = serialize.RemoteTraceback(tb)
                 index = len(results)
                 if not return_exceptions:
-                    add_note(exc, f"(raised by map item {index} of {len(items)})")
+                    add_note(exc, f"(raised by map item {index} of {count})")
                     raise exc
                 results.append(exc)
         return results
@@ -556,6 +598,52 @@ def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterat
             sys.stderr.write(f"rh: run {key} goes on on cluster {system.name!r}: cluster.get({key!r}) fetches its "
                              f"result, `rh cancel {system.name} {key}` stops it\n")
         raise
+
+
+@contextlib.asynccontextmanager
+async def _acancellable(system: Cluster, key: str, options: dict[str, Any]) -> AsyncIterator[None]:
+    """An asyncio task cancelled while it awaits run ``key`` cancels the run on the cluster (what
+    cancelling meant), unless the call said ``cancel_on_interrupt=False``."""
+    import asyncio
+
+    try:
+        yield
+    except asyncio.CancelledError:
+        if options.get("cancel_on_interrupt", True):
+            system.cancel_soon(key)
+        raise
+
+
+def _map_items(iterables: Sequence[Iterable[Any]], kwargs: dict[str, Any]) -> list[tuple[tuple, dict]]:
+    """``map``'s items: the zipped iterables, with each keyword's value per item (a list or tuple of
+    the map's length) or whole to every item (any other value, or one wrapped in :class:`broadcast`)."""
+    columns = [list(iterable) for iterable in iterables]
+    if not columns:
+        raise TypeError("map needs at least one iterable of positional arguments; use starmap for tuples")
+    count = min(len(column) for column in columns)
+    per_item = {k: v for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) == count}
+    shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items() if k not in per_item}
+    return [(tuple(column[i] for column in columns), {**shared, **{k: v[i] for k, v in per_item.items()}})
+            for i in range(count)]
+
+
+def _starmap_items(arg_tuples: Iterable[Iterable[Any]], kwargs: dict[str, Any]) -> list[tuple[tuple, dict]]:
+    shared = {k: (v.value if isinstance(v, broadcast) else v) for k, v in kwargs.items()}
+    return [(tuple(args), shared) for args in arg_tuples]
+
+
+def _starts(chunks: Sequence[Sequence[Any]]) -> list[int]:
+    """The index of each chunk's first item among all of them."""
+    starts, total = [], 0
+    for chunk in chunks:
+        starts.append(total)
+        total += len(chunk)
+    return starts
+
+
+async def _value_now(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """A function not sent anywhere, called from ``acall``: run here, as calling it would."""
+    return fn(*args, **kwargs)
 
 
 async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:

@@ -133,6 +133,7 @@ class Connection:
 
     def __init__(self, address: str, liveness: Callable[[], str | None], secret: str | None = None):
         self.address = address
+        self.liveness = liveness
         self._liveness = liveness
         self._secret = secret or ""
         self._local = threading.local()
@@ -196,7 +197,7 @@ class Connection:
             self._drop_carrier()
             raise
         if reply.kind == "fail":
-            raise _rebuild_failure(reply.header)
+            raise rebuild_failure(reply.header)
         if reply.kind == "item":
             self._drop_carrier()  # the rest of the items would follow; this connection cannot be reused
             raise errors.ProtocolError(f"the server streams items in reply to {op!r}, which does not read them")
@@ -225,7 +226,7 @@ class Connection:
             while True:
                 reply = self._next_reply(carrier, request_id, op, on_log, None, check_after)
                 if reply.kind == "fail":
-                    raise _rebuild_failure(reply.header)
+                    raise rebuild_failure(reply.header)
                 if reply.kind != "item":
                     return reply
                 yield reply
@@ -305,6 +306,10 @@ class Connection:
         finally:
             carrier.close()
 
+    @property
+    def secret(self) -> str:
+        return self._secret
+
     def close(self) -> None:
         self._drop_carrier()
 
@@ -336,7 +341,8 @@ def read_secret(state_dir: str) -> str | None:
     return (secret or b"").decode().strip() or None
 
 
-def _rebuild_failure(header: dict[str, Any]) -> Exception:
+def rebuild_failure(header: dict[str, Any]) -> Exception:
+    """The exception a ``fail`` reply names, raised here as the caller's own type where it is ours."""
     from rh_core.wire.messages import Failure
 
     failure = Failure.from_wire(header)

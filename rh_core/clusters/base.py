@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ from rh_core.wire import messages, serialize
 from rh_core.wire.messages import CallRequest, OpRequest, OutputLine, ResultParts
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from rh_core.client.async_connection import AsyncConnection
 
     from rh_core.bootstrap.wheels import Platform
     from rh_core.clusters.status import ClusterStatus
@@ -48,6 +52,9 @@ class Cluster:
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _info: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
     _synced: dict[str, tuple[str, str]] = attrs.field(factory=dict, init=False, repr=False)
+    # event loop -> its connection (opening or open): see async_connection()
+    _async_connections: weakref.WeakKeyDictionary[Any, asyncio.Future[AsyncConnection]] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False)
 
     # --- to be provided by each kind of cluster ------------------------------------------------
 
@@ -156,12 +163,64 @@ class Cluster:
                 raise
         return (yield from self.connection().stream(op, header, frames, **kwargs))
 
+    # --- from asyncio: on the caller's event loop, without a thread per request ------------------
+
+    async def async_connection(self) -> AsyncConnection:
+        """This event loop's connection to the server (see :mod:`rh_core.client.async_connection`).
+        The first one of a loop finds or starts the server as :meth:`connection` does, in a thread."""
+        import asyncio  # here: a client that never awaits does not import it
+
+        loop = asyncio.get_running_loop()
+        opening = self._async_connections.get(loop)
+        if opening is None or (opening.done() and (opening.exception() is not None or opening.result().lost)):
+            opening = self._async_connections[loop] = asyncio.ensure_future(self._open_async_connection())
+        return await opening
+
+    async def _open_async_connection(self) -> AsyncConnection:
+        import asyncio
+
+        from rh_core.client.async_connection import AsyncConnection
+
+        connection = await asyncio.to_thread(self.connection)
+        return await AsyncConnection.open(connection.address, connection.secret, connection.liveness)
+
+    async def arequest(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (), **kwargs) -> Reply:
+        """:meth:`request` from asyncio. A request that never reached a lost server goes to its successor."""
+        connection = await self.async_connection()
+        try:
+            return await connection.request(op, header, frames, **kwargs)
+        except ConnectionLostError as lost:
+            self._forget_connection()
+            if lost.sent:
+                raise
+        return await (await self.async_connection()).request(op, header, frames, **kwargs)
+
+    async def asend(self, message: OpRequest | CallRequest, frames: Sequence[Any] = (), **kwargs) -> Reply:
+        """:meth:`send` from asyncio."""
+        return await self.arequest(message.OP, message.to_wire(), frames, **kwargs)
+
+    async def aget(self, key: str, timeout: float | None = None) -> Any:
+        """:meth:`get` from asyncio: ``await ref`` does this."""
+        reply = await self.asend(messages.GetRequest(keys=(key,), timeout=timeout))
+        ((status, frames),) = split_parts(reply)
+        return decode_outcome(status, frames)
+
+    def cancel_soon(self, key: str) -> None:
+        """Ask the server to cancel run ``key``, from the event loop running now, without waiting:
+        what an asyncio task awaiting the run does as it is cancelled."""
+        import asyncio
+
+        opening = self._async_connections.get(asyncio.get_running_loop())
+        if opening is not None and opening.done() and opening.exception() is None:
+            opening.result().send_soon(messages.CancelRequest.OP, messages.CancelRequest(key=key).to_wire())
+
     def _forget_connection(self, connection: Connection | None = None) -> None:
         with self._lock:
             if connection is None or self._connection is connection:
                 if self._connection is not None:
                     self._connection.close()
                 self._connection, self._info = None, {}
+                self._async_connections.clear()  # each loop's closes as the server goes; the next call opens anew
 
     @property
     def shm_prefix(self) -> str | None:

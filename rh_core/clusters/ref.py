@@ -95,9 +95,9 @@ class Ref(Generic[R]):
         self._cluster().release([self.key])
 
     def __await__(self) -> Generator[Any, None, R]:
-        import asyncio
-
-        return asyncio.to_thread(self.result).__await__()
+        """``await ref``: the value, fetched on the caller's event loop (no thread); cancelling the
+        awaiting task leaves the run alone: the ref may be awaited again."""
+        return self._cluster().aget(self.key).__await__()
 
 
 @overload

@@ -300,3 +300,11 @@ def say_item(x):
     print("item says", x)
     print("item warns", x, file=sys.stderr)
     return x
+
+
+def sleep_then_touch(seconds, path):
+    """Sleep, then create ``path``: a cancelled run never gets that far."""
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("ran to the end")
+    return path

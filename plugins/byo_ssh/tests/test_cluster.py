@@ -85,6 +85,28 @@ def test_killed_server_is_reported_and_restarted_on_next_call(byo_cluster):
     assert byo_cluster.status()["pid"] != pid
 
 
+def test_asyncio_calls_go_through_the_tunnel_on_the_callers_loop_and_a_killed_server_is_reported(byo_cluster):
+    import asyncio
+
+    add = rh.function(fns.add).to(byo_cluster)
+    nap = rh.function(fns.sleep_then).to(byo_cluster)
+
+    async def main():
+        results = await asyncio.gather(*[add.acall(i, i) for i in range(50)])
+        waiting = asyncio.ensure_future(nap.acall(60))
+        await asyncio.sleep(0.5)
+        os.kill(byo_cluster.status()["pid"], signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(rh.ConnectionLostError):
+            await waiting
+        return results, time.monotonic() - started, await add.acall(2, 2)
+
+    results, took, again = asyncio.run(main())
+    assert results == [2 * i for i in range(50)]
+    assert took < 10  # the liveness check through the tunnel notices within seconds
+    assert again == 4  # and the next call starts another server
+
+
 @pytest.mark.slow
 def test_reconnect_from_a_new_client_reuses_the_running_server(byo_cluster):
     pid = byo_cluster.status()["pid"]
