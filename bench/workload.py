@@ -36,3 +36,10 @@ def add_and_print(a, b):
     """``add`` that prints one line per call, as a training step's log line would."""
     print("adding", a, b)
     return a + b
+
+
+def sleep_for(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds

@@ -162,12 +162,38 @@ class Function(Generic[P, R]):
         async), ``async for item in f.acall(x)``."""
         if self.system is None and (inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)):
             return self.fn(*args, **kwargs)  # not sent anywhere: the function's own coroutine or generator
-        if self._streams:
-            return _iterate_in_threads(self.__call__(*args, **kwargs))
         options = self._take_call_options(kwargs)
         if self.system is None:
             return _value_now(self.fn, args, kwargs)
+        if self._streams:
+            return self._astream(args, kwargs, options)
         return self._acall(args, kwargs, options)
+
+    async def _astream(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> AsyncIterator[Any]:
+        """A generator's items as the cluster yields them, read on the caller's event loop; leaving
+        the loop early (or cancelling the task) cancels the run, as for a plain loop."""
+        system, _ = self._placed()
+        refs: list[Ref] = []
+        arguments = serialize.dumps_arguments(args, kwargs, refs)
+        prefix = system.shm_prefix
+        request, function_frames = self._call_request("call", refs, options, stream=True, shm_prefix=prefix)
+        frames = [*function_frames, *self._share(prefix, arguments)]
+        connection = await system.async_connection()
+        replies = connection.stream(request.OP, request.to_wire(), frames, on_log=self._output_shown(system, request.key))
+        try:
+            async for reply in replies:
+                if reply.kind != "item":
+                    ((status, result_frames),) = split_parts(reply)
+                    decode_outcome(status, result_frames)  # raises the generator's error, if it failed
+                    return
+                yield serialize.loads(reply.frames)
+        except BaseException as stop:
+            if isinstance(stop, GeneratorExit) and options.get("cancel_on_interrupt", True):
+                system.cancel_soon(request.key)
+            _cancel_if_cancelled(stop, system, request.key, options)
+            raise
+        finally:
+            await replies.aclose()
 
     async def amap(self, *iterables: Iterable[Any], return_exceptions: bool = False, **kwargs: Any) -> list[R]:
         """:meth:`map` from asyncio, on the caller's event loop (cancelling cancels the whole map)."""
@@ -208,7 +234,7 @@ class Function(Generic[P, R]):
 
     def _output_shown(self, system: Cluster, run_key: str, item_starts: Sequence[int] = ()) -> CallOutputShown:
         """Where the output of call ``run_key`` goes as it arrives: our own streams, marked as the cluster's."""
-        return CallOutputShown(system.name, run_key, item_starts=item_starts, prefix=_config().get("output_prefix"))
+        return CallOutputShown(system.name, run_key, item_starts=item_starts, marked=_marks_output)
 
     def _placed(self) -> tuple[Cluster, _Shipped]:
         if self.system is None or self._shipped is None:
@@ -259,8 +285,11 @@ class Function(Generic[P, R]):
     async def _acall(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
         system, _ = self._placed()
         request, frames = self._sendable("call", args, kwargs, options)
-        async with _acancellable(system, request.key, options):
+        try:
             reply = await system.asend(request, frames, on_log=self._output_shown(system, request.key))
+        except BaseException as stop:
+            _cancel_if_cancelled(stop, system, request.key, options)
+            raise
         return self._result_of(reply)
 
     @staticmethod
@@ -316,10 +345,13 @@ class Function(Generic[P, R]):
         system, _ = self._placed()
         request, frames, chunks = self._map_sendable(items, options)
         output = self._output_shown(system, request.key, item_starts=_starts(chunks))
-        async with _acancellable(system, request.key, options):
-            with progress.items_done(len(items), [len(chunk) for chunk in chunks], output,
-                                     show=bool(options.get("progress"))) as on_log:
+        with progress.items_done(len(items), [len(chunk) for chunk in chunks], output,
+                                 show=bool(options.get("progress"))) as on_log:
+            try:
                 reply = await system.asend(request, frames, on_log=on_log)
+            except BaseException as stop:
+                _cancel_if_cancelled(stop, system, request.key, options)
+                raise
         return self._map_results(reply, chunks, len(items), return_exceptions)
 
     def _map_sendable(self, items: list[tuple[tuple, dict]],
@@ -600,18 +632,13 @@ def _interruptible(system: Cluster, key: str, options: dict[str, Any]) -> Iterat
         raise
 
 
-@contextlib.asynccontextmanager
-async def _acancellable(system: Cluster, key: str, options: dict[str, Any]) -> AsyncIterator[None]:
+def _cancel_if_cancelled(stop: BaseException, system: Cluster, key: str, options: dict[str, Any]) -> None:
     """An asyncio task cancelled while it awaits run ``key`` cancels the run on the cluster (what
     cancelling meant), unless the call said ``cancel_on_interrupt=False``."""
     import asyncio
 
-    try:
-        yield
-    except asyncio.CancelledError:
-        if options.get("cancel_on_interrupt", True):
-            system.cancel_soon(key)
-        raise
+    if isinstance(stop, asyncio.CancelledError) and options.get("cancel_on_interrupt", True):
+        system.cancel_soon(key)
 
 
 def _map_items(iterables: Sequence[Iterable[Any]], kwargs: dict[str, Any]) -> list[tuple[tuple, dict]]:
@@ -646,24 +673,15 @@ async def _value_now(fn: Callable, args: tuple, kwargs: dict) -> Any:
     return fn(*args, **kwargs)
 
 
-async def _iterate_in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
-    """An iterator that blocks, read without blocking the event loop: each item is waited for in a thread."""
-    import asyncio
-
-    end = object()
-    try:
-        while (item := await asyncio.to_thread(next, items, end)) is not end:
-            yield item
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            await asyncio.to_thread(close)  # left early: the run is cancelled, as for a plain loop
-
-
 def _config() -> Any:
     from rh_core.config import current
 
     return current()
+
+
+def _marks_output() -> bool:
+    """Whether shown output lines are marked with their cluster and run (``output_prefix``)."""
+    return bool(_config().get("output_prefix"))
 
 
 def _check_after(options: dict[str, Any]) -> float:

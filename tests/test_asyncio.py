@@ -129,3 +129,28 @@ def test_a_killed_server_fails_the_waiting_calls_at_once_and_the_next_call_start
     assert "exited with code -9" in str(outcomes[0]) or "is gone" in str(outcomes[0])
     assert took < 5
     assert again == "again"
+
+
+def test_a_generators_items_come_to_async_for_and_leaving_early_cancels_the_run(process_cluster):
+    count = rh.function(fns.count_up).to(process_cluster)
+    failing = rh.function(fns.count_then_fail).to(process_cluster)
+
+    async def main():
+        items = [x async for x in count.acall(4)]
+        got = []
+        with pytest.raises(ValueError, match="failed after 2 items"):
+            async for x in failing.acall(2):
+                got.append(x)
+        threads = threading.active_count()
+        async for x in count.acall(1000, 0.1):
+            if x == 2:
+                break
+        assert threading.active_count() <= threads + 1  # items were read on the loop, not in threads
+        await asyncio.sleep(0.5)  # the abandoned generator is closed, which sends the cancel
+        return items, got
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3], [0, 1])
+    deadline = time.monotonic() + 5
+    while process_cluster.runs()["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_cluster.runs()["running"] == {}

@@ -9,7 +9,7 @@ the lines as the function wrote them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rh_core.wire.messages import OutputLine
 
@@ -25,24 +25,29 @@ class CallOutputShown:
     """Shows the output of one call (``run_key`` on ``cluster``) as it arrives.
 
     ``item_starts``: for a ``map``, the index of each chunk's first item, so a line a chunk's item
-    wrote is labelled with the item's index among all of the map's. ``prefix=False`` writes the
-    lines as they are."""
+    wrote is labelled with the item's index among all of the map's. ``marked()`` says whether lines
+    get their marks, else they are written as they are; it is asked when the first line comes
+    (most calls print nothing)."""
 
-    def __init__(self, cluster: str, run_key: str, *, item_starts: Sequence[int] = (), prefix: bool = True):
-        self._where = f"({cluster} {run_key}"
+    def __init__(self, cluster: str, run_key: str, *, item_starts: Sequence[int] = (),
+                 marked: Callable[[], bool] = lambda: True):
+        self._cluster, self._run_key = cluster, run_key
         self._item_starts = item_starts
-        self._prefix = prefix
+        self._marked: Callable[[], bool] | bool = marked
         self._mid_line: dict[tuple[str, int | None], bool] = {}  # a stream's last text ended mid-line
 
     def __call__(self, line: OutputLine) -> None:
-        if not self._prefix:
+        if not isinstance(self._marked, bool):
+            self._marked = self._marked()
+        if not self._marked:
             write_line(line)
             return
         item = None
         if line.item is not None:
             chunk = line.chunk or 0
             item = line.item + (self._item_starts[chunk] if chunk < len(self._item_starts) else 0)
-        label = f"{self._where} item {item}) " if item is not None else f"{self._where}) "
+        where = f"({self._cluster} {self._run_key}"
+        label = f"{where} item {item}) " if item is not None else f"{where}) "
         text = line.text.decode("utf-8", "replace")
         source = (line.stream, item)
         pieces = text.splitlines(keepends=True)

@@ -186,7 +186,13 @@ class Cluster:
 
     async def arequest(self, op: str, header: dict[str, Any], frames: Sequence[Any] = (), **kwargs) -> Reply:
         """:meth:`request` from asyncio. A request that never reached a lost server goes to its successor."""
-        connection = await self.async_connection()
+        import asyncio
+
+        opening = self._async_connections.get(asyncio.get_running_loop())
+        if opening is not None and opening.done() and not opening.exception() and not opening.result().lost:
+            connection = opening.result()  # the common case, without another coroutine
+        else:
+            connection = await self.async_connection()
         try:
             return await connection.request(op, header, frames, **kwargs)
         except ConnectionLostError as lost:
