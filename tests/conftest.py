@@ -163,3 +163,15 @@ def reachable_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# A server exposed beyond loopback through TLS (tests/test_tls.py, and the HTTP tests through its door)
+
+
+@pytest.fixture
+def exposed_server(tmp_path):
+    from tls_helpers import exposed
+
+    with exposed(tmp_path) as server:
+        yield server

@@ -13,7 +13,6 @@ import pytest
 
 import rh_core as rh
 from http_helpers import http, ok
-from test_tls import exposed_server  # noqa: F401  (a fixture)
 
 pytest.importorskip("aiohttp", reason="the HTTP door runs aiohttp in the cluster's server")
 pytest.importorskip("uvicorn", reason="apps run under uvicorn")

@@ -15,7 +15,6 @@ import pytest
 
 import rh_core as rh
 from http_helpers import http, ok
-from test_tls import exposed_server  # noqa: F401  (a fixture)
 from rh_core.client.connection import read_secret
 from rh_core.testing import functions as fns
 
