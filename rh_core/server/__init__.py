@@ -2,7 +2,8 @@
 
 ``server`` holds the :class:`~rh_core.server.server.Server` itself; beside it the doors it is reached
 through (``link_door`` with ``link_server``, ``http_door``, ``front_door``), the books it keeps
-(``results``, ``run_logs``, ``instances``, ``secret_store``, ``call_gate``), the environments it
+(``run_table`` of what runs, with ``call_gate``; ``results``, ``run_logs``, ``instances``,
+``secret_store``), the environments it
 installs into (``envs``) and the ASGI apps it hosts (``app_host``, ``app_process``).
 """
 

@@ -43,10 +43,8 @@ import zmq
 
 from rh_core import __version__
 from rh_core.errors import (
-    CallTimeoutError,
     ProtocolError,
     RhError,
-    RunCancelledError,
     ServerStartError,
     UntrustedPathError,
 )
@@ -64,11 +62,11 @@ from rh_core.plugin.interfaces import (
 from rh_core.server import results
 from rh_core.server.app_host import REQUIREMENT as APP_REQUIREMENT
 from rh_core.server.app_host import AppHost
-from rh_core.server.call_gate import CallGate
 from rh_core.server.envs import ClusterEnvironment, install
 from rh_core.server.http_door import REQUIREMENT as HTTP_REQUIREMENT
 from rh_core.server.http_door import HttpDoor, http_available
-from rh_core.server.instances import Instances, spec_of
+from rh_core.server.instances import Instances
+from rh_core.server.run_table import RunTable
 from rh_core.server.link_door import LinkDoor
 from rh_core.server.run_logs import RunLogs, run_key_of
 from rh_core.server.secret_store import SecretStore
@@ -154,9 +152,7 @@ class Server:
         self.executor = executor
         self._bind_host, self._bind_port = host, port
         self.log_endpoint = f"ipc://{self.state_dir}/logs.sock"
-        self._gates: dict[str, CallGate] = {}  # fn_id -> the gate of a function with enqueued calls
-        self._calls_running: dict[str, int] = {}  # fn_id -> its calls that run outside any gate
-        self._running: dict[str, tuple[asyncio.Future, asyncio.Future]] = {}  # task key -> (executor's, final)
+        self._runs: RunTable  # the calls running or waiting, made when serve() has a loop
         self.runs_dir = os.path.join(self.state_dir, "runs")
         self._run_logs: RunLogs  # log lines and items of running calls, made when serve() has a loop
         self._tasks: set[asyncio.Task] = set()
@@ -184,8 +180,10 @@ class Server:
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         # Before any door opens: a client's call routes its replies through them.
-        self._run_logs = RunLogs(self.runs_dir, self._loop, self._reply, self._other_tasks_running)
-        self._kept = results.KeptResults(self._spilled, self._results_memory_budget, self._loop, self._running_call)
+        self._runs = RunTable(self._loop, self.executor, self.instances)
+        self._run_logs = self._runs.run_logs = RunLogs(self.runs_dir, self._loop, self._reply,
+                                                       self._runs.other_tasks_running)
+        self._kept = results.KeptResults(self._spilled, self._results_memory_budget, self._loop, self._runs.running_call)
         self._secret = load_or_create_secret(self.state_dir).encode()
         context = zmq.Context.instance()
         self._zap = self._open_zap_handler(context)
@@ -304,7 +302,7 @@ class Server:
             "shm": self._shm_prefix is not None,
             "started_at": self.started_at,
             "calls": self.calls,
-            "in_flight": len(self._running),
+            "in_flight": len(self._runs),
             "tls": self.tls,  # tasks running or waiting now (idle detection counts them)
             "http_port": self._http.port,  # the HTTP door's, once an endpoint is served
             "state_dir": self.state_dir,
@@ -408,7 +406,7 @@ class Server:
         if task is not None:
             self.calls += 1
             self._run_logs.route(task, peer, request_id)
-            future = self._start(task)
+            future = self._runs.start(task)
             future.add_done_callback(lambda f: self._finish_call(peer, request_id, task, f))
         else:
             handling = asyncio.ensure_future(self._handle(peer, request_id, op, message, frames))
@@ -457,7 +455,7 @@ class Server:
         request is ``http``); raises for a call it refuses."""
         task = self._task(request, frames, http=http)
         self.calls += 1
-        return self._start(task)
+        return self._runs.start(task)
 
     async def _op_shutdown(self, peer, request_id, request, frames) -> None:
         self._reply(peer, request_id, "info", self.info())
@@ -469,7 +467,7 @@ class Server:
         task = self._task(request, frames, refs)
         mode = request.mode
         if mode == "remote":  # its logs go to the server log: nobody waits on this request
-            self._kept.hold(task.key, self._start(task))
+            self._kept.hold(task.key, self._runs.start(task))
             self._reply(peer, request_id, "ack", {"key": task.key})
             return
         give_back = self._lend_callers_worker(request.caller)
@@ -480,7 +478,7 @@ class Server:
                 await self._map(peer, request_id, task, request.chunks)
             else:
                 self._run_logs.route(task, peer, request_id)
-                outcome = await self._start(task, exclusive=mode == "enqueue")
+                outcome = await self._runs.start(task, exclusive=mode == "enqueue")
                 self._run_logs.unroute(task)
                 self._deliver(peer, request_id, task, outcome)
         finally:
@@ -490,7 +488,7 @@ class Server:
         """A call made by a function running here waits in that function's worker: the executor
         may start another worker meanwhile (its optional :class:`LendsWorkers` capability), so callers
         that fill every worker still see their callees run. Returns what gives the worker back."""
-        if not isinstance(caller, str) or self._lender is None or caller not in self._running:
+        if not isinstance(caller, str) or self._lender is None or caller not in self._runs:
             return _nothing
         return self._lender.lend_worker(caller) or _nothing
 
@@ -502,7 +500,7 @@ class Server:
         ]
         for chunk in chunks:
             self._run_logs.route(chunk, peer, request_id)
-        finishing = [self._start(chunk) for chunk in chunks]
+        finishing = [self._runs.start(chunk) for chunk in chunks]
         if task.options.get("progress"):  # the caller shows a progress bar: say which chunk is done
             for index, future in enumerate(finishing):
                 future.add_done_callback(lambda _, index=index: self._reply(
@@ -512,126 +510,30 @@ class Server:
             self._run_logs.unroute(chunk)
         self._reply_outcomes(peer, request_id, list(outcomes))
 
-    def _start(self, task: Task, exclusive: bool = False) -> asyncio.Future[Outcome]:
-        """Submit a task (``exclusive``: an enqueued call, which runs alone; see
-        :mod:`rh_core.server.call_gate`); the returned future always resolves to an Outcome, after the
-        call's timeout is applied, executor failures are turned into ``err`` outcomes, and the
-        call's last log lines have gone out."""
-        final: asyncio.Future[Outcome] = self._loop.create_future()
-        final.add_done_callback(lambda _: self._running.pop(task.key, None))
-        fn_id = task.header.fn_id
-        gate = self._gates.get(fn_id)
-        if gate is None and not exclusive and task.header.instance is None:
-            # The common case: nothing of this function is enqueued, and it is no instance's method.
-            self._calls_running[fn_id] = self._calls_running.get(fn_id, 0) + 1
-            final.add_done_callback(lambda _: self._ungated_call_finished(fn_id))
-            self._submit(task, final)
-            return final
-        if gate is None:
-            instance = task.header.instance
-            limit = self.instances.concurrency(instance) if instance and task.header.mode != "create" else None
-            gate = self._gates[fn_id] = CallGate(running_plain=self._calls_running.get(fn_id, 0), limit=limit)
-        self._running[task.key] = (self._loop.create_future(), final)  # cancellable while it waits
-        ticket = gate.admit(exclusive, lambda: final.done() or self._submit(task, final))
-        final.add_done_callback(lambda _: self._leave_gate(fn_id, gate, ticket))
-        return final
-
-    def _ungated_call_finished(self, fn_id: str) -> None:
-        left = self._calls_running[fn_id] - 1
-        if left:
-            self._calls_running[fn_id] = left
-        else:
-            del self._calls_running[fn_id]
-        gate = self._gates.get(fn_id)
-        if gate is not None:  # it ran when the gate was made, and counts there
-            gate.plain_finished()
-            self._forget_gate_when_idle(fn_id, gate)
-
-    def _leave_gate(self, fn_id: str, gate: CallGate, ticket: Any) -> None:
-        gate.leave(ticket)
-        self._forget_gate_when_idle(fn_id, gate)
-
-    def _forget_gate_when_idle(self, fn_id: str, gate: CallGate) -> None:
-        if gate.idle and self._gates.get(fn_id) is gate:
-            del self._gates[fn_id]
-
-    def _submit(self, task: Task, final: asyncio.Future[Outcome]) -> None:
-        if task.header.mode == "create":
-            running = self.executor.start_instance(task, spec_of(task.header.instance))
-        else:
-            running = self.executor.submit(task)
-        self._running[task.key] = (running, final)
-        timeout = task.options.get("timeout")
-        timer = self._loop.call_later(timeout, self._expire, running, final, timeout) if timeout else None
-
-        def settle(running: asyncio.Future) -> None:
-            if timer is not None:
-                timer.cancel()
-            if final.done():
-                return
-            if running.cancelled():
-                return  # only _expire and cancel cancel, and they settled `final` themselves
-            exc = running.exception()
-            if exc is not None:
-                final.set_result(error_outcome(exc))
-                return
-            outcome = running.result()
-            if outcome.output:
-                outcome = self._run_logs.took_output(task.key, outcome)
-            if outcome.logged:
-                self._run_logs.after_logs(task.key, lambda: final.done() or final.set_result(outcome))
-            else:
-                final.set_result(outcome)
-
-        running.add_done_callback(settle)
-
-    def _expire(self, running: asyncio.Future, final: asyncio.Future, timeout: float) -> None:
-        error = CallTimeoutError(f"the call ran longer than its timeout of {timeout} s and was stopped")
-        if not final.done():
-            final.set_result(error_outcome(error))
-        running.cancel()  # the executor stops whatever runs it
-
-    def _running_call(self, key: str) -> asyncio.Future[Outcome] | None:
-        """The future of the call with task key ``key`` while it runs or waits."""
-        running = self._running.get(key)
-        return None if running is None else running[1]
-
     async def _op_cancel(self, peer, request_id, request, frames) -> None:
         """Stop a run (a call, a ``.remote()``, every chunk of a map) wherever it is; whoever waits
         for it gets :class:`RunCancelledError`."""
         key = request.key
-        tasks = [k for k in self._running if run_key_of(k) == key]
+        tasks = self._runs.tasks_of(key)
         if not tasks:
             known = self._kept.has(key) or self._run_logs.has(key)
             raise ProtocolError(
                 f"run {key!r} is not running on this cluster" + (": it has already finished" if known else
                                                                "; check the key (ref.key) or the cluster")
             )
-        self._cancel_tasks(tasks)
+        self._runs.cancel(tasks)
         self._reply(peer, request_id, "info", {"cancelled": len(tasks)})
 
     async def _op_cancel_all(self, peer, request_id, request, frames) -> None:
         """Stop every run on the cluster (``cluster.cancel_all()``); remote instances live on."""
-        runs = sorted({run_key_of(k) for k in self._running})
-        self._cancel_tasks(list(self._running))
+        runs = sorted({run_key_of(k) for k in self._runs})
+        self._runs.cancel(list(self._runs))
         self._reply(peer, request_id, "info", {"cancelled": runs})
-
-    def _cancel_tasks(self, task_keys: list[str]) -> None:
-        for task_key in task_keys:
-            running, final = self._running[task_key]
-            if not final.done():
-                error = RunCancelledError(f"run {run_key_of(task_key)} was cancelled")
-                final.set_result(error_outcome(error))
-            running.cancel()  # the executor stops the worker (or Ray task) running it
-
-    def _other_tasks_running(self, run_key: str, task_key: str) -> bool:
-        """Whether a task of run ``run_key`` other than ``task_key`` runs or waits (a map's chunks share a run)."""
-        return any(run_key_of(k) == run_key for k in self._running if k != task_key)
 
     async def _op_runs(self, peer, request_id, request, frames) -> None:
         """The runs in progress (with how many of their tasks run or wait) and the kept results."""
         running: dict[str, int] = {}
-        for task_key in self._running:
+        for task_key in self._runs:
             running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
         self._reply(peer, request_id, "info", {"running": running, "finished": self._kept.finished_keys()})
 
@@ -639,7 +541,7 @@ class Server:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
         key = request.key
         self._run_logs.path(key)  # a key that is no run's is refused before anything else
-        running = [final for task_key, (_, final) in self._running.items() if run_key_of(task_key) == key]
+        running = self._runs.finals_of(key)
         if not running and not self._run_logs.has(key) and not self._kept.has(key):
             raise ProtocolError(f"no run {key!r} on this cluster (or it logged nothing and its result was released)")
         logged = self._run_logs.read(key)
@@ -752,7 +654,7 @@ class Server:
             key = check_run_key(request.key)  # kept beside results, so named as they are
         except ProtocolError as exc:
             raise ProtocolError(f"cannot keep an object under that key: {exc}, e.g. 'weights' or 'run-1.config'") from None
-        if any(run_key_of(task_key) == key for task_key in self._running):
+        if self._runs.tasks_of(key):
             raise ProtocolError(f"run {key!r} is running on this cluster; keep the object under another key")
         # Copied: the frames may be views of a receive buffer, and this outlives the request.
         outcome = Outcome(status="ok", frames=[bytes(memoryview(getattr(f, "buffer", f))) for f in frames])
@@ -774,7 +676,7 @@ class Server:
         async def construct(task: Task) -> Outcome:
             self._run_logs.route(task, peer, request_id)
             try:
-                constructed.append(await self._start(task))
+                constructed.append(await self._runs.start(task))
                 return constructed[-1]
             finally:
                 self._run_logs.unroute(task)
@@ -809,12 +711,6 @@ async def _imports(env: Any, module: str) -> bool:
                                                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                                                    stderr=asyncio.subprocess.DEVNULL)
     return await process.wait() == 0
-
-
-def error_outcome(exc: BaseException) -> Outcome:
-    """The ``err`` outcome of an error the server itself met (a timeout, a cancel, an executor's
-    failure): pickled for the caller, and named in ``error`` for readers that never unpickle."""
-    return Outcome(status="err", frames=serialize.dumps_exception(exc), error=(type(exc).__name__, str(exc)))
 
 
 def _nothing() -> None:
