@@ -123,7 +123,8 @@ class RunLogs:
         kept and passed on as live lines are, except that a caller who asked to see it gets it in
         the reply that carries the result. Returns the outcome as that reply should carry it."""
         routed = key in self._log_routes
-        self._pass_on(key, outcome.output, in_reply=routed, keep=False)
+        if not routed or run_key_of(key) in self._followers:  # else nobody but the caller reads them now
+            self._pass_on(key, outcome.output, in_reply=routed, keep=False)
         try:
             self._journal.keep(run_key_of(key), b"".join(line.text for line in outcome.output))
         except OSError as exc:
