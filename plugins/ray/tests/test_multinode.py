@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import pathlib
 import secrets
 import shutil
@@ -645,10 +646,12 @@ def test_a_named_env_is_copied_to_the_worker_node_and_kept_up_to_date(cluster, h
 def test_output_of_calls_on_the_worker_node_reaches_the_caller(cluster, capsys):
     loud = rh.function(loud_hostname_after(0.3)).to(cluster)
     capsys.readouterr()
-    names = loud.map(range(16), stream_logs=True)
+    names = loud.map(range(16))  # shown by default, each line marked with its item
     assert set(names) == {"h1", "h2"}
     printed = capsys.readouterr().out.splitlines()
-    assert sorted(printed) == sorted(f"sleeping on {name}" for name in names)
+    marked = [re.fullmatch(rf"\({cluster.name} \S+ item (\d+)\) (sleeping on h\d)", line) for line in printed]
+    assert all(marked), printed
+    assert sorted((int(m[1]), m[2]) for m in marked) == [(i, f"sleeping on {name}") for i, name in enumerate(names)]
 
 
 @pytest.mark.slow
