@@ -210,12 +210,20 @@ class _LinkProtocol(asyncio.Protocol):
     def __init__(self, on_message: Callable[[bytes, list], None], on_closed: Callable[[], None]):
         self._on_message, self._on_closed = on_message, on_closed
         self._buffer = bytearray()
+        self._taken = 0
         self._envelope: bytes | None = None
         self._count = 0
         self._frames: list[bytes] = []
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        self._taken = 0  # how much of the buffer the frames taken so far span; dropped once, at the end
+        try:
+            self._take_messages()
+        finally:
+            del self._buffer[:self._taken]
+
+    def _take_messages(self) -> None:
         while (frame := self._next_frame()) is not None:
             if self._envelope is None:
                 if len(frame) < FRAME_COUNT.size:
@@ -230,23 +238,23 @@ class _LinkProtocol(asyncio.Protocol):
                 self._on_message(envelope, frames)
 
     def _next_frame(self) -> bytes | None:
-        """The next whole frame in the buffer, taken out of it; None until one has arrived."""
-        if len(self._buffer) < FRAME_LENGTH.size:
+        """The next whole frame in the buffer (past what was taken); None until one has arrived."""
+        buffer, start = self._buffer, self._taken
+        if len(buffer) < start + FRAME_LENGTH.size:
             return None
-        (size,) = FRAME_LENGTH.unpack_from(self._buffer)
-        start = FRAME_LENGTH.size
+        (size,) = FRAME_LENGTH.unpack_from(buffer, start)
+        start += FRAME_LENGTH.size
         if size == -1:
-            if len(self._buffer) < start + LONG_FRAME_LENGTH.size:
+            if len(buffer) < start + LONG_FRAME_LENGTH.size:
                 return None
-            (size,) = LONG_FRAME_LENGTH.unpack_from(self._buffer, start)
+            (size,) = LONG_FRAME_LENGTH.unpack_from(buffer, start)
             start += LONG_FRAME_LENGTH.size
         if self._envelope is None and size > ENVELOPE_MAX_BYTES:
             raise errors.ProtocolError(f"a reply envelope of {size} bytes is beyond the limit of {ENVELOPE_MAX_BYTES}")
-        if len(self._buffer) < start + size:
+        if len(buffer) < start + size:
             return None
-        frame = bytes(self._buffer[start:start + size])
-        del self._buffer[:start + size]
-        return frame
+        self._taken = start + size
+        return bytes(buffer[start:start + size])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_closed()
