@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -33,23 +32,10 @@ import workload  # noqa: E402
 
 
 def threads_rate(call, total: int, threads: int) -> float:
-    barrier = threading.Barrier(threads + 1)
-    share = total // threads
+    """Blocking calls/s from ``threads`` threads: bench.py's own measure, as a number."""
+    from bench import measure_threads
 
-    def worker() -> None:
-        call(1, 2)  # this thread's connection, before the clock
-        barrier.wait()
-        for _ in range(share):
-            call(1, 2)
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    return share * threads / (time.perf_counter() - started)
+    return float(measure_threads(call, total, threads).replace(",", ""))
 
 
 async def gather_rate(make, total: int) -> float:

@@ -16,6 +16,15 @@ from rh_core.errors import ConnectionLostError
 from rh_core.testing import functions as fns
 
 
+async def cancelled_after(call, seconds: float) -> None:
+    """Await ``call`` in a task of its own and cancel that task after ``seconds``."""
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_acall_amap_and_await_ref_give_what_their_blocking_forms_give(process_cluster, capfd):
     add = rh.function(fns.add).to(process_cluster)
     double = rh.function(fns.double).to(process_cluster)
@@ -78,11 +87,7 @@ def test_cancelling_the_awaiting_task_cancels_the_run_on_the_cluster(process_clu
     marker = tmp_path / "ran"
 
     async def main():
-        call = asyncio.ensure_future(touch.acall(2, str(marker)))
-        await asyncio.sleep(0.5)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+        await cancelled_after(touch.acall(2, str(marker)), 0.5)
         await asyncio.sleep(0.3)  # the cancel request goes out as the task ends
 
     asyncio.run(main())
@@ -98,14 +103,7 @@ def test_a_call_that_says_so_goes_on_when_its_task_is_cancelled(process_cluster,
     touch = rh.function(fns.sleep_then_touch).to(process_cluster).options(cancel_on_interrupt=False)
     marker = tmp_path / "ran"
 
-    async def main():
-        call = asyncio.ensure_future(touch.acall(1, str(marker)))
-        await asyncio.sleep(0.3)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-
-    asyncio.run(main())
+    asyncio.run(cancelled_after(touch.acall(1, str(marker)), 0.3))
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
