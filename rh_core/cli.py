@@ -266,6 +266,9 @@ def logs_command(name: str, run_key: str | None, follow: bool, as_json: bool) ->
                     click.echo(f"{key}  running ({tasks} task{'s' if tasks != 1 else ''})")
                 for key in runs["finished"]:
                     click.echo(f"{key}  finished, result kept")
+                for key in runs["logged"]:
+                    if key not in runs["running"] and key not in runs["finished"]:
+                        click.echo(f"{key}  logged")
             return
         text = cluster.logs(run_key, follow=follow and not as_json)
     if as_json:

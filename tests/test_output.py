@@ -79,6 +79,26 @@ def test_stream_logs_false_keeps_output_on_the_cluster_where_logs_reads_it(proce
     assert capfd.readouterr().out == f"({process_cluster.name} {ref.key}) adding 4 5\n"
 
 
+def test_a_silenced_calls_output_is_found_by_its_run_among_those_that_logged(tmp_path, monkeypatch, capfd):
+    from click.testing import CliRunner
+
+    from rh_core.cli import cli
+
+    monkeypatch.setenv("RH_HOME", str(tmp_path))
+    cluster = rh.LocalCluster()  # $RH_HOME/local, where `rh logs here` looks
+    try:
+        f = rh.function(fns.add).to(cluster)
+        assert f(20, 22, stream_logs=False) == 42
+        assert "adding" not in capfd.readouterr().out
+        logged = cluster.runs()["logged"]
+        assert logged and logged[-1].startswith("add-")  # the newest last
+        assert cluster.logs(logged[-1]) == "adding 20 22\n"
+        listed = CliRunner().invoke(cli, ["logs", "here"])
+        assert f"{logged[-1]}  logged" in listed.output, listed.output
+    finally:
+        cluster.stop_server()
+
+
 def test_the_config_file_can_silence_output_or_drop_the_marks(process_cluster, capfd, tmp_path, monkeypatch):
     monkeypatch.setenv("RH_HOME", str(tmp_path))
     f = rh.function(fns.add).to(process_cluster)

@@ -321,9 +321,11 @@ class Cluster:
         return b"".join(chunks).decode("utf-8", "replace")
 
     def runs(self) -> dict[str, Any]:
-        """Runs in progress (``{"running": {key: tasks}}``) and results kept on the cluster (``"finished"``)."""
+        """Runs in progress (``{"running": {key: tasks}}``), results kept on the cluster
+        (``"finished"``), and the last runs that logged anything, oldest first (``"logged"``: their
+        keys, for :meth:`logs`; a call made with ``stream_logs=False`` is found there)."""
         header = self.send(messages.RunsRequest()).header
-        return {"running": header["running"], "finished": header["finished"]}
+        return {"running": header["running"], "finished": header["finished"], "logged": header.get("logged", [])}
 
     def cancel(self, key: str) -> None:
         """Stop run ``key`` (a call, a ``.remote()`` or a whole map) on the cluster; whoever waits

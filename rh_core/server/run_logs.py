@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 RUN_LOG_DAYS = 7  # how long run logs stay on the cluster
 JOURNAL_MAX_BYTES = 64 * 2**20  # how large the journal of short calls' output grows before a new one starts
 JOURNAL_INDEX_MAX = 100_000  # runs whose records the server finds without reading the journals
+RECENT_RUNS = 50  # how many runs that logged `cluster.runs()` lists
 LOG_FLUSH_TIMEOUT = 2.0  # how long a result waits for the last log lines of its call
 
 #: How the server replies to a client: ``reply(peer, request_id, kind, fields, frames)``, False when
@@ -189,6 +190,17 @@ class RunLogs:
             own = b""
         return own + self._journal.read(run_key)
 
+    def recent(self, limit: int = RECENT_RUNS) -> list[str]:
+        """The keys of the last ``limit`` runs that logged anything, oldest first: those with a log
+        file of their own, and those whose output this server kept in the journal."""
+        when: dict[str, float] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.runs_dir):
+                if entry.name.endswith(".log") and not entry.name.startswith("journal"):
+                    when[entry.name[:-4]] = entry.stat().st_mtime
+        when.update(self._journal.last_kept)
+        return sorted(when, key=when.__getitem__)[-limit:]
+
     def sweep(self) -> None:
         """Delete the run logs whose last line is older than RUN_LOG_DAYS days."""
         cutoff = time.time() - RUN_LOG_DAYS * 86400
@@ -240,6 +252,7 @@ class RunJournal:
         self._path = os.path.join(runs_dir, "journal.log")
         self._file: IO[bytes] | None = None
         self._index: dict[str, list[tuple[str, int, int]]] = {}  # run key -> (path, offset, length) of its records
+        self.last_kept: dict[str, float] = {}  # run key -> when its last record was kept (the indexed runs)
 
     def keep(self, run_key: str, text: bytes) -> None:
         if self._file is None:
@@ -249,8 +262,10 @@ class RunJournal:
         offset = self._file.tell() + len(header)
         self._file.write(header + text)
         self._index.setdefault(run_key, []).append((self._path, offset, len(text)))
+        self.last_kept[run_key] = time.time()
         if len(self._index) > JOURNAL_INDEX_MAX:
-            del self._index[next(iter(self._index))]
+            oldest = next(iter(self._index))
+            del self._index[oldest], self.last_kept[oldest]
         if offset + len(text) > JOURNAL_MAX_BYTES:
             self._start_anew()
 

@@ -531,11 +531,13 @@ class Server:
         self._reply(peer, request_id, "info", {"cancelled": runs})
 
     async def _op_runs(self, peer, request_id, request, frames) -> None:
-        """The runs in progress (with how many of their tasks run or wait) and the kept results."""
+        """The runs in progress (with how many of their tasks run or wait), the kept results, and the
+        last runs that logged anything (a call made with ``stream_logs=False`` among them)."""
         running: dict[str, int] = {}
         for task_key in self._runs:
             running[run_key_of(task_key)] = running.get(run_key_of(task_key), 0) + 1
-        self._reply(peer, request_id, "info", {"running": running, "finished": self._kept.finished_keys()})
+        self._reply(peer, request_id, "info", {"running": running, "finished": self._kept.finished_keys(),
+                                               "logged": self._run_logs.recent()})
 
     async def _op_logs(self, peer, request_id, request, frames) -> None:
         """What a run has logged so far; with ``follow``, then every new line until it ends."""
