@@ -49,6 +49,22 @@ def test_every_line_comes_once_in_order_whether_held_or_live(process_cluster, ca
     assert all(line.startswith(f"({process_cluster.name} print_numbers-") for line in out.splitlines())
 
 
+def test_a_progress_bar_redrawing_its_line_shows_while_the_call_runs(process_cluster, capfd):
+    bar = rh.function(fns.progress_bar).to(process_cluster)
+    caller = threading.Thread(target=bar, args=(6, 0.5))
+    caller.start()
+    seen = ""
+    deadline = time.monotonic() + 2.5
+    while "step 2/6" not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen += capfd.readouterr().err
+    assert "step 2/6" in seen and caller.is_alive(), seen  # a redrawn line need not wait for a newline
+    caller.join(30)
+    seen += capfd.readouterr().err
+    assert f"({process_cluster.name} progress_bar-" in seen and seen.endswith("step 6/6\n")
+    assert seen.count("\r") >= 5  # each redraw kept its carriage return, so a terminal overwrites the line
+
+
 def test_output_larger_than_a_call_may_hold_arrives_whole(process_cluster, capfd):
     f = rh.function(fns.print_numbers).to(process_cluster)
     f(60_000)  # ~350 KB: beyond the 64 KiB a call holds, so most of it goes live

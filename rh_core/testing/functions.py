@@ -308,3 +308,15 @@ def sleep_then_touch(seconds, path):
     with open(path, "w") as f:
         f.write("ran to the end")
     return path
+
+
+def progress_bar(steps, pause):
+    """Redraw one line ``steps`` times, as a progress bar does (carriage returns, no newline)."""
+    import sys
+
+    for step in range(steps):
+        sys.stderr.write(f"\rstep {step + 1}/{steps}")
+        sys.stderr.flush()
+        time.sleep(pause)
+    sys.stderr.write("\n")
+    return steps

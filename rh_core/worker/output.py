@@ -203,10 +203,12 @@ class CallOutput(io.TextIOBase):
         if key is None:
             return self._fallback.write(text)
         pending = self._pending.pop(key, "") + text
-        if "\n" in pending:
-            head, _, pending = pending.rpartition("\n")
-            if not self._outputs.write(self.name, head + "\n"):
-                self._fallback.write(head + "\n")
+        # A line ends at "\n", or at "\r" as a progress bar redraws its line: both go out whole.
+        end = max(pending.rfind("\n"), pending.rfind("\r")) + 1
+        if end:
+            head, pending = pending[:end], pending[end:]
+            if not self._outputs.write(self.name, head):
+                self._fallback.write(head)
         if pending:
             self._pending[key] = pending
         return len(text)
