@@ -2,9 +2,10 @@
 
 Each environment has its own pool, started when its first task arrives (the default environment's
 at server start, with workers forked from the server: see :mod:`rh_core.server.__main__`), whose
-workers run that environment's interpreter. Tasks with secrets (``Task.variables``) get pools of their own, one per environment and set of variable names, so a worker that ever held
-a secret's values runs only tasks that are given the same variables. Each worker runs one task at a
-time (see :mod:`rh_core.worker.process`); tasks wait in arrival order for a free worker of their pool.
+workers run that environment's interpreter. Tasks with secrets (``Task.variables``) get pools of
+their own, one per environment and set of variable names, so a worker that ever held a secret's
+values runs only tasks that are given the same variables. Each worker runs one task at a time
+(see :mod:`rh_core.worker.process`); tasks wait in arrival order for a free worker of their pool.
 After an install into an environment, its workers are replaced as they become idle, so new calls
 see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
 replaced; a call whose future is cancelled (its timeout expired) has its worker killed and replaced.
