@@ -688,8 +688,8 @@ def main(argv: list[str] | None = None) -> int:
          cells["echo"]),
         (f"{mib} MiB numpy array (`uint8`) echo, MB/s (best of {params.echo_reps}; it may come back read-only)",
          cells["echo_numpy"]),
-        (f"cold start to first `add(1, 2)` result, ms (fresh process and state dir: imports, server/Ray start, call; "
-         f"median of {COLD_REPS}, bytecode cached)",
+        ((f"cold start to first `add(1, 2)` result, ms (fresh process and state dir: imports, server/Ray start, "
+          f"call; median of {COLD_REPS}, bytecode cached)"),
          cells["cold"]),
         (f"`import rh_core`, ms (fresh process, best of {params.startup_reps}; plugins installed: {plugins})",
          cells["import"]),
