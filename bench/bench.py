@@ -297,40 +297,34 @@ def measure_map(map_fn: Callable | None, n: int) -> str:
     return f"{n / elapsed:,.0f}"
 
 
-def measure_echo(echo: Callable, payload: bytes, reps: int) -> str:
+def measure_echo(echo: Callable, payload: Any, reps: int, same: Callable[[Any, Any], bool] | None = None) -> str:
+    """MB/s of the best of ``reps`` round trips of ``payload`` (``bytes``, or anything ``same``
+    compares: what comes back must be the same type, and ``same`` as what went)."""
+    def equal(result: Any, sent: Any) -> bool:
+        return type(result) is type(sent) and (same(result, sent) if same else result == sent)
+
     small = payload[: 1024 * 1024]
-    if echo(small) != small:  # warm: function loaded, buffers allocated once
+    if not equal(echo(small), small):  # warm: function loaded, buffers allocated once
         raise AssertionError("echo returned something else")
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         result = echo(payload)
         elapsed = time.perf_counter() - start
-        if type(result) is not bytes or result != payload:
+        if not equal(result, payload):
             raise AssertionError(f"echo returned a different {type(result).__name__}")
         del result
         best = min(best, elapsed)
-    return f"{len(payload) / 1e6 / best:,.0f}"
+    return f"{len(memoryview(payload)) / 1e6 / best:,.0f}"
 
 
 def measure_array_echo(echo: Callable, payload: bytes, reps: int) -> str:
-    """:func:`measure_echo` of a numpy array as large as ``payload``: it may come back read-only
-    (a view of shared memory), as the function may receive it; its contents are checked."""
+    """:func:`measure_echo` of a numpy ``uint8`` array holding ``payload``; it may come back
+    read-only (a view of shared memory), as the function may receive it."""
     import numpy
 
     array = numpy.frombuffer(payload, dtype=numpy.uint8).copy()
-    if not numpy.array_equal(echo(array[: 1024 * 1024]), array[: 1024 * 1024]):  # warm
-        raise AssertionError("echo returned another array")
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        result = echo(array)
-        elapsed = time.perf_counter() - start
-        if type(result) is not numpy.ndarray or not numpy.array_equal(result, array):
-            raise AssertionError(f"echo returned a different {type(result).__name__}")
-        del result
-        best = min(best, elapsed)
-    return f"{array.nbytes / 1e6 / best:,.0f}"
+    return measure_echo(echo, array, reps, numpy.array_equal)
 
 
 def run_stack(key: str, stack: Any, params: Params, payload: bytes, cells: dict) -> None:
