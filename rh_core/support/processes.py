@@ -4,6 +4,7 @@ one way rh starts a process that must outlive its starter (:func:`launch`) and s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -272,13 +273,15 @@ def start_early(command: Callable[[int], list[str]], run: Callable[[], object], 
             run()
             code = 0
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
         except Exception:  # whatever stops the worker is reported in the server log, and the fork ends
             traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            os._exit(code)
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            finally:
+                os._exit(code)  # never back into the code that forked it: that would be a second server
     theirs.close()
     _started_early.append(StartedEarly(pid, ours, argv, dict(env), child_fd))
 
@@ -297,8 +300,7 @@ def stop_started_early() -> None:
     while _started_early:
         early = _started_early.pop()
         early.ours.close()
-        try:
-            os.killpg(early.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        os.kill(early.pid, signal.SIGKILL)  # it, even before it has made its own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(early.pid, signal.SIGKILL)  # and whatever it started
         early._reap()
