@@ -1,4 +1,4 @@
-"""The launcher and the stop helper of rh_core.support.processes, with real child processes."""
+"""The launcher, the stop helper and the early forks of rh_core.support.processes, with real child processes."""
 
 from __future__ import annotations
 
