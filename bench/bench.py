@@ -24,6 +24,7 @@ import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -51,6 +52,7 @@ RUN_ORDER = ("zmq", "relay", "process", "byo", "ray", "rawray")  # cheapest firs
 NA = "n/a"
 FAILED = "failed"
 COLD_TIMEOUT = 300.0
+COLD_REPS = 3  # cold starts counted (their median), after one that writes the bytecode cache
 COLD_DIRS = {"process": "cp", "ray": "cr", "rawray": "cR", "zmq": "cz"}  # short: see run_dir
 
 
@@ -295,20 +297,34 @@ def measure_map(map_fn: Callable | None, n: int) -> str:
     return f"{n / elapsed:,.0f}"
 
 
-def measure_echo(echo: Callable, payload: bytes, reps: int) -> str:
+def measure_echo(echo: Callable, payload: Any, reps: int, same: Callable[[Any, Any], bool] | None = None) -> str:
+    """MB/s of the best of ``reps`` round trips of ``payload`` (``bytes``, or anything ``same``
+    compares: what comes back must be the same type, and ``same`` as what went)."""
+    def equal(result: Any, sent: Any) -> bool:
+        return type(result) is type(sent) and (same(result, sent) if same else result == sent)
+
     small = payload[: 1024 * 1024]
-    if echo(small) != small:  # warm: function loaded, buffers allocated once
+    if not equal(echo(small), small):  # warm: function loaded, buffers allocated once
         raise AssertionError("echo returned something else")
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         result = echo(payload)
         elapsed = time.perf_counter() - start
-        if type(result) is not bytes or result != payload:
+        if not equal(result, payload):
             raise AssertionError(f"echo returned a different {type(result).__name__}")
         del result
         best = min(best, elapsed)
-    return f"{len(payload) / 1e6 / best:,.0f}"
+    return f"{len(memoryview(payload)) / 1e6 / best:,.0f}"
+
+
+def measure_array_echo(echo: Callable, payload: bytes, reps: int) -> str:
+    """:func:`measure_echo` of a numpy ``uint8`` array holding ``payload``; it may come back
+    read-only (a view of shared memory), as the function may receive it."""
+    import numpy
+
+    array = numpy.frombuffer(payload, dtype=numpy.uint8).copy()
+    return measure_echo(echo, array, reps, numpy.array_equal)
 
 
 def run_stack(key: str, stack: Any, params: Params, payload: bytes, cells: dict) -> None:
@@ -318,7 +334,7 @@ def run_stack(key: str, stack: Any, params: Params, payload: bytes, cells: dict)
         stack.start()
     except Exception:
         log(f"{key}: could not start:\n{traceback.format_exc()}")
-        for row in ("seq", "threads", "map", "echo"):
+        for row in ("seq", "threads", "map", "echo", "echo_numpy"):
             cells[row][key] = FAILED
         stack_stop(key, stack)
         return
@@ -329,6 +345,7 @@ def run_stack(key: str, stack: Any, params: Params, payload: bytes, cells: dict)
             ("threads", lambda: measure_threads(stack.call, params.thread_calls, params.threads)),
             ("map", lambda: measure_map(stack.map, params.map_n)),
             ("echo", lambda: measure_echo(stack.echo, payload, params.echo_reps)),
+            ("echo_numpy", lambda: measure_array_echo(stack.echo, payload, params.echo_reps)),
         )
         for row, measure in metrics:
             t = time.perf_counter()
@@ -350,23 +367,38 @@ def stack_stop(key: str, stack: Any) -> None:
         log(f"{key}: stop failed:\n{traceback.format_exc()}")
 
 
-def measure_cold(key: str, state_dir: str) -> str:
-    """Spawn ``cold.py`` and time spawn -> first result (wall clock), imports and server start included."""
+def measure_cold(key: str, state_dir: str, reps: int = COLD_REPS) -> str:
+    """The median of ``reps`` cold starts (:func:`cold_start`, each with a new state dir), after one
+    that is not counted: it writes the bytecode cache (under the run dir, whatever
+    PYTHONDONTWRITEBYTECODE says), as installing a package does, so that no run compiles sources."""
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": os.path.join(os.path.dirname(state_dir), "pycache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    times = []
+    for rep in range(reps + 1):
+        elapsed = cold_start(key, f"{state_dir}{rep}", env)
+        if elapsed is None:
+            return FAILED
+        times.append(elapsed)
+    return f"{statistics.median(times[1:]) * 1000:,.0f}"
+
+
+def cold_start(key: str, state_dir: str, env: dict[str, str]) -> float | None:
+    """Spawn ``cold.py`` and time spawn -> first result (wall clock, s), imports and server start included."""
     command = [sys.executable, os.path.join(BENCH, "cold.py"), key, state_dir]
     spawned = time.time()
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=COLD_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired:
         log(f"cold {key}: no result within {COLD_TIMEOUT:.0f} s")
-        return FAILED
+        return None
     finally:
         stop_leftover_server(state_dir)
     if done.returncode != 0:
         log(f"cold {key}: exit code {done.returncode}:\n{done.stderr[-3000:]}")
-        return FAILED
+        return None
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return f"{(report['first'] - spawned) * 1000:,.0f}"
+    return report["first"] - spawned
 
 
 def stop_leftover_server(state_dir: str) -> None:
@@ -582,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
 
     cells: dict[str, dict[str, str]] = {row: {} for row in (
-        "seq", "threads", "map", "echo", "cold", "import", "help", "byo_fresh", "byo_to", "byo_reconnect")}
+        "seq", "threads", "map", "echo", "echo_numpy", "cold", "import", "help", "byo_fresh", "byo_to", "byo_reconnect")}
     try:
         payload = bytes(range(256)) * (params.echo_bytes // 256)
         for key in RUN_ORDER:
@@ -648,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
          cells["map"]),
         (f"{mib} MiB `bytes` echo, MB/s ({params.echo_bytes / 1e6:.1f} MB / round trip, best of {params.echo_reps})",
          cells["echo"]),
-        ("cold start to first `add(1, 2)` result, ms (fresh process and state dir: imports, server/Ray start, call)",
+        (f"{mib} MiB numpy array (`uint8`) echo, MB/s (best of {params.echo_reps}; it may come back read-only)",
+         cells["echo_numpy"]),
+        ((f"cold start to first `add(1, 2)` result, ms (fresh process and state dir: imports, server/Ray start, "
+          f"call; median of {COLD_REPS}, bytecode cached)"),
          cells["cold"]),
         (f"`import rh_core`, ms (fresh process, best of {params.startup_reps}; plugins installed: {plugins})",
          cells["import"]),

@@ -195,6 +195,24 @@ def test_import_rh_core_imports_no_plugin_dependencies():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_a_first_call_on_the_local_cluster_imports_no_plugin_dependencies(tmp_path):
+    # Every installed plugin hears of the new connection (rh_cluster_ready); none may pay for its
+    # own heavy imports (paramiko alone is about 0.2 s of the cold start) for a cluster not its own.
+    script = textwrap.dedent(f"""
+        import operator, sys
+        import rh_core as rh
+        cluster = rh.LocalCluster(state_dir={str(tmp_path / "state")!r}, executor_options={{"num_workers": 1}})
+        try:
+            assert rh.function(operator.add).to(cluster)(1, 2) == 3
+            assert rh.default_host().distribution_of("byo_ssh") == "rh-byo-ssh"  # the plugins did load
+        finally:
+            cluster.stop_server()
+        print(sorted(m for m in ("ray", "sky", "paramiko", "google", "click") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 def test_patching_the_cluster_factory_replaces_it_and_undoing_restores_it():
     # Users' own tests patch the API this way; rh_core.cluster is also the old name of a module.
     import subprocess

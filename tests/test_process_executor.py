@@ -179,8 +179,9 @@ def test_workers_that_cannot_start_fail_the_calls_waiting_for_them_naming_the_ti
     import rh_core as rh
     from rh_core.testing import functions as fns
 
-    # The server's environment reaches its workers: a sitecustomize that stalls worker processes
-    # (and only them) keeps every worker from ever reporting ready.
+    # The server's environment reaches the workers it starts: a sitecustomize that stalls worker
+    # processes (and only them) keeps each from ever reporting ready. The first worker, forked from
+    # the server as it starts, runs no sitecustomize of its own: once it has gone, none starts.
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
@@ -189,8 +190,40 @@ def test_workers_that_cannot_start_fail_the_calls_waiting_for_them_naming_the_ti
     cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"),
                               executor_options={"num_workers": 1, "start_timeout": 1})
     try:
+        with pytest.raises(rh.WorkerDiedError, match="exit code 3"):
+            rh.function(fns.exit_hard).to(cluster)(3)
         with pytest.raises(rh.WorkerDiedError, match=r"did not report ready within 1 s.*start_timeout"):
             rh.function(fns.quiet_add).to(cluster)(1, 2)
+    finally:
+        cluster.stop_server()
+
+
+def test_the_first_workers_are_forks_of_the_server_that_look_started_afresh(tmp_path):
+    # The default workers are forked as the server starts (no interpreter and imports of their
+    # own to wait for on a cold start); a worker started later, to replace one, is a new process
+    # running `python -m rh_core.worker`. A function cannot tell the two apart.
+    import rh_core as rh
+    from rh_core.testing import functions as fns
+
+    cluster = rh.LocalCluster(state_dir=str(tmp_path / "state"), executor_options={"num_workers": 1})
+    try:
+        how_started = rh.function(fns.how_started).to(cluster)
+        forked = how_started()
+        server_pid = cluster.status()["pid"]
+        with open(f"/proc/{forked['pid']}/cmdline", "rb") as file:
+            assert b"rh_core.server" in file.read()  # a fork: the server's command line, not its own
+        with pytest.raises(rh.WorkerDiedError):
+            rh.function(fns.exit_hard).to(cluster)(3)
+        fresh = how_started()
+        with open(f"/proc/{fresh['pid']}/cmdline", "rb") as file:
+            assert b"rh_core.worker" in file.read()
+        assert fresh["pid"] != forked["pid"]
+        same = {"pid": None, "argv": None}  # argv[0] is the number of each worker's link descriptor
+        assert {**forked, **same} == {**fresh, **same}
+        assert forked["argv"][1:] == [f"ipc://{tmp_path / 'state'}/logs.sock"]
+        assert forked["main"] == "rh_core.worker.__main__" and forked["session_leader"]
+        assert forked["stdin"] == "/dev/null"
+        assert server_pid not in (forked["pid"], fresh["pid"])
     finally:
         cluster.stop_server()
 

@@ -1,4 +1,4 @@
-"""The launcher and the stop helper of rh_core.support.processes, with real child processes."""
+"""The launcher, the stop helper and the early forks of rh_core.support.processes, with real child processes."""
 
 from __future__ import annotations
 
@@ -125,3 +125,56 @@ def test_a_group_stop_ends_what_the_process_started_even_when_it_ended_itself(tm
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(grandchild)  # ... but its group got one once the leader had ended
+
+
+# A process forked by start_early reports what it became over its socket, then exits with a code;
+# the program then takes over the ones it wants and stops the rest. Run in a child interpreter: a
+# fork of pytest itself (with whatever threads earlier tests left) would prove nothing.
+START_EARLY = r"""
+import asyncio, json, os, socket, sys
+from rh_core.support.processes import start_early, stop_started_early, take_started_early
+
+def report():
+    fd = int(sys.argv[1])
+    with socket.socket(fileno=fd) as link:
+        link.sendall(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "mark": os.environ.get("MARK"),
+                                 "leader": os.getsid(0) == os.getpid(),
+                                 "stdin": os.path.realpath("/proc/self/fd/0")}).encode())
+    sys.exit(int(os.environ["MARK"]))
+
+def fail():
+    raise RuntimeError("the start failed")
+
+start_early(lambda fd: [sys.executable, "-m", "some.module", str(fd)], report, env={"MARK": "3"}, cwd=sys.argv[1])
+start_early(lambda fd: ["python", str(fd)], fail, env={"MARK": "4"}, cwd=sys.argv[1])
+start_early(lambda fd: ["python", str(fd)], report, env={"MARK": "5"}, cwd=sys.argv[1])
+wanted = take_started_early(lambda early: early.env["MARK"] == "3")
+failing = take_started_early(lambda early: early.env["MARK"] == "4")
+assert take_started_early(lambda early: early.env["MARK"] == "9") is None
+left = take_started_early(lambda early: early.env["MARK"] == "5")
+start_early(lambda fd: ["python", str(fd)], lambda: __import__("time").sleep(60), env={"MARK": "6"}, cwd="/")
+import rh_core.support.processes as processes
+sleeper = processes._started_early[-1].pid
+stop_started_early()  # the one nobody took: killed and reaped
+try:
+    os.kill(sleeper, 0)
+    raise AssertionError("a process nobody took was left running (or unreaped)")
+except ProcessLookupError:
+    pass
+told = json.loads(wanted.ours.makefile("rb").read())
+print(json.dumps({"told": told, "fd": wanted.child_fd, "codes": [asyncio.run(p.wait()) for p in (wanted, failing, left)]}))
+"""
+
+
+def test_start_early_forks_what_a_command_would_start_and_hands_it_over(tmp_path):
+    import json
+
+    done = subprocess.run([sys.executable, "-c", START_EARLY, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    told = result["told"]
+    assert told["argv"] == [sys.executable, str(result["fd"])]  # as `python -m some.module FD` would see it
+    assert told["cwd"] == str(tmp_path) and told["mark"] == "3" and told["leader"] and told["stdin"] == "/dev/null"
+    assert result["codes"] == [3, 1, 5]  # sys.exit's code; an error's 1, with its traceback:
+    assert "RuntimeError: the start failed" in done.stderr

@@ -1,10 +1,11 @@
 """The built-in ``process`` executor: pools of worker processes on the cluster's head machine.
 
 Each environment has its own pool, started when its first task arrives (the default environment's
-at server start), whose workers run that environment's interpreter. Tasks with secrets (``Task.variables``)
-get pools of their own, one per environment and set of variable names, so a worker that ever held
-a secret's values runs only tasks that are given the same variables. Each worker runs one task at a
-time (see :mod:`rh_core.worker.process`); tasks wait in arrival order for a free worker of their pool.
+at server start, with workers forked from the server: see :mod:`rh_core.server.__main__`), whose
+workers run that environment's interpreter. Tasks with secrets (``Task.variables``) get pools of
+their own, one per environment and set of variable names, so a worker that ever held a secret's
+values runs only tasks that are given the same variables. Each worker runs one task at a time
+(see :mod:`rh_core.worker.process`); tasks wait in arrival order for a free worker of their pool.
 After an install into an environment, its workers are replaced as they become idle, so new calls
 see the new packages. A worker that dies mid-call fails that call with :class:`WorkerDiedError` and is
 replaced; a call whose future is cancelled (its timeout expired) has its worker killed and replaced.
@@ -32,7 +33,7 @@ from rh_core.errors import WorkerDiedError
 from rh_core.wire.link import Link, as_frame, bound_stalls
 from rh_core.wire.messages import done_from_link, task_to_link
 from rh_core.plugin.interfaces import Environment, InstanceSpec, Outcome, ServerContext, Task
-from rh_core.support.processes import stop_process
+from rh_core.support.processes import StartedEarly, stop_process, stop_started_early, take_started_early
 
 START_TIMEOUT = 60.0  # how long a new worker may take to report ready (imports on a busy machine)
 START_FAILURES = 3  # workers in a row that die before ready: the environment cannot start them
@@ -81,15 +82,19 @@ class _Pool:
         return label + (f" (with secret variables {', '.join(self.key[1])})" if self.key[1] else "")
 
 
+def worker_command(env: Environment, link_fd: int, log_endpoint: str, *arguments: str) -> list[str]:
+    """How a worker process (``python -m rh_core.worker``, see there for ``arguments``) of ``env`` starts."""
+    return [env.python, "-m", "rh_core.worker", str(link_fd), log_endpoint, *arguments]
+
+
 async def spawn_worker(env: Environment, log_endpoint: str,
                        *arguments: str) -> tuple[asyncio.subprocess.Process, Link]:
-    """Start a worker process (``python -m rh_core.worker``, see there for ``arguments``) of ``env``'s
-    interpreter, and return it with the server's end of its link."""
+    """Start a worker process of ``env``'s interpreter, and return it with the server's end of its link."""
     ours, theirs = socket.socketpair()
     bound_stalls(ours)  # a worker whose message stops half-way (it hangs, or wrote a broken one)
     try:
         process = await asyncio.create_subprocess_exec(
-            env.python, "-m", "rh_core.worker", str(theirs.fileno()), log_endpoint, *arguments,
+            *worker_command(env, theirs.fileno(), log_endpoint, *arguments),
             stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **env.variables}, pass_fds=(theirs.fileno(),),
             start_new_session=True,  # a process group of its own: killing it ends what its call started too
         )
@@ -99,6 +104,19 @@ async def spawn_worker(env: Environment, log_endpoint: str,
     finally:
         theirs.close()
     return process, Link(ours.detach())
+
+
+def take_early_worker(env: Environment, log_endpoint: str) -> tuple[StartedEarly, Link] | None:
+    """A worker of ``env`` that ``python -m rh_core.server`` started before the server was ready to
+    (see :mod:`rh_core.server.__main__`), with the server's end of its link; None when none is left
+    that runs exactly what :func:`spawn_worker` would."""
+    variables = {**os.environ, **env.variables}
+    early = take_started_early(
+        lambda early: early.command == worker_command(env, early.child_fd, log_endpoint) and early.env == variables)
+    if early is None:
+        return None
+    bound_stalls(early.ours)
+    return early, Link(early.ours.detach())
 
 
 def kill_group(process: asyncio.subprocess.Process) -> None:
@@ -144,6 +162,7 @@ class ProcessExecutor:
         self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
         self._instances = InstanceProcesses(context, self.start_timeout)
         self._pool((None, ()))
+        stop_started_early()  # workers started early that it did not take: not what it runs
 
     def start_instance(self, task: Task, instance: InstanceSpec) -> asyncio.Future[Outcome]:
         """A remote instance runs in a worker process of its own (see :mod:`rh_core.builtin.process_instances`)."""
@@ -158,7 +177,7 @@ class ProcessExecutor:
         if pool is None:
             pool = self._pools[key] = _Pool(key, self._context.environment(key[0]), self.num_workers)
             for _ in range(pool.size):
-                self._spawn(pool)
+                self._spawn(pool, take_early_worker(pool.env, self._context.log_endpoint))
         return pool
 
     def _check_started(self, worker: _Worker) -> None:
@@ -167,15 +186,16 @@ class ProcessExecutor:
             worker.start_timed_out = True
             worker.kill()
 
-    def _spawn(self, pool: _Pool) -> None:
+    def _spawn(self, pool: _Pool, started: tuple[StartedEarly, Link] | None = None) -> None:
+        """Start a worker for ``pool`` (or take over one ``started`` already) and watch it until it ends."""
         worker_id = f"{os.getpid()}-w{next(self._ids)}"  # unique across server restarts
-        watcher = asyncio.ensure_future(self._start_and_watch(pool, worker_id))
+        watcher = asyncio.ensure_future(self._start_and_watch(pool, worker_id, started))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
 
-    async def _start_and_watch(self, pool: _Pool, worker_id: str) -> None:
+    async def _start_and_watch(self, pool: _Pool, worker_id: str, started: tuple[StartedEarly, Link] | None) -> None:
         try:
-            process, link = await spawn_worker(pool.env, self._context.log_endpoint)
+            process, link = started or await spawn_worker(pool.env, self._context.log_endpoint)
         except OSError as exc:
             self._pool_failed(pool, WorkerDiedError(f"could not start a worker in {pool.label}: {exc}"))
             return

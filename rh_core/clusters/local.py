@@ -121,13 +121,15 @@ class LocalCluster(Cluster):
         for key, value in self.executor_options.items():
             command += ["-o", f"{key}={json.dumps(value)}"]
         child = launch(command, self.log_file, private_log=True)
+        # Load the plugins while the server starts: the connection needs them next (rh_cluster_ready).
+        self.host  # noqa: B018
 
         def its_state(child: Any) -> dict[str, Any] | None:
             state = self.read_state()
             return state if state is not None and state.get("pid") == child.pid else None
 
         try:
-            state = wait_ready(child, its_state, timeout=SERVER_START_TIMEOUT, log_path=self.log_file, interval=0.02)
+            state = wait_ready(child, its_state, timeout=SERVER_START_TIMEOUT, log_path=self.log_file, interval=0.005)
         except LaunchError as exc:
             if exc.exited:
                 raise ServerStartError(

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hmac
 import json
 import os
-import resource
 import secrets
 import signal
 import sys
@@ -76,7 +74,7 @@ from rh_core.support.files import (
     read_private,
     write_atomically,
 )
-from rh_core.support.processes import process_start_time
+from rh_core.support.processes import process_start_time, raise_open_files_limit
 from rh_core.wire import serialize, shm
 from rh_core.wire.channel import Channel
 from rh_core.wire.frames import SECRET_FILE, join_frames
@@ -779,10 +777,7 @@ def main(argv: list[str] | None = None) -> None:
     # working directory deleted meanwhile would fail every pip or git run it makes.
     os.chdir(args.state_dir)
     keep_freed_memory()
-    # Each thread of each local client holds a connection, so allow as many as the system lets us.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # a hard limit the system will not grant as soft
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()  # each thread of each local client holds a connection
     executor = default_host().executor(args.executor)(**parse_options(args.option))  # the one host of this process
     expose = None
     if args.expose:

@@ -4,8 +4,11 @@ one way rh starts a process that must outlive its starter (:func:`launch`) and s
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -179,3 +182,125 @@ def stop_process(process: int | subprocess.Popen, *, grace: float = 10.0, group:
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(interval)
     return killed
+
+
+def raise_open_files_limit() -> None:
+    """Allow this process (and the processes it starts) as many open files as the system lets it:
+    a server holds a connection per thread of each local client."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit the system will not grant as soft
+        pass
+
+
+class StartedEarly:
+    """A worker process forked during a server's start-up, with the server's end of the socket pair
+    it shares with it: see :func:`start_early`. Shaped as :class:`asyncio.subprocess.Process` where
+    an executor uses one (``pid``, ``returncode``, ``await wait()``)."""
+
+    def __init__(self, pid: int, ours: socket.socket, command: list[str], env: dict[str, str], child_fd: int):
+        self.pid, self.ours, self.command, self.env, self.child_fd = pid, ours, command, env, child_fd
+        self.returncode: int | None = None  # set once it has ended and been reaped
+
+    def _reap(self, flags: int = 0) -> bool:
+        pid, status = os.waitpid(self.pid, flags)
+        if pid == 0:
+            return False
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return True
+
+    async def wait(self) -> int:
+        """Wait, without blocking the running event loop, until the process ends; reap it."""
+        import asyncio
+
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            exit_fd = os.pidfd_open(self.pid)  # readable once the process has ended (Linux 5.3+)
+        except (AttributeError, OSError):
+            while not self._reap(os.WNOHANG):
+                await asyncio.sleep(0.1)
+            return self.returncode
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        loop.add_reader(exit_fd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(exit_fd)
+            os.close(exit_fd)
+        self._reap()
+        return self.returncode
+
+
+_started_early: list[StartedEarly] = []
+
+
+def start_early(command: Callable[[int], list[str]], run: Callable[[], object], *, env: Mapping[str, str],
+                cwd: str) -> None:
+    """Fork a process that becomes what ``command(fd)`` would start, ``fd`` being its end of a new
+    socket pair, without paying for a new interpreter and its imports: it calls ``run()`` with
+    ``sys.argv`` set from the command, in a session of its own, in ``cwd``, with ``env`` as its
+    environment and stdin from /dev/null, then exits. For a server's start-up, before it has
+    threads or an event loop (which a fork does not take along): an executor takes these over
+    later (:func:`take_started_early`), if they are what it would have started itself."""
+    import sys
+    import traceback
+
+    ours, theirs = socket.socketpair()
+    child_fd = theirs.fileno()
+    argv = command(child_fd)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or the child would write what is buffered again
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            for early in _started_early:
+                early.ours.close()
+            ours.close()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            if argv[1:2] == ["-m"] and sys.path[:1] == [os.getcwd()]:
+                sys.path[0] = cwd  # what ``python -m`` puts first: the directory it starts in
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(env)
+            sys.argv = [argv[0], *argv[3:]] if argv[1:2] == ["-m"] else list(argv)
+            run()
+            code = 0
+        except SystemExit as exc:
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # whatever stops the worker is reported in the server log, and the fork ends
+            traceback.print_exc()
+        finally:
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            finally:
+                os._exit(code)  # never back into the code that forked it: that would be a second server
+    theirs.close()
+    _started_early.append(StartedEarly(pid, ours, argv, dict(env), child_fd))
+
+
+def take_started_early(wanted: Callable[[StartedEarly], bool]) -> StartedEarly | None:
+    """One process :func:`start_early` started for which ``wanted`` is true; it is the caller's from then on."""
+    for early in _started_early:
+        if wanted(early):
+            _started_early.remove(early)
+            return early
+    return None
+
+
+def stop_started_early() -> None:
+    """Kill (and reap) what :func:`start_early` started and nobody took: it was not what was needed."""
+    while _started_early:
+        early = _started_early.pop()
+        early.ours.close()
+        os.kill(early.pid, signal.SIGKILL)  # it, even before it has made its own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(early.pid, signal.SIGKILL)  # and whatever it started
+        early._reap()

@@ -25,6 +25,15 @@ def whoami():
     return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
+def how_started():
+    """What a worker process's start made of it: what a worker forked from the server must match."""
+    import sys
+
+    return {"pid": os.getpid(), "argv": sys.argv[1:], "main": sys.modules["__main__"].__spec__.name,
+            "cwd": os.getcwd(), "path0": sys.path[0], "PATH": os.environ["PATH"].split(os.pathsep)[0],
+            "session_leader": os.getsid(0) == os.getpid(), "stdin": os.path.realpath("/proc/self/fd/0")}
+
+
 def shout(text):
     print(f"out: {text}", flush=True)
     logging.getLogger("rh-test").warning("log: %s", text)

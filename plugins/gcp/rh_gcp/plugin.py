@@ -23,6 +23,8 @@ def rh_register_commands(cli: Any) -> None:
 
 @hookimpl
 def rh_cluster_ready(cluster: Any, info: dict[str, Any]) -> None:
+    if getattr(cluster, "provisioned_by", None) is None:
+        return  # not a provisioned cluster (rh.here): nothing to watch, and nothing to import for it
     from rh_gcp.autostop import is_gcp_cluster, start_idle_watcher
 
     if is_gcp_cluster(cluster):

@@ -35,6 +35,8 @@ def rh_register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def rh_cluster_ready(cluster: Any, info: dict[str, Any]) -> None:
+    if getattr(cluster, "provisioned_by", None) is None:
+        return  # not a provisioned cluster (rh.here): nothing to watch, and nothing to import for it
     from rh_sky.activity import is_sky_cluster, watch_activity
 
     if is_sky_cluster(cluster):
