@@ -50,6 +50,7 @@ from rh_core.bootstrap.wheels import (
     cache_root,
     fetch_uv_wheel,
     resolve_wheelhouse,
+    wheelhouse_with_uv,
 )
 
 if TYPE_CHECKING:
@@ -422,10 +423,9 @@ class RemoteCluster(Cluster):
         root = probe["root"]
         # The executable is kept per uv version: a machine that has it is not sent the wheel again.
         ship_uv = uv is not None and f"uv-{uv.version}" not in probe.get("uv", ())
-        shipped = len(os.listdir(wheelhouse.path)) - 1 + ship_uv
-        with progress.step(logger, "ship wheels", f"{shipped} to {self._where(address)}"):
-            remote_wheels = transport.sync_directory(wheelhouse.path)
-            remote_uv_wheels = transport.sync_directory(uv.path) if ship_uv else ""
+        shipment = wheelhouse_with_uv(wheelhouse, uv) if ship_uv else wheelhouse.path
+        with progress.step(logger, "ship wheels", f"{len(os.listdir(shipment)) - 1} to {self._where(address)}"):
+            remote_wheels = transport.sync_directory(shipment)
         # Another build in a venv of the same Python: our distributions are replaced even where
         # their version is the same; dependencies already there stay.
         same_venv = (probe["executable"].startswith(f"{root}/venv/") and probe["python"] == version
@@ -437,7 +437,7 @@ class RemoteCluster(Cluster):
             if ship_uv:
                 unpack = scripts.source("unpack_uv.py")
                 install = (f"{shlex.quote(interpreter)} -c {shlex.quote(unpack)} "
-                           f"{shlex.quote(f'{remote_uv_wheels}/{uv.file}')} {shlex.quote(uv.member)} "
+                           f"{shlex.quote(f'{remote_wheels}/{uv.file}')} {shlex.quote(uv.member)} "
                            f"{shlex.quote(f'{root}/bin/uv-{uv.version}')} && {install}")
         installer = "pip" if uv is None else f"uv {uv.version}"
         venv = shlex.quote(f"{root}/venv")
