@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from rh_core.errors import RhError
-from rh_core.bootstrap.wheels import Platform, WheelhouseError, resolve_wheelhouse
+from rh_core.bootstrap import scripts
+from rh_core.bootstrap.wheels import Platform, WheelhouseError, fetch_uv_wheel, resolve_wheelhouse, uv_version
 
 GLIBC_2_31_X86 = Platform(system="Linux", machine="x86_64", libc="glibc", libc_version="2.31", python="3.10")
 AARCH64 = Platform(system="Linux", machine="aarch64", libc="glibc", libc_version="2.35", python="3.12")
@@ -81,3 +82,35 @@ def test_wheels_of_this_clients_platform_do_not_install_on_an_older_glibc(tmp_pa
                     str(tmp_path), "cryptography"], check=True)
     older = Platform(system="Linux", machine=this.machine, libc="glibc", libc_version="2.27", python=this.python)
     assert _pip_installs(str(tmp_path), older, "cryptography").returncode != 0
+
+
+@pytest.mark.slow
+def test_uvs_wheel_for_the_cluster_machine_is_fetched_once_and_its_executable_runs_once_unpacked(tmp_path):
+    """The wheel fits the machine's architecture and C library; unpacked with the standard library
+    (as the cluster machine does, by the script it is sent), the executable is the client's uv."""
+    cache = tmp_path / "cache"
+    here = Platform.here()
+    if here.system != "Linux" or here.machine not in ("x86_64", "aarch64"):
+        pytest.skip("uv's wheels are fetched for x86_64 and aarch64 Linux clusters; this test runs one here")
+    wheel = fetch_uv_wheel(here, str(cache))
+    assert wheel.version == uv_version() and wheel.file.startswith(f"uv-{wheel.version}-") and here.machine in wheel.file
+    assert fetch_uv_wheel(here, str(cache)) == wheel  # kept: not downloaded again
+    arm = fetch_uv_wheel(Platform(system="Linux", machine="aarch64", libc="musl", libc_version="1.2", python="3.12"),
+                         str(cache))
+    assert "aarch64" in arm.file and "musllinux" in arm.file and arm.path != wheel.path
+    target = tmp_path / "remote" / "bin" / f"uv-{wheel.version}"
+    done = subprocess.run([sys.executable, "-c", scripts.source("unpack_uv.py"), os.path.join(wheel.path, wheel.file),
+                           wheel.member, str(target)], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(target.parent) == [target.name]  # no partial file left beside it
+    said = subprocess.run([str(target), "--version"], check=True, capture_output=True, text=True)
+    assert said.stdout.split()[:2] == ["uv", wheel.version]
+
+
+def test_a_machine_without_a_uv_wheel_is_refused_with_the_reason_and_not_asked_again(tmp_path, monkeypatch):
+    odd = Platform(system="Linux", machine="mips64", libc="glibc", libc_version="2.31", python="3.11")
+    with pytest.raises(WheelhouseError, match=r"uv==.* for Linux mips64, glibc 2\.31"):
+        fetch_uv_wheel(odd, str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", None)  # a second download attempt would fail differently
+    with pytest.raises(WheelhouseError, match="mips64"):
+        fetch_uv_wheel(odd, str(tmp_path))

@@ -43,9 +43,14 @@ from rh_core.bootstrap.wheels import (
     MIN_CLUSTER_PYTHON,
     OwnWheels,
     Platform,
+    UvWheel,
+    Wheelhouse,
+    WheelhouseError,
     build_own_wheels,
     cache_root,
+    fetch_uv_wheel,
     resolve_wheelhouse,
+    wheelhouse_with_uv,
 )
 
 if TYPE_CHECKING:
@@ -400,7 +405,8 @@ class RemoteCluster(Cluster):
 
     def _ensure_venv(self, transport, address: str, probe: dict[str, Any], build_id: str) -> None:
         """Install the client's build ``build_id`` into ``<remote_dir>/venv`` on ``address`` unless
-        it is there, from wheels resolved here for the machine's platform (see :meth:`_probe`)."""
+        it is there, from wheels resolved here for the machine's platform (see :meth:`_probe`), with
+        uv where the machine can have it (:func:`fetch_uv_wheel`), else with pip."""
         if probe["venv_build"] == build_id:
             return
         if probe["chosen"] is None:
@@ -409,25 +415,35 @@ class RemoteCluster(Cluster):
         target = Platform.from_probe({**probe, "python": version})
         with progress.step(logger, "wheels", f"for {target.describe()}"):
             wheelhouse = resolve_wheelhouse(self._distributions(), target, cache_root())
-        venv = shlex.quote(f"{probe['root']}/venv")
-        with progress.step(logger, "ship wheels", f"{len(os.listdir(wheelhouse.path)) - 1} to {self._where(address)}"):
-            remote_wheels = transport.sync_directory(wheelhouse.path)
-        requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
-        # --no-compile: bytecode is written on first import instead, which halves the install (BENCHMARKS.md).
-        install_from_wheels = f"install --quiet --no-compile --no-index --find-links {shlex.quote(remote_wheels)}"
-        in_venv = probe["executable"].startswith(f"{probe['root']}/venv/")
-        if in_venv and probe["python"] == version and probe["venv_build"] is not None:
-            # Another build in a venv of the same Python: our distributions are replaced even where
-            # their version is the same; dependencies already there stay.
-            pip = f"{venv}/bin/python -m pip {install_from_wheels}"
-            install = f"{pip} --force-reinstall --no-deps {requirements} && {pip} {requirements}"
-        else:  # no venv yet, a half-made one, or one of another Python: one pip run into a new one
-            pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
-            install = (f"{shlex.quote(interpreter)} -m venv --clear --without-pip {venv} && "
-                       f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
-        with progress.step(logger, "install", f"rh_core into {probe['root']}/venv (Python {version})"):
+            try:
+                uv: UvWheel | None = fetch_uv_wheel(target, cache_root())
+            except WheelhouseError as exc:
+                uv = None
+                logger.info("no uv for %s, so pip installs there (slower): %s", self._where(address), exc)
+        root = probe["root"]
+        # The executable is kept per uv version: a machine that has it is not sent the wheel again.
+        ship_uv = uv is not None and f"uv-{uv.version}" not in probe.get("uv", ())
+        shipment = wheelhouse_with_uv(wheelhouse, uv) if ship_uv else wheelhouse.path
+        with progress.step(logger, "ship wheels", f"{len(os.listdir(shipment)) - 1} to {self._where(address)}"):
+            remote_wheels = transport.sync_directory(shipment)
+        # Another build in a venv of the same Python: our distributions are replaced even where
+        # their version is the same; dependencies already there stay.
+        same_venv = (probe["executable"].startswith(f"{root}/venv/") and probe["python"] == version
+                     and probe["venv_build"] is not None)
+        if uv is None:
+            install = _pip_install_command(wheelhouse, remote_wheels, root, interpreter, same_venv=same_venv)
+        else:
+            install = _uv_install_command(wheelhouse, remote_wheels, root, interpreter, uv, same_venv=same_venv)
+            if ship_uv:
+                unpack = scripts.source("unpack_uv.py")
+                install = (f"{shlex.quote(interpreter)} -c {shlex.quote(unpack)} "
+                           f"{shlex.quote(f'{remote_wheels}/{uv.file}')} {shlex.quote(uv.member)} "
+                           f"{shlex.quote(f'{root}/bin/uv-{uv.version}')} && {install}")
+        installer = "pip" if uv is None else f"uv {uv.version}"
+        venv = shlex.quote(f"{root}/venv")
+        with progress.step(logger, "install", f"rh_core into {root}/venv (Python {version}, {installer})"):
             self._run_checked(transport, f"{install} && echo {build_id} > {venv}/rh-build-id",
-                              f"installing rh_core (wheels for {target.describe()})", address)
+                              f"installing rh_core (wheels for {target.describe()}, {installer})", address)
 
     def _start_or_find_server(self) -> tuple[str, dict[str, Any] | None]:
         with self._bootstrap_lock:
@@ -565,3 +581,43 @@ class RemoteCluster(Cluster):
         self._last_status = ClusterStatus(name=shown, kind=self.provisioner, machines=machines, server=server,
                                           explanation=explanation)
         return self._last_status
+
+
+def _pip_install_command(wheelhouse: Wheelhouse, remote_wheels: str, root: str, interpreter: str, *,
+                         same_venv: bool) -> str:
+    """The shell command that installs ``wheelhouse`` (shipped to ``remote_wheels``) into
+    ``root/venv`` with pip, for a machine that cannot have uv: pip runs straight from its wheel."""
+    venv = shlex.quote(f"{root}/venv")
+    requirements = " ".join(shlex.quote(r) for r in wheelhouse.requirements)
+    # --no-compile: bytecode is written on first import instead, which halves the install (BENCHMARKS.md).
+    install_from_wheels = f"install --quiet --no-compile --no-index --find-links {shlex.quote(remote_wheels)}"
+    if same_venv:
+        pip = f"{venv}/bin/python -m pip {install_from_wheels}"
+        return f"{pip} --force-reinstall --no-deps {requirements} && {pip} {requirements}"
+    # No venv yet, a half-made one, or one of another Python: one pip run into a new one.
+    pip_from_wheel = shlex.quote(f"{remote_wheels}/{wheelhouse.pip_wheel}/pip")
+    return (f"{shlex.quote(interpreter)} -m venv --clear --without-pip {venv} && "
+            f"{venv}/bin/python {pip_from_wheel} {install_from_wheels} pip {requirements}")
+
+
+def _uv_install_command(wheelhouse: Wheelhouse, remote_wheels: str, root: str, interpreter: str, uv: UvWheel, *,
+                        same_venv: bool) -> str:
+    """The shell command that installs ``wheelhouse`` (shipped to ``remote_wheels``) into
+    ``root/venv`` with the uv kept in ``root/bin``.
+
+    uv reads no configuration of the machine's and never reaches for an index or a Python download:
+    everything comes from the shipped wheels. Its cache sits beside the venv (the same file system,
+    so files are hard-linked out of it, and a later build reuses what it unpacked). pip goes into
+    the venv too: users' ``pip install`` in ``cluster.run`` is that venv's. Bytecode is not compiled,
+    as with pip's ``--no-compile``: it is written on first import.
+    """
+    venv = shlex.quote(f"{root}/venv")
+    executable = shlex.quote(f"{root}/bin/uv-{uv.version}")
+    options = f"--quiet --no-config --cache-dir {shlex.quote(f'{root}/uv-cache')}"
+    install = (f"{executable} pip install {options} --offline --no-index --find-links {shlex.quote(remote_wheels)} "
+               f"--python {venv}/bin/python pip {' '.join(shlex.quote(r) for r in wheelhouse.requirements)}")
+    if same_venv:
+        names = (requirement.partition("==")[0] for requirement in wheelhouse.requirements)
+        return install + "".join(f" --reinstall-package {shlex.quote(name)}" for name in names)
+    return (f"{executable} venv {options} --no-project --no-python-downloads --clear "
+            f"--python {shlex.quote(interpreter)} {venv} && {install}")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 import rh_core as rh
+from rh_core.bootstrap.wheels import WheelhouseError, uv_version
+from rh_core.clusters import remote as remote_module
 from rh_core.testing import ExecutorContract, ProvisionerContract
 from rh_core.testing import functions as fns
+from rh_core.testing.sshd import loopback_cluster
 
 
 def ssh_creds(sshd, tmp_path, **extra):
@@ -605,3 +610,57 @@ def test_pip_in_cluster_run_is_the_pip_of_the_environment_functions_run_in(byo_c
     assert code == 0, err
     venv = f"{byo_cluster.remote_dir}/venv"
     assert f"{venv}/lib/" in out and f"{venv}/bin/python" in out
+
+
+def _no_uv_wheel(platform, cache):
+    raise WheelhouseError(f"no uv wheel for {platform.describe()} (this test says so)")
+
+
+def _site_packages(remote_dir) -> Path:
+    (site,) = Path(remote_dir, "venv", "lib").glob("python3.*/site-packages")
+    return site
+
+
+def _installer(site: Path, distribution: str) -> str:
+    (record,) = site.glob(f"{distribution}-*.dist-info")
+    return (record / "INSTALLER").read_text().strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_fresh_host_installs_with_uv_else_pip_and_another_build_replaces_only_our_distributions(
+        installer, sshd, tmp_path, monkeypatch, caplog):
+    """uv when the machine can have it (its executable kept per version in remote_dir/bin), pip where
+    no uv wheel fits, saying so. Either way the venv has pip, and a later build in the same venv
+    reinstalls our distributions while the dependencies stay as they were."""
+    caplog.set_level(logging.INFO, logger="rh_core.clusters.remote")
+    if installer == "pip":
+        monkeypatch.setattr(remote_module, "fetch_uv_wheel", _no_uv_wheel)
+    cluster = loopback_cluster(sshd, tmp_path, name=f"installer-{installer}-{os.getpid()}",
+                               executor_options={"num_workers": 1})
+    try:
+        add = rh.function(fns.quiet_add).to(cluster)
+        assert add(1, 2) == 3
+        site = _site_packages(cluster.remote_dir)
+        assert _installer(site, "rh_core") == _installer(site, "pyzmq") == installer
+        kept_uv = Path(cluster.remote_dir, "bin", f"uv-{uv_version()}")
+        assert kept_uv.exists() == (installer == "uv")
+        assert ("pip installs there" in caplog.text) == (installer == "pip")
+        (code, out, err), = cluster.run(["pip --version"])
+        assert code == 0 and f"{cluster.remote_dir}/venv/lib/" in out, (out, err)
+
+        # Another build: the venv says it holds an older one, and a file of ours has gone from it.
+        zmq_init = site / "zmq" / "__init__.py"
+        zmq_before = zmq_init.stat()
+        build = Path(cluster.remote_dir, "venv", "rh-build-id")
+        current = build.read_text().strip()
+        build.write_text("an-older-build\n")
+        (site / "rh_core" / "errors.py").unlink()
+        cluster.stop_server()
+        assert add(2, 3) == 5
+        assert build.read_text().strip() == current and (site / "rh_core" / "errors.py").exists()
+        assert _installer(site, "rh_core") == installer
+        zmq_after = zmq_init.stat()
+        assert (zmq_after.st_ino, zmq_after.st_mtime_ns) == (zmq_before.st_ino, zmq_before.st_mtime_ns)
+    finally:
+        cluster.down()

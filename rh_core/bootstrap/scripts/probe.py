@@ -1,7 +1,7 @@
 """Run on a cluster machine by the bootstrap, before rh_core is there: its source (after
 ``platform.py``'s) goes with ``python -c`` to the venv's python when there is one, else to the
 host's python3. It prints, in one round trip, what the bootstrap needs to know: the machine's
-platform, the Pythons on its PATH, the venv and the server.
+platform, the Pythons on its PATH, the venv, the uv executables kept there and the server.
 
 argv: ROOT [BUILD PREFER]: when the venv does not hold BUILD, it also finds the interpreter for a
 new venv (Python PREFER when the machine has it). Standard library only, and no syntax newer than
@@ -42,6 +42,14 @@ def running_server(root):
         return None
 
 
+def uv_executables(root):
+    """The uv executables the bootstrap kept in ROOT/bin, one per uv version (``uv-0.13.10``)."""
+    try:
+        return sorted(name for name in os.listdir(root + "/bin") if name.startswith("uv-"))
+    except OSError:
+        return []
+
+
 def choose_python(prefer):
     """The venv's interpreter: Python ``prefer`` when the machine has it (functions sent by value
     need the client's minor version), else python3 when new enough, else the newest 3.10+. Each is
@@ -74,7 +82,7 @@ def main(argv):
     chosen, pythons = choose_python(argv[2]) if wanted else (None, [])
     return dict(rh_platform(), executable=sys.executable, chosen=chosen, pythons=pythons, root=root,
                 server=running_server(root), secret=read(root + "/server/secret"), venv_build=venv_build,
-                rsync=bool(shutil.which("rsync")))
+                rsync=bool(shutil.which("rsync")), uv=uv_executables(root))
 
 
 if __name__ == "__main__":
