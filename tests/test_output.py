@@ -19,17 +19,23 @@ from rh_core import config
 from rh_core.testing import functions as fns
 
 
+def captured_until(capfd, text: str, stream: str, within: float = 2.5) -> str:
+    """What the test's ``stream`` ("out" or "err") received until ``text`` came, or ``within`` seconds passed."""
+    seen = ""
+    deadline = time.monotonic() + within
+    while text not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen += getattr(capfd.readouterr(), stream)
+    return seen
+
+
 def test_a_line_shows_while_the_call_still_runs_and_the_rest_before_its_result(process_cluster, capfd):
     f = rh.function(fns.print_then_wait).to(process_cluster)
     done = threading.Event()
     results = []
     caller = threading.Thread(target=lambda: (results.append(f("first", 3, "second")), done.set()))
     caller.start()
-    seen = ""
-    deadline = time.monotonic() + 2.5
-    while "first" not in seen and time.monotonic() < deadline:
-        time.sleep(0.05)
-        seen += capfd.readouterr().out
+    seen = captured_until(capfd, "first", "out")
     assert re.search(rf"^\({process_cluster.name} print_then_wait-[0-9a-f]{{16}}\) first$", seen, re.M), seen
     assert not done.is_set(), "the first line came only with the result, not while the call ran"
     caller.join(30)
@@ -53,11 +59,7 @@ def test_a_progress_bar_redrawing_its_line_shows_while_the_call_runs(process_clu
     bar = rh.function(fns.progress_bar).to(process_cluster)
     caller = threading.Thread(target=bar, args=(6, 0.5))
     caller.start()
-    seen = ""
-    deadline = time.monotonic() + 2.5
-    while "step 2/6" not in seen and time.monotonic() < deadline:
-        time.sleep(0.05)
-        seen += capfd.readouterr().err
+    seen = captured_until(capfd, "step 2/6", "err")
     assert "step 2/6" in seen and caller.is_alive(), seen  # a redrawn line need not wait for a newline
     caller.join(30)
     seen += capfd.readouterr().err
