@@ -251,6 +251,7 @@ class RunJournal:
         self._dir = runs_dir
         self._path = os.path.join(runs_dir, "journal.log")
         self._file: IO[bytes] | None = None
+        self._size = 0  # the journal's length, records held in the file's buffer included
         self._index: dict[str, list[tuple[str, int, int]]] = {}  # run key -> (path, offset, length) of its records
         self.last_kept: dict[str, float] = {}  # run key -> when its last record was kept (the indexed runs)
 
@@ -258,9 +259,11 @@ class RunJournal:
         if self._file is None:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             self._file = open(self._path, "ab")  # noqa: SIM115 - open while the server runs
+            self._size = os.fstat(self._file.fileno()).st_size
         header = b"%s %d\n" % (run_key.encode(), len(text))
-        offset = self._file.tell() + len(header)
+        offset = self._size + len(header)  # counted here: asking the file would cost a system call per record
         self._file.write(header + text)
+        self._size = offset + len(text)
         self._index.setdefault(run_key, []).append((self._path, offset, len(text)))
         self.last_kept[run_key] = time.time()
         if len(self._index) > JOURNAL_INDEX_MAX:

@@ -3,9 +3,9 @@
 A worker replaces ``sys.stdout`` and ``sys.stderr`` with :class:`CallOutput`, which hands each line
 to :class:`CallOutputs` under the key of the call that wrote it. What a call writes is held, and
 travels with its result (``Outcome.output``): one message, so a function that prints a line per call
-costs little more than a quiet one. Output held for :data:`FLUSH_AFTER` seconds, or more than
-:data:`HOLD_MAX_BYTES` of it, goes live instead, to the server's log endpoint as ``[key, stream,
-text]``; a call that sent anything live ends with an end-of-logs marker ``[key, b"eof", b""]``, so
+costs little more than a quiet one. Output held for :data:`FLUSH_AFTER` seconds (looked at once per
+interval), or more than :data:`HOLD_MAX_BYTES` of it, goes live instead, to the server's log
+endpoint as ``[key, stream, text]``; a call that sent anything live ends with an end-of-logs marker ``[key, b"eof", b""]``, so
 the server delivers every line before the result. A generator's items go the same way, live.
 
 A process the function forks gets none of this: the ZeroMQ socket must not cross a fork, so a
@@ -25,7 +25,7 @@ from typing import Any
 from rh_core.errors import RhError
 from rh_core.wire.messages import OutputLine, eof_frames, item_frames, log_frames
 
-#: How long a call's output may be held before it goes live: a line shows this late at most.
+#: How long a call's output may be held before it goes live: a line shows at most twice this late.
 FLUSH_AFTER = 0.1
 #: How much output a call may hold; beyond it the output goes live at once.
 HOLD_MAX_BYTES = 64 * 1024
@@ -170,21 +170,20 @@ class CallOutputs:
             self._flusher.start()
 
     def _flush_when_due(self) -> None:
-        """The flusher thread: output held :data:`FLUSH_AFTER` seconds goes live."""
+        """The flusher thread: output held :data:`FLUSH_AFTER` seconds goes live. It looks once per
+        interval while some call holds output, and sleeps first: nothing held is due sooner, and
+        most calls end (their output going with the result) before it looks. Woken at once
+        instead, it would cost every short call that prints a thread switch."""
         while True:
             self._holding.wait()
+            time.sleep(FLUSH_AFTER)
             with self._lock:
                 now = time.monotonic()
-                oldest = now
                 for key, held in self._calls.items():
                     if held.lines and held.since + FLUSH_AFTER <= now:
                         self._send_held(key, held)
-                    elif held.lines:
-                        oldest = min(oldest, held.since)
                 if not any(held.lines for held in self._calls.values()):
                     self._holding.clear()
-                    continue
-            time.sleep(max(0.0, oldest + FLUSH_AFTER - time.monotonic()))
 
 
 class CallOutput(io.TextIOBase):
