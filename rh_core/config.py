@@ -100,6 +100,16 @@ class Config:
         return self.get("log_level")
 
     @property
+    def stream_logs(self) -> bool:
+        """Whether calls show their function's output here unless they say otherwise."""
+        return bool(self.get("stream_logs"))
+
+    @property
+    def output_prefix(self) -> bool:
+        """Whether shown output lines are marked with their cluster and run."""
+        return bool(self.get("output_prefix"))
+
+    @property
     def store(self) -> dict[str, Any]:
         """The shared store's settings (``backend`` plus its options); empty when none is configured."""
         return dict(self.values.get("store") or {})

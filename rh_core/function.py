@@ -173,11 +173,7 @@ class Function(Generic[P, R]):
         """A generator's items as the cluster yields them, read on the caller's event loop; leaving
         the loop early (or cancelling the task) cancels the run, as for a plain loop."""
         system, _ = self._placed()
-        refs: list[Ref] = []
-        arguments = serialize.dumps_arguments(args, kwargs, refs)
-        prefix = system.shm_prefix
-        request, function_frames = self._call_request("call", refs, options, stream=True, shm_prefix=prefix)
-        frames = [*function_frames, *self._share(prefix, arguments)]
+        request, frames = self._sendable("call", args, kwargs, options, stream=True)
         connection = await system.async_connection()
         replies = connection.stream(request.OP, request.to_wire(), frames, on_log=self._output_shown(system, request.key))
         try:
@@ -228,13 +224,13 @@ class Function(Generic[P, R]):
         options = dict(self.call_options)
         if "stream_logs" in kwargs and not self._takes_stream_logs:
             options["stream_logs"] = kwargs.pop("stream_logs")
-        if "stream_logs" not in options and not _config().get("stream_logs"):
+        if "stream_logs" not in options and not _config().stream_logs:
             options["stream_logs"] = False
         return options
 
     def _output_shown(self, system: Cluster, run_key: str, item_starts: Sequence[int] = ()) -> CallOutputShown:
         """Where the output of call ``run_key`` goes as it arrives: our own streams, marked as the cluster's."""
-        return CallOutputShown(system.name, run_key, item_starts=item_starts, marked=_marks_output)
+        return CallOutputShown(system.name, run_key, item_starts=item_starts, marked=lambda: _config().output_prefix)
 
     def _placed(self) -> tuple[Cluster, _Shipped]:
         if self.system is None or self._shipped is None:
@@ -273,13 +269,15 @@ class Function(Generic[P, R]):
             return system.send(request, frames, check_after=_check_after(options),
                                on_log=self._output_shown(system, request.key))
 
-    def _sendable(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any]) -> tuple[CallRequest, list]:
-        """The request of one call and the frames that go with it: the function's, then the arguments'."""
+    def _sendable(self, mode: str, args: tuple, kwargs: dict, options: dict[str, Any],
+                  stream: bool = False) -> tuple[CallRequest, list]:
+        """The request of one call and the frames that go with it: the function's, then the
+        arguments' (``stream``: a generator whose items the caller reads one by one)."""
         system, _ = self._placed()
         refs: list[Ref] = []
         arguments = serialize.dumps_arguments(args, kwargs, refs)
         prefix = system.shm_prefix
-        request, function_frames = self._call_request(mode, refs, options, shm_prefix=prefix)
+        request, function_frames = self._call_request(mode, refs, options, stream=stream, shm_prefix=prefix)
         return request, [*function_frames, *self._share(prefix, arguments)]
 
     async def _acall(self, args: tuple, kwargs: dict, options: dict[str, Any]) -> Any:
@@ -677,11 +675,6 @@ def _config() -> Any:
     from rh_core.config import current
 
     return current()
-
-
-def _marks_output() -> bool:
-    """Whether shown output lines are marked with their cluster and run (``output_prefix``)."""
-    return bool(_config().get("output_prefix"))
 
 
 def _check_after(options: dict[str, Any]) -> float:

@@ -27,11 +27,13 @@ from rh_core.client.connection import (
     POLL_SLICE_MS,
     Reply,
     rebuild_failure,
+    take_output,
+    zmq_request,
 )
 from rh_core.client.output import write_line
 from rh_core.errors import ConnectionLostError
 from rh_core.wire.link import ENVELOPE_MAX_BYTES, FRAME_COUNT, FRAME_LENGTH, LONG_FRAME_LENGTH, pack_envelope
-from rh_core.wire.messages import OutputLine, output_from_reply
+from rh_core.wire.messages import OutputLine
 
 OnLog = Callable[[OutputLine], None]
 
@@ -139,10 +141,7 @@ class AsyncConnection:
         if kind == "item" and waiting.items is not None:
             waiting.items.put_nowait(Reply(kind, fields, frames))
             return
-        if "output" in fields:  # what the call printed, travelling with its result
-            lines, frames = output_from_reply(fields.pop("output"), frames)
-            for line in lines:
-                waiting.on_log(line)
+        frames = take_output(fields, frames, waiting.on_log)
         if kind == "fail":
             waiting.final.set_exception(rebuild_failure(fields))
         elif kind == "item":
@@ -315,15 +314,7 @@ class _ZmqCarrier:
             self._on_closed()
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
-        from rh_core.wire.frames import split_frames
-
-        pieces, counts = split_frames(frames)
-        if counts is not None:
-            envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
-        if len(envelope) > ENVELOPE_MAX_BYTES:
-            raise errors.RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} "
-                                 "a server reads in one frame; pass fewer refs or smaller options")
-        self._socket.send_multipart([envelope, *pieces], copy=False)
+        self._socket.send_multipart(zmq_request(envelope, frames), copy=False)
 
     def close(self) -> None:
         self._reader.cancel()

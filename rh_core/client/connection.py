@@ -64,17 +64,7 @@ class _ZmqCarrier:
         self._socket.connect(address)
 
     def send(self, envelope: bytes, frames: Sequence[Any]) -> None:
-        pieces, counts = split_frames(frames)
-        if counts is not None:
-            import orjson
-
-            envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
-        from rh_core.wire.link import ENVELOPE_MAX_BYTES
-
-        if len(envelope) > ENVELOPE_MAX_BYTES:
-            raise RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} a "
-                          "server reads in one frame; pass fewer refs or smaller options")
-        send_frames(self._socket, [envelope, *pieces])
+        send_frames(self._socket, zmq_request(envelope, frames))
 
     def receive(self) -> tuple[Any, list] | None:
         """The next message as ``(envelope, frames)``, or None when none came within a slice."""
@@ -93,6 +83,33 @@ class _ZmqCarrier:
         self._socket.disable_monitor()
         self._refusals.close(linger=0)
         self._socket.close(linger=0)
+
+
+def zmq_request(envelope: bytes, frames: Sequence[Any]) -> list[Any]:
+    """A request's ZeroMQ frames: the envelope, then the frames, large ones in pieces (the envelope
+    then says how many each became). An envelope a server would not read is refused here."""
+    pieces, counts = split_frames(frames)
+    if counts is not None:
+        import orjson
+
+        envelope = orjson.dumps({**orjson.loads(envelope), "pieces": counts})
+    from rh_core.wire.link import ENVELOPE_MAX_BYTES
+
+    if len(envelope) > ENVELOPE_MAX_BYTES:
+        raise RhError(f"this request's header is {len(envelope)} bytes, more than the {ENVELOPE_MAX_BYTES} a "
+                      "server reads in one frame; pass fewer refs or smaller options")
+    return [envelope, *pieces]
+
+
+def take_output(fields: dict[str, Any], frames: Sequence[Any], on_log: Callable[[OutputLine], None]) -> Sequence[Any]:
+    """Pass the output lines a reply carries ahead of its frames (a call's printing, travelling with
+    its result) to ``on_log``, taking them out of ``fields``; returns the frames after them."""
+    if "output" not in fields:
+        return frames
+    lines, frames = output_from_reply(fields.pop("output"), frames)
+    for line in lines:
+        on_log(line)
+    return frames
 
 
 class _LinkCarrier:
@@ -133,8 +150,7 @@ class Connection:
 
     def __init__(self, address: str, liveness: Callable[[], str | None], secret: str | None = None):
         self.address = address
-        self.liveness = liveness
-        self._liveness = liveness
+        self.liveness = liveness  # why the server is gone, or None (the cluster's check)
         self._secret = secret or ""
         self._local = threading.local()
         self._request_ids = itertools.count()  # unique per connection is enough: each thread has its own carrier
@@ -160,7 +176,7 @@ class Connection:
     def _why_closed(self) -> str:
         """Why the server closed this thread's link: it died, mostly, which liveness tells within moments."""
         deadline = time.monotonic() + 1.0
-        while (reason := self._liveness()) is None and time.monotonic() < deadline:
+        while (reason := self.liveness()) is None and time.monotonic() < deadline:
             time.sleep(0.02)
         return reason or "it closed the connection"
 
@@ -218,7 +234,7 @@ class Connection:
         try:
             carrier = self._new_carrier()
         except OSError as exc:
-            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost = self._lost(op, self.liveness() or f"its link socket refused the request ({exc})")
             lost.sent = False
             raise lost from None
         try:
@@ -242,7 +258,7 @@ class Connection:
         try:
             carrier.send(envelope, frames)
         except OSError as exc:  # a link socket nobody listens on, or closed: the server is gone
-            lost = self._lost(op, self._liveness() or f"its link socket refused the request ({exc})")
+            lost = self._lost(op, self.liveness() or f"its link socket refused the request ({exc})")
             lost.sent = False  # the server reads a request whole before it acts on it
             raise lost from None
         return request_id
@@ -267,14 +283,9 @@ class Connection:
                 if kind == "log":
                     on_log(OutputLine.from_reply(fields, reply[1][0]))
                     continue
-                frames = reply[1]
-                if "output" in fields:  # what the call printed, travelling with its result
-                    lines, frames = output_from_reply(fields.pop("output"), frames)
-                    for line in lines:
-                        on_log(line)
-                return Reply(kind, fields, frames)
+                return Reply(kind, fields, take_output(fields, reply[1], on_log))
             waited += POLL_SLICE_MS / 1000
-            reason = self._liveness()
+            reason = self.liveness()
             if reason is None and waited >= check_after:
                 check_after = waited + HEARTBEAT_SECONDS
                 if not self._answers_ping():

@@ -16,8 +16,12 @@ from rh_core.wire.messages import OutputLine
 
 def write_line(line: OutputLine) -> None:
     """Write a line of output as it is (``stderr`` to ours, anything else to stdout)."""
-    target = sys.stderr if line.stream == "stderr" else sys.stdout
-    target.write(line.text.decode("utf-8", "replace"))
+    _write(line.stream, line.text.decode("utf-8", "replace"))
+
+
+def _write(stream: str, text: str) -> None:
+    target = sys.stderr if stream == "stderr" else sys.stdout
+    target.write(text)
     target.flush()
 
 
@@ -57,7 +61,5 @@ class CallOutputShown:
             shown.append(piece if continues else label + piece)
         if pieces:
             self._mid_line[source] = not pieces[-1].endswith(("\n", "\r"))
-        target = sys.stderr if line.stream == "stderr" else sys.stdout
-        target.write("".join(shown))
-        target.flush()
+        _write(line.stream, "".join(shown))
 

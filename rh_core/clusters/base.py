@@ -172,9 +172,16 @@ class Cluster:
 
         loop = asyncio.get_running_loop()
         opening = self._async_connections.get(loop)
-        if opening is None or (opening.done() and (opening.exception() is not None or opening.result().lost)):
+        if opening is None or (opening.done() and self._open_async_connection_of(loop) is None):
             opening = self._async_connections[loop] = asyncio.ensure_future(self._open_async_connection())
         return await opening
+
+    def _open_async_connection_of(self, loop: asyncio.AbstractEventLoop) -> AsyncConnection | None:
+        """``loop``'s connection when it is open and its server not lost; else None."""
+        opening = self._async_connections.get(loop)
+        if opening is None or not opening.done() or opening.exception() is not None or opening.result().lost:
+            return None
+        return opening.result()
 
     async def _open_async_connection(self) -> AsyncConnection:
         import asyncio
@@ -188,11 +195,8 @@ class Cluster:
         """:meth:`request` from asyncio. A request that never reached a lost server goes to its successor."""
         import asyncio
 
-        opening = self._async_connections.get(asyncio.get_running_loop())
-        if opening is not None and opening.done() and not opening.exception() and not opening.result().lost:
-            connection = opening.result()  # the common case, without another coroutine
-        else:
-            connection = await self.async_connection()
+        # The common case, without another coroutine: the loop's connection is open.
+        connection = self._open_async_connection_of(asyncio.get_running_loop()) or await self.async_connection()
         try:
             return await connection.request(op, header, frames, **kwargs)
         except ConnectionLostError as lost:
@@ -216,9 +220,9 @@ class Cluster:
         what an asyncio task awaiting the run does as it is cancelled."""
         import asyncio
 
-        opening = self._async_connections.get(asyncio.get_running_loop())
-        if opening is not None and opening.done() and opening.exception() is None:
-            opening.result().send_soon(messages.CancelRequest.OP, messages.CancelRequest(key=key).to_wire())
+        connection = self._open_async_connection_of(asyncio.get_running_loop())
+        if connection is not None:
+            connection.send_soon(messages.CancelRequest.OP, messages.CancelRequest(key=key).to_wire())
 
     def _forget_connection(self, connection: Connection | None = None) -> None:
         with self._lock:

@@ -84,7 +84,7 @@ class Ref(Generic[R]):
             sys.stderr.write(f"rh: could not read the log of run {self.key}: {exc}\n")
             return
         if text:
-            shown = CallOutputShown(cluster.name, self.key, marked=lambda: current().get("output_prefix"))
+            shown = CallOutputShown(cluster.name, self.key, marked=lambda: current().output_prefix)
             shown(OutputLine("stdout", text.encode()))
 
     def done(self) -> bool:
